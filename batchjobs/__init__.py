@@ -1,0 +1,26 @@
+"""batchjobs: Medusa-style batch jobs in one process, with no infrastructure."""
+
+from .app import BatchJobs
+from .errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
+from .models import BatchJob, Status
+from .strategy import BatchJobStrategy, JobDraft, JobRun
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the façade
+    "BatchJobs",
+    # records
+    "BatchJob",
+    "Status",
+    # strategies
+    "BatchJobStrategy",
+    "JobDraft",
+    "JobRun",
+    # errors
+    "BatchJobError",
+    "InvalidDataError",
+    "NotAllowedError",
+    "NotFoundError",
+    "__version__",
+]

@@ -1,0 +1,251 @@
+"""``BatchJobs``: the one object an application holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import signals
+from .files import FileStore
+from .models import BatchJob
+from .scheduler import Scheduler
+from .service import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, BatchJobService
+from .store import Store
+from .strategy import BatchJobStrategy, StrategyRegistry
+
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_DB", "DEFAULT_POLL_INTERVAL", "BatchJobs"]
+
+DEFAULT_DB = "batchjobs.db"
+DEFAULT_CONCURRENCY = 2
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_CHANNEL_PREFIX = "batchjobs"
+#: How often ``wait`` looks at the store when no local event wakes it.
+WAIT_POLL_SECONDS = 0.05
+
+StrategyT = TypeVar("StrategyT", bound="BatchJobStrategy | type[BatchJobStrategy]")
+
+
+class BatchJobs:
+    """Batch jobs in one SQLite file, run in the background of this process.
+
+    >>> jobs = BatchJobs("app.db")
+    >>> jobs.register(Shout)                     # a BatchJobStrategy
+    >>> job = jobs.create("shout", {"words": ["a", "b"]})
+    >>> jobs.start()                             # background workers
+    >>> jobs.wait(job.id, timeout=10).status
+    <Status.COMPLETED: 'completed'>
+    >>> jobs.shutdown()
+
+    Several ``BatchJobs`` (threads or processes) may share one file: a job is
+    only ever run by one of them at a time, and a job left behind by a dead
+    process is resumed from its last checkpoint.
+    """
+
+    def __init__(
+        self,
+        db: str | Path = DEFAULT_DB,
+        *,
+        redis_url: str | None = None,
+        files_dir: str | Path | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        durability: str = "normal",
+        channel_prefix: str = DEFAULT_CHANNEL_PREFIX,
+    ) -> None:
+        for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name, number in (("poll_interval", poll_interval), ("lease_seconds", lease_seconds)):
+            if not isinstance(number, (int, float)) or number <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {number!r}")
+        self.db_path = Path(db)
+        self.redis_url = redis_url
+        self.concurrency = concurrency
+        self.poll_interval = float(poll_interval)
+        self.channel_prefix = channel_prefix
+        if files_dir is None:
+            files_dir = self.db_path.with_name(f"{self.db_path.stem}-files")
+        self.files = FileStore(files_dir)
+        self.store = Store(self.db_path, durability=durability)
+        self.registry = StrategyRegistry()
+        self.registry.load_entry_points()
+        self.service = BatchJobService(
+            self.store,
+            self.registry,
+            sender=self,
+            files=self.files,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+        )
+        self.scheduler: Scheduler | None = None
+        self.mirror: Any = None
+        if redis_url:
+            from .pubsub import RedisMirror
+
+            self.mirror = RedisMirror(self, redis_url, prefix=channel_prefix)
+
+    def __repr__(self) -> str:
+        return f"<BatchJobs {str(self.db_path)!r}>"
+
+    def __enter__(self) -> BatchJobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- strategies ----------------------------------------------------------
+
+    def register(self, strategy: StrategyT) -> StrategyT:
+        """Register a strategy class or instance; usable as a class decorator.
+
+        A strategy for a ``batch_type`` that is already registered replaces
+        the earlier one.
+        """
+        return self.registry.register(strategy)
+
+    def strategy(self, batch_type: str) -> BatchJobStrategy:
+        """The strategy registered for ``batch_type``."""
+        return self.registry.get(batch_type)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def create(
+        self,
+        type: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+        created_by: str | None = None,
+    ) -> BatchJob:
+        """Create a job of a registered ``type``; returns the ``created`` record."""
+        return self.service.create(type, context, dry_run=dry_run, created_by=created_by)
+
+    def retrieve(self, id: str) -> BatchJob:
+        """The job ``id``; ``NotFoundError`` if there is none."""
+        return self.service.retrieve(id)
+
+    def list_and_count(
+        self, *, limit: int = 20, offset: int = 0, order: str = "-created_at", **filters: Any
+    ) -> tuple[list[BatchJob], int]:
+        """A page of jobs and how many match.
+
+        Filters: ``status``, ``type``, ``created_by`` (a value or a list); any
+        ``*_at`` field with ``{"gt"|"gte"|"lt"|"lte": datetime or ISO}`` or
+        ``None`` for "is null". ``order`` is a field, ``-`` for descending.
+        """
+        return self.service.list_and_count(limit=limit, offset=offset, order=order, **filters)
+
+    def update(
+        self,
+        id: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> BatchJob:
+        """Merge ``context`` and ``result`` into job ``id`` (top-level keys)."""
+        return self.service.update(id, context=context, result=result)
+
+    def confirm(self, id: str) -> BatchJob:
+        """Confirm a pre-processed dry-run job so that it is processed."""
+        return self.service.confirm(id)
+
+    def cancel(self, id: str) -> BatchJob:
+        """Cancel job ``id``; a running job stops at its next checkpoint."""
+        return self.service.cancel(id)
+
+    def retry(self, id: str) -> BatchJob:
+        """Resume a failed job from its checkpoint."""
+        return self.service.retry(id)
+
+    # -- running ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run jobs in background threads until ``shutdown``."""
+        if self.scheduler is None:
+            self.scheduler = Scheduler(
+                self.service, concurrency=self.concurrency, poll_interval=self.poll_interval
+            )
+        self.scheduler.start()
+        if self.mirror is not None:
+            self.mirror.listen(self.scheduler.wake)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the background workers.
+
+        Running jobs finish their current chunk, checkpoint and release their
+        lease, so another process can resume them at once.
+        """
+        if self.mirror is not None:
+            self.mirror.stop_listening()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=wait)
+            self.scheduler = None
+
+    def close(self) -> None:
+        """Shut down, stop mirroring events, close the database connections."""
+        self.shutdown()
+        if self.mirror is not None:
+            self.mirror.close()
+        self.store.close()
+
+    def run_until_idle(self, timeout: float | None = None) -> None:
+        """Run jobs in the calling thread until every job of a registered type rests."""
+        self.service.run_until_idle(timeout)
+
+    def run_next(self, now: Any = None) -> BatchJob | None:
+        """Claim and run one job in the calling thread; ``None`` if none was runnable."""
+        return self.service.run_next(now)
+
+    def wait(self, id: str, timeout: float | None = None) -> BatchJob:
+        """Block until job ``id`` rests (pre-processed dry run, completed, canceled, failed).
+
+        Returns the job; ``TimeoutError`` after ``timeout`` seconds.
+        """
+        changed = threading.Event()
+
+        def on_event(sender: Any, *, job: BatchJob, **extra: Any) -> None:
+            if job.id == id:
+                changed.set()
+
+        receivers = [signals.signal_for(e) for e in signals.EVENTS if e != "batch.updated"]
+        for signal in receivers:
+            signal.connect(on_event, sender=self)
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                changed.clear()
+                job = self.retrieve(id)
+                if job.is_resting:
+                    return job
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"batch job {id} is still {job.status.value} after {timeout} seconds"
+                    )
+                pause = (
+                    WAIT_POLL_SECONDS if remaining is None else min(remaining, WAIT_POLL_SECONDS)
+                )
+                changed.wait(pause)
+        finally:
+            for signal in receivers:
+                signal.disconnect(on_event, sender=self)
+
+    # -- events ---------------------------------------------------------------
+
+    def subscribe(self, event: str, fn: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        """Call ``fn(sender, job=...)`` after every ``event`` of this instance's jobs.
+
+        Usable as a decorator: ``@jobs.subscribe("batch.completed")``.
+        """
+        signal = signals.signal_for(event)
+
+        def connect(fn: Callable[..., Any]) -> Callable[..., Any]:
+            signal.connect(fn, sender=self, weak=False)
+            return fn
+
+        return connect if fn is None else connect(fn)

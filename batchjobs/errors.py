@@ -1,0 +1,46 @@
+"""The one error hierarchy of batchjobs.
+
+Each error carries a Medusa-compatible ``type`` and a ``message``; the CLI and
+the HTTP API turn them into exit codes and status codes at their boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BatchJobError", "InvalidDataError", "NotAllowedError", "NotFoundError"]
+
+
+class BatchJobError(Exception):
+    """Base class of every error batchjobs raises on purpose."""
+
+    type = "unknown_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(BatchJobError):
+    """No batch job has the given id."""
+
+    type = "not_found"
+
+    def __init__(self, message: str, *, id: str | None = None) -> None:
+        super().__init__(message)
+        self.id = id
+
+    @classmethod
+    def for_id(cls, id: str) -> NotFoundError:
+        """The error for an unknown batch job id."""
+        return cls(f"Batch job with id {id} was not found", id=id)
+
+
+class NotAllowedError(BatchJobError):
+    """The job's status (or its owner) does not allow the operation."""
+
+    type = "not_allowed"
+
+
+class InvalidDataError(BatchJobError):
+    """The input is malformed: unknown type, bad context, bad field."""
+
+    type = "invalid_data"

@@ -1,0 +1,134 @@
+"""The batch job record, its statuses, ids and the one clock. Pure: no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ulid import ULID
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "RESTING_STATUSES",
+    "TIMESTAMP_FIELDS",
+    "BatchJob",
+    "Status",
+    "new_job_id",
+    "utcnow",
+]
+
+
+class Status(str, enum.Enum):
+    """Where a batch job is in its lifecycle."""
+
+    CREATED = "created"
+    PRE_PROCESSED = "pre_processed"
+    CONFIRMED = "confirmed"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def timestamp_field(self) -> str:
+        """The record field that holds when the job entered this status."""
+        return f"{self.value}_at"
+
+
+#: Statuses a job waits in until a person (or nothing) moves it on.
+RESTING_STATUSES = frozenset(
+    {Status.PRE_PROCESSED, Status.COMPLETED, Status.CANCELED, Status.FAILED}
+)
+#: Statuses in which a scheduler must pick the job up.
+ACTIVE_STATUSES = (Status.CREATED, Status.CONFIRMED, Status.PROCESSING)
+
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "updated_at",
+    "pre_processed_at",
+    "confirmed_at",
+    "processing_at",
+    "completed_at",
+    "canceled_at",
+    "failed_at",
+    "deleted_at",
+)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC: the only clock the library reads."""
+    return datetime.now(timezone.utc)
+
+
+_id_lock = threading.Lock()
+_last_id = 0
+
+
+def new_job_id(now: datetime | None = None) -> str:
+    """A new ``batch_`` + ULID id, strictly increasing within this process."""
+    global _last_id
+    with _id_lock:
+        value = int(ULID.from_datetime(now or utcnow()))
+        # Same millisecond (or a clock step back): keep ids sortable by creation.
+        if value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
+    return f"batch_{ULID.from_int(value)}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One batch job, as stored. Immutable: operations return new records.
+
+    ``to_dict()`` gives the Medusa-compatible JSON shape.
+    """
+
+    id: str
+    type: str
+    status: Status
+    created_by: str | None = None
+    dry_run: bool = False
+    context: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    pre_processed_at: datetime | None = None
+    confirmed_at: datetime | None = None
+    processing_at: datetime | None = None
+    completed_at: datetime | None = None
+    canceled_at: datetime | None = None
+    failed_at: datetime | None = None
+    deleted_at: datetime | None = None
+
+    @property
+    def is_resting(self) -> bool:
+        """True when no scheduler will move the job on by itself."""
+        return self.status in RESTING_STATUSES
+
+    def replace(self, **changes: Any) -> BatchJob:
+        """A copy of this record with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: ISO 8601 timestamps, plain values."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "status": self.status.value,
+            "created_by": self.created_by,
+            "dry_run": self.dry_run,
+            "context": dict(self.context),
+            "result": dict(self.result),
+            **{name: _iso(getattr(self, name)) for name in TIMESTAMP_FIELDS},
+        }

@@ -1,0 +1,149 @@
+"""The background scheduler: APScheduler paces the poll and the heartbeat; a pool runs the work.
+
+Our table stays the source of truth for claims; APScheduler's own job store
+only ever holds this process's two timers and never sees a batch job. (Work
+is not submitted as one-off APScheduler jobs: APScheduler 3 removes a run
+one-off job from its store, and a shutdown racing that removal kills its
+thread with ``JobLookupError``.) Work runs
+in "drainers": a drainer claims and runs jobs one after another until none
+is runnable, so a busy queue costs no scheduling hop per job. At most
+``concurrency`` drainers run at once; when they are all busy, one more lane
+only pre-processes new jobs, so a dry-run preview never waits behind long
+exports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from concurrent.futures import ThreadPoolExecutor
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from . import signals
+from .models import Status
+from .service import BatchJobService
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("batchjobs.scheduler")
+
+WAKE_EVENTS = ("batch.created", "batch.confirmed")
+
+
+class Scheduler:
+    """Runs a service's jobs in background threads until ``shutdown``."""
+
+    def __init__(
+        self, service: BatchJobService, *, concurrency: int = 2, poll_interval: float = 1.0
+    ) -> None:
+        self.service = service
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._drainers = 0
+        self._pre_lane_busy = False
+        self._wakes = 0
+        self._started = False
+        self._aps: BackgroundScheduler | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling, the heartbeat, and the worker threads."""
+        if self._started:
+            return
+        self.service.stopping.clear()
+        self._pool = ThreadPoolExecutor(
+            self.concurrency + 1, thread_name_prefix="batchjobs-worker"
+        )
+        aps = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+        aps.add_job(self.wake, "interval", seconds=self.poll_interval, id="poll")
+        heartbeat = max(self.service.lease.total_seconds() / 3, 0.05)
+        aps.add_job(self._heartbeat, "interval", seconds=heartbeat, id="heartbeat")
+        aps.start()
+        self._aps = aps
+        self._started = True
+        for event in WAKE_EVENTS:
+            signals.signal_for(event).connect(self._on_event, sender=self.service.sender)
+        self.wake()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop claiming; running jobs checkpoint and release their lease at their next chunk."""
+        if not self._started or self._aps is None:
+            return
+        for event in WAKE_EVENTS:
+            signals.signal_for(event).disconnect(self._on_event, sender=self.service.sender)
+        with self._lock:
+            self._started = False
+        self.service.stopping.set()
+        self._aps.shutdown(wait=wait)
+        assert self._pool is not None
+        self._pool.shutdown(wait=wait)
+        if wait:
+            self.service.store.release_all(self.service.owner)
+        self._aps = self._pool = None
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _on_event(self, sender: Any, **kwargs: Any) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """Look for runnable jobs now instead of at the next poll."""
+        with self._lock:
+            if not self._started:
+                return
+            self._wakes += 1
+            if self._drainers < self.concurrency:
+                self._drainers += 1
+                lane = "drain"
+            elif not self._pre_lane_busy:
+                self._pre_lane_busy = True
+                lane = "pre_process"
+            else:
+                return
+            assert self._pool is not None
+            self._pool.submit(self._drain, lane)
+
+    def _drain(self, lane: str) -> None:
+        pre_only = lane == "pre_process"
+        service = self.service
+        try:
+            while not service.stopping.is_set():
+                with self._lock:
+                    seen = self._wakes
+                if pre_only:
+                    job = service.run_next(statuses=[Status.CREATED], stop_after_pre_process=True)
+                else:
+                    job = service.run_next()
+                if job is not None:
+                    continue
+                with self._lock:
+                    # A wake-up that came while we looked may have found us busy: look again.
+                    if self._wakes != seen and self._started:
+                        continue
+                    self._release_lane(pre_only)
+                    return
+        except Exception:
+            log.exception("worker stopped by an unexpected error")
+        with self._lock:
+            self._release_lane(pre_only)
+
+    def _release_lane(self, pre_only: bool) -> None:
+        if pre_only:
+            self._pre_lane_busy = False
+        else:
+            self._drainers -= 1
+
+    def _heartbeat(self) -> None:
+        try:
+            self.service.renew_leases()
+        except Exception:
+            log.exception("could not renew leases")

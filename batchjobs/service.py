@@ -1,0 +1,597 @@
+"""Lifecycle operations and the chunk loop, with a checkpoint after every chunk.
+
+``BatchJobService`` is the engine behind the ``BatchJobs`` façade: it checks
+input, makes guarded transitions through the store, emits events after each
+commit, and runs claimed jobs chunk by chunk. Transitions one worker makes in
+a row (pre-processed → confirmed → processing → the first checkpoint) share
+one commit; each still gets its own timestamp and event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from . import signals
+from .errors import InvalidDataError, NotAllowedError, NotFoundError
+from .models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
+from .store import DATE_OPERATORS, Claim, Store
+from .strategy import BatchJobStrategy, JobDraft, JobRun, StrategyRegistry
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_RETRY",
+    "BatchJobService",
+    "retry_backoff",
+]
+
+log = logging.getLogger("batchjobs.service")
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+#: ``context["max_retry"]`` when the job does not set it.
+DEFAULT_MAX_RETRY = 3
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+FILTER_NAMES = ("id", "status", "type", "created_by", *TIMESTAMP_FIELDS)
+
+
+def retry_backoff(retry_count: int) -> float:
+    """Seconds to wait before automatic retry number ``retry_count + 1``."""
+    return min(BACKOFF_FIRST * 2**retry_count, BACKOFF_MAX)
+
+
+def _check_json_object(name: str, value: Any, *, optional: bool = True) -> dict[str, Any]:
+    if value is None and optional:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidDataError(f"{name} must be a JSON object, not {type(value).__name__}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as error:
+        raise InvalidDataError(f"{name} must be JSON serialisable: {error}") from None
+    return dict(value)
+
+
+def _as_datetime(name: str, value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidDataError(f"{name}: {value!r} is not an ISO 8601 date") from None
+    if not isinstance(value, datetime):
+        raise InvalidDataError(f"{name} takes a datetime or an ISO 8601 string")
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _error_entry(error: BaseException) -> dict[str, Any]:
+    code = getattr(error, "code", None) or getattr(error, "type", None)
+    return {
+        "message": str(error) or type(error).__name__,
+        "code": code if isinstance(code, str) else type(error).__name__,
+    }
+
+
+@dataclass
+class _RunState:
+    """What the running worker knows of its job beyond the last commit."""
+
+    job: BatchJob
+    committed: Status
+    pending: list[tuple[Status, datetime]] = field(default_factory=list)
+    saved_result: dict[str, str] = field(default_factory=dict)
+    saved_cursor: str = "{}"
+
+
+class BatchJobService:
+    """Lifecycle operations and job execution over one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: StrategyRegistry,
+        *,
+        sender: Any = None,
+        files: Any = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.sender = sender if sender is not None else self
+        self.files = files
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: Set to stop running jobs at their next checkpoint and hand them over.
+        self.stopping = threading.Event()
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+
+    # -- events --------------------------------------------------------------
+
+    def _emit(self, event: str, job: BatchJob) -> None:
+        signals.emit(event, self.sender, job)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def create(
+        self,
+        type: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+        created_by: str | None = None,
+    ) -> BatchJob:
+        """Create a job of ``type``; it is pre-processed by the next worker."""
+        if not isinstance(type, str):
+            raise InvalidDataError(f"type must be a string, not {type.__class__.__name__}")
+        strategy = self.registry.get(type)
+        draft = JobDraft(
+            type=type,
+            context=_check_json_object("context", context),
+            dry_run=dry_run,
+            created_by=created_by,
+        )
+        draft = strategy.prepare(draft)
+        if draft.type != type:
+            raise InvalidDataError("prepare() may not change a job's type")
+        context = _check_json_object("context", draft.context, optional=False)
+        if not isinstance(draft.dry_run, bool):
+            raise InvalidDataError(f"dry_run must be a boolean, not {draft.dry_run!r}")
+        if draft.created_by is not None and not isinstance(draft.created_by, str):
+            raise InvalidDataError(f"created_by must be a string, not {draft.created_by!r}")
+        now = utcnow()
+        job = BatchJob(
+            id=new_job_id(now),
+            type=type,
+            status=Status.CREATED,
+            created_by=draft.created_by,
+            dry_run=draft.dry_run,
+            context=context,
+            result={},
+            created_at=now,
+            updated_at=now,
+        )
+        self.store.insert(job)
+        self._emit("batch.created", job)
+        return job
+
+    def retrieve(self, id: str) -> BatchJob:
+        """The job ``id``; ``NotFoundError`` if there is none."""
+        job = self.store.get(id) if isinstance(id, str) else None
+        if job is None:
+            raise NotFoundError.for_id(id)
+        return job
+
+    def list_and_count(
+        self,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+        order: str = "-created_at",
+        **filters: Any,
+    ) -> tuple[list[BatchJob], int]:
+        """A page of jobs and the number of jobs matching ``filters``."""
+        for name, value in (("limit", limit), ("offset", offset)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidDataError(f"{name} must be a non-negative integer, not {value!r}")
+        checked: dict[str, Any] = {}
+        for name, value in filters.items():
+            if name not in FILTER_NAMES:
+                raise InvalidDataError(
+                    f"cannot filter on {name!r}; filters: {', '.join(FILTER_NAMES)}"
+                )
+            if name in TIMESTAMP_FIELDS:
+                if value is not None:
+                    if not isinstance(value, Mapping) or not value:
+                        raise InvalidDataError(
+                            f"{name} takes None or a dict of gt/gte/lt/lte, not {value!r}"
+                        )
+                    for op in value:
+                        if op not in DATE_OPERATORS:
+                            raise InvalidDataError(
+                                f"{name}: unknown operator {op!r}; use gt, gte, lt or lte"
+                            )
+                    value = {op: _as_datetime(name, v) for op, v in value.items()}
+            elif name == "status":
+                values = [value] if isinstance(value, str) else list(value)
+                for v in values:
+                    if v not in {s.value for s in Status}:
+                        raise InvalidDataError(f"unknown status {v!r}")
+                value = values
+            checked[name] = value
+        return self.store.list_and_count(filters=checked, limit=limit, offset=offset, order=order)
+
+    def update(
+        self,
+        id: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> BatchJob:
+        """Merge ``context`` and ``result`` into the job, key by key (shallow)."""
+        context = _check_json_object("context", context)
+        result = _check_json_object("result", result)
+        job = self.store.merge(self.retrieve(id).id, now=utcnow(), context=context, result=result)
+        if job is None:
+            raise NotFoundError.for_id(id)
+        self._emit("batch.updated", job)
+        return job
+
+    def confirm(self, id: str) -> BatchJob:
+        """Confirm a pre-processed (dry run) job for processing."""
+        job = self.store.transition(
+            id, from_statuses=[Status.PRE_PROCESSED], to=Status.CONFIRMED, now=utcnow()
+        )
+        if job is None:
+            self.retrieve(id)
+            raise NotAllowedError(
+                "Cannot confirm processing for a batch job that is not pre processed"
+            )
+        self._emit("batch.confirmed", job)
+        return job
+
+    def cancel(self, id: str) -> BatchJob:
+        """Cancel a job that has not ended; a running job stops at its next checkpoint."""
+        while True:
+            current = self.retrieve(id)
+            if current.status == Status.CANCELED:
+                return current
+            if current.status in (Status.COMPLETED, Status.FAILED):
+                raise NotAllowedError(f"Cannot cancel {current.status.value} batch job")
+            job = self.store.transition(
+                id,
+                from_statuses=[
+                    Status.CREATED,
+                    Status.PRE_PROCESSED,
+                    Status.CONFIRMED,
+                    Status.PROCESSING,
+                ],
+                to=Status.CANCELED,
+                now=utcnow(),
+            )
+            if job is not None:
+                self._emit("batch.canceled", job)
+                return job
+            # The job moved between our read and our write: look again.
+
+    def retry(self, id: str) -> BatchJob:
+        """Send a failed job back to be resumed from its checkpoint."""
+        current = self.retrieve(id)
+        to = Status.CONFIRMED if current.pre_processed_at else Status.CREATED
+        job = None
+        if current.status == Status.FAILED:
+            job = self.store.transition(
+                id,
+                from_statuses=[Status.FAILED],
+                to=to,
+                now=utcnow(),
+                clear=["failed_at"],
+                reset_claim=True,
+            )
+        if job is None:
+            raise NotAllowedError("Cannot retry a batch job that is not failed")
+        self._emit(signals.event_for_status(to), job)
+        return job
+
+    # -- running ----------------------------------------------------------------
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs this service is running now."""
+        with self._running_lock:
+            return list(self._running)
+
+    def renew_leases(self, now: datetime | None = None) -> int:
+        """Extend the leases of every job running here (the heartbeat)."""
+        return self.store.renew(self.owner, self.running, (now or utcnow()) + self.lease)
+
+    def claim_next(
+        self, now: datetime | None = None, *, statuses: Iterable[Status] = ACTIVE_STATUSES
+    ) -> Claim | None:
+        """Lease the oldest runnable job of a registered type, or ``None``."""
+        now = now or utcnow()
+        return self.store.claim(
+            self.owner,
+            self.registry.types,
+            now=now,
+            lease_until=now + self.lease,
+            statuses=tuple(statuses),
+        )
+
+    def run_next(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        stop_after_pre_process: bool = False,
+    ) -> BatchJob | None:
+        """Claim one runnable job and run it until it rests or is handed over.
+
+        Returns the job as this worker left it, or ``None`` when nothing was
+        runnable at ``now``.
+        """
+        claim = self.claim_next(now, statuses=statuses)
+        if claim is None:
+            return None
+        return self.run_claim(claim, stop_after_pre_process=stop_after_pre_process)
+
+    def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
+        """Run a claimed job: pre-process, confirm, process chunks, complete."""
+        job = claim.job
+        state = _RunState(
+            job=job,
+            committed=job.status,
+            saved_result={k: json.dumps(v) for k, v in job.result.items()},
+            saved_cursor=json.dumps(claim.cursor),
+        )
+        with self._running_lock:
+            self._running.add(job.id)
+        try:
+            strategy = self.registry.get(job.type)
+            run = JobRun(
+                job,
+                cursor=claim.cursor,
+                files=self.files,
+                is_canceled=lambda: self.store.status_of(job.id) == Status.CANCELED,
+            )
+            if claim.attempts > self.max_attempts:
+                error = {
+                    "message": f"Batch job was taken over {claim.attempts} times after its "
+                    f"worker stopped without releasing it (max_attempts is "
+                    f"{self.max_attempts}); it is failed so that it cannot kill more workers",
+                    "code": "max_attempts_exceeded",
+                }
+                self._fail(strategy, run, state, error)
+            else:
+                self._run(strategy, run, state, stop_after_pre_process)
+            return state.job
+        finally:
+            with self._running_lock:
+                self._running.discard(job.id)
+
+    def _run(
+        self,
+        strategy: BatchJobStrategy,
+        run: JobRun,
+        state: _RunState,
+        stop_after_pre_process: bool,
+    ) -> None:
+        if state.job.status == Status.CREATED:
+            try:
+                strategy.pre_process(run)
+            except Exception as error:
+                log.exception("pre_process of batch job %s failed", state.job.id)
+                self._fail(strategy, run, state, _error_entry(error))
+                return
+            state.pending.append((Status.PRE_PROCESSED, utcnow()))
+            if state.job.dry_run:
+                self._save(strategy, run, state, release=True)
+                return
+            state.pending.append((Status.CONFIRMED, utcnow()))
+            if stop_after_pre_process:
+                self._save(strategy, run, state, release=True)
+                return
+        if state.job.status != Status.PROCESSING:
+            state.pending.append((Status.PROCESSING, utcnow()))
+        self._process(strategy, run, state)
+
+    def _process(self, strategy: BatchJobStrategy, run: JobRun, state: _RunState) -> None:
+        size = state.job.context.get("chunk_size") or strategy.chunk_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            self._fail(
+                strategy,
+                run,
+                state,
+                {
+                    "message": f"chunk_size must be a positive integer, not {size!r}",
+                    "code": "invalid_data",
+                },
+            )
+            return
+        while True:
+            done = run.result.get("advancement_count", 0)
+            count = run.result.get("count")
+            if count is not None and done >= count:
+                break
+            if self.stopping.is_set():
+                self._save(strategy, run, state, release=True)  # hand over at once
+                return
+            try:
+                advanced = strategy.process_chunk(run, done, size)
+            except Exception as error:
+                self._chunk_failed(strategy, run, state, error)
+                return
+            if not advanced:
+                break
+            done += advanced
+            run.result["advancement_count"] = done
+            if count:
+                run.result["progress"] = min(done / count, 1.0)
+            if count is not None and done >= count:
+                break
+            if not self._save(strategy, run, state):
+                return
+        try:
+            strategy.finalize(run)
+        except Exception as error:
+            log.exception("finalize of batch job %s failed", state.job.id)
+            self._fail(strategy, run, state, _error_entry(error))
+            return
+        if run.result.get("count") is None:
+            run.result["count"] = run.result.get("advancement_count", 0)
+        run.result["progress"] = 1.0
+        run.result.setdefault("advancement_count", 0)
+        state.pending.append((Status.COMPLETED, utcnow()))
+        self._save(strategy, run, state, release=True)
+
+    def _chunk_failed(
+        self, strategy: BatchJobStrategy, run: JobRun, state: _RunState, error: Exception
+    ) -> None:
+        context = state.job.context
+        retry_count = context.get("retry_count", 0)
+        max_retry = context.get("max_retry", DEFAULT_MAX_RETRY)
+        try:
+            retry = bool(strategy.should_retry(run, error)) and retry_count < max_retry
+        except Exception:
+            log.exception("should_retry of batch job %s failed", state.job.id)
+            retry = False
+        entry = _error_entry(error)
+        if not retry:
+            log.error("batch job %s failed: %s", state.job.id, entry["message"], exc_info=error)
+            self._fail(strategy, run, state, entry)
+            return
+        log.warning(
+            "batch job %s: chunk failed (%s); retry %d of %d",
+            state.job.id,
+            entry["message"],
+            retry_count + 1,
+            max_retry,
+        )
+        run.add_error(entry["message"], entry["code"])
+        self._save(
+            strategy,
+            run,
+            state,
+            release=True,
+            context={"retry_count": retry_count + 1},
+            available_at=utcnow() + timedelta(seconds=retry_backoff(retry_count)),
+        )
+
+    def _fail(
+        self, strategy: BatchJobStrategy, run: JobRun, state: _RunState, entry: dict[str, Any]
+    ) -> None:
+        run.add_error(entry["message"], entry["code"])
+        state.pending.append((Status.FAILED, utcnow()))
+        self._save(strategy, run, state, release=True)
+
+    def _save(
+        self,
+        strategy: BatchJobStrategy,
+        run: JobRun,
+        state: _RunState,
+        *,
+        release: bool = False,
+        context: dict[str, Any] | None = None,
+        available_at: datetime | None = None,
+    ) -> bool:
+        """Commit the run's progress and pending transitions; False if the job was lost."""
+        now = utcnow()
+        encoded = {k: json.dumps(v) for k, v in run.result.items()}
+        patch = {k: run.result[k] for k, v in encoded.items() if state.saved_result.get(k) != v}
+        cursor = json.dumps(run.cursor)
+        status = state.pending[-1][0] if state.pending else None
+        stored = self.store.save(
+            state.job.id,
+            owner=self.owner,
+            expect=state.committed,
+            now=now,
+            status=status,
+            timestamps={s.timestamp_field: at for s, at in state.pending},
+            result=patch,
+            context=context,
+            cursor=run.cursor if cursor != state.saved_cursor else None,
+            available_at=available_at if release else now + self.lease,
+            release=release,
+        )
+        if stored is None:
+            self._lost(strategy, run, state)
+            return False
+        stored_context, stored_result = stored
+        job = state.job.replace(context=stored_context, result=stored_result, updated_at=now)
+        changed = bool(patch or context or cursor != state.saved_cursor)
+        state.saved_result, state.saved_cursor = encoded, cursor
+        pending, state.pending = state.pending, []
+        final = None
+        if pending and pending[-1][0] in (Status.COMPLETED, Status.FAILED):
+            final = pending.pop()
+        for step, at in pending:
+            job = job.replace(status=step, **{step.timestamp_field: at})
+            self._emit(signals.event_for_status(step), job)
+        if changed:
+            self._emit("batch.updated", job)
+        if final is not None:
+            job = job.replace(status=final[0], **{final[0].timestamp_field: final[1]})
+            self._emit(signals.event_for_status(final[0]), job)
+        if status is not None:
+            state.committed = status
+        state.job = job
+        run.job = job
+        return True
+
+    def _lost(self, strategy: BatchJobStrategy, run: JobRun, state: _RunState) -> None:
+        """A checkpoint's guard failed: the job was canceled or taken over."""
+        current = self.store.get(state.job.id)
+        if current is not None:
+            state.job = current
+        if current is not None and current.status == Status.CANCELED:
+            log.info("batch job %s was canceled; stopping", current.id)
+            try:
+                strategy.on_cancel(run)
+            except Exception:
+                log.exception("on_cancel of batch job %s failed", current.id)
+        else:
+            log.warning("batch job %s: lease lost to another worker; stopping", state.job.id)
+
+    def run_until_idle(
+        self, timeout: float | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Run jobs in this thread until every job of a registered type rests.
+
+        Waits out leases held by other (possibly dead) workers and retry
+        backoffs; raises ``TimeoutError`` once ``timeout`` seconds have passed.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        heartbeat = _Heartbeat(self, interval=self.lease.total_seconds() / 3)
+        with heartbeat:
+            while True:
+                if self.run_next() is not None:
+                    continue
+                count, earliest = self.store.pending(self.registry.types)
+                if count == 0:
+                    return
+                remaining = None if deadline is None else deadline - clock()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{count} batch job(s) still active after {timeout} seconds")
+                pause = 0.05
+                if earliest is not None:
+                    pause = max((earliest - utcnow()).total_seconds(), 0.005)
+                pause = min(pause, 0.5, remaining if remaining is not None else pause)
+                time.sleep(pause)
+
+
+class _Heartbeat:
+    """A thread that renews this service's leases while a synchronous run goes on."""
+
+    def __init__(self, service: BatchJobService, interval: float) -> None:
+        self.service = service
+        self.interval = max(interval, 0.01)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batchjobs-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.service.renew_leases()
+            except Exception:
+                log.exception("could not renew leases")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,81 @@
+"""One blinker signal per batch job event, and the guarded ``emit``.
+
+Receivers get ``sender=<BatchJobs>`` and ``job=<BatchJob>``; events mirrored in
+from another process also carry ``remote=True``. A receiver that raises is
+logged and never breaks the job that emitted the event.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import Namespace, Signal
+
+from .models import BatchJob, Status
+
+__all__ = [
+    "EVENTS",
+    "batch_canceled",
+    "batch_completed",
+    "batch_confirmed",
+    "batch_created",
+    "batch_failed",
+    "batch_pre_processed",
+    "batch_processing",
+    "batch_updated",
+    "emit",
+    "event_for_status",
+    "signal_for",
+]
+
+log = logging.getLogger("batchjobs.signals")
+
+namespace = Namespace()
+
+batch_created = namespace.signal("batch.created", doc="A batch job was created.")
+batch_updated = namespace.signal(
+    "batch.updated", doc="A batch job's context or result changed (checkpoints included)."
+)
+batch_pre_processed = namespace.signal("batch.pre_processed", doc="Pre-processing finished.")
+batch_confirmed = namespace.signal("batch.confirmed", doc="The job was confirmed for processing.")
+batch_processing = namespace.signal("batch.processing", doc="Processing started.")
+batch_completed = namespace.signal("batch.completed", doc="Processing finished.")
+batch_canceled = namespace.signal("batch.canceled", doc="The job was canceled.")
+batch_failed = namespace.signal("batch.failed", doc="The job failed.")
+
+#: Every event name, in lifecycle order.
+EVENTS = (
+    "batch.created",
+    "batch.updated",
+    "batch.pre_processed",
+    "batch.confirmed",
+    "batch.processing",
+    "batch.completed",
+    "batch.canceled",
+    "batch.failed",
+)
+
+
+def signal_for(event: str) -> Signal:
+    """The signal named ``event`` (``"batch.completed"``…)."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}; events are: {', '.join(EVENTS)}")
+    return namespace.signal(event)
+
+
+def event_for_status(status: Status) -> str:
+    """The event sent when a job enters ``status``."""
+    return f"batch.{status.value}"
+
+
+def emit(event: str, sender: Any, job: BatchJob, **extra: Any) -> None:
+    """Send ``event`` to its receivers, logging (never raising) their errors."""
+    signal = namespace.signal(event)
+    if not signal.receivers:
+        return
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, job=job, **extra)
+        except Exception:
+            log.exception("receiver %r of %s failed for job %s", receiver, event, job.id)

@@ -1,0 +1,499 @@
+"""The SQLite store: schema, migrations, guarded transitions, claims, queries.
+
+Every write runs in a transaction taken up front (``BEGIN IMMEDIATE``), so two
+writers never both win a guarded ``UPDATE``; the store returns records, never
+rows. One connection per thread, WAL, a busy timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from .errors import InvalidDataError
+from .models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "DURABILITY_LEVELS", "Claim", "Store"]
+
+TABLE = "batch_jobs"
+#: Seconds a writer waits for the write lock before SQLite gives up.
+DEFAULT_BUSY_TIMEOUT = 60.0
+#: ``durability`` → ``PRAGMA synchronous``; both run in WAL mode.
+DURABILITY_LEVELS = {"normal": "NORMAL", "full": "FULL"}
+#: Columns ``list_and_count`` may order by.
+ORDER_FIELDS = ("id", "type", "status", "created_by", *TIMESTAMP_FIELDS)
+DATE_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
+
+migrations = Migrations("batchjobs")
+
+
+@migrations()
+def m001_batch_jobs(db: sqlite_utils.Database) -> None:
+    db[TABLE].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "type": str,
+            "status": str,
+            "created_by": str,
+            "dry_run": int,
+            "context": str,
+            "result": str,
+            **{name: str for name in TIMESTAMP_FIELDS},
+            # Claim state: who runs the job and until when nobody else may.
+            "owner": str,
+            "available_at": str,
+            "attempts": int,
+            "cursor": str,
+        },
+        pk="id",
+        not_null={"type", "status", "dry_run", "context", "result", "created_at", "attempts"},
+        defaults={"attempts": 0, "dry_run": 0, "context": "{}", "result": "{}"},
+    )
+    db.execute(
+        f"CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) "
+        f"WHERE status IN {_ACTIVE_SQL}"
+    )
+    for columns in (
+        ["created_at"],
+        ["status", "created_at"],
+        ["type", "created_at"],
+        ["created_by", "created_at"],
+    ):
+        db[TABLE].create_index(columns)  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this owner holds a lease on, with the state needed to resume it."""
+
+    job: BatchJob
+    cursor: dict[str, Any]
+    attempts: int
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _json_set(column: str, patch: Mapping[str, Any], params: list[Any]) -> str:
+    """SQL that sets each top-level key of ``patch`` in the JSON ``column``."""
+    args = []
+    for key, value in patch.items():
+        args.append("?, json(?)")
+        params.extend((f'$."{key}"', _dumps(value)))
+    return f"json_set({column}, {', '.join(args)})"
+
+
+def _plain_keys(patch: Mapping[str, Any]) -> bool:
+    # json_set paths cannot express a key with a double quote in it.
+    return all(isinstance(k, str) and '"' not in k for k in patch)
+
+
+class Store:
+    """Batch job rows in one SQLite file, safe across threads and processes."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(
+                f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}"
+            )
+        self.path = str(path)
+        self.synchronous = DURABILITY_LEVELS[durability]
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        with self.write():
+            migrations.apply(db)
+
+    # -- connections and transactions ------------------------------------
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            # isolation_level=None: we open every transaction ourselves.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            with self._lock:
+                self._connections.append(conn)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, its lock taken up front (``BEGIN IMMEDIATE``)."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with suppress(sqlite3.ProgrammingError):
+                conn.close()
+        self._local = threading.local()
+
+    # -- rows and records --------------------------------------------------
+
+    @staticmethod
+    def _record(row: sqlite3.Row | Sequence[Any], names: Sequence[str]) -> BatchJob:
+        data = dict(zip(names, row, strict=True))
+        return BatchJob(
+            id=data["id"],
+            type=data["type"],
+            status=Status(data["status"]),
+            created_by=data["created_by"],
+            dry_run=bool(data["dry_run"]),
+            context=json.loads(data["context"]),
+            result=json.loads(data["result"]),
+            **{name: _parse_ts(data[name]) for name in TIMESTAMP_FIELDS},
+        )
+
+    def _one(self, cursor: sqlite3.Cursor) -> tuple[BatchJob, dict[str, Any]] | None:
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        names = [d[0] for d in cursor.description]
+        return self._record(row, names), dict(zip(names, row, strict=True))
+
+    # -- writes --------------------------------------------------------------
+
+    def insert(self, job: BatchJob) -> None:
+        """Write a new job."""
+        row = {
+            "id": job.id,
+            "type": job.type,
+            "status": job.status.value,
+            "created_by": job.created_by,
+            "dry_run": int(job.dry_run),
+            "context": _dumps(job.context),
+            "result": _dumps(job.result),
+            **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
+        }
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self.write() as conn:
+            conn.execute(f"INSERT INTO {TABLE} ({columns}) VALUES ({marks})", list(row.values()))
+
+    def transition(
+        self,
+        id: str,
+        *,
+        from_statuses: Iterable[Status],
+        to: Status,
+        now: datetime,
+        clear: Iterable[str] = (),
+        reset_claim: bool = False,
+    ) -> BatchJob | None:
+        """Move job ``id`` to ``to`` if its status is one of ``from_statuses``.
+
+        Returns the new record, or ``None`` when the guard did not match.
+        ``clear`` names timestamp fields to set back to null; ``reset_claim``
+        drops any lease, backoff and attempt count.
+        """
+        sets = ["status = ?", f"{to.timestamp_field} = ?", "updated_at = ?"]
+        params: list[Any] = [to.value, _ts(now), _ts(now)]
+        sets.extend(f"{name} = NULL" for name in clear)
+        if reset_claim:
+            sets.append("owner = NULL, available_at = NULL, attempts = 0")
+        froms = [s.value for s in from_statuses]
+        params.extend([id, *froms])
+        sql = (
+            f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? "
+            f"AND status IN ({', '.join('?' for _ in froms)}) RETURNING *"
+        )
+        with self.write() as conn:
+            found = self._one(conn.execute(sql, params))
+        return None if found is None else found[0]
+
+    def merge(
+        self,
+        id: str,
+        *,
+        now: datetime,
+        context: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> BatchJob | None:
+        """Shallowly merge ``context`` and ``result`` into job ``id``."""
+        with self.write() as conn:
+            found = self._one(conn.execute(f"SELECT * FROM {TABLE} WHERE id = ?", [id]))
+            if found is None:
+                return None
+            job = found[0]
+            new_context = {**job.context, **(context or {})}
+            new_result = {**job.result, **(result or {})}
+            conn.execute(
+                f"UPDATE {TABLE} SET context = ?, result = ?, updated_at = ? WHERE id = ?",
+                [_dumps(new_context), _dumps(new_result), _ts(now), id],
+            )
+        return job.replace(context=new_context, result=new_result, updated_at=now)
+
+    def claim(
+        self,
+        owner: str,
+        types: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        statuses: Sequence[Status] = ACTIVE_STATUSES,
+    ) -> Claim | None:
+        """Lease the oldest runnable job of one of ``types`` to ``owner``.
+
+        A job is runnable when its status is in ``statuses`` (active ones only)
+        and it has no live lease or pending backoff. Taking over a lease that
+        expired without being released counts one more attempt.
+        """
+        if not types:
+            return None
+        status_sql = ", ".join(f"'{Status(s).value}'" for s in statuses)
+        indexed = ""
+        if set(statuses) == set(ACTIVE_STATUSES):
+            # The partial index keeps claims fast however many jobs have ended.
+            status_sql = _ACTIVE_SQL[1:-1]
+            indexed = " INDEXED BY batch_jobs_runnable"
+        type_marks = ", ".join("?" for _ in types)
+        sql = (
+            f"UPDATE {TABLE} SET owner = ?, available_at = ?, "
+            "attempts = attempts + (owner IS NOT NULL) "
+            f"WHERE id = (SELECT id FROM {TABLE}{indexed} WHERE status IN ({status_sql}) "
+            f"AND type IN ({type_marks}) AND (available_at IS NULL OR available_at <= ?) "
+            "ORDER BY created_at, id LIMIT 1) RETURNING *"
+        )
+        with self.write() as conn:
+            found = self._one(conn.execute(sql, [owner, _ts(lease_until), *types, _ts(now)]))
+        if found is None:
+            return None
+        job, row = found
+        return Claim(job=job, cursor=json.loads(row["cursor"] or "{}"), attempts=row["attempts"])
+
+    def save(
+        self,
+        id: str,
+        *,
+        owner: str,
+        expect: Status,
+        now: datetime,
+        status: Status | None = None,
+        timestamps: Mapping[str, datetime] | None = None,
+        result: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        cursor: Mapping[str, Any] | None = None,
+        available_at: datetime | None = None,
+        release: bool = False,
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The checkpoint: one guarded write of a running job's progress.
+
+        Applies only while the job is still ``expect`` and leased to ``owner``;
+        returns the stored ``(context, result)`` after the write, or ``None``
+        when the guard failed (canceled, or the lease was lost). ``result`` and
+        ``context`` are merged shallowly; ``available_at`` renews the lease (or
+        sets a backoff with ``release``); ``release`` gives the lease up.
+        """
+        params: list[Any] = []
+        sets = ["updated_at = ?"]
+        params.append(_ts(now))
+        if status is not None:
+            sets.append("status = ?")
+            params.append(status.value)
+        for name, value in (timestamps or {}).items():
+            sets.append(f"{name} = ?")
+            params.append(_ts(value))
+        slow_merge = {}
+        for column, patch in (("result", result), ("context", context)):
+            if not patch:
+                continue
+            if _plain_keys(patch):
+                sets.append(f"{column} = {_json_set(column, patch, params)}")
+            else:
+                slow_merge[column] = patch
+        if cursor is not None:
+            sets.append("cursor = ?")
+            params.append(_dumps(cursor))
+        if release:
+            sets.append("owner = NULL")
+        sets.append("available_at = ?")
+        params.append(_ts(available_at))
+        params.extend([id, expect.value, owner])
+        sql = (
+            f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? AND status = ? AND owner = ? "
+            "RETURNING context, result"
+        )
+        with self.write() as conn:
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            stored = {"context": json.loads(row[0]), "result": json.loads(row[1])}
+            if slow_merge:
+                for column, patch in slow_merge.items():
+                    stored[column] = {**stored[column], **patch}
+                conn.execute(
+                    f"UPDATE {TABLE} SET context = ?, result = ? WHERE id = ?",
+                    [_dumps(stored["context"]), _dumps(stored["result"]), id],
+                )
+        return stored["context"], stored["result"]
+
+    def renew(self, owner: str, ids: Iterable[str], until: datetime) -> int:
+        """Extend ``owner``'s leases on ``ids``; returns how many it still holds."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        marks = ", ".join("?" for _ in ids)
+        with self.write() as conn:
+            cur = conn.execute(
+                f"UPDATE {TABLE} SET available_at = ? WHERE owner = ? AND id IN ({marks})",
+                [_ts(until), owner, *ids],
+            )
+        return cur.rowcount
+
+    def release_all(self, owner: str) -> int:
+        """Give up every lease ``owner`` holds (expired at once)."""
+        with self.write() as conn:
+            cur = conn.execute(
+                f"UPDATE {TABLE} SET owner = NULL, available_at = NULL WHERE owner = ?", [owner]
+            )
+        return cur.rowcount
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete the rows of ``ids``; returns how many were deleted."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        marks = ", ".join("?" for _ in ids)
+        with self.write() as conn:
+            cur = conn.execute(f"DELETE FROM {TABLE} WHERE id IN ({marks})", ids)
+        return cur.rowcount
+
+    # -- reads ---------------------------------------------------------------
+
+    def get(self, id: str) -> BatchJob | None:
+        """The job ``id``, or ``None``."""
+        found = self._one(self.db.execute(f"SELECT * FROM {TABLE} WHERE id = ?", [id]))
+        return None if found is None else found[0]
+
+    def status_of(self, id: str) -> Status | None:
+        """Just the status of job ``id`` (cheap), or ``None``."""
+        row = self.db.execute(f"SELECT status FROM {TABLE} WHERE id = ?", [id]).fetchone()
+        return None if row is None else Status(row[0])
+
+    def pending(self, types: Sequence[str]) -> tuple[int, datetime | None]:
+        """How many jobs of ``types`` are active, and the earliest time one is free."""
+        if not types:
+            return 0, None
+        marks = ", ".join("?" for _ in types)
+        count, earliest = self.db.execute(
+            f"SELECT count(*), min(coalesce(available_at, '')) FROM {TABLE} "
+            f"WHERE status IN {_ACTIVE_SQL} AND type IN ({marks})",
+            list(types),
+        ).fetchone()
+        return count, (_parse_ts(earliest) if earliest else None)
+
+    def list_and_count(
+        self,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        order: str = "-created_at",
+    ) -> tuple[list[BatchJob], int]:
+        """A page of jobs matching ``filters``, and how many match in all.
+
+        ``filters``: ``status``/``type``/``created_by``/``id`` → a value or a
+        list; a timestamp field → ``None`` (is null) or ``{"gt"|"gte"|"lt"|"lte":
+        datetime}``.
+        """
+        where, params = self._where(filters or {})
+        descending = order.startswith("-")
+        column = order.lstrip("-+")
+        if column not in ORDER_FIELDS:
+            raise InvalidDataError(
+                f"order must be one of {', '.join(ORDER_FIELDS)} (with - for descending), "
+                f"not {order!r}"
+            )
+        direction = "DESC" if descending else "ASC"
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        db = self.db
+        db.conn.execute("BEGIN")  # one snapshot for the page and the count
+        try:
+            cur = db.execute(
+                f"SELECT * FROM {TABLE}{clause} ORDER BY {column} {direction}, id {direction} "
+                "LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            )
+            names = [d[0] for d in cur.description]
+            jobs = [self._record(row, names) for row in cur.fetchall()]
+            (count,) = db.execute(f"SELECT count(*) FROM {TABLE}{clause}", params).fetchone()
+        finally:
+            db.conn.execute("COMMIT")
+        return jobs, count
+
+    @staticmethod
+    def _where(filters: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for name, value in filters.items():
+            if name in ("id", "status", "type", "created_by"):
+                values = [value] if isinstance(value, (str, Status)) or value is None else value
+                values = [v.value if isinstance(v, Status) else v for v in values]
+                if not values:
+                    where.append("0")
+                    continue
+                where.append(f"{name} IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
+            elif name in TIMESTAMP_FIELDS:
+                if value is None:
+                    where.append(f"{name} IS NULL")
+                    continue
+                for op, bound in value.items():
+                    where.append(f"{name} {DATE_OPERATORS[op]} ?")
+                    params.append(_ts(bound))
+            else:  # pragma: no cover - the service validates filter names
+                raise InvalidDataError(f"cannot filter on {name!r}")
+        return where, params
