@@ -1,0 +1,277 @@
+"""Running jobs: checkpoints, cancel, failures, retries, resume, leases."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+from batchjobs import BatchJobs, JobRun, Status
+from batchjobs.models import utcnow
+from tests.strategies import Ledger, read_ledger
+
+
+def test_checkpoints_are_visible_from_another_connection_while_the_job_runs(
+    jobs: BatchJobs, db_path: Path, tmp_path: Path
+) -> None:
+    seen: list[int] = []
+    outside = sqlite3.connect(db_path)
+
+    class Watching(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            (result,) = outside.execute(
+                "SELECT json_extract(result, '$.advancement_count') FROM batch_jobs WHERE id = ?",
+                [run.job.id],
+            ).fetchone()
+            seen.append(result)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Watching)
+    jobs.create("ledger", {"n": 35})
+    jobs.run_until_idle(timeout=10)
+    # The first chunk runs before the first checkpoint; each later one sees the one before.
+    assert seen == [None, 10, 20, 30]
+
+
+def test_cancel_from_another_thread_stops_within_one_chunk(jobs: BatchJobs, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    second_chunk = threading.Event()
+    release = threading.Event()
+    cleaned: list[int] = []
+
+    class Slow(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if start == 10:
+                second_chunk.set()
+                release.wait(5)
+            return super().process_chunk(run, start, size)
+
+        def on_cancel(self, run: JobRun) -> None:
+            cleaned.append(run.result["advancement_count"])
+
+    jobs.register(Slow)
+    job = jobs.create("ledger", {"n": 100, "ledger": str(ledger)})
+    runner = threading.Thread(target=jobs.run_until_idle, kwargs={"timeout": 10})
+    runner.start()
+    assert second_chunk.wait(5)
+    canceled = jobs.cancel(job.id)
+    release.set()
+    runner.join(10)
+    assert canceled.status == Status.CANCELED
+    final = jobs.retrieve(job.id)
+    assert final.status == Status.CANCELED
+    assert final.result["advancement_count"] == 10  # the chunk in flight is not saved
+    assert cleaned == [20]  # on_cancel saw the run's own progress
+    assert len(read_ledger(ledger)) == 20
+
+
+def test_failure_in_pre_process_fails_the_job_with_the_error(jobs: BatchJobs) -> None:
+    failed: list[str] = []
+    jobs.subscribe("batch.failed", lambda sender, job, **kw: failed.append(job.id))
+    job = jobs.create("broken")
+    jobs.run_until_idle(timeout=10)
+    done = jobs.retrieve(job.id)
+    assert done.status == Status.FAILED and done.failed_at is not None
+    assert done.result["errors"] == [{"message": "cannot count the records", "code": "ValueError"}]
+    assert failed == [job.id]
+
+
+def test_failing_chunk_without_retry_fails_and_retry_resumes_from_the_checkpoint(
+    jobs: BatchJobs, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 50, "fail_at": 30, "ledger": str(ledger), "cursor": True})
+    jobs.run_until_idle(timeout=10)
+    failed = jobs.retrieve(job.id)
+    assert failed.status == Status.FAILED
+    assert failed.result["advancement_count"] == 30
+    assert failed.result["errors"] == [{"message": "chunk at 30 failed", "code": "RuntimeError"}]
+    assert failed.result["error_count"] == 1
+
+    jobs.update(job.id, context={"fail_at": None})
+    retried = jobs.retry(job.id)
+    assert retried.status == Status.CONFIRMED and retried.failed_at is None
+    jobs.run_until_idle(timeout=10)
+    done = jobs.retrieve(job.id)
+    assert done.status == Status.COMPLETED
+    # Nothing repeated, nothing lost; the cursor came back as it was saved.
+    assert read_ledger(ledger) == [str(i) for i in range(50)]
+
+
+def test_a_job_that_failed_before_pre_processing_retries_from_created(jobs: BatchJobs) -> None:
+    job = jobs.create("broken")
+    jobs.run_until_idle(timeout=10)
+    retried = jobs.retry(job.id)
+    assert retried.status == Status.CREATED
+
+
+def test_should_retry_records_the_error_and_resumes_after_the_backoff(
+    jobs: BatchJobs, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        job = jobs.create(
+            "ledger", {"n": 30, "fail_at": 20, "retry": True, "max_retry": 2, "ledger": str(ledger)}
+        )
+        jobs.run_next()
+        waiting = jobs.retrieve(job.id)
+        assert waiting.status == Status.PROCESSING
+        assert waiting.context["retry_count"] == 1
+        assert waiting.result["errors"][0]["message"] == "chunk at 20 failed"
+        assert jobs.run_next() is None  # backing off for 1 s
+        clock.tick(timedelta(seconds=1))
+        jobs.run_next()
+        assert jobs.retrieve(job.id).context["retry_count"] == 2
+        clock.tick(timedelta(seconds=1))
+        assert jobs.run_next() is None  # the second backoff is 2 s
+        clock.tick(timedelta(seconds=1))
+        jobs.run_next()  # retry_count == max_retry: this failure is final
+        done = jobs.retrieve(job.id)
+    assert done.status == Status.FAILED
+    assert done.result["error_count"] == 3
+    assert done.result["advancement_count"] == 20
+    assert read_ledger(ledger) == [str(i) for i in range(20)]
+
+
+def test_retry_after_automatic_retries_succeeds(jobs: BatchJobs) -> None:
+    calls: list[int] = []
+
+    class Flaky(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            calls.append(start)
+            if len(calls) == 2:
+                raise ConnectionError("flaky")
+            return super().process_chunk(run, start, size)
+
+        def should_retry(self, run: JobRun, error: Exception) -> bool:
+            return isinstance(error, ConnectionError)
+
+    jobs.register(Flaky)
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        job = jobs.create("ledger", {"n": 25})
+        jobs.run_next()
+        clock.tick(timedelta(seconds=1))
+        jobs.run_next()
+    done = jobs.retrieve(job.id)
+    assert done.status == Status.COMPLETED
+    assert calls == [0, 10, 10, 20]
+    assert done.result["errors"] == [{"message": "flaky", "code": "ConnectionError"}]
+
+
+def test_a_job_left_processing_by_a_dead_worker_resumes_after_its_lease(
+    make_jobs: Any, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    dead = make_jobs(lease_seconds=10)
+
+    class Dies(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            done = super().process_chunk(run, start, size)
+            if start == 20:
+                raise SystemExit  # the worker dies after the work, before the checkpoint
+            return done
+
+    dead.register(Dies)
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        job = dead.create("ledger", {"n": 40, "ledger": str(ledger), "cursor": True})
+        with pytest.raises(SystemExit):
+            dead.run_next()
+        alive = make_jobs(lease_seconds=10)
+        assert alive.run_next() is None  # the lease still holds
+        clock.tick(timedelta(seconds=10))
+        alive.run_next()
+    done = alive.retrieve(job.id)
+    assert done.status == Status.COMPLETED
+    lines = read_ledger(ledger)
+    assert sorted(set(lines), key=int) == [str(i) for i in range(40)]
+    assert len(lines) == 50  # exactly one chunk (20..29) ran twice
+
+
+def test_max_attempts_fails_a_job_whose_worker_keeps_dying(make_jobs: Any) -> None:
+    class Poison(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            raise SystemExit
+
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        jobs = make_jobs(lease_seconds=1, max_attempts=2)
+        jobs.register(Poison)
+        job = jobs.create("ledger", {"n": 10})
+        for _ in range(3):  # the first claim and two takeovers
+            with pytest.raises(SystemExit):
+                jobs.run_next()
+            clock.tick(timedelta(seconds=1))
+        jobs.run_next()
+    done = jobs.retrieve(job.id)
+    assert done.status == Status.FAILED
+    assert done.result["errors"][-1]["code"] == "max_attempts_exceeded"
+    assert "taken over 3 times" in done.result["errors"][-1]["message"]
+
+
+def test_lease_is_renewed_by_the_heartbeat(make_jobs: Any) -> None:
+    jobs = make_jobs(lease_seconds=30)
+    job = jobs.create("ledger", {"n": 10})
+    claim = jobs.service.claim_next()
+    assert claim is not None and claim.job.id == job.id
+    jobs.service._running.add(job.id)  # as run_claim does
+    later = utcnow() + timedelta(seconds=20)
+    assert jobs.service.renew_leases(now=later) == 1
+    other = make_jobs(lease_seconds=30)
+    assert other.service.claim_next(now=later + timedelta(seconds=29)) is None
+    assert other.service.claim_next(now=later + timedelta(seconds=31)) is not None
+
+
+def test_run_until_idle_times_out_on_a_job_leased_elsewhere(make_jobs: Any) -> None:
+    holder, waiter = make_jobs(lease_seconds=60), make_jobs(lease_seconds=60)
+    holder.create("ledger", {"n": 10})
+    assert holder.service.claim_next() is not None
+    with pytest.raises(TimeoutError, match="1 batch job"):
+        waiter.run_until_idle(timeout=0.2)
+
+
+def test_list_and_count_filters_and_pages(jobs: BatchJobs) -> None:
+    with freeze_time("2026-01-01") as clock:
+        ids = []
+        for i in range(5):
+            ids.append(
+                jobs.create("words", {"words": []}, created_by=f"usr_{i % 2}", dry_run=i == 4).id
+            )
+            clock.tick(timedelta(days=1))
+        jobs.create("ledger", {"n": 1})
+        jobs.run_until_idle(timeout=10)
+    page, count = jobs.list_and_count(limit=2)
+    assert count == 6 and len(page) == 2
+    assert page[0].type == "ledger" and page[1].id == ids[4]  # newest first
+    page, count = jobs.list_and_count(type="words", order="created_at", limit=2, offset=1)
+    assert count == 5 and [j.id for j in page] == ids[1:3]
+    assert jobs.list_and_count(created_by="usr_1")[1] == 2
+    assert jobs.list_and_count(created_by=["usr_0", "usr_1"])[1] == 5
+    assert jobs.list_and_count(status="pre_processed")[0][0].id == ids[4]
+    assert jobs.list_and_count(status=["completed", "pre_processed"])[1] == 6
+    assert jobs.list_and_count(confirmed_at=None)[1] == 1
+    assert jobs.list_and_count(created_at={"gte": "2026-01-02", "lt": "2026-01-04"})[1] == 2
+    assert jobs.list_and_count(created_at={"gt": "2026-01-05T00:00:00Z"})[1] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"limit": -1}, "limit must be a non-negative integer"),
+        ({"order": "-context"}, "order must be one of"),
+        ({"status": "done"}, "unknown status 'done'"),
+        ({"color": "red"}, "cannot filter on 'color'"),
+        ({"created_at": {"after": "2026"}}, "created_at: unknown operator 'after'"),
+        ({"created_at": {"gt": "yesterday"}}, "created_at: 'yesterday' is not an ISO 8601 date"),
+    ],
+)
+def test_list_and_count_refuses_bad_filters(
+    jobs: BatchJobs, kwargs: dict[str, Any], message: str
+) -> None:
+    from batchjobs import InvalidDataError
+
+    with pytest.raises(InvalidDataError, match=message):
+        jobs.list_and_count(**kwargs)
