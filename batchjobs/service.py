@@ -4,7 +4,8 @@
 input, makes guarded transitions through the store, emits events after each
 commit, and runs claimed jobs chunk by chunk. Transitions one worker makes in
 a row (pre-processed → confirmed → processing → the first checkpoint) share
-one commit; each still gets its own timestamp and event.
+one commit when the job fits in one chunk; each still gets its own timestamp
+and event.
 """
 
 from __future__ import annotations
@@ -401,6 +402,12 @@ class BatchJobService:
                 },
             )
             return
+        count, done = run.result.get("count"), run.result.get("advancement_count", 0)
+        # Show the job as processing before a chunk that may take long; only a
+        # job that fits in one chunk saves its transitions with its completion.
+        if state.pending and (count is None or count - done > size):
+            if not self._save(strategy, run, state):
+                return
         while True:
             done = run.result.get("advancement_count", 0)
             count = run.result.get("count")

@@ -56,7 +56,8 @@ class Ledger(BatchJobStrategy):
     Context knobs: ``sleep`` (seconds per chunk), ``fail_at`` (raise when a
     chunk starts there), ``retry`` (should_retry answer), ``exit_at`` (the
     process exits hard when a chunk starts there, every time), ``cursor``
-    (keep the next index in ``run.cursor``).
+    (check ``run.cursor`` matches each chunk's start), ``tagged`` (prefix ledger
+    lines with the job id).
     """
 
     batch_type = "ledger"
@@ -77,7 +78,8 @@ class Ledger(BatchJobStrategy):
             raise AssertionError(f"cursor {run.cursor} does not match start {start}")
         end = min(start + size, ctx["n"])
         if ctx.get("ledger"):
-            _append(ctx["ledger"], [str(i) for i in range(start, end)])
+            prefix = f"{run.job.id}:" if ctx.get("tagged") else ""
+            _append(ctx["ledger"], [f"{prefix}{i}" for i in range(start, end)])
         run.cursor["next"] = end
         return end - start
 

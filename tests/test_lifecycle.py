@@ -57,8 +57,9 @@ def test_full_lifecycle_sets_every_timestamp_and_emits_every_event(jobs: BatchJo
         ("batch.pre_processed", "pre_processed"),
         ("batch.confirmed", "confirmed"),
         ("batch.processing", "processing"),
+        ("batch.updated", "processing"),  # count and stat_descriptors saved
         ("batch.updated", "processing"),  # checkpoint after chunk 1 (of 2)
-        ("batch.updated", "processing"),
+        ("batch.updated", "processing"),  # the last chunk, saved with completion
         ("batch.completed", "completed"),
     ]
 
