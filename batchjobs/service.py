@@ -300,9 +300,13 @@ class BatchJobService:
         return self.store.renew(self.owner, self.running, (now or utcnow()) + self.lease)
 
     def claim_next(
-        self, now: datetime | None = None, *, statuses: Iterable[Status] = ACTIVE_STATUSES
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        ids: Iterable[str] | None = None,
     ) -> Claim | None:
-        """Lease the oldest runnable job of a registered type, or ``None``."""
+        """Lease the oldest runnable job of a registered type (among ``ids``), or ``None``."""
         now = now or utcnow()
         return self.store.claim(
             self.owner,
@@ -310,6 +314,7 @@ class BatchJobService:
             now=now,
             lease_until=now + self.lease,
             statuses=tuple(statuses),
+            ids=None if ids is None else list(ids),
         )
 
     def run_next(
@@ -318,13 +323,14 @@ class BatchJobService:
         *,
         statuses: Iterable[Status] = ACTIVE_STATUSES,
         stop_after_pre_process: bool = False,
+        ids: Iterable[str] | None = None,
     ) -> BatchJob | None:
         """Claim one runnable job and run it until it rests or is handed over.
 
         Returns the job as this worker left it, or ``None`` when nothing was
-        runnable at ``now``.
+        runnable at ``now``. ``ids`` limits the claim to those jobs.
         """
-        claim = self.claim_next(now, statuses=statuses)
+        claim = self.claim_next(now, statuses=statuses, ids=ids)
         if claim is None:
             return None
         return self.run_claim(claim, stop_after_pre_process=stop_after_pre_process)

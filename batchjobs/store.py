@@ -284,14 +284,16 @@ class Store:
         now: datetime,
         lease_until: datetime,
         statuses: Sequence[Status] = ACTIVE_STATUSES,
+        ids: Sequence[str] | None = None,
     ) -> Claim | None:
         """Lease the oldest runnable job of one of ``types`` to ``owner``.
 
         A job is runnable when its status is in ``statuses`` (active ones only)
         and it has no live lease or pending backoff. Taking over a lease that
-        expired without being released counts one more attempt.
+        expired without being released counts one more attempt. ``ids``, when
+        given, limits the claim to those jobs (``batchjobs run`` runs only its own).
         """
-        if not types:
+        if not types or (ids is not None and not ids):
             return None
         status_sql = ", ".join(f"'{Status(s).value}'" for s in statuses)
         indexed = ""
@@ -300,15 +302,17 @@ class Store:
             status_sql = _ACTIVE_SQL[1:-1]
             indexed = " INDEXED BY batch_jobs_runnable"
         type_marks = ", ".join("?" for _ in types)
+        id_sql = "" if ids is None else f"AND id IN ({', '.join('?' for _ in ids)}) "
         sql = (
             f"UPDATE {TABLE} SET owner = ?, available_at = ?, "
             "attempts = attempts + (owner IS NOT NULL) "
             f"WHERE id = (SELECT id FROM {TABLE}{indexed} WHERE status IN ({status_sql}) "
             f"AND type IN ({type_marks}) AND (available_at IS NULL OR available_at <= ?) "
-            "ORDER BY created_at, id LIMIT 1) RETURNING *"
+            f"{id_sql}ORDER BY created_at, id LIMIT 1) RETURNING *"
         )
         with self.write() as conn:
-            found = self._one(conn.execute(sql, [owner, _ts(lease_until), *types, _ts(now)]))
+            params = [owner, _ts(lease_until), *types, _ts(now), *(ids or ())]
+            found = self._one(conn.execute(sql, params))
         if found is None:
             return None
         job, row = found
