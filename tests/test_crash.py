@@ -1,0 +1,152 @@
+"""Real worker processes on one SQLite file: kill -9, SIGTERM, contention, poison jobs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchjobs import BatchJobs, Status
+from tests.strategies import read_ledger
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    """Poll ``condition`` (a cheap read of the store) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+@pytest.fixture
+def start_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``tests.worker`` processes; after the test, none may have logged an error."""
+    procs: list[subprocess.Popen[str]] = []
+    logs = tmp_path / "workers.log"
+
+    def start(*args: str, ready: bool = True) -> subprocess.Popen[str]:
+        with logs.open("a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.worker", str(db_path), *args],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        procs.append(proc)
+        if ready:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    logged = logs.read_text() if logs.exists() else ""
+    assert "database is locked" not in logged
+    assert "Traceback" not in logged, logged
+
+
+def progress(jobs: BatchJobs, id: str) -> int:
+    return jobs.retrieve(id).result.get("advancement_count", 0)
+
+
+def test_kill_9_mid_job_then_another_worker_finishes_it(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 400, "sleep": 0.02, "ledger": str(ledger), "cursor": True})
+    first = start_worker("--lease-seconds", "1")
+    wait_for(lambda: progress(jobs, job.id) >= 50, what="the first checkpoints")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    start_worker("--lease-seconds", "1")
+    assert jobs.wait(job.id, timeout=30).status == Status.COMPLETED
+    counts = Counter(read_ledger(ledger))
+    assert set(counts) == {str(i) for i in range(400)}  # nothing lost
+    assert sum(counts.values()) - 400 <= 10  # at most one chunk (10 records) twice
+
+
+def test_sigterm_hands_the_job_over_without_repeating_a_record(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 400, "sleep": 0.02, "ledger": str(ledger), "cursor": True})
+    first = start_worker("--lease-seconds", "60")
+    wait_for(lambda: progress(jobs, job.id) >= 50, what="the first checkpoints")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    handed = jobs.retrieve(job.id)
+    assert handed.status == Status.PROCESSING
+    # A 60 s lease, yet the next worker starts at once: the lease was released.
+    start_worker("--lease-seconds", "60")
+    assert jobs.wait(job.id, timeout=20).status == Status.COMPLETED
+    assert read_ledger(ledger) == [str(i) for i in range(400)]
+
+
+def test_three_workers_run_200_jobs_exactly_once(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    workers = [start_worker("--concurrency", "2") for _ in range(3)]
+    created = [
+        jobs.create("ledger", {"n": 5, "chunk_size": 2, "ledger": str(ledger), "tagged": True})
+        for _ in range(200)
+    ]
+    for job in created:
+        assert jobs.wait(job.id, timeout=60).status == Status.COMPLETED
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0
+    counts = Counter(read_ledger(ledger))
+    assert len(counts) == 200 * 5
+    assert set(counts.values()) == {1}
+
+
+def test_a_chunk_longer_than_the_lease_is_not_taken_over(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 20, "sleep": 1.2, "ledger": str(ledger)})
+    start_worker("--lease-seconds", "0.4")
+    wait_for(lambda: jobs.retrieve(job.id).status == Status.PROCESSING, what="processing")
+    start_worker("--lease-seconds", "0.4")  # would take the job if the lease lapsed
+    assert jobs.wait(job.id, timeout=20).status == Status.COMPLETED
+    assert read_ledger(ledger) == [str(i) for i in range(20)]
+
+
+def test_a_job_that_kills_every_worker_ends_failed_after_max_attempts(
+    jobs: BatchJobs, start_worker: Callable[..., Any]
+) -> None:
+    job = jobs.create("ledger", {"n": 20, "exit_at": 0})
+    options = ("--lease-seconds", "0.3", "--max-attempts", "2")
+    deaths = 0
+    while jobs.retrieve(job.id).status != Status.FAILED:
+        assert deaths <= 3, "the poison job was not failed after max_attempts"
+        worker = start_worker(*options, ready=False)  # it may die before it says so
+        # The worker either dies on the job or, once it is failed, stays up.
+        while worker.poll() is None and jobs.retrieve(job.id).status != Status.FAILED:
+            time.sleep(0.02)
+        if worker.poll() is not None:
+            assert worker.returncode == 3
+            deaths += 1
+    assert deaths == 3  # the first claim and two takeovers
+    failed = jobs.retrieve(job.id)
+    assert failed.result["errors"][-1]["code"] == "max_attempts_exceeded"
