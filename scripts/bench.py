@@ -1,0 +1,1114 @@
+#!/usr/bin/env python
+"""Measure batchjobs against the floor and against its peers, as ratios taken in one run.
+
+    python scripts/bench.py                 # every scenario at full size (a few minutes)
+    python scripts/bench.py --quick         # every scenario at a tiny size (seconds)
+    python scripts/bench.py --only checkpoints --profile   # cProfile our side
+
+Each scenario times our side and a baseline in the same run, alternating the
+two, and keeps the best of ``--repeat`` runs of each: machines are shared and
+noisy, so the ratio is the figure to read, not the absolute times. The output
+is one Markdown table (scenario, ours, baseline, ratio, goal, met?) and notes.
+A scenario whose code is not installed (the Redis mirror, the CSV strategies,
+Huey) prints "not available" instead of failing; Redis rows are skipped when
+no server answers on ``--redis``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import csv
+import importlib.util
+import json
+import os
+import platform
+import pstats
+import random
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ulid import ULID
+
+import batchjobs
+from batchjobs import BatchJobs, BatchJobStrategy, JobRun
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Jobs that are runnable in the claim-and-list files (the newest ones).
+RUNNABLE_JOBS = 50
+#: Seconds any single wait in a scenario may take before it counts as a failure.
+WAIT_TIMEOUT = 120.0
+
+
+# -- sizes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario runs."""
+
+    jobs: int  # trivial jobs in the lifecycle and scheduler scenarios
+    records: int  # records of the one big job
+    chunk: int  # its chunk size
+    wake_samples: int  # in-process wake-ups measured
+    poll_samples: int  # samples of the 1 s polling baselines
+    pickup_samples: int  # cross-process pick-ups through Redis
+    small_file: int  # jobs in the small claim-and-list file
+    large_file: int  # jobs in the large one
+    csv_rows: int  # rows exported and imported
+    repeat: int  # runs of each side; the best is kept
+
+
+FULL = Sizes(
+    jobs=2_000,
+    records=1_000_000,
+    chunk=1_000,
+    wake_samples=200,
+    poll_samples=40,
+    pickup_samples=50,
+    small_file=100,
+    large_file=100_000,
+    csv_rows=1_000_000,
+    repeat=3,
+)
+QUICK = Sizes(
+    jobs=100,
+    records=50_000,
+    chunk=1_000,
+    wake_samples=20,
+    poll_samples=3,
+    pickup_samples=5,
+    small_file=100,
+    large_file=2_000,
+    csv_rows=5_000,
+    repeat=1,
+)
+
+
+# -- results --------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    scenario: str
+    ours: str
+    baseline: str = ""
+    ratio: float | None = None
+    goal: str = ""
+    met: bool | None = None
+
+    def cells(self) -> list[str]:
+        """The row's cells as printed."""
+        ratio = "" if self.ratio is None else f"{self.ratio:.3g}x"
+        met = {True: "yes", False: "**no**", None: ""}[self.met]
+        return [self.scenario, self.ours, self.baseline, ratio, self.goal, met]
+
+
+def unavailable(scenario: str, goal: str, why: str, notes: list[str]) -> Row:
+    """A row for a scenario that cannot run here, with the reason in the notes."""
+    notes.append(f"{scenario}: not available: {why}")
+    return Row(scenario, "not available", goal=goal)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| scenario | ours | baseline | ratio | goal | met? |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def per_second(count: float, seconds: float, unit: str) -> str:
+    """``count / seconds`` as a readable rate."""
+    rate = count / seconds
+    return f"{rate:,.0f} {unit}/s" if rate < 1e6 else f"{rate / 1e6:.2f}M {unit}/s"
+
+
+def ms(seconds: float) -> str:
+    """Seconds as a readable millisecond figure."""
+    value = seconds * 1000
+    return f"{value:.3g} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def us(seconds: float) -> str:
+    """Seconds as a readable microsecond figure."""
+    return f"{seconds * 1e6:,.0f} µs"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# -- strategies the scenarios run ------------------------------------------------
+
+
+def spin(start: int, stop: int, steps: int) -> int:
+    """The stand-in for real work: ``steps`` integer operations per record."""
+    acc = 0
+    for i in range(start, stop):
+        x = i
+        for _ in range(steps):
+            x = (x * 31 + 7) & 0xFFFF
+        acc ^= x
+    return acc
+
+
+class Trivial(BatchJobStrategy):
+    """One record, no work: what a job costs on its own."""
+
+    batch_type = "bench-trivial"
+
+    def pre_process(self, run: JobRun) -> None:
+        run.set_count(1)
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        return 1
+
+
+class Spin(BatchJobStrategy):
+    """``context["n"]`` records of ``context["steps"]`` spin steps each."""
+
+    batch_type = "bench-spin"
+    chunk_size = 1_000
+
+    def pre_process(self, run: JobRun) -> None:
+        run.set_count(run.job.context["n"])
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        stop = min(start + size, run.job.context["n"])
+        spin(start, stop, run.job.context["steps"])
+        return stop - start
+
+
+class Mark(BatchJobStrategy):
+    """Records in ``result.picked_at`` when ``pre_process`` started.
+
+    ``time.monotonic`` is one clock for every process of the machine, so a
+    timestamp taken in a worker process compares with one taken here.
+    """
+
+    batch_type = "bench-mark"
+
+    def pre_process(self, run: JobRun) -> None:
+        run.result["picked_at"] = time.monotonic()
+        run.set_count(1)
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        return 1
+
+
+# -- the harness -----------------------------------------------------------------
+
+
+class Bench:
+    """What every scenario shares: sizes, a scratch directory, Redis, the profiler."""
+
+    def __init__(
+        self, sizes: Sizes, workdir: Path, redis_url: str, *, profile: bool = False
+    ) -> None:
+        self.sizes = sizes
+        self.workdir = workdir
+        self.redis_url = redis_url
+        self.profiler = cProfile.Profile() if profile else None
+        self.notes: list[str] = []
+        self._files = 0
+        self._redis_up: bool | None = None
+
+    def fresh(self, name: str) -> Path:
+        """A path in a new, empty directory of the scratch area."""
+        self._files += 1
+        folder = self.workdir / f"{self._files:03d}-{Path(name).stem}"
+        folder.mkdir()
+        return folder / name
+
+    @contextlib.contextmanager
+    def ours(self) -> Iterator[None]:
+        """Profile the enclosed code (calling thread only) when ``--profile`` is on."""
+        if self.profiler is None:
+            yield
+            return
+        self.profiler.enable()
+        try:
+            yield
+        finally:
+            self.profiler.disable()
+
+    def best_of(self, *sides: Callable[[], float]) -> list[float]:
+        """Run each side ``repeat`` times, alternating; the best (lowest) figure of each."""
+        best = [float("inf")] * len(sides)
+        for _ in range(self.sizes.repeat):
+            for i, side in enumerate(sides):
+                best[i] = min(best[i], side())
+        return best
+
+    def redis_up(self) -> bool:
+        """Whether the Redis server answers (asked once)."""
+        if self._redis_up is None:
+            url = urlparse(self.redis_url)
+            try:
+                with socket.create_connection(
+                    (url.hostname or "127.0.0.1", url.port or 6379), timeout=0.5
+                ) as sock:
+                    sock.sendall(b"PING\r\n")
+                    self._redis_up = sock.recv(16).startswith(b"+PONG")
+            except OSError:
+                self._redis_up = False
+        return self._redis_up
+
+    def redis_missing(self) -> str | None:
+        """Why the Redis scenarios cannot run, or ``None``."""
+        if importlib.util.find_spec("batchjobs.pubsub") is None:
+            return "the Redis mirror (batchjobs.pubsub) is not in this checkout yet"
+        if not self.redis_up():
+            return f"Redis is not answering at {self.redis_url}; skipped"
+        return None
+
+
+def open_jobs(path: Path, *strategies: type[BatchJobStrategy], **options: Any) -> BatchJobs:
+    """A ``BatchJobs`` on ``path`` with ``strategies`` registered."""
+    jobs = BatchJobs(path, **options)
+    for strategy in strategies:
+        jobs.register(strategy)
+    return jobs
+
+
+def redis_options(redis_url: str | None, prefix: str) -> dict[str, Any]:
+    """``BatchJobs`` options that turn the mirror on (on a private prefix), or none."""
+    return {"redis_url": redis_url, "channel_prefix": prefix} if redis_url else {}
+
+
+def count_completed(jobs: BatchJobs, n: int) -> None:
+    """Fail loudly unless ``n`` jobs completed: a fast wrong run proves nothing."""
+    done = jobs.list_and_count(status="completed", limit=0)[1]
+    if done != n:
+        raise RuntimeError(f"{done} of {n} jobs completed")
+
+
+def completion_latch(jobs: BatchJobs, n: int) -> threading.Event:
+    """An event set once ``n`` jobs of ``jobs`` completed."""
+    done = threading.Event()
+    lock = threading.Lock()
+    seen = [0]
+
+    def on_completed(sender: Any, **kwargs: Any) -> None:
+        with lock:
+            seen[0] += 1
+            if seen[0] == n:
+                done.set()
+
+    jobs.subscribe("batch.completed", on_completed)
+    return done
+
+
+# -- scenarios --------------------------------------------------------------------
+
+
+def lifecycle(b: Bench) -> list[Row]:
+    """Trivial jobs, create → completed with ``run_until_idle`` vs a plain sqlite3 loop."""
+    n = b.sizes.jobs
+    label = f"lifecycle: {n:,} one-chunk jobs, run_until_idle"
+
+    def ours() -> float:
+        with open_jobs(b.fresh("lifecycle.db"), Trivial) as jobs:
+            start = time.perf_counter()
+            with b.ours():
+                for _ in range(n):
+                    jobs.create(Trivial.batch_type)
+                jobs.run_until_idle(timeout=WAIT_TIMEOUT)
+            elapsed = time.perf_counter() - start
+            count_completed(jobs, n)
+        return elapsed
+
+    def floor() -> float:
+        path = b.fresh("floor.db")
+        BatchJobs(path).close()  # the same table, indexes and WAL mode as ours
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")  # what durability="normal" sets
+        steps = ["pre_processed", "confirmed", "processing", None, "completed"]
+        start = time.perf_counter()
+        ids = []
+        for _ in range(n):
+            now = datetime.now(timezone.utc).isoformat()
+            job_id = f"batch_{ULID()}"
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO batch_jobs (id, type, status, dry_run, context, result, "
+                "created_at, updated_at) VALUES (?, ?, 'created', 0, '{}', '{}', ?, ?)",
+                (job_id, Trivial.batch_type, now, now),
+            )
+            conn.execute("COMMIT")
+            ids.append(job_id)
+        for job_id in ids:
+            status = "created"
+            for step in steps:
+                now = datetime.now(timezone.utc).isoformat()
+                conn.execute("BEGIN IMMEDIATE")
+                if step is None:  # the checkpoint
+                    cur = conn.execute(
+                        "UPDATE batch_jobs SET result = ?, updated_at = ? "
+                        "WHERE id = ? AND status = ?",
+                        ('{"count":1,"advancement_count":1,"progress":1.0}', now, job_id, status),
+                    )
+                else:
+                    cur = conn.execute(
+                        f"UPDATE batch_jobs SET status = ?, {step}_at = ?, updated_at = ? "
+                        "WHERE id = ? AND status = ?",
+                        (step, now, now, job_id, status),
+                    )
+                    status = step
+                conn.execute("COMMIT")
+                if cur.rowcount != 1:
+                    raise RuntimeError("the floor loop lost a job")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return elapsed
+
+    ours_s, floor_s = b.best_of(ours, floor)
+    return [
+        Row(
+            label,
+            per_second(n, ours_s, "jobs"),
+            per_second(n, floor_s, "jobs") + " (sqlite3 loop, 6 commits/job)",
+            floor_s / ours_s,
+            ">= 1.0x",
+            floor_s / ours_s >= 1.0,
+        )
+    ]
+
+
+def scheduler(b: Bench) -> list[Row]:
+    """The same trivial jobs through ``start()`` vs Huey's SqliteHuey, both at synchronous=FULL."""
+    n = b.sizes.jobs
+    label = f"scheduler: {n:,} one-chunk jobs, start(), durability=full"
+    goal = ">= 2.0x"
+    if importlib.util.find_spec("huey") is None:
+        why = "Huey is not installed (pip install -e '.[bench]')"
+        return [unavailable(label, goal, why, b.notes)]
+    from huey import SqliteHuey
+
+    def ours() -> float:
+        with open_jobs(b.fresh("scheduler.db"), Trivial, durability="full") as jobs:
+            done = completion_latch(jobs, n)
+            jobs.start()
+            start = time.perf_counter()
+            with b.ours():
+                for _ in range(n):
+                    jobs.create(Trivial.batch_type)
+                finished = done.wait(WAIT_TIMEOUT)
+            elapsed = time.perf_counter() - start
+            jobs.shutdown()
+            if not finished:
+                raise RuntimeError(f"jobs not done after {WAIT_TIMEOUT} s")
+            count_completed(jobs, n)
+        return elapsed
+
+    def huey() -> float:
+        # Huey's defaults: WAL, and no synchronous pragma, so SQLite's FULL.
+        queue = SqliteHuey("bench", filename=str(b.fresh("huey.db")))
+        done = threading.Event()
+        lock = threading.Lock()
+        seen = [0]
+
+        @queue.task()
+        def noop() -> None:
+            with lock:
+                seen[0] += 1
+                if seen[0] == n:
+                    done.set()
+
+        # Two worker threads like our concurrency=2; polling tighter than Huey's
+        # default (0.1 s growing to 10 s) so that Huey never idles in a backoff.
+        consumer = queue.create_consumer(
+            workers=2, worker_type="thread", periodic=False, initial_delay=0.01, max_delay=0.1
+        )
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        consumer.start()
+        try:
+            start = time.perf_counter()
+            for _ in range(n):
+                noop()
+            finished = done.wait(WAIT_TIMEOUT)
+            elapsed = time.perf_counter() - start
+        finally:
+            consumer.stop(graceful=True)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            queue.storage.close()
+        if not finished:
+            raise RuntimeError(f"Huey tasks not done after {WAIT_TIMEOUT} s")
+        return elapsed
+
+    ours_s, huey_s = b.best_of(ours, huey)
+    b.notes.append(
+        "scheduler: both sides enqueue from the main thread while two worker threads drain; "
+        "the clock runs from the first create/enqueue to the last completion."
+    )
+    return [
+        Row(
+            label,
+            per_second(n, ours_s, "jobs"),
+            per_second(n, huey_s, "tasks") + " (SqliteHuey, 2 threads)",
+            huey_s / ours_s,
+            goal,
+            huey_s / ours_s >= 2.0,
+        )
+    ]
+
+
+def calibrate_steps(target: float = 1e-6) -> int:
+    """Spin steps per record that make about ``target`` seconds of work on this machine."""
+    sample = 20_000
+
+    def per_record(steps: int) -> float:
+        return min(timed(lambda: spin(0, sample, steps)) for _ in range(3)) / sample
+
+    base, probe = per_record(0), per_record(20)
+    step_cost = max((probe - base) / 20, 1e-9)
+    return max(1, round((target - base) / step_cost))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` took."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def big_job(
+    b: Bench, path: Path, steps: int, mirror_stats: list[Any] | None = None, **options: Any
+) -> float:
+    """Seconds ``run_until_idle`` takes on one job of ``records`` spin records.
+
+    With the mirror on, its counters (taken once it closed) go to ``mirror_stats``.
+    """
+    n, chunk = b.sizes.records, b.sizes.chunk
+    with open_jobs(path, Spin, **options) as jobs:
+        job = jobs.create(Spin.batch_type, {"n": n, "steps": steps, "chunk_size": chunk})
+        start = time.perf_counter()
+        with b.ours():
+            jobs.run_until_idle(timeout=WAIT_TIMEOUT)
+        elapsed = time.perf_counter() - start
+        done = jobs.retrieve(job.id)
+        if done.result.get("advancement_count") != n:
+            raise RuntimeError(f"the big job ended {done.status.value} at {done.result}")
+    if mirror_stats is not None and jobs.mirror is not None:
+        mirror_stats.append(jobs.mirror.stats)
+    return elapsed
+
+
+def checkpoints(b: Bench) -> list[Row]:
+    """One job of many ~1 µs records vs the same work in a bare loop."""
+    n, chunk = b.sizes.records, b.sizes.chunk
+    steps = calibrate_steps()
+    label = f"one job of {n:,} records (~1 µs each), chunk {chunk:,}"
+
+    def bare() -> float:
+        start = time.perf_counter()
+        for first in range(0, n, chunk):
+            spin(first, min(first + chunk, n), steps)
+        return time.perf_counter() - start
+
+    ours_s, bare_s = b.best_of(lambda: big_job(b, b.fresh("big.db"), steps), bare)
+    b.notes.append(
+        f"one job: {steps} spin steps per record = {bare_s / n * 1e6:.2f} µs of work per record; "
+        f"{n // chunk:,} checkpoints cost {(ours_s - bare_s) / (n // chunk) * 1e6:,.0f} µs each "
+        "on top of the work."
+    )
+    return [
+        Row(
+            label,
+            f"{ours_s:.3f} s",
+            f"{bare_s:.3f} s (bare loop)",
+            ours_s / bare_s,
+            "<= 1.05x",
+            ours_s / bare_s <= 1.05,
+        )
+    ]
+
+
+def mirror(b: Bench) -> list[Row]:
+    """The big job with the Redis mirror on vs off."""
+    n = b.sizes.records
+    label = f"one job of {n:,} records, Redis mirror on"
+    goal = ">= 0.8x"
+    missing = b.redis_missing()
+    if missing:
+        return [unavailable(label, goal, missing, b.notes)]
+    steps = calibrate_steps()
+    prefix = f"bench-{os.getpid()}"
+    mirrored = {"redis_url": b.redis_url, "channel_prefix": prefix}
+    stats: list[Any] = []
+    on_s, off_s = b.best_of(
+        lambda: big_job(b, b.fresh("mirror.db"), steps, stats, **mirrored),
+        lambda: big_job(b, b.fresh("plain.db"), steps),
+    )
+    last = stats[-1]
+    b.notes.append(
+        f"mirror: the last run published {last.published:,} events to Redis and dropped "
+        f"{last.dropped:,}; the clock stops when the job completes (events still queued "
+        "then are published by close(), untimed)."
+    )
+    return [
+        Row(
+            label,
+            per_second(n, on_s, "records"),
+            per_second(n, off_s, "records") + " (mirror off)",
+            off_s / on_s,
+            goal,
+            off_s / on_s >= 0.8,
+        )
+    ]
+
+
+def apscheduler_polling(b: Bench, samples: int) -> list[float]:
+    """Latencies of rows found by an APScheduler job polling a SQLite table every second."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    path = b.fresh("poll.db")
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE pending (id INTEGER PRIMARY KEY, picked INTEGER DEFAULT 0)")
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    created: dict[int, float] = {}
+    picked: dict[int, float] = {}
+
+    def poll() -> None:
+        now = time.monotonic()
+        for (row_id,) in reader.execute("SELECT id FROM pending WHERE picked = 0").fetchall():
+            picked[row_id] = now
+            reader.execute("UPDATE pending SET picked = 1 WHERE id = ?", (row_id,))
+
+    aps = BackgroundScheduler(timezone="UTC")
+    aps.add_job(poll, "interval", seconds=1.0)
+    aps.start()
+    pace = random.Random(7)
+    try:
+        for row_id in range(1, samples + 1):
+            time.sleep(pace.uniform(0, 0.25))  # land at every phase of the poll
+            writer.execute("INSERT INTO pending (id) VALUES (?)", (row_id,))
+            created[row_id] = time.monotonic()
+        deadline = time.monotonic() + 5
+        while len(picked) < samples and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        aps.shutdown()
+        writer.close()
+        reader.close()
+    return [max(0.0, picked[i] - created[i]) for i in created if i in picked]
+
+
+def wakeup(b: Bench) -> list[Row]:
+    """In-process: ``create`` returning → ``pre_process`` starting, with idle workers."""
+    samples = b.sizes.wake_samples
+    latencies = []
+    early = 0
+    with open_jobs(b.fresh("wake.db"), Mark) as jobs:
+        jobs.start()
+        jobs.wait(jobs.create(Mark.batch_type).id, timeout=WAIT_TIMEOUT)  # warm up
+        for _ in range(samples):
+            with b.ours():
+                job = jobs.create(Mark.batch_type)
+            created = time.monotonic()
+            picked = jobs.wait(job.id, timeout=WAIT_TIMEOUT).result["picked_at"]
+            early += picked < created
+            latencies.append(max(0.0, picked - created))
+            time.sleep(0.002)  # let the workers go idle again
+        jobs.shutdown()
+    polled = apscheduler_polling(b, b.sizes.poll_samples)
+    b.notes.append(
+        f"wake-up: {samples} jobs created one at a time on idle workers; {early} were picked up "
+        "before create returned (counted as 0). Baseline: an APScheduler job polling a SQLite "
+        f"table every second, {len(polled)} rows inserted at random times."
+    )
+    rows = []
+    for name, q, limit in (("p50", 0.5, 0.002), ("p95", 0.95, 0.010)):
+        ours_v, base_v = percentile(latencies, q), percentile(polled, q)
+        rows.append(
+            Row(
+                f"wake-up in process, create → pre_process, {name}",
+                ms(ours_v),
+                ms(base_v) + " (APScheduler, 1 s poll)",
+                ours_v / base_v if base_v else None,
+                f"<= {limit * 1000:g} ms",
+                ours_v <= limit,
+            )
+        )
+    return rows
+
+
+def start_worker(db: Path, poll_interval: float, redis_url: str | None, prefix: str) -> Any:
+    """A worker process on ``db``; returns once its ``start()`` has returned."""
+    command = [sys.executable, __file__, "--worker", str(db), "--poll-interval", str(poll_interval)]
+    if redis_url:
+        command += ["--worker-redis", redis_url, "--prefix", prefix]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"the worker process did not start (exit {proc.wait()})")
+    return proc
+
+
+def stop_worker(proc: Any) -> None:
+    """Close the worker's stdin (it shuts down) and wait for it."""
+    proc.stdin.close()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def pickups(b: Bench, db: Path, samples: int, poll: float, redis_url: str | None) -> list[float]:
+    """Latencies from ``create`` here to ``pre_process`` in a worker process."""
+    prefix = f"bench-{os.getpid()}-{db.parent.name}"
+    options = redis_options(redis_url, prefix)
+    latencies = []
+    with open_jobs(db, Mark, **options) as jobs:
+        proc = start_worker(db, poll, redis_url, prefix)
+        try:
+            jobs.wait(jobs.create(Mark.batch_type).id, timeout=WAIT_TIMEOUT)  # warm up
+            pace = random.Random(11)
+            for _ in range(samples):
+                time.sleep(pace.uniform(0, 0.05))
+                job = jobs.create(Mark.batch_type)
+                created = time.monotonic()
+                try:
+                    done = jobs.wait(job.id, timeout=max(5.0, 3 * poll))
+                except TimeoutError:
+                    b.notes.append(f"pick-up: job {job.id} was not picked up in time")
+                    continue
+                latencies.append(max(0.0, done.result["picked_at"] - created))
+        finally:
+            stop_worker(proc)
+    if not latencies:
+        raise RuntimeError("no job was picked up by the worker process")
+    return latencies
+
+
+def pickup(b: Bench) -> list[Row]:
+    """Cross-process: a job created here, picked up by a worker process woken through Redis."""
+    label = "pick-up by another process through Redis"
+    missing = b.redis_missing()
+    if missing:
+        return [unavailable(f"{label}, p50", "<= 20 ms", missing, b.notes)]
+    woken = pickups(b, b.fresh("pickup.db"), b.sizes.pickup_samples, 30.0, b.redis_url)
+    polled = pickups(b, b.fresh("polled.db"), b.sizes.poll_samples, 1.0, None)
+    b.notes.append(
+        f"pick-up: the worker polls every 30 s and is woken through Redis ({len(woken)} jobs); "
+        f"baseline: the same worker without Redis polling every 1 s ({len(polled)} jobs)."
+    )
+    rows = []
+    for name, q in (("p50", 0.5), ("p95", 0.95)):
+        ours_v, base_v = percentile(woken, q), percentile(polled, q)
+        rows.append(
+            Row(
+                f"{label}, {name}",
+                ms(ours_v),
+                ms(base_v) + " (1 s poll, no Redis)",
+                ours_v / base_v if base_v else None,
+                "<= 20 ms" if name == "p50" else "—",
+                ours_v <= 0.020 if name == "p50" else None,
+            )
+        )
+    return rows
+
+
+def fill(path: Path, total: int) -> None:
+    """Write ``total`` jobs straight into the file: the newest runnable, the rest at rest."""
+    resting = ["completed"] * 16 + ["failed"] * 2 + ["canceled", "pre_processed"]
+    start = datetime.now(timezone.utc) - timedelta(seconds=total)
+    rows = []
+    for i in range(total):
+        at = start + timedelta(milliseconds=i)
+        status = "created" if i >= total - RUNNABLE_JOBS else resting[i % len(resting)]
+        stamp = at.isoformat()
+        rows.append(
+            (
+                f"batch_{ULID.from_datetime(at)}",
+                Trivial.batch_type if i % 2 or status == "created" else "bench-other",
+                status,
+                f"usr_{i % 10}",
+                int(status == "pre_processed"),
+                stamp,
+                stamp,
+                None if status == "created" else stamp,
+                '{"count":1,"advancement_count":1,"progress":1.0}',
+            )
+        )
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO batch_jobs (id, type, status, created_by, dry_run, created_at, updated_at, "
+        "pre_processed_at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def scale(b: Bench) -> list[Row]:
+    """Claim and list in a file of ``large_file`` jobs vs one of ``small_file``."""
+    small, large = b.sizes.small_file, b.sizes.large_file
+    rounds = max(b.sizes.repeat, 3)
+    figures: dict[int, dict[str, float]] = {}
+    for total in (small, large):
+        path = b.fresh(f"scale-{total}.db")
+        with open_jobs(path, Trivial) as jobs:
+            fill(path, total)
+            service = jobs.service
+            claim = float("inf")
+            for _ in range(rounds):
+                start = time.perf_counter()
+                with b.ours():
+                    for _ in range(RUNNABLE_JOBS):
+                        if service.claim_next() is None:
+                            raise RuntimeError("nothing to claim")
+                claim = min(claim, (time.perf_counter() - start) / RUNNABLE_JOBS)
+                service.store.release_all(service.owner)
+            queries = {
+                "list": lambda: jobs.list_and_count(),
+                "user": lambda: jobs.list_and_count(created_by="usr_3", status="completed"),
+            }
+            figures[total] = {"claim": claim}
+            for name, query in queries.items():
+                best = float("inf")
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    with b.ours():
+                        for _ in range(20):
+                            query()
+                    best = min(best, (time.perf_counter() - start) / 20)
+                figures[total][name] = best
+    titles = {
+        "claim": "claim the next job",
+        "list": "list_and_count(), newest 20 + count",
+        "user": "list_and_count(user, status) + count",
+    }
+    rows = []
+    for key, title in titles.items():
+        at_large, at_small = figures[large][key], figures[small][key]
+        rows.append(
+            Row(
+                f"{title}, {large:,} jobs in the file",
+                us(at_large),
+                f"{us(at_small)} ({small:,} jobs)",
+                at_large / at_small,
+                "<= 1.5x",
+                at_large / at_small <= 1.5,
+            )
+        )
+    return rows
+
+
+# -- CSV: each side in its own process, for its peak RSS ---------------------------------
+
+
+def csv_missing(name: str) -> str | None:
+    """Why the ``name`` strategy cannot be benchmarked, or ``None``."""
+    module = f"batchjobs.strategies.{name.replace('-', '_')}"
+    if importlib.util.find_spec(module) is None:
+        return f"the {name} strategy ({module}) is not in this checkout yet"
+    return None
+
+
+def make_source(path: Path, rows: int) -> None:
+    """A table ``items`` of ``rows`` rows, the export's source and the import's schema."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT NOT NULL, title TEXT, "
+        "price REAL, quantity INTEGER)"
+    )
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO items VALUES (?, ?, ?, ?, ?)",
+        (
+            (i, f"SKU-{i:08d}", f"Item number {i}", i % 1000 / 10, i % 97)
+            for i in range(1, rows + 1)
+        ),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def child(kind: str, args: list[str]) -> dict[str, Any]:
+    """Run one side of a CSV scenario in a fresh process: seconds, rows and peak RSS."""
+    command = [sys.executable, __file__, "--child", kind, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def floor_export(source: str, out: str) -> int:
+    """A sqlite3 cursor into ``csv.writer``; returns the rows written."""
+    conn = sqlite3.connect(source)
+    cur = conn.execute("SELECT * FROM items ORDER BY id")
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([d[0] for d in cur.description])
+        rows = 0
+        for row in cur:
+            writer.writerow(row)
+            rows += 1
+    conn.close()
+    return rows
+
+
+def floor_import(source: str, target: str, chunk: int) -> int:
+    """``csv.reader`` into ``executemany`` upserts, one transaction per chunk."""
+    conn = sqlite3.connect(target, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    rows = 0
+    with open(source, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        marks = ", ".join("?" for _ in header)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in header[1:])
+        sql = (
+            f"INSERT INTO items ({', '.join(header)}) VALUES ({marks}) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates}"
+        )
+        batch: list[list[str]] = []
+        for row in reader:
+            batch.append(row)
+            if len(batch) == chunk:
+                conn.execute("BEGIN")
+                conn.executemany(sql, batch)
+                conn.execute("COMMIT")
+                rows += len(batch)
+                batch = []
+        if batch:
+            conn.execute("BEGIN")
+            conn.executemany(sql, batch)
+            conn.execute("COMMIT")
+            rows += len(batch)
+    conn.close()
+    return rows
+
+
+def csv_rows(b: Bench, kind: str, ours: dict[str, Any], floor: dict[str, Any]) -> list[Row]:
+    """The throughput and memory rows of one CSV scenario."""
+    n = b.sizes.csv_rows
+    ours_rate, floor_rate = ours["rows"] / ours["seconds"], floor["rows"] / floor["seconds"]
+    ours_mb, floor_mb = ours["maxrss_kb"] / 1024, floor["maxrss_kb"] / 1024
+    return [
+        Row(
+            f"{kind}, {n:,} rows",
+            per_second(ours["rows"], ours["seconds"], "rows"),
+            per_second(floor["rows"], floor["seconds"], "rows") + " (sqlite3 + csv)",
+            ours_rate / floor_rate,
+            ">= 0.7x",
+            ours_rate / floor_rate >= 0.7,
+        ),
+        Row(
+            f"{kind}, {n:,} rows, peak RSS",
+            f"{ours_mb:,.0f} MB",
+            f"{floor_mb:,.0f} MB (sqlite3 + csv)",
+            ours_mb / floor_mb,
+            "<= 100 MB",
+            ours_mb <= 100,
+        ),
+    ]
+
+
+def csv_scenarios(b: Bench) -> list[Row]:
+    """csv-export and csv-import of ``csv_rows`` rows vs sqlite3 + the csv module."""
+    n = b.sizes.csv_rows
+    rows: list[Row] = []
+    missing = {kind: csv_missing(kind) for kind in ("csv-export", "csv-import")}
+    for kind, why in missing.items():
+        if why:
+            rows.append(unavailable(f"{kind}, {n:,} rows", ">= 0.7x, <= 100 MB", why, b.notes))
+    if all(missing.values()):
+        return rows
+    source = b.fresh("source.db")
+    make_source(source, n)
+    folder = source.parent
+    best: dict[str, dict[str, Any]] = {}
+
+    def side(name: str, *args: str | Path) -> None:
+        result = child(name, [str(a) for a in args])
+        if name not in best or result["seconds"] < best[name]["seconds"]:
+            best[name] = result
+
+    for round_ in range(b.sizes.repeat):
+        if not missing["csv-export"]:
+            side("csv-export", source, folder / f"ours-{round_}")
+            side("floor-export", source, folder / f"floor-{round_}.csv")
+    if not missing["csv-export"]:
+        rows[0:0] = csv_rows(b, "csv-export", best["csv-export"], best["floor-export"])
+    if not missing["csv-import"]:
+        csv_file = folder / "items.csv"
+        floor_export(str(source), str(csv_file))
+        for round_ in range(b.sizes.repeat):
+            side("csv-import", csv_file, folder / f"import-ours-{round_}.db")
+            side("floor-import", csv_file, folder / f"import-floor-{round_}.db")
+        rows += csv_rows(b, "csv-import", best["csv-import"], best["floor-import"])
+    return rows
+
+
+def empty_items(path: str) -> None:
+    """An ``items`` table like the source's, empty, in a new file."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT NOT NULL, title TEXT, "
+        "price REAL, quantity INTEGER)"
+    )
+    conn.close()
+
+
+def child_main(kind: str, args: list[str]) -> None:
+    """One side of a CSV scenario, in this fresh process; prints a JSON line."""
+    if kind == "floor-export":
+        start = time.perf_counter()
+        rows = floor_export(args[0], args[1])
+        elapsed = time.perf_counter() - start
+    elif kind == "floor-import":
+        empty_items(args[1])
+        start = time.perf_counter()
+        rows = floor_import(args[0], args[1], 1_000)
+        elapsed = time.perf_counter() - start
+    else:
+        rows, elapsed = run_csv_strategy(kind, args)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": elapsed, "rows": rows, "maxrss_kb": maxrss}))
+
+
+def run_csv_strategy(kind: str, args: list[str]) -> tuple[int, float]:
+    """Run our ``kind`` strategy on the benchmark's files: rows handled, seconds."""
+    raise NotImplementedError(f"{kind} is not wired into the benchmark yet")
+
+
+# -- the worker process of the pick-up scenario -------------------------------------
+
+
+def worker_main(db: str, poll_interval: float, redis_url: str | None, prefix: str) -> None:
+    """Run jobs from ``db`` until stdin closes; say "ready" once ``start()`` returned."""
+    options = redis_options(redis_url, prefix)
+    with open_jobs(Path(db), Mark, poll_interval=poll_interval, **options) as jobs:
+        jobs.start()
+        print("ready", flush=True)
+        sys.stdin.read()
+
+
+# -- main ----------------------------------------------------------------------------
+
+SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
+    "lifecycle": lifecycle,
+    "scheduler": scheduler,
+    "checkpoints": checkpoints,
+    "mirror": mirror,
+    "wakeup": wakeup,
+    "pickup": pickup,
+    "scale": scale,
+    "csv": csv_scenarios,
+}
+
+
+def versions() -> str:
+    """What ran: date, Python, SQLite, batchjobs, Huey, machine."""
+    huey = "not installed"
+    if importlib.util.find_spec("huey") is not None:
+        import huey as huey_module
+
+        huey = huey_module.__version__
+    return (
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}, batchjobs {batchjobs.__version__}, Huey {huey}, "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    parser.add_argument(
+        "--only", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)"
+    )
+    parser.add_argument("--repeat", type=int, help="runs of each side; the best is kept")
+    parser.add_argument("--redis", default=DEFAULT_REDIS_URL, help="Redis server for its rows")
+    parser.add_argument("--dir", help="scratch directory (default: a new temporary one)")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile our side and print the top functions"
+    )
+    # Internal: the worker process and the CSV child processes.
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-redis", help=argparse.SUPPRESS)
+    parser.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="batchjobs", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios and print the table; 1 if a scenario broke."""
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args.worker, args.poll_interval, args.worker_redis, args.prefix)
+        return 0
+    if args.child:
+        child_main(args.child[0], args.child[1:])
+        return 0
+    sizes = QUICK if args.quick else FULL
+    if args.repeat:
+        sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="batchjobs-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(sizes, workdir, args.redis, profile=args.profile)
+    rows: list[Row] = []
+    broken = False
+    try:
+        for name in args.only or list(SCENARIOS):
+            print(f"running {name}…", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            try:
+                rows += SCENARIOS[name](bench)
+            except Exception as error:
+                broken = True
+                traceback.print_exc()
+                rows.append(Row(name, f"error: {error}".splitlines()[0]))
+            print(f"  {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"batchjobs benchmark ({'quick' if args.quick else 'full'}): {versions()}")
+    print()
+    print(markdown_table(rows))
+    if args.quick:
+        bench.notes.insert(0, "--quick: tiny sizes, the figures say nothing about performance.")
+    if bench.notes:
+        print()
+        for note in bench.notes:
+            print(f"- {note}")
+    if bench.profiler is not None:
+        stats = pstats.Stats(bench.profiler, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(25)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
