@@ -1,0 +1,406 @@
+"""The Redis mirror: every event on pub/sub, wake-ups across processes, no harm when Redis fails.
+
+Tests marked ``redis`` use the shared server (``redis_url``) with a channel
+prefix of their own, or private ``redis-server`` processes they kill and
+restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from batchjobs import BatchJob, BatchJobs, Status, signals
+from batchjobs.pubsub import (
+    EventListener,
+    RedisMirror,
+    RemoteEvent,
+    Subscription,
+    relay_to_signals,
+)
+from tests.strategies import read_ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+DESIGN_KEYS = {"event", "id", "type", "status", "result", "at"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _mirror_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "batchjobs.pubsub"
+        and r.levelno == logging.WARNING
+        and "mirror" in r.getMessage()
+    ]
+
+
+def _until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Wait until ``condition()`` is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+    return value
+
+
+def _next_event(
+    sub: Subscription, match: Callable[[RemoteEvent], bool], timeout: float = 10.0
+) -> RemoteEvent:
+    """The first event from ``sub`` that ``match``es."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = sub.get(timeout=0.1)
+        if event is not None and match(event):
+            return event
+    raise AssertionError("the event did not arrive in time")
+
+
+def _record_events(jobs: BatchJobs) -> list[tuple[str, BatchJob]]:
+    """Every local event of ``jobs``, in order."""
+    seen: list[tuple[str, BatchJob]] = []
+    for event in signals.EVENTS:
+        jobs.subscribe(event, lambda sender, *, job, _e=event, **extra: seen.append((_e, job)))
+    return seen
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A channel prefix of the test's own."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def unreachable_url() -> str:
+    """A Redis URL nobody listens on."""
+    return f"redis://127.0.0.1:{_free_port()}/0"
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, to kill and restart."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[str] | None = None
+        self._drain: threading.Thread | None = None
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Ready to accept connections" in line:
+                break
+        else:
+            raise RuntimeError(f"redis-server on port {self.port} did not start")
+        # Keep reading its log so that a full pipe never blocks it.
+        self._drain = threading.Thread(target=process.stdout.read, daemon=True)
+        self._drain.start()
+        self.process = process
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            assert self._drain is not None and self.process.stdout is not None
+            self._drain.join()
+            self.process.stdout.close()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Start private Redis servers; killed after the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed in CI")
+        pytest.skip("redis-server is not installed")
+    servers: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer(binary, tmp_path)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.kill()
+
+
+# -- the message ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_every_lifecycle_event_arrives_in_order_as_json(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    listener = client.pubsub()
+    listener.psubscribe(f"{prefix}:*")
+    assert listener.get_message(timeout=5)["type"] == "psubscribe"
+    jobs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    local = _record_events(jobs)
+    first = jobs.create("words", {"words": list("abcde")})
+    dry = jobs.create("words", {"words": ["x"]}, dry_run=True)
+    jobs.run_until_idle(timeout=10)
+    jobs.confirm(dry.id)
+    jobs.run_until_idle(timeout=10)
+    jobs.cancel(jobs.create("words", {"words": []}).id)
+
+    received = []
+    while len(received) < len(local):
+        message = listener.get_message(timeout=5)
+        assert message is not None, f"only {len(received)} of {len(local)} events arrived"
+        received.append(message)
+    listener.close()
+    client.close()
+
+    assert [m["channel"].decode() for m in received] == [f"{prefix}:{e}" for e, _ in local]
+    for message, (event, job) in zip(received, local, strict=True):
+        data = json.loads(message["data"])
+        assert DESIGN_KEYS <= set(data) <= DESIGN_KEYS | {"origin"}
+        assert data["event"] == event
+        assert (data["id"], data["type"], data["status"]) == (job.id, job.type, job.status.value)
+        assert data["result"] == job.result
+        assert data["origin"] == jobs.mirror.origin
+        assert data["at"].endswith("+00:00")
+    events_of_first = [e for e, job in local if job.id == first.id]
+    assert events_of_first[:4] == [
+        "batch.created",
+        "batch.pre_processed",
+        "batch.confirmed",
+        "batch.processing",
+    ]
+    assert events_of_first[-1] == "batch.completed"
+    assert jobs.mirror.stats.published == len(local)
+    assert jobs.mirror.stats.dropped == 0
+
+
+def test_remote_events_are_never_mirrored_back(
+    make_jobs: Callable[..., BatchJobs], unreachable_url: str
+) -> None:
+    jobs = make_jobs(redis_url=unreachable_url)
+    job = BatchJob(id="batch_remote", type="words", status=Status.COMPLETED)
+    signals.emit("batch.completed", jobs, job, remote=True)
+    stats = jobs.mirror.stats
+    assert (stats.queued, stats.published, stats.dropped) == (0, 0, 0)
+
+
+def test_a_full_queue_drops_and_counts(
+    unreachable_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class App:
+        pass
+
+    app = App()
+    mirror = RedisMirror(app, unreachable_url, prefix="full", queue_size=3)
+    job = BatchJob(id="batch_x", type="words", status=Status.PROCESSING)
+    for _ in range(10):
+        signals.emit("batch.updated", app, job)
+    assert (mirror.stats.queued, mirror.stats.dropped) == (3, 7)
+    mirror.close()
+    assert (mirror.stats.queued, mirror.stats.dropped, mirror.stats.published) == (0, 10, 0)
+    assert len(_mirror_warnings(caplog)) == 1
+
+
+# -- failures ------------------------------------------------------------------------
+
+
+def test_jobs_run_when_redis_is_unreachable_from_the_start(
+    make_jobs: Callable[..., BatchJobs], unreachable_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = make_jobs(redis_url=unreachable_url, poll_interval=0.05)
+    ids = [jobs.create("words", {"words": list("abcdef")}).id for _ in range(5)]
+    began = time.monotonic()
+    jobs.start()
+    assert time.monotonic() - began < 2.0
+    for id in ids:
+        assert jobs.wait(id, timeout=10).status == Status.COMPLETED
+    jobs.close()
+    stats = jobs.mirror.stats
+    assert stats.published == 0
+    assert stats.outages == 1
+    assert len(_mirror_warnings(caplog)) == 1
+
+
+@pytest.mark.redis
+def test_jobs_outlive_a_redis_restart_and_publishing_resumes(
+    make_jobs: Callable[..., BatchJobs],
+    redis_server: Callable[[], RedisServer],
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="batchjobs.pubsub")
+    server = redis_server()
+    sub = Subscription(server.url, prefix=prefix)
+    assert sub.connect()
+    jobs = make_jobs(redis_url=server.url, channel_prefix=prefix, poll_interval=0.05)
+    local = _record_events(jobs)
+    ledger = tmp_path / "ledger"
+    job = jobs.create("ledger", {"n": 300, "sleep": 0.02, "ledger": str(ledger)})
+    jobs.start()
+    _next_event(sub, lambda e: e.event == "batch.updated" and e.id == job.id)
+
+    server.kill()
+    assert jobs.wait(job.id, timeout=20).status == Status.COMPLETED
+    assert read_ledger(ledger) == [str(i) for i in range(300)]
+    assert jobs.mirror.stats.down
+
+    server.start()
+    _until(lambda: sub.get(timeout=0.05) or sub.connected)
+    second = jobs.create("words", {"words": ["a"]})
+    _next_event(sub, lambda e: e.event == "batch.completed" and e.id == second.id)
+    sub.close()
+    _until(lambda: jobs.mirror.stats.published == len(local) and not jobs.mirror.stats.down)
+    stats = jobs.mirror.stats
+    assert (stats.queued, stats.dropped, stats.outages, stats.down) == (0, 0, 1, False)
+    assert len(_mirror_warnings(caplog)) == 1
+    assert any("is back" in r.getMessage() and "mirror" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.redis
+def test_a_slow_redis_never_slows_a_job(
+    make_jobs: Callable[..., BatchJobs], redis_server: Callable[[], RedisServer], prefix: str
+) -> None:
+    server = redis_server()
+    sub = Subscription(server.url, prefix=prefix, pattern="batch.completed")
+    assert sub.connect()
+    jobs = make_jobs(redis_url=server.url, channel_prefix=prefix)
+    job = jobs.create("ledger", {"n": 200})
+    with redis.Redis.from_url(server.url) as client:
+        client.client_pause(1000, all=True)
+    began = time.monotonic()
+    jobs.run_until_idle(timeout=10)
+    assert time.monotonic() - began < 0.5
+    assert _next_event(sub, lambda e: e.id == job.id).status == "completed"
+    sub.close()
+
+
+# -- following -------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_a_subscription_filters_by_pattern_and_origin(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str
+) -> None:
+    ours = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    theirs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    with Subscription(
+        redis_url, prefix=prefix, pattern="batch.c*", ignore_origin=ours.mirror.origin
+    ) as sub:
+        assert sub.connect()
+        with redis.Redis.from_url(redis_url) as client:
+            client.publish(f"{prefix}:batch.created", b"not json")
+        ours.create("words", {"words": ["a"]})
+        ours.run_until_idle(timeout=10)
+        job = theirs.create("words", {"words": ["b"]})
+        theirs.run_until_idle(timeout=10)
+        events = []
+        for event in sub:
+            events.append((event.event, event.id))
+            if event.event == "batch.completed":
+                break
+    assert events == [
+        ("batch.created", job.id),
+        ("batch.confirmed", job.id),
+        ("batch.completed", job.id),
+    ]
+
+
+@pytest.mark.redis
+def test_a_listener_re_emits_remote_events_as_signals(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str
+) -> None:
+    here = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    there = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    got: list[tuple[Any, BatchJob, bool]] = []
+    completed = threading.Event()
+
+    @there.subscribe("batch.completed")
+    def on_completed(sender: Any, *, job: BatchJob, remote: bool = False) -> None:
+        got.append((sender, job, remote))
+        completed.set()
+
+    listener = EventListener(redis_url, relay_to_signals(there), prefix=prefix)
+    assert listener.start()
+    try:
+        job = here.create("words", {"words": ["a"]})
+        here.run_until_idle(timeout=10)
+        assert completed.wait(10)
+    finally:
+        listener.stop()
+    assert got == [(there, here.retrieve(job.id), True)]
+    stats = there.mirror.stats
+    assert (stats.published, stats.queued) == (0, 0)
+
+
+# -- wake-ups across processes ---------------------------------------------------
+
+WORKER = """
+import sys
+from batchjobs import BatchJobs
+from tests.strategies import ALL
+
+db, url, prefix = sys.argv[1:4]
+with BatchJobs(db, redis_url=url, channel_prefix=prefix, poll_interval=30) as jobs:
+    for strategy in ALL:
+        jobs.register(strategy)
+    jobs.start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_a_worker_in_another_process_picks_a_job_up_within_a_second(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str, db_path: Path
+) -> None:
+    here = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    with subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(db_path), redis_url, prefix],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        try:
+            assert worker.stdout.readline().strip() == "ready"
+            for _ in range(3):
+                began = time.monotonic()
+                job = here.create("words", {"words": ["a", "b"]})
+                assert here.wait(job.id, timeout=5).status == Status.COMPLETED
+                assert time.monotonic() - began < 1.0
+        finally:
+            worker.stdin.write("\n")
+            worker.stdin.flush()
+            assert worker.wait(timeout=10) == 0
