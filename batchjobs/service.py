@@ -185,10 +185,11 @@ class BatchJobService:
         **filters: Any,
     ) -> tuple[list[BatchJob], int]:
         """A page of jobs and the number of jobs matching ``filters``."""
-        for name, value in (("limit", limit), ("offset", offset)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidDataError(f"{name} must be a non-negative integer, not {value!r}")
+        for name, number in (("limit", limit), ("offset", offset)):
+            if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+                raise InvalidDataError(f"{name} must be a non-negative integer, not {number!r}")
         checked: dict[str, Any] = {}
+        value: Any
         for name, value in filters.items():
             if name not in FILTER_NAMES:
                 raise InvalidDataError(
