@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -57,9 +56,7 @@ class Scheduler:
         if self._started:
             return
         self.service.stopping.clear()
-        self._pool = ThreadPoolExecutor(
-            self.concurrency + 1, thread_name_prefix="batchjobs-worker"
-        )
+        self._pool = ThreadPoolExecutor(self.concurrency + 1, thread_name_prefix="batchjobs-worker")
         aps = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",

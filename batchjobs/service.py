@@ -83,6 +83,16 @@ def _error_entry(error: BaseException) -> dict[str, Any]:
     }
 
 
+_SCALARS = (int, float, str, bool, type(None))
+_MISSING = object()
+
+
+def _fingerprint(value: Any) -> Any:
+    # Scalars compare as they are; containers by their JSON, since a strategy
+    # may change a list or dict in place between two checkpoints.
+    return (type(value), value) if type(value) in _SCALARS else json.dumps(value)
+
+
 @dataclass
 class _RunState:
     """What the running worker knows of its job beyond the last commit."""
@@ -90,8 +100,22 @@ class _RunState:
     job: BatchJob
     committed: Status
     pending: list[tuple[Status, datetime]] = field(default_factory=list)
-    saved_result: dict[str, str] = field(default_factory=dict)
+    saved_result: dict[str, Any] = field(default_factory=dict)
     saved_cursor: str = "{}"
+    #: The last commit's context and result as JSON text, parsed into ``job`` on demand:
+    #: a checkpoint nobody listens to costs no parsing.
+    stored: tuple[str, str] | None = None
+    stored_at: datetime | None = None
+
+    def current(self) -> BatchJob:
+        """The job as last committed."""
+        if self.stored is not None:
+            context, result = self.stored
+            self.job = self.job.replace(
+                context=json.loads(context), result=json.loads(result), updated_at=self.stored_at
+            )
+            self.stored = None
+        return self.job
 
 
 class BatchJobService:
@@ -342,7 +366,7 @@ class BatchJobService:
         state = _RunState(
             job=job,
             committed=job.status,
-            saved_result={k: json.dumps(v) for k, v in job.result.items()},
+            saved_result={k: _fingerprint(v) for k, v in job.result.items()},
             saved_cursor=json.dumps(claim.cursor),
         )
         with self._running_lock:
@@ -365,7 +389,7 @@ class BatchJobService:
                 self._fail(strategy, run, state, error)
             else:
                 self._run(strategy, run, state, stop_after_pre_process)
-            return state.job
+            return state.current()
         finally:
             with self._running_lock:
                 self._running.discard(job.id)
@@ -412,9 +436,12 @@ class BatchJobService:
         count, done = run.result.get("count"), run.result.get("advancement_count", 0)
         # Show the job as processing before a chunk that may take long; only a
         # job that fits in one chunk saves its transitions with its completion.
-        if state.pending and (count is None or count - done > size):
-            if not self._save(strategy, run, state):
-                return
+        if (
+            state.pending
+            and (count is None or count - done > size)
+            and not self._save(strategy, run, state)
+        ):
+            return
         while True:
             done = run.result.get("advancement_count", 0)
             count = run.result.get("count")
@@ -503,9 +530,13 @@ class BatchJobService:
     ) -> bool:
         """Commit the run's progress and pending transitions; False if the job was lost."""
         now = utcnow()
-        encoded = {k: json.dumps(v) for k, v in run.result.items()}
-        patch = {k: run.result[k] for k, v in encoded.items() if state.saved_result.get(k) != v}
+        fingerprints = {k: _fingerprint(v) for k, v in run.result.items()}
+        saved = state.saved_result
+        patch = {
+            k: run.result[k] for k, f in fingerprints.items() if k not in saved or saved[k] != f
+        }
         cursor = json.dumps(run.cursor)
+        cursor_changed = cursor != state.saved_cursor
         status = state.pending[-1][0] if state.pending else None
         stored = self.store.save(
             state.job.id,
@@ -516,22 +547,24 @@ class BatchJobService:
             timestamps={s.timestamp_field: at for s, at in state.pending},
             result=patch,
             context=context,
-            cursor=run.cursor if cursor != state.saved_cursor else None,
+            cursor=run.cursor if cursor_changed else None,
             available_at=available_at if release else now + self.lease,
             release=release,
         )
         if stored is None:
             self._lost(strategy, run, state)
             return False
-        stored_context, stored_result = stored
-        job = state.job.replace(context=stored_context, result=stored_result, updated_at=now)
-        changed = bool(patch or context or cursor != state.saved_cursor)
-        state.saved_result, state.saved_cursor = encoded, cursor
-        pending, state.pending = state.pending, []
-        final = None
-        if pending and pending[-1][0] in (Status.COMPLETED, Status.FAILED):
-            final = pending.pop()
-        for step, at in pending:
+        state.saved_result, state.saved_cursor = fingerprints, cursor
+        state.stored, state.stored_at = stored, now
+        steps, state.pending = state.pending, []
+        if status is not None:
+            state.committed = status
+        changed = bool(patch or context or cursor_changed)
+        if not steps and not (changed and signals.has_receivers("batch.updated", self.sender)):
+            return True
+        final = steps.pop() if steps and steps[-1][0] in (Status.COMPLETED, Status.FAILED) else None
+        job = state.current()
+        for step, at in steps:
             job = job.replace(status=step, **{step.timestamp_field: at})
             self._emit(signals.event_for_status(step), job)
         if changed:
@@ -539,10 +572,7 @@ class BatchJobService:
         if final is not None:
             job = job.replace(status=final[0], **{final[0].timestamp_field: final[1]})
             self._emit(signals.event_for_status(final[0]), job)
-        if status is not None:
-            state.committed = status
-        state.job = job
-        run.job = job
+        state.job = run.job = job
         return True
 
     def _lost(self, strategy: BatchJobStrategy, run: JobRun, state: _RunState) -> None:

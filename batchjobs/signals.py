@@ -26,6 +26,7 @@ __all__ = [
     "batch_updated",
     "emit",
     "event_for_status",
+    "has_receivers",
     "signal_for",
 ]
 
@@ -67,6 +68,12 @@ def signal_for(event: str) -> Signal:
 def event_for_status(status: Status) -> str:
     """The event sent when a job enters ``status``."""
     return f"batch.{status.value}"
+
+
+def has_receivers(event: str, sender: Any) -> bool:
+    """Whether anything listens to ``event`` from ``sender`` (to skip building a record)."""
+    signal = namespace.signal(event)
+    return bool(signal.receivers) and any(True for _ in signal.receivers_for(sender))
 
 
 def emit(event: str, sender: Any, job: BatchJob, **extra: Any) -> None:

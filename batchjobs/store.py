@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +95,38 @@ def _parse_ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _json_set(column: str, patch: Mapping[str, Any], params: list[Any]) -> str:
-    """SQL that sets each top-level key of ``patch`` in the JSON ``column``."""
-    args = []
-    for key, value in patch.items():
-        args.append("?, json(?)")
-        params.extend((f'$."{key}"', _dumps(value)))
-    return f"json_set({column}, {', '.join(args)})"
-
-
 def _plain_keys(patch: Mapping[str, Any]) -> bool:
     # json_set paths cannot express a key with a double quote in it.
     return all(isinstance(k, str) and '"' not in k for k in patch)
+
+
+@lru_cache(maxsize=256)
+def _save_sql(
+    status: bool,
+    timestamps: tuple[str, ...],
+    result_keys: tuple[str, ...],
+    context_keys: tuple[str, ...],
+    cursor: bool,
+    release: bool,
+) -> str:
+    """The checkpoint's UPDATE for one shape of change (cached: it runs every chunk)."""
+    sets = ["updated_at = ?"]
+    if status:
+        sets.append("status = ?")
+    sets.extend(f"{name} = ?" for name in timestamps)
+    for column, keys in (("result", result_keys), ("context", context_keys)):
+        if keys:
+            args = ", ".join("?, json(?)" for _ in keys)
+            sets.append(f"{column} = json_set({column}, {args})")
+    if cursor:
+        sets.append("cursor = ?")
+    if release:
+        sets.append("owner = NULL")
+    sets.append("available_at = ?")
+    return (
+        f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? AND status = ? AND owner = ? "
+        "RETURNING context, result"
+    )
 
 
 class Store:
@@ -332,57 +353,73 @@ class Store:
         cursor: Mapping[str, Any] | None = None,
         available_at: datetime | None = None,
         release: bool = False,
-    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    ) -> tuple[str, str] | None:
         """The checkpoint: one guarded write of a running job's progress.
 
         Applies only while the job is still ``expect`` and leased to ``owner``;
-        returns the stored ``(context, result)`` after the write, or ``None``
-        when the guard failed (canceled, or the lease was lost). ``result`` and
-        ``context`` are merged shallowly; ``available_at`` renews the lease (or
-        sets a backoff with ``release``); ``release`` gives the lease up.
+        returns the stored ``(context, result)`` as JSON text after the write
+        (parse it only if you need it), or ``None`` when the guard failed
+        (canceled, or the lease was lost). ``result`` and ``context`` are
+        merged shallowly; ``available_at`` renews the lease (or sets a backoff
+        with ``release``); ``release`` gives the lease up.
         """
-        params: list[Any] = []
-        sets = ["updated_at = ?"]
-        params.append(_ts(now))
-        if status is not None:
-            sets.append("status = ?")
-            params.append(status.value)
-        for name, value in (timestamps or {}).items():
-            sets.append(f"{name} = ?")
-            params.append(_ts(value))
-        slow_merge = {}
-        for column, patch in (("result", result), ("context", context)):
-            if not patch:
-                continue
-            if _plain_keys(patch):
-                sets.append(f"{column} = {_json_set(column, patch, params)}")
-            else:
-                slow_merge[column] = patch
-        if cursor is not None:
-            sets.append("cursor = ?")
-            params.append(_dumps(cursor))
-        if release:
-            sets.append("owner = NULL")
-        sets.append("available_at = ?")
-        params.append(_ts(available_at))
-        params.extend([id, expect.value, owner])
-        sql = (
-            f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? AND status = ? AND owner = ? "
-            "RETURNING context, result"
+        timestamps = timestamps or {}
+        result, context = result or {}, context or {}
+        if not (_plain_keys(result) and _plain_keys(context)):
+            return self._save_merging(
+                id,
+                owner=owner,
+                expect=expect,
+                now=now,
+                status=status,
+                timestamps=timestamps,
+                result=result,
+                context=context,
+                cursor=cursor,
+                available_at=available_at,
+                release=release,
+            )
+        sql = _save_sql(
+            status is not None,
+            tuple(timestamps),
+            tuple(result),
+            tuple(context),
+            cursor is not None,
+            release,
         )
+        params: list[Any] = [_ts(now)]
+        if status is not None:
+            params.append(status.value)
+        params.extend(_ts(value) for value in timestamps.values())
+        for patch in (result, context):
+            for key, value in patch.items():
+                params.extend((f'$."{key}"', _dumps(value)))
+        if cursor is not None:
+            params.append(_dumps(cursor))
+        params.extend((_ts(available_at), id, expect.value, owner))
+        # One statement is one transaction, and a writing statement takes the
+        # write lock before it reads: as guarded as BEGIN IMMEDIATE, one round trip.
+        row = self.db.conn.execute(sql, params).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _save_merging(
+        self, id: str, *, result: Mapping[str, Any], context: Mapping[str, Any], **kwargs: Any
+    ) -> tuple[str, str] | None:
+        # Keys json_set cannot address: merge in Python inside one write transaction.
         with self.write() as conn:
-            row = conn.execute(sql, params).fetchone()
+            row = conn.execute(
+                f"SELECT context, result FROM {TABLE} WHERE id = ? AND status = ? AND owner = ?",
+                [id, kwargs["expect"].value, kwargs["owner"]],
+            ).fetchone()
             if row is None:
                 return None
-            stored = {"context": json.loads(row[0]), "result": json.loads(row[1])}
-            if slow_merge:
-                for column, patch in slow_merge.items():
-                    stored[column] = {**stored[column], **patch}
-                conn.execute(
-                    f"UPDATE {TABLE} SET context = ?, result = ? WHERE id = ?",
-                    [_dumps(stored["context"]), _dumps(stored["result"]), id],
-                )
-        return stored["context"], stored["result"]
+            merged_context = {**json.loads(row[0]), **context}
+            merged_result = {**json.loads(row[1]), **result}
+            conn.execute(
+                f"UPDATE {TABLE} SET context = ?, result = ? WHERE id = ?",
+                [_dumps(merged_context), _dumps(merged_result), id],
+            )
+            return self.save(id, **kwargs)
 
     def renew(self, owner: str, ids: Iterable[str], until: datetime) -> int:
         """Extend ``owner``'s leases on ``ids``; returns how many it still holds."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -154,6 +155,10 @@ def test_save_is_guarded_by_status_and_owner(db_path: Path) -> None:
         cursor={"last": 5},
         available_at=now,
     )
-    assert saved == ({}, {"advancement_count": 5, 'odd "key"': 1})
+    assert saved is not None
+    assert (json.loads(saved[0]), json.loads(saved[1])) == (
+        {},
+        {"advancement_count": 5, 'odd "key"': 1},
+    )
     assert store.get(job.id).status == Status.PROCESSING  # type: ignore[union-attr]
     store.close()
