@@ -117,8 +117,15 @@ class BatchJob:
         return self.status in RESTING_STATUSES
 
     def replace(self, **changes: Any) -> BatchJob:
-        """A copy of this record with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
+        """A copy of this record with ``changes`` applied (field names are checked)."""
+        unknown = changes.keys() - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"BatchJob has no field {', '.join(sorted(unknown))}")
+        # dataclasses.replace re-runs __init__; a record is replaced on every
+        # transition, so copy the instance dict instead.
+        copy = object.__new__(BatchJob)
+        copy.__dict__.update(self.__dict__, **changes)
+        return copy
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: ISO 8601 timestamps, plain values."""
@@ -132,3 +139,6 @@ class BatchJob:
             "result": dict(self.result),
             **{name: _iso(getattr(self, name)) for name in TIMESTAMP_FIELDS},
         }
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BatchJob))

@@ -102,19 +102,27 @@ class _RunState:
     pending: list[tuple[Status, datetime]] = field(default_factory=list)
     saved_result: dict[str, Any] = field(default_factory=dict)
     saved_cursor: str = "{}"
-    #: The last commit's context and result as JSON text, parsed into ``job`` on demand:
-    #: a checkpoint nobody listens to costs no parsing.
+    #: The last commit's context and result as JSON text, and the transitions
+    #: it made, applied to ``job`` on demand: a commit nobody listens to costs
+    #: no parsing and no record.
     stored: tuple[str, str] | None = None
     stored_at: datetime | None = None
+    steps: list[tuple[Status, datetime]] = field(default_factory=list)
 
     def current(self) -> BatchJob:
         """The job as last committed."""
         if self.stored is not None:
             context, result = self.stored
+            changes: dict[str, Any] = {s.timestamp_field: at for s, at in self.steps}
+            if self.steps:
+                changes["status"] = self.steps[-1][0]
             self.job = self.job.replace(
-                context=json.loads(context), result=json.loads(result), updated_at=self.stored_at
+                context=json.loads(context),
+                result=json.loads(result),
+                updated_at=self.stored_at,
+                **changes,
             )
-            self.stored = None
+            self.stored, self.steps = None, []
         return self.job
 
 
@@ -555,23 +563,23 @@ class BatchJobService:
             self._lost(strategy, run, state)
             return False
         state.saved_result, state.saved_cursor = fingerprints, cursor
-        state.stored, state.stored_at = stored, now
         steps, state.pending = state.pending, []
         if status is not None:
             state.committed = status
-        changed = bool(patch or context or cursor_changed)
-        if not steps and not (changed and signals.has_receivers("batch.updated", self.sender)):
+        events = [signals.event_for_status(step) for step, _ in steps]
+        if patch or context or cursor_changed:
+            final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
+            events.insert(len(events) - final, "batch.updated")
+        state.stored, state.stored_at = stored, now
+        if not any(signals.has_receivers(event, self.sender) for event in events):
+            state.steps.extend(steps)
             return True
-        final = steps.pop() if steps and steps[-1][0] in (Status.COMPLETED, Status.FAILED) else None
         job = state.current()
-        for step, at in steps:
-            job = job.replace(status=step, **{step.timestamp_field: at})
-            self._emit(signals.event_for_status(step), job)
-        if changed:
-            self._emit("batch.updated", job)
-        if final is not None:
-            job = job.replace(status=final[0], **{final[0].timestamp_field: final[1]})
-            self._emit(signals.event_for_status(final[0]), job)
+        for event in events:  # one record per event, each as it was at that step
+            if event != "batch.updated":
+                step, at = steps.pop(0)
+                job = job.replace(status=step, **{step.timestamp_field: at})
+            self._emit(event, job)
         state.job = run.job = job
         return True
 

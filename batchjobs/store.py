@@ -1,8 +1,9 @@
 """The SQLite store: schema, migrations, guarded transitions, claims, queries.
 
-Every write runs in a transaction taken up front (``BEGIN IMMEDIATE``), so two
-writers never both win a guarded ``UPDATE``; the store returns records, never
-rows. One connection per thread, WAL, a busy timeout.
+Every write is either a single statement (its own transaction, which takes
+the write lock before it reads) or a transaction taken up front (``BEGIN
+IMMEDIATE``), so two writers never both win a guarded ``UPDATE``. The store
+returns records, never rows. One connection per thread, WAL, a busy timeout.
 """
 
 from __future__ import annotations
@@ -83,8 +84,7 @@ class Claim:
     attempts: int
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -241,8 +241,10 @@ class Store:
         }
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self.write() as conn:
-            conn.execute(f"INSERT INTO {TABLE} ({columns}) VALUES ({marks})", list(row.values()))
+        # A single statement is its own write transaction.
+        self.db.conn.execute(
+            f"INSERT INTO {TABLE} ({columns}) VALUES ({marks})", list(row.values())
+        )
 
     def transition(
         self,
@@ -331,9 +333,9 @@ class Store:
             f"AND type IN ({type_marks}) AND (available_at IS NULL OR available_at <= ?) "
             f"{id_sql}ORDER BY created_at, id LIMIT 1) RETURNING *"
         )
-        with self.write() as conn:
-            params = [owner, _ts(lease_until), *types, _ts(now), *(ids or ())]
-            found = self._one(conn.execute(sql, params))
+        params = [owner, _ts(lease_until), *types, _ts(now), *(ids or ())]
+        # One statement: its write lock is taken before its sub-select reads.
+        found = self._one(self.db.conn.execute(sql, params))
         if found is None:
             return None
         job, row = found
