@@ -69,6 +69,7 @@ class Sizes:
     wake_samples: int  # in-process wake-ups measured
     poll_samples: int  # samples of the 1 s polling baselines
     pickup_samples: int  # cross-process pick-ups through Redis
+    pickup_poll_samples: int  # cross-process pick-ups by a 1 s poll (about 1 s each)
     small_file: int  # jobs in the small claim-and-list file
     large_file: int  # jobs in the large one
     csv_rows: int  # rows exported and imported
@@ -82,6 +83,7 @@ FULL = Sizes(
     wake_samples=200,
     poll_samples=40,
     pickup_samples=50,
+    pickup_poll_samples=15,
     small_file=100,
     large_file=100_000,
     csv_rows=1_000_000,
@@ -94,6 +96,7 @@ QUICK = Sizes(
     wake_samples=20,
     poll_samples=3,
     pickup_samples=5,
+    pickup_poll_samples=2,
     small_file=100,
     large_file=2_000,
     csv_rows=5_000,
@@ -476,10 +479,10 @@ def scheduler(b: Bench) -> list[Row]:
 
 def calibrate_steps(target: float = 1e-6) -> int:
     """Spin steps per record that make about ``target`` seconds of work on this machine."""
-    sample = 20_000
+    sample = 50_000
 
     def per_record(steps: int) -> float:
-        return min(timed(lambda: spin(0, sample, steps)) for _ in range(3)) / sample
+        return min(timed(lambda: spin(0, sample, steps)) for _ in range(5)) / sample
 
     base, probe = per_record(0), per_record(20)
     step_cost = max((probe - base) / 20, 1e-9)
@@ -515,23 +518,31 @@ def big_job(
     return elapsed
 
 
+def bare_loop(n: int, chunk: int, steps: int) -> float:
+    """Seconds the big job's work takes in a bare loop."""
+    start = time.perf_counter()
+    for first in range(0, n, chunk):
+        spin(first, min(first + chunk, n), steps)
+    return time.perf_counter() - start
+
+
 def checkpoints(b: Bench) -> list[Row]:
     """One job of many ~1 µs records vs the same work in a bare loop."""
     n, chunk = b.sizes.records, b.sizes.chunk
+    chunks = -(-n // chunk)
     steps = calibrate_steps()
     label = f"one job of {n:,} records (~1 µs each), chunk {chunk:,}"
-
-    def bare() -> float:
-        start = time.perf_counter()
-        for first in range(0, n, chunk):
-            spin(first, min(first + chunk, n), steps)
-        return time.perf_counter() - start
-
-    ours_s, bare_s = b.best_of(lambda: big_job(b, b.fresh("big.db"), steps), bare)
+    ours_s, bare_s = b.best_of(
+        lambda: big_job(b, b.fresh("big.db"), steps), lambda: bare_loop(n, chunk, steps)
+    )
+    # The same job with no work per record isolates what a checkpoint costs.
+    empty_s, loop_s = b.best_of(
+        lambda: big_job(b, b.fresh("empty.db"), 0), lambda: bare_loop(n, chunk, 0)
+    )
     b.notes.append(
-        f"one job: {steps} spin steps per record = {bare_s / n * 1e6:.2f} µs of work per record; "
-        f"{n // chunk:,} checkpoints cost {(ours_s - bare_s) / (n // chunk) * 1e6:,.0f} µs each "
-        "on top of the work."
+        f"one job: {steps} spin steps per record = {bare_s / n * 1e6:.2f} µs of work per record "
+        f"here; with no work per record the job's {chunks:,} checkpoints cost "
+        f"{(empty_s - loop_s) / chunks * 1e6:,.0f} µs each."
     )
     return [
         Row(
@@ -689,7 +700,9 @@ def pickups(b: Bench, db: Path, samples: int, poll: float, redis_url: str | None
             jobs.wait(jobs.create(Mark.batch_type).id, timeout=WAIT_TIMEOUT)  # warm up
             pace = random.Random(11)
             for _ in range(samples):
-                time.sleep(pace.uniform(0, 0.05))
+                # Spread the creates over the poll's phase: a fixed rhythm would
+                # lock on to it and show a latency the poll does not have.
+                time.sleep(pace.uniform(0, poll if redis_url is None else 0.05))
                 job = jobs.create(Mark.batch_type)
                 created = time.monotonic()
                 try:
@@ -712,7 +725,7 @@ def pickup(b: Bench) -> list[Row]:
     if missing:
         return [unavailable(f"{label}, p50", "<= 20 ms", missing, b.notes)]
     woken = pickups(b, b.fresh("pickup.db"), b.sizes.pickup_samples, 30.0, b.redis_url)
-    polled = pickups(b, b.fresh("polled.db"), b.sizes.poll_samples, 1.0, None)
+    polled = pickups(b, b.fresh("polled.db"), b.sizes.pickup_poll_samples, 1.0, None)
     b.notes.append(
         f"pick-up: the worker polls every 30 s and is woken through Redis ({len(woken)} jobs); "
         f"baseline: the same worker without Redis polling every 1 s ({len(polled)} jobs)."
