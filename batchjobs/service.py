@@ -467,6 +467,7 @@ class BatchJobService:
                 break
             done += advanced
             run.result["advancement_count"] = done
+            count = run.result.get("count")  # the chunk may have changed it (set_count)
             if count:
                 run.result["progress"] = min(done / count, 1.0)
             if count is not None and done >= count:
