@@ -165,7 +165,8 @@ def test_retry_refuses_a_job_that_is_not_failed(jobs: BatchJobs) -> None:
         (
             ("nope", {}),
             {},
-            "Unknown batch job type 'nope'; registered types: broken, ledger, uncounted, words",
+            "Unknown batch job type 'nope'; registered types: broken, csv-export, csv-import, "
+            "ledger, uncounted, words",
         ),
         (("words", ["a"]), {}, "context must be a JSON object, not list"),
         (("words", {"words": [object()]}), {}, "context must be JSON serialisable"),
