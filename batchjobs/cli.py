@@ -22,6 +22,7 @@ import functools
 import importlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -504,7 +505,7 @@ class _ProgressBar:
             click.echo(line, err=True)
 
     def _draw(self, line: str) -> None:
-        width = max(os.get_terminal_size(sys.stderr.fileno()).columns - 1, 20)
+        width = max(shutil.get_terminal_size().columns - 1, 20)
         line = line[:width]
         click.echo("\r" + line.ljust(len(self.last_line)), nl=False, err=True)
         self.last_line = line

@@ -1,0 +1,1 @@
+"""Example strategies: ``batchjobs --app examples.shout`` loads them from the repository root."""

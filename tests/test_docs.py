@@ -1,0 +1,117 @@
+"""The README is checked: every CLI command documented and helped, its commands run as shown."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchjobs.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    """The README's ``## title`` section."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert match, f"README.md has no '## {title}' section"
+    return match.group(1)
+
+
+def first_commands() -> list[str]:
+    """The commands of the README's first code block (comments left out)."""
+    block = re.search(r"```sh\n(.*?)```", README, re.S)
+    assert block, "README.md starts with no ```sh block"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def installed_path() -> str:
+    """PATH with the directory of the installed ``batchjobs`` command first."""
+    here = Path(sys.executable).parent
+    found = here if (here / "batchjobs").exists() else None
+    if found is None and shutil.which("batchjobs"):
+        found = Path(shutil.which("batchjobs") or "").parent
+    if found is None:
+        pytest.fail("the batchjobs command is not installed: pip install -e .")
+    return f"{found}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in bash the way a person would, stdout and stderr in one stream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHJOBS_")}
+    # A terminal shows a program's output as it comes; a pipe would hold stdout back.
+    env.update(PATH=installed_path(), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        env=env,
+        text=True,
+        timeout=120,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def normalise(text: str) -> str:
+    """Number ids in order of appearance; blank out dates and times."""
+    ids: dict[str, str] = {}
+    text = re.sub(r"batch_[0-9A-Z]{26}", lambda m: ids.setdefault(m[0], f"<id{len(ids)}>"), text)
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", "<date>", text)
+    return re.sub(r"^\d\d:\d\d:\d\d ", "<time> ", text, flags=re.M)
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    documented = section("Command line")
+    for name in cli.commands:
+        assert re.search(rf"`{re.escape(name)}\b", documented), f"`{name}` is not in the README"
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^  Examples?:\n    batchjobs ", result.output, re.M), result.output
+
+
+def test_the_group_has_help_with_examples() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert "Examples:" in result.output and "BATCHJOBS_DB" in result.output
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = first_commands()
+    assert len(commands) == 2, commands
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci, f"{commands[1]!r} is not a line of .ci/run"
+
+
+@pytest.mark.slow
+def test_the_readme_first_command_runs_a_job_through_the_cli(tmp_path: Path) -> None:
+    install, _, run = first_commands()[0].partition(" && ")
+    assert install == "pip install ." and run.startswith("batchjobs ")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # as in the repository root
+    result = shell(run, tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "100%  5/5  completed" in result.stdout and "BATCH JOBS" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_readme_cli_transcript_gives_the_same_results(tmp_path: Path) -> None:
+    transcript = re.search(r"```console\n(.*?)```", section("Command line"), re.S)
+    assert transcript, "the Command line section has no ```console transcript"
+    expected = transcript.group(1)
+    commands = [line[2:] for line in expected.splitlines() if line.startswith("$ ")]
+    # Echo each command as the transcript shows it, then run it, in one shell session.
+    script = "set -e\n" + "".join(f"echo {shlex.quote('$ ' + c)}\n{c}\n" for c in commands)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    result = shell(script, tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert normalise(result.stdout) == normalise(expected)
