@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,66 @@ def redis_url() -> str:
             pytest.fail(f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT} in CI")
         pytest.skip("Redis is not running (set CI=true to make this an error)")
     return REDIS_URL
+
+
+# -- the built-in CSV strategies ----------------------------------------------------
+
+SHOP_SCHEMA = """
+CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY,
+    sku TEXT NOT NULL UNIQUE,
+    name TEXT,
+    price REAL,
+    qty INTEGER NOT NULL DEFAULT 0,
+    photo BLOB
+)
+"""
+
+
+def shop_rows(n: int, start: int = 1) -> list[tuple[Any, ...]]:
+    """``n`` product rows with commas, quotes, newlines, NULLs, unicode and blobs."""
+    names = ["plain", "with, comma", 'with "quotes"', "two\nlines", "ünïcødé ☃", None, ""]
+    return [
+        (
+            i,
+            f"SKU-{i:05d}",
+            names[i % len(names)],
+            None if i % 11 == 0 else round(i * 1.25, 2),
+            i % 13,
+            bytes([i % 256, 0, 255]) if i % 9 == 0 else None,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def make_shop(tmp_path: Path) -> Callable[..., Path]:
+    """Build a SQLite file with ``products`` (``rows`` rows) and an empty ``products_copy``."""
+
+    def make(rows: int = 40, name: str = "shop.db") -> Path:
+        path = tmp_path / name
+        conn = sqlite3.connect(path)
+        with conn:
+            for table in ("products", "products_copy"):
+                conn.execute(SHOP_SCHEMA.format(name=table))
+            conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?)", shop_rows(rows))
+        conn.close()
+        return path
+
+    return make
+
+
+@pytest.fixture
+def csv_jobs(make_jobs: Callable[..., BatchJobs], tmp_path: Path) -> Callable[..., BatchJobs]:
+    """``BatchJobs`` whose csv-export and csv-import allow ``shop`` (a path) and ``incoming/``."""
+    from batchjobs.strategies.csv_export import CsvExport
+    from batchjobs.strategies.csv_import import CsvImport
+
+    def make(shop: Path, path: Path | None = None, **kwargs: Any) -> BatchJobs:
+        jobs = make_jobs(path, **kwargs)
+        (tmp_path / "incoming").mkdir(exist_ok=True)
+        jobs.register(CsvExport(databases={"shop": shop}))
+        jobs.register(CsvImport(databases={"shop": shop}, paths=[tmp_path / "incoming"]))
+        return jobs
+
+    return make
