@@ -75,6 +75,39 @@ def m001_batch_jobs(db: sqlite_utils.Database) -> None:
         db[TABLE].create_index(columns)  # type: ignore[union-attr]
 
 
+COUNTS = "batch_job_counts"
+#: Filters whose count the counts table answers without reading the jobs.
+COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
+
+
+@migrations()
+def m002_batch_job_counts(db: sqlite_utils.Database) -> None:
+    # Jobs per (type, status, creator), kept by triggers, so that counting a
+    # page's matches costs the same with 100 or 100,000 jobs in the file.
+    db.execute(
+        f"CREATE TABLE {COUNTS} (type TEXT NOT NULL, status TEXT NOT NULL, "
+        "created_by TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, status, created_by))"
+    )
+    db.execute(
+        f"INSERT INTO {COUNTS} SELECT type, status, ifnull(created_by, ''), count(*) "
+        f"FROM {TABLE} GROUP BY 1, 2, 3"
+    )
+    add = (
+        f"INSERT INTO {COUNTS} VALUES (new.type, new.status, ifnull(new.created_by, ''), 1) "
+        "ON CONFLICT DO UPDATE SET n = n + 1;"
+    )
+    remove = (
+        f"UPDATE {COUNTS} SET n = n - 1 WHERE type = old.type AND status = old.status "
+        "AND created_by = ifnull(old.created_by, '');"
+    )
+    db.execute(f"CREATE TRIGGER {COUNTS}_insert AFTER INSERT ON {TABLE} BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER {COUNTS}_delete AFTER DELETE ON {TABLE} BEGIN {remove} END")
+    db.execute(
+        f"CREATE TRIGGER {COUNTS}_update AFTER UPDATE OF status ON {TABLE} "
+        f"WHEN old.status != new.status BEGIN {remove} {add} END"
+    )
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job this owner holds a lease on, with the state needed to resume it."""
@@ -512,10 +545,18 @@ class Store:
             )
             names = [d[0] for d in cur.description]
             jobs = [self._record(row, names) for row in cur.fetchall()]
-            (count,) = db.execute(f"SELECT count(*) FROM {TABLE}{clause}", params).fetchone()
+            (count,) = db.execute(self._count_sql(filters or {}, clause), params).fetchone()
         finally:
             db.conn.execute("COMMIT")
         return jobs, count
+
+    @staticmethod
+    def _count_sql(filters: Mapping[str, Any], clause: str) -> str:
+        created_by = filters.get("created_by")
+        unnamed = created_by == "" or (isinstance(created_by, list) and "" in created_by)
+        if filters.keys() <= COUNTED_FILTERS and not unnamed:
+            return f"SELECT coalesce(sum(n), 0) FROM {COUNTS}{clause}"
+        return f"SELECT count(*) FROM {TABLE}{clause}"
 
     @staticmethod
     def _where(filters: Mapping[str, Any]) -> tuple[list[str], list[Any]]:

@@ -6,8 +6,10 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlite_utils
 
 from batchjobs.models import BatchJob, Status, new_job_id, utcnow
 from batchjobs.store import Store
@@ -26,7 +28,7 @@ def test_schema_is_migrated_once_and_in_wal_mode(db_path: Path) -> None:
         applied = conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = 'batchjobs'"
         ).fetchall()
-    assert applied == [("m001_batch_jobs",)]
+    assert applied == [("m001_batch_jobs",), ("m002_batch_job_counts",)]
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     store.close()
     full = Store(db_path, durability="full")
@@ -161,4 +163,47 @@ def test_save_is_guarded_by_status_and_owner(db_path: Path) -> None:
         {"advancement_count": 5, 'odd "key"': 1},
     )
     assert store.get(job.id).status == Status.PROCESSING  # type: ignore[union-attr]
+    store.close()
+
+
+def test_counts_table_agrees_with_counting_rows(make_jobs: Any) -> None:
+    jobs = make_jobs()
+    for i in range(12):
+        jobs.create("words", {"words": ["a"]}, created_by=f"usr_{i % 3}", dry_run=i % 4 == 0)
+    jobs.create("broken")
+    jobs.run_until_idle(timeout=10)
+    first, _ = jobs.list_and_count(status="pre_processed", limit=1)
+    jobs.cancel(first[0].id)
+    jobs.store.delete([jobs.list_and_count(status="completed", limit=1)[0][0].id])
+    for filters in (
+        {},
+        {"status": "completed"},
+        {"status": ["completed", "canceled"], "created_by": "usr_1"},
+        {"type": "broken"},
+        {"created_by": ["usr_0", "usr_2"], "type": "words"},
+    ):
+        _, counted = jobs.list_and_count(**filters)
+        where, params = jobs.store._where(filters)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        (rows,) = jobs.store.db.execute(
+            f"SELECT count(*) FROM batch_jobs{clause}", params
+        ).fetchone()
+        assert counted == rows, filters
+    assert jobs.list_and_count()[1] == 12
+
+
+def test_migrating_an_old_file_fills_the_counts(db_path: Path) -> None:
+    from batchjobs.store import migrations
+
+    db = sqlite_utils.Database(db_path)
+    migrations.apply(db, stop_before="m002_batch_job_counts")
+    now = utcnow().isoformat()
+    for i, status in enumerate(["completed", "completed", "failed"]):
+        db["batch_jobs"].insert(  # type: ignore[union-attr]
+            {"id": f"batch_{i}", "type": "t", "status": status, "created_at": now}
+        )
+    db.close()
+    store = Store(db_path)
+    assert store.list_and_count(filters={"status": "completed"})[1] == 2
+    assert store.list_and_count()[1] == 3
     store.close()
