@@ -705,7 +705,7 @@ def list_jobs(
       batchjobs list --status failed --status canceled --type csv-export
       batchjobs list --user usr_1 --limit 50 --offset 50 --json
     """
-    filters = {
+    filters: dict[str, Any] = {
         name: list(values)
         for name, values in (("status", statuses), ("type", types), ("created_by", users))
         if values
@@ -736,7 +736,7 @@ def list_jobs(
 @_json_option
 @pass_jobs
 def show(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
-    """Show a job: status, progress, timestamps, stat descriptors, errors.
+    """Show a job: progress, timestamps, stat descriptors, errors.
 
     \b
     Example:
@@ -761,7 +761,7 @@ def _changed(job: BatchJob, as_json: bool) -> None:
 @_json_option
 @pass_jobs
 def confirm(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
-    """Confirm a pre-processed dry-run job, so that a worker processes it.
+    """Confirm a pre-processed dry run; a worker then processes it.
 
     \b
     Example:
@@ -789,7 +789,7 @@ def cancel(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
 @_json_option
 @pass_jobs
 def retry(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
-    """Send a failed job back to a worker, to resume from its checkpoint.
+    """Resume a failed job from its checkpoint (in a worker).
 
     \b
     Example:
@@ -809,10 +809,10 @@ def retry(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
 @_json_option
 @pass_jobs
 def watch(jobs: BatchJobs, job_id: str, timeout: float | None, as_json: bool) -> None:
-    """Follow a job with a progress bar (records/s, ETA) until it rests.
+    """Follow a job's progress until it rests.
 
-    Exits 0 when it completes (or rests pre-processed), 1 when it fails or
-    is canceled.
+    A progress bar with records/s and ETA, on stderr. Exits 0 when it
+    completes (or rests pre-processed), 1 when it fails or is canceled.
 
     \b
     Example:
@@ -893,7 +893,9 @@ def _trap_signals(stop: threading.Event) -> dict[int, Any]:
         click.echo("Stopping: running jobs save a checkpoint and hand over…", err=True)
         stop.set()
 
-    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A worker started in the background of a script ignores SIGINT (Ctrl-C): keep it so.
+    trapped = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    return {s: signal.signal(s, on_signal) for s in trapped}
 
 
 def _echo_events(jobs: BatchJobs) -> Callable[[], None]:
@@ -931,7 +933,7 @@ def _echo_events(jobs: BatchJobs) -> Callable[[], None]:
 @_json_option
 @pass_jobs
 def strategies(jobs: BatchJobs, as_json: bool) -> None:
-    """List the registered job types, their strategy class and where it comes from.
+    """List job types with their strategy class and origin.
 
     \b
     Examples:
@@ -957,7 +959,9 @@ def strategies(jobs: BatchJobs, as_json: bool) -> None:
 @click.argument("batch_type", metavar="TYPE")
 @pass_jobs
 def template(jobs: BatchJobs, batch_type: str) -> None:
-    """Print the file TYPE's strategy offers to fill in (its build_template()).
+    """Print the template file of TYPE's strategy.
+
+    What its build_template() returns, for users to fill in.
 
     \b
     Example:
@@ -990,8 +994,9 @@ def template(jobs: BatchJobs, batch_type: str) -> None:
 def prune(
     jobs: BatchJobs, older_than: timedelta, statuses: tuple[str, ...], dry_run: bool, as_json: bool
 ) -> None:
-    """Delete resting jobs unchanged for longer than --older-than, and their files.
+    """Delete old resting jobs and their files.
 
+    Deletes the jobs unchanged (updated_at) for longer than --older-than.
     Resting: pre_processed (a dry run never confirmed), completed, canceled,
     failed. Active jobs are never pruned.
 

@@ -142,7 +142,10 @@ def test_bad_input_exits_2_with_the_message_and_writes_nothing(
     assert count_jobs(jobs) == 0
 
 
-def test_create_wait_follows_the_job_a_worker_runs(invoke: Invoke, jobs: BatchJobs) -> None:
+def test_create_wait_follows_the_job_a_worker_runs(
+    invoke: Invoke, make_jobs: Callable[..., BatchJobs]
+) -> None:
+    jobs = make_jobs(poll_interval=0.05)  # another process's worker, as far as the CLI knows
     jobs.start()
     done = invoke("create", "words", "--set", 'words=["a"]', "--wait")
     assert done.exit_code == 0, done.output
@@ -320,7 +323,10 @@ def test_watch_exits_0_completed_and_1_failed_or_canceled(invoke: Invoke, jobs: 
     assert invoke("watch", canceled.id, "--json").exit_code == 1
 
 
-def test_watch_follows_a_job_until_a_worker_completes_it(invoke: Invoke, jobs: BatchJobs) -> None:
+def test_watch_follows_a_job_until_a_worker_completes_it(
+    invoke: Invoke, make_jobs: Callable[..., BatchJobs]
+) -> None:
+    jobs = make_jobs(poll_interval=0.05)
     job = jobs.create("ledger", {"n": 40, "sleep": 0.01})
     jobs.start()
     result = invoke("watch", job.id, "--timeout", "20", "--json")
