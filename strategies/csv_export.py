@@ -136,13 +136,17 @@ class _Plan:
             ).fetchone()[0]
         )
 
-    def fetch(self, conn: sqlite3.Connection, last: Sequence[Any] | None, limit: int) -> list[Any]:
+    def select(self, last: Sequence[Any] | None, limit: int) -> tuple[str, list[Any]]:
+        """The SQL and parameters that read up to ``limit`` rows after ``last``."""
         where, params = self._where(last)
         selected = ", ".join([quote(c.name) for c in self.columns] + list(self.extra_keys))
         direction = " DESC" if self.descending else ""
         order = ", ".join(f"{k}{direction}" for k in self.keys)
         sql = f"SELECT {selected} FROM {quote(self.table.name)}{where} ORDER BY {order} LIMIT ?"
-        return conn.execute(sql, [*params, limit]).fetchall()
+        return sql, [*params, limit]
+
+    def fetch(self, conn: sqlite3.Connection, last: Sequence[Any] | None, limit: int) -> list[Any]:
+        return conn.execute(*self.select(last, limit)).fetchall()
 
     def last_key(self, row: Sequence[Any]) -> list[Any]:
         return [_encode_key(row[i]) for i in self.key_positions]
