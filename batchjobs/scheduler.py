@@ -117,10 +117,10 @@ class Scheduler:
                 with self._lock:
                     seen = self._wakes
                 if pre_only:
-                    job = service.run_next(statuses=[Status.CREATED], stop_after_pre_process=True)
+                    ran = service.drain(statuses=[Status.CREATED], stop_after_pre_process=True)
                 else:
-                    job = service.run_next()
-                if job is not None:
+                    ran = service.drain()
+                if ran:
                     continue
                 with self._lock:
                     # A wake-up that came while we looked may have found us busy: look again.

@@ -108,6 +108,11 @@ class _RunState:
     stored: tuple[str, str] | None = None
     stored_at: datetime | None = None
     steps: list[tuple[Status, datetime]] = field(default_factory=list)
+    #: When set, the commit that releases this job also claims the next one
+    #: with these ``Store.claim`` arguments; ``next_claim`` is what it got.
+    chain: dict[str, Any] | None = None
+    chained: bool = False
+    next_claim: Claim | None = None
 
     def current(self) -> BatchJob:
         """The job as last committed."""
@@ -368,14 +373,49 @@ class BatchJobService:
             return None
         return self.run_claim(claim, stop_after_pre_process=stop_after_pre_process)
 
+    def drain(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        stop_after_pre_process: bool = False,
+        ids: Iterable[str] | None = None,
+    ) -> int:
+        """Run runnable jobs one after another until none is left; returns how many ran.
+
+        The commit that releases each job also claims the next, so a busy
+        queue costs one commit per job here. Stops early once ``stopping`` is set.
+        """
+        statuses, ids = tuple(statuses), None if ids is None else list(ids)
+        chain = {"statuses": statuses, "ids": ids}
+        claim = self.claim_next(now, statuses=statuses, ids=ids)
+        ran = 0
+        while claim is not None:
+            ran += 1
+            state = self._run_claim(claim, stop_after_pre_process, chain)
+            if self.stopping.is_set():
+                if state.next_claim is not None:  # stopping came after the chained claim
+                    self.store.release(self.owner, [state.next_claim.job.id])
+                break
+            claim = (
+                state.next_claim if state.chained else self.claim_next(statuses=statuses, ids=ids)
+            )
+        return ran
+
     def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
         """Run a claimed job: pre-process, confirm, process chunks, complete."""
+        return self._run_claim(claim, stop_after_pre_process, None).current()
+
+    def _run_claim(
+        self, claim: Claim, stop_after_pre_process: bool, chain: dict[str, Any] | None
+    ) -> _RunState:
         job = claim.job
         state = _RunState(
             job=job,
             committed=job.status,
             saved_result={k: _fingerprint(v) for k, v in job.result.items()},
             saved_cursor=json.dumps(claim.cursor),
+            chain=chain,
         )
         with self._running_lock:
             self._running.add(job.id)
@@ -397,7 +437,7 @@ class BatchJobService:
                 self._fail(strategy, run, state, error)
             else:
                 self._run(strategy, run, state, stop_after_pre_process)
-            return state.current()
+            return state
         finally:
             with self._running_lock:
                 self._running.discard(job.id)
@@ -547,19 +587,30 @@ class BatchJobService:
         cursor = json.dumps(run.cursor)
         cursor_changed = cursor != state.saved_cursor
         status = state.pending[-1][0] if state.pending else None
-        stored = self.store.save(
-            state.job.id,
-            owner=self.owner,
-            expect=state.committed,
-            now=now,
-            status=status,
-            timestamps={s.timestamp_field: at for s, at in state.pending},
-            result=patch,
-            context=context,
-            cursor=run.cursor if cursor_changed else None,
-            available_at=available_at if release else now + self.lease,
-            release=release,
-        )
+        save: dict[str, Any] = {
+            "owner": self.owner,
+            "expect": state.committed,
+            "now": now,
+            "status": status,
+            "timestamps": {s.timestamp_field: at for s, at in state.pending},
+            "result": patch,
+            "context": context,
+            "cursor": run.cursor if cursor_changed else None,
+            "available_at": available_at if release else now + self.lease,
+            "release": release,
+        }
+        if release and state.chain is not None and not self.stopping.is_set():
+            claim = {
+                "owner": self.owner,
+                "types": self.registry.types,
+                "now": now,
+                "lease_until": now + self.lease,
+                **state.chain,
+            }
+            stored, state.next_claim = self.store.save_and_claim(state.job.id, claim=claim, **save)
+            state.chained = True
+        else:
+            stored = self.store.save(state.job.id, **save)
         if stored is None:
             self._lost(strategy, run, state)
             return False
@@ -610,7 +661,7 @@ class BatchJobService:
         heartbeat = _Heartbeat(self, interval=self.lease.total_seconds() / 3)
         with heartbeat:
             while True:
-                if self.run_next() is not None:
+                if self.drain():
                     continue
                 count, earliest = self.store.pending(self.registry.types)
                 if count == 0:

@@ -214,8 +214,14 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, its lock taken up front (``BEGIN IMMEDIATE``)."""
+        """A write transaction, its lock taken up front (``BEGIN IMMEDIATE``).
+
+        Inside an open transaction it joins that one.
+        """
         conn = self.db.conn
+        if conn.in_transaction:
+            yield conn
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -437,6 +443,18 @@ class Store:
         row = self.db.conn.execute(sql, params).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def save_and_claim(
+        self, id: str, *, claim: Mapping[str, Any], **save: Any
+    ) -> tuple[tuple[str, str] | None, Claim | None]:
+        """``save`` a job, then ``claim(**claim)`` the next one, in one commit.
+
+        A worker that finishes a job and takes the next one pays for one
+        commit, not two. Nothing is claimed when the save's guard fails.
+        """
+        with self.write():
+            stored = self.save(id, **save)
+            return stored, (None if stored is None else self.claim(**claim))
+
     def _save_merging(
         self, id: str, *, result: Mapping[str, Any], context: Mapping[str, Any], **kwargs: Any
     ) -> tuple[str, str] | None:
@@ -467,6 +485,17 @@ class Store:
                 f"UPDATE {TABLE} SET available_at = ? WHERE owner = ? AND id IN ({marks})",
                 [_ts(until), owner, *ids],
             )
+        return cur.rowcount
+
+    def release(self, owner: str, ids: Iterable[str]) -> int:
+        """Give up ``owner``'s leases on ``ids`` (expired at once)."""
+        ids = list(ids)
+        marks = ", ".join("?" for _ in ids)
+        cur = self.db.conn.execute(
+            f"UPDATE {TABLE} SET owner = NULL, available_at = NULL "
+            f"WHERE owner = ? AND id IN ({marks})",
+            [owner, *ids],
+        )
         return cur.rowcount
 
     def release_all(self, owner: str) -> int:

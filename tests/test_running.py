@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from datetime import timedelta
@@ -275,3 +276,34 @@ def test_list_and_count_refuses_bad_filters(
 
     with pytest.raises(InvalidDataError, match=message):
         jobs.list_and_count(**kwargs)
+
+
+def commits_of(statements: list[str]) -> int:
+    """How many transactions the traced statements committed."""
+    commits, in_transaction = 0, False
+    # A statement that fires triggers is traced once more per trigger step.
+    statements = [sql for i, sql in enumerate(statements) if i == 0 or sql != statements[i - 1]]
+    for sql in statements:
+        head = sql.lstrip().split(" ", 1)[0].upper()
+        if head == "BEGIN":
+            in_transaction = True
+        elif head == "COMMIT":
+            commits, in_transaction = commits + 1, False
+        elif not in_transaction and re.match(r"(INSERT INTO|UPDATE|DELETE FROM) batch_jobs ", sql):
+            commits += 1  # a statement of its own is its own transaction (triggers ride along)
+    return commits
+
+
+def test_a_one_chunk_job_costs_two_commits_when_jobs_run_back_to_back(jobs: BatchJobs) -> None:
+    statements: list[str] = []
+    jobs.store.db.conn.set_trace_callback(statements.append)
+    created = [jobs.create("ledger", {"n": 5}) for _ in range(10)]
+    assert commits_of(statements) == 10
+    statements.clear()
+    assert jobs.service.drain() == 10
+    # The first claim, then one commit per job that also claims the next.
+    assert commits_of(statements) == 11
+    for job in created:
+        done = jobs.retrieve(job.id)
+        assert done.status == Status.COMPLETED
+        assert None not in (done.pre_processed_at, done.confirmed_at, done.processing_at)
