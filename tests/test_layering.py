@@ -29,6 +29,8 @@ THIRD_PARTY = {
     "click": {"cli"},
     "redis": {"pubsub"},
     "ulid": {"models"},
+    "flask": {"http"},
+    "werkzeug": {"http"},
 }
 
 

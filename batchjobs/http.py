@@ -1,0 +1,462 @@
+"""The Medusa-compatible admin HTTP API: a Flask app over a ``BatchJobs``.
+
+Routes (JSON in, JSON out)::
+
+    POST /admin/batch-jobs               {"type", "context", "dry_run"} -> 201 {"batch_job"}
+    GET  /admin/batch-jobs               -> {"batch_jobs", "count", "offset", "limit"}
+    GET  /admin/batch-jobs/<id>          -> {"batch_job"}
+    POST /admin/batch-jobs/<id>/confirm  -> {"batch_job"}
+    POST /admin/batch-jobs/<id>/cancel   -> {"batch_job"}
+
+The list holds the caller's jobs only.
+
+Every request names its caller, a user id: the application's ``authenticate``
+callable answers from the request (a session, a proxy header...), else an
+``Authorization: Bearer <token>`` header found in ``tokens``. Jobs are created
+``created_by`` the caller, and a caller sees, confirms and cancels only its own.
+
+Errors are ``{"type", "message"}``: ``not_found`` 404, ``not_allowed`` and
+``invalid_data`` 400, ``unauthorized`` 401.
+
+>>> from batchjobs.http import create_app
+>>> app = create_app(jobs, tokens={"s3cret": "usr_1"})     # a WSGI app
+
+``AdminServer`` serves such an app on werkzeug's server with a pool of threads, as
+``batchjobs serve`` does; any WSGI server (gunicorn...) can serve it too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from flask import Blueprint, Flask, Request, Response, g, jsonify, request
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+
+from .app import BatchJobs
+from .errors import BatchJobError, InvalidDataError, NotAllowedError
+from .models import TIMESTAMP_FIELDS, BatchJob
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_LIMIT",
+    "DEFAULT_PORT",
+    "DEFAULT_THREADS",
+    "MAX_BODY_BYTES",
+    "NOT_OWNER_MESSAGE",
+    "AdminServer",
+    "Authenticate",
+    "create_app",
+    "create_blueprint",
+]
+
+log = logging.getLogger("batchjobs.http")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+#: Page size of ``GET /admin/batch-jobs`` when ``limit`` is not given (Medusa's).
+DEFAULT_LIMIT = 10
+#: Larger request bodies are refused (413) before they are read.
+MAX_BODY_BYTES = 1024 * 1024
+#: Threads ``AdminServer`` answers requests on (each keeps one SQLite connection).
+DEFAULT_THREADS = 8
+#: Seconds a client may take to send its request or read the answer.
+REQUEST_TIMEOUT = 30.0
+#: Seconds ``AdminServer.shutdown`` waits for requests in progress to finish.
+SHUTDOWN_GRACE = 10.0
+NOT_OWNER_MESSAGE = "Cannot access a batch job that does not belong to the logged in user"
+PREFIX = "/admin/batch-jobs"
+
+#: Finds the user id of a request's caller, or ``None`` when it has none.
+Authenticate = Callable[[Request], str | None]
+
+_STATUS_OF = {"not_found": 404, "not_allowed": 400, "invalid_data": 400}
+_HTTP_TYPES = {401: "unauthorized", 404: "not_found", 405: "not_allowed", 413: "invalid_data"}
+_CREATE_FIELDS = ("type", "context", "dry_run")
+#: Query parameters filtering on a value or a list of values (``type=a``, ``type[]=a``).
+_LIST_FILTERS = ("id", "status", "type")
+#: Medusa's clients may send these; every job is returned whole, so they are ignored.
+_IGNORED_PARAMS = ("expand", "fields")
+_PARAM = re.compile(r"^([a-z_]+)(?:\[([a-z0-9]*)\])?$")
+# "+" in a query string means a space: "…T10:00:00+00:00" unencoded arrives as "… 00:00".
+_SPACED_OFFSET = re.compile(r" (\d\d:?\d\d)$")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _error(status: int, type: str, message: str) -> tuple[Response, int]:
+    return jsonify({"type": type, "message": message}), status
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# -- input ------------------------------------------------------------------------------------
+
+
+def _json_object_body() -> dict[str, Any]:
+    data = request.get_data(cache=True)
+    if not data.strip():
+        raise InvalidDataError("the request body must be a JSON object with a type")
+    try:
+        body = json.loads(data, parse_constant=_refuse_constant)
+    except ValueError as error:  # UnicodeDecodeError included
+        raise InvalidDataError(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidDataError(f"the request body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def _create_input(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
+    """``type``, ``context`` and ``dry_run`` from a create request, checked."""
+    for name in body:
+        if name not in _CREATE_FIELDS:
+            raise InvalidDataError(
+                f"unknown field {name!r}; a batch job takes type, context and dry_run"
+            )
+    if "type" not in body:
+        raise InvalidDataError("type is required")
+    batch_type, context, dry_run = body["type"], body.get("context"), body.get("dry_run", False)
+    if not isinstance(batch_type, str):
+        raise InvalidDataError(f"type must be a string, not {_json_type(batch_type)}")
+    if context is None:
+        context = {}
+    if not isinstance(context, dict):
+        raise InvalidDataError(f"context must be a JSON object, not {_json_type(context)}")
+    if not isinstance(dry_run, bool):
+        raise InvalidDataError(f"dry_run must be a boolean, not {_json_type(dry_run)}")
+    return batch_type, context, dry_run
+
+
+def _count(name: str, args: MultiDict[str, str], default: int) -> int:
+    values = args.getlist(name)
+    if not values:
+        return default
+    if len(values) > 1:
+        raise InvalidDataError(f"{name} is given {len(values)} times")
+    text = values[0]
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidDataError(f"{name} must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _list_query(args: MultiDict[str, str]) -> tuple[int, int, str, dict[str, Any]]:
+    """``limit``, ``offset``, ``order`` and the filters of a list request.
+
+    Filters take Medusa's query shapes: ``type=a``, ``type[]=a&type[]=b`` or
+    ``type[0]=a`` (likewise ``status`` and ``id``), and ``created_at[gt]=ISO``
+    (``gt``/``gte``/``lt``/``lte``) for each ``*_at`` field.
+    """
+    limit = _count("limit", args, DEFAULT_LIMIT)
+    offset = _count("offset", args, 0)
+    orders = args.getlist("order")
+    if len(orders) > 1:
+        raise InvalidDataError(f"order is given {len(orders)} times")
+    order = orders[0] if orders else "-created_at"
+    filters: dict[str, Any] = {}
+    for key in args:
+        match = _PARAM.match(key)
+        name, operator = match.groups() if match else (key, None)
+        if key in ("limit", "offset", "order") or name in _IGNORED_PARAMS:
+            continue
+        values = args.getlist(key)
+        if name in _LIST_FILTERS and (operator is None or operator.isdigit() or operator == ""):
+            filters.setdefault(name, []).extend(values)
+        elif name in TIMESTAMP_FIELDS and operator and not operator.isdigit():
+            if len(values) > 1:
+                raise InvalidDataError(f"{key} is given {len(values)} times")
+            filters.setdefault(name, {})[operator] = _SPACED_OFFSET.sub(r"+\1", values[0])
+        elif name in TIMESTAMP_FIELDS:
+            raise InvalidDataError(
+                f"{key} needs an operator: {name}[gt], {name}[gte], {name}[lt] or {name}[lte]"
+            )
+        else:
+            raise InvalidDataError(
+                f"unknown query parameter {key!r}; use limit, offset, order, id, type, status "
+                "or a date filter such as created_at[gt]"
+            )
+    return limit, offset, order, filters
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+
+def _bearer_user(tokens: Mapping[str, str], header: str) -> str | None:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    given = token.strip().encode()
+    user = None
+    # Compare with every token, in constant time: no early exit to time.
+    for known, user_id in tokens.items():
+        if hmac.compare_digest(known.encode(), given):
+            user = user_id
+    return user
+
+
+def create_blueprint(
+    jobs: BatchJobs,
+    *,
+    authenticate: Authenticate | None = None,
+    tokens: Mapping[str, str] | None = None,
+) -> Blueprint:
+    """The admin API's routes as a Flask blueprint, to register on your own app.
+
+    ``authenticate(request)`` returns the caller's user id or ``None``;
+    ``tokens`` maps bearer tokens to user ids. One of them is required; with
+    both, ``authenticate`` is asked first. Errors raised by the routes become
+    ``{"type", "message"}`` responses; unknown routes are your app's (use
+    ``create_app`` for JSON 404s everywhere).
+    """
+    if authenticate is None and not tokens:
+        raise ValueError("the admin API needs authenticate or tokens to know who calls it")
+    known_tokens = dict(tokens or {})
+    api = Blueprint("batchjobs_admin", __name__)
+
+    def caller() -> str:
+        user: str = g.batchjobs_user  # set by identify() before every route
+        return user
+
+    @api.before_request
+    def identify() -> tuple[Response, int] | None:
+        user = authenticate(request) if authenticate is not None else None
+        header = request.headers.get("Authorization")
+        if user is None and header is not None and known_tokens:
+            user = _bearer_user(known_tokens, header)
+            if user is None:
+                return _unauthorized("Invalid bearer token")
+        if user is None:
+            hint = ": send Authorization: Bearer <token>" if known_tokens else ""
+            return _unauthorized(f"Authentication required{hint}")
+        g.batchjobs_user = user
+        return None
+
+    def own(id: str) -> BatchJob:
+        job = jobs.retrieve(id)
+        if job.created_by != caller():
+            raise NotAllowedError(NOT_OWNER_MESSAGE)
+        return job
+
+    @api.post(PREFIX)
+    def create_job() -> tuple[Response, int, dict[str, str]]:
+        batch_type, context, dry_run = _create_input(_json_object_body())
+        job = jobs.create(batch_type, context, dry_run=dry_run, created_by=caller())
+        return jsonify({"batch_job": job.to_dict()}), 201, {"Location": f"{PREFIX}/{job.id}"}
+
+    @api.get(PREFIX)
+    def list_jobs() -> Response:
+        limit, offset, order, filters = _list_query(request.args)
+        page, count = jobs.list_and_count(
+            limit=limit, offset=offset, order=order, **filters, created_by=caller()
+        )
+        return jsonify(
+            {
+                "batch_jobs": [job.to_dict() for job in page],
+                "count": count,
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+
+    @api.get(f"{PREFIX}/<id>")
+    def retrieve_job(id: str) -> Response:
+        return jsonify({"batch_job": own(id).to_dict()})
+
+    @api.post(f"{PREFIX}/<id>/confirm")
+    def confirm_job(id: str) -> Response:
+        return jsonify({"batch_job": jobs.confirm(own(id).id).to_dict()})
+
+    @api.post(f"{PREFIX}/<id>/cancel")
+    def cancel_job(id: str) -> Response:
+        return jsonify({"batch_job": jobs.cancel(own(id).id).to_dict()})
+
+    api.register_error_handler(BatchJobError, _batch_job_error)
+    return api
+
+
+def _unauthorized(message: str) -> tuple[Response, int]:
+    response, status = _error(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response, status
+
+
+def _batch_job_error(error: BatchJobError) -> tuple[Response, int]:
+    return _error(_STATUS_OF.get(error.type, 500), error.type, error.message)
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    status = error.code or 500
+    if status == 404:
+        message = f"{request.method} {request.path} is not a route of this API"
+    elif status == 405:
+        message = f"{request.method} is not allowed on {request.path}"
+    elif status == 413:
+        message = f"the request body is larger than {MAX_BODY_BYTES} bytes"
+    else:
+        message = error.description or error.name
+    response, status = _error(status, _HTTP_TYPES.get(status, "unknown_error"), message)
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response, status
+
+
+def _unexpected_error(error: Exception) -> tuple[Response, int]:
+    log.error("%s %s failed", request.method, request.path, exc_info=error)
+    return _error(500, "unknown_error", "An unknown error occurred.")
+
+
+def create_app(
+    jobs: BatchJobs,
+    *,
+    authenticate: Authenticate | None = None,
+    tokens: Mapping[str, str] | None = None,
+) -> Flask:
+    """A Flask (WSGI) app serving the admin API of ``jobs``; every error is JSON.
+
+    ``authenticate(request) -> user id | None`` and ``tokens`` (bearer token
+    → user id) say who calls; see ``create_blueprint``. The app does not run
+    jobs: call ``jobs.start()`` in the same process, or run ``batchjobs
+    worker`` beside it.
+    """
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Medusa's field order
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["batchjobs"] = jobs
+    app.register_blueprint(create_blueprint(jobs, authenticate=authenticate, tokens=tokens))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+class _RequestHandler(WSGIRequestHandler):
+    # One request per connection (no keep-alive), and a bound on how long a
+    # slow client may hold a thread: the pool is small and fixed.
+    protocol_version = "HTTP/1.0"
+    timeout = REQUEST_TIMEOUT
+
+
+class _PooledWSGIServer(BaseWSGIServer):
+    """werkzeug's WSGI server, answering on a fixed pool of threads.
+
+    A thread per request, as werkzeug's threaded server does, would give
+    every request a new thread and so a new SQLite connection; a pool keeps
+    both to ``threads``.
+    """
+
+    multithread = True
+
+    def __init__(self, *args: Any, threads: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="batchjobs-http")
+        self.pending = 0
+        self.idle = threading.Condition()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.idle:
+            self.pending += 1
+        self.pool.submit(self._answer, request, client_address)
+
+    def _answer(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self.idle:
+                self.pending -= 1
+                self.idle.notify_all()
+
+
+class AdminServer:
+    """A WSGI app on werkzeug's server with a pool of threads, stopped from another thread.
+
+    Enough for an admin API that a few clients call, next to the workers of
+    an embedded ``BatchJobs``; for public or heavy traffic, serve
+    ``create_app(...)`` with a production WSGI server such as gunicorn.
+
+    >>> server = AdminServer(create_app(jobs, tokens=tokens), port=0)
+    >>> threading.Thread(target=server.serve_forever).start()
+    >>> server.url
+    'http://127.0.0.1:40213'
+    >>> server.shutdown()          # stop listening, let requests in progress finish
+
+    Binding happens here: ``OSError`` if the address is taken or unknown.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        threads: int = DEFAULT_THREADS,
+    ) -> None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, not {threads!r}")
+        self.host = host
+        self._serving = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # Bind here, so that a taken port is an OSError for the caller to
+        # report (werkzeug's own binding prints and exits).
+        listener = socket.create_server((host, port), family=family)
+        try:
+            self._server = _PooledWSGIServer(
+                host, port, app, handler=_RequestHandler, fd=listener.fileno(), threads=threads
+            )
+        finally:
+            listener.close()  # the server holds its own duplicate of the socket
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the system chose when given 0)."""
+        return int(self._server.port)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, e.g. ``http://127.0.0.1:9000``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Answer requests until ``shutdown``."""
+        self._serving.set()
+        self._server.serve_forever(poll_interval=0.2)
+
+    def shutdown(self, grace: float = SHUTDOWN_GRACE) -> bool:
+        """Stop accepting requests; wait up to ``grace`` seconds for those accepted.
+
+        Returns ``False`` if some were still unanswered when the grace ran out.
+        """
+        server = self._server
+        if self._serving.is_set():
+            server.shutdown()  # returns once serve_forever has, the socket closed
+        else:
+            server.server_close()
+        with server.idle:
+            answered = server.idle.wait_for(lambda: server.pending == 0, timeout=grace)
+        server.pool.shutdown(wait=False, cancel_futures=not answered)
+        return answered
