@@ -873,8 +873,8 @@ def worker(
         while not stop.wait(FOLLOW_INTERVAL if until_idle else 0.5):
             if until_idle and not jobs.list_and_count(status=active, type=types, limit=0)[1]:
                 break
-        jobs.shutdown()
     finally:
+        jobs.shutdown()
         events()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -890,7 +890,7 @@ def _trap_signals(stop: threading.Event) -> dict[int, Any]:
         if stop.is_set():
             click.echo("Stopping at once.", err=True)
             os._exit(130)
-        click.echo("Stopping: running jobs save a checkpoint and hand over…", err=True)
+        click.echo("Stopping: running jobs save a checkpoint and hand over...", err=True)
         stop.set()
 
     # A worker started in the background of a script ignores SIGINT (Ctrl-C): keep it so.
@@ -927,6 +927,112 @@ def _echo_events(jobs: BatchJobs) -> Callable[[], None]:
             signals.signal_for(event).disconnect(echo, sender=jobs)
 
     return stop
+
+
+class _TokenUser(click.ParamType):
+    name = "TOKEN=USER"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        # At the last "=": a base64 token may end with "=" padding, a user id has none.
+        token, sep, user = value.rpartition("=")
+        if not sep or not token or not user:
+            self.fail("expected TOKEN=USER (the value is not shown: it holds a secret)", param, ctx)
+        return token, user
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on; 0.0.0.0 for every interface.",
+)
+@click.option(
+    "--port", default=9000, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    type=_TokenUser(),
+    envvar="BATCHJOBS_TOKENS",
+    help="A bearer token and the user id it stands for; repeatable. Prefer the environment: "
+    "a command line is visible to the machine's other users [env: BATCHJOBS_TOKENS, "
+    "space-separated].",
+)
+@click.option(
+    "--no-worker", is_flag=True, help="Serve the API only; a `batchjobs worker` runs the jobs."
+)
+@pass_jobs
+def serve(
+    jobs: BatchJobs, host: str, port: int, tokens: tuple[tuple[str, str], ...], no_worker: bool
+) -> None:
+    """Serve the admin HTTP API, and run jobs, until SIGINT or SIGTERM.
+
+    Medusa's routes under /admin/batch-jobs; a request sends "Authorization:
+    Bearer TOKEN" and sees only the jobs of that token's user. The server is
+    werkzeug's with a fixed pool of threads: enough for an admin API that a
+    few clients call; for public traffic, serve batchjobs.http.create_app
+    with gunicorn (see the README). On the signal the server stops taking
+    requests, those in progress finish, and running jobs save a checkpoint
+    and hand over.
+
+    \b
+    Examples:
+      batchjobs --app myapp.jobs:jobs serve --token s3cret=usr_1
+      BATCHJOBS_TOKENS='s3cret=usr_1 t0k3n=usr_2' batchjobs serve --port 8080 --no-worker
+      curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:9000/admin/batch-jobs
+    """
+    try:
+        from .http import PREFIX, AdminServer, create_app
+    except ImportError as error:
+        if error.name not in ("flask", "werkzeug"):
+            raise
+        raise CommandError("serve needs Flask: pip install 'batchjobs[http]'") from None
+    users: dict[str, str] = {}
+    for token, user in tokens:
+        if users.setdefault(token, user) != user:
+            raise CommandError("One --token is given for two users")
+    if not users:
+        raise CommandError(
+            "Name the API's users: --token TOKEN=USER (repeatable) or BATCHJOBS_TOKENS"
+        )
+    try:
+        server = AdminServer(create_app(jobs, tokens=users), host=host, port=port)
+    except OSError as error:
+        raise CommandError(f"Cannot listen on {host}:{port}: {error.strerror or error}") from None
+    stop = threading.Event()
+    previous = _trap_signals(stop)
+    events = (lambda: None) if no_worker else _echo_events(jobs)
+    thread = threading.Thread(target=server.serve_forever, name="batchjobs-serve", daemon=True)
+    try:
+        if not no_worker:
+            jobs.start()
+        thread.start()
+        work = (
+            "no worker"
+            if no_worker
+            else f"workers for {', '.join(jobs.registry.types) or 'no type'} "
+            f"(concurrency {jobs.concurrency})"
+        )
+        click.echo(
+            f"Admin API on {server.url}{PREFIX} ({len(users)} token(s); {work}; "
+            f"{jobs.db_path}); stop it with Ctrl-C.",
+            err=True,
+        )
+        while not stop.wait(0.5) and thread.is_alive():
+            pass
+    finally:
+        server.shutdown()
+        jobs.shutdown()
+        events()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not stop.is_set():
+        raise click.ClickException("The HTTP server stopped unexpectedly")
+    click.echo("Stopped.", err=True)
 
 
 @cli.command()
