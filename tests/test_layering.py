@@ -1,5 +1,5 @@
 """Imports point one way: errors ← models ← {signals, store, strategy, files} ←
-service ← {pubsub, scheduler} ← app ← {cli, http}; each third-party library
+service ← {pubsub, scheduler} ← app ← http ← cli; each third-party library
 is imported by one module."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ LAYERS = {
     "pubsub": 4,
     "scheduler": 4,
     "app": 5,
-    "cli": 6,
     "http": 6,
+    "cli": 7,  # `batchjobs serve` serves the http app
 }
 THIRD_PARTY = {
     "sqlite_utils": {"store"},
