@@ -238,7 +238,7 @@ class CsvExport(BatchJobStrategy):
             first_nullable = not (order.notnull or (table.rowid is None and order.pk))
         # A key is read from the written columns only when its value cannot be a
         # BLOB turned into hex: the INTEGER PRIMARY KEY (the rowid itself).
-        raw = {quote(c.name): i for i, c in enumerate(columns) if c is integer_pk}
+        raw = {quote(c.name): i for i, c in enumerate(columns) if c == integer_pk}
         extra = tuple(k for k in keys if k not in raw)
         positions = tuple(raw[k] if k in raw else len(columns) + extra.index(k) for k in keys)
         return _Plan(

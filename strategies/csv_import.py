@@ -175,9 +175,9 @@ class _Layout:
             if c not in columns
             and c.notnull
             and not c.has_default
-            and c is not table.integer_primary_key
+            and c != table.integer_primary_key
         )
-        checks = tuple(_FieldCheck.build(c, is_key=c is key) for c in columns)
+        checks = tuple(_FieldCheck.build(c, is_key=c == key) for c in columns)
         return cls(table, tuple(columns), columns.index(key), checks, missing)
 
     def row_problems(self, rows: Sequence[Sequence[str]]) -> dict[int, tuple[str | None, str]]:
@@ -200,27 +200,34 @@ class _Layout:
         return problems
 
     def upsert_sql(self) -> str:
+        """The statement that writes one row: an upsert, or an update when a new row
+        could not be made (SQLite checks NOT NULL before it sees the conflict)."""
+        table, key = quote(self.table.name), quote(self.columns[self.key_index].name)
+        values = [self._value(check, n) for n, check in enumerate(self.checks, start=1)]
+        others = [i for i in range(len(self.columns)) if i != self.key_index]
+        if self.missing_required:
+            sets = ", ".join(f"{quote(self.columns[i].name)} = {values[i]}" for i in others)
+            return (
+                f"UPDATE {table} SET {sets or f'{key} = {key}'} WHERE {key} = ?{self.key_index + 1}"
+            )
         names = ", ".join(quote(c.name) for c in self.columns)
-        values = ", ".join(
-            "?" if self._as_given(check) else "NULLIF(?, '')" for check in self.checks
-        )
-        key = quote(self.columns[self.key_index].name)
         updates = ", ".join(
-            f"{quote(c.name)} = excluded.{quote(c.name)}"
-            for i, c in enumerate(self.columns)
-            if i != self.key_index
+            f"{quote(self.columns[i].name)} = excluded.{quote(self.columns[i].name)}"
+            for i in others
         )
         action = f"UPDATE SET {updates}" if updates else "NOTHING"
         return (
-            f"INSERT INTO {quote(self.table.name)} ({names}) VALUES ({values}) "
+            f"INSERT INTO {table} ({names}) VALUES ({', '.join(values)}) "
             f"ON CONFLICT ({key}) DO {action}"
         )
 
     @staticmethod
-    def _as_given(check: _FieldCheck) -> bool:
-        """Whether a value is bound as it is: hex is decoded first, '' stays in NOT NULL text."""
+    def _value(check: _FieldCheck, n: int) -> str:
+        """Parameter ``n`` as stored: hex is decoded first, '' stays in NOT NULL text."""
         column = check.column
-        return check.kind == "HEX" or (column.affinity == "TEXT" and column.notnull)
+        if check.kind == "HEX" or (column.affinity == "TEXT" and column.notnull):
+            return f"?{n}"
+        return f"NULLIF(?{n}, '')"
 
     def existing_keys_sql(self) -> str:
         key = quote(self.columns[self.key_index].name)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchjobs.strategies.csv_export import CsvExport
-from batchjobs.strategies.csv_import import CsvImport
 
 from batchjobs import BatchJob, BatchJobs, BatchJobStrategy, InvalidDataError, JobRun, Status
+from batchjobs.strategies.csv_export import CsvExport
+from batchjobs.strategies.csv_import import CsvImport
 from tests.conftest import shop_rows
 
 ROWS = 40

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchjobs.strategies.csv_export import ENV_DATABASES, CsvExport
 
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, Status
+from batchjobs.strategies.csv_export import ENV_DATABASES, CsvExport
 from tests.conftest import shop_rows
 from tests.test_builtin_strategies import shop_csv
 
