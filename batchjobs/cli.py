@@ -1082,6 +1082,77 @@ def template(jobs: BatchJobs, batch_type: str) -> None:
 
 @cli.command()
 @click.option(
+    "--pattern",
+    default="batch.*",
+    show_default=True,
+    metavar="GLOB",
+    help="Which events: a Redis glob over their names (batch.completed, batch.c*).",
+)
+@click.option("--prefix", help="The channel prefix [default: batchjobs, or the app's].")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
+@click.option("--json", "as_json", is_flag=True, help="Print each message as JSON, one a line.")
+@pass_jobs
+def events(
+    jobs: BatchJobs, pattern: str, prefix: str | None, count: int | None, as_json: bool
+) -> None:
+    """Follow the events that every process mirrors to Redis, live.
+
+    Needs Redis: --redis, BATCHJOBS_REDIS_URL or the app's redis_url. One
+    line per event (--json: the message as published); reconnects by
+    itself when Redis comes back. Ctrl-C stops.
+
+    \b
+    Examples:
+      batchjobs --redis redis://localhost:6379/0 events
+      batchjobs events --pattern 'batch.c*' --json | jq -r .id
+    """
+    from .pubsub import Subscription
+
+    if not jobs.redis_url:
+        raise CommandError("events needs Redis: pass --redis URL or set BATCHJOBS_REDIS_URL")
+    try:
+        subscription = Subscription(
+            jobs.redis_url, prefix=prefix or jobs.channel_prefix, pattern=pattern
+        )
+    except ValueError as error:
+        raise CommandError(f"Bad Redis URL: {error}") from None
+    try:
+        if not subscription.connect(report=False):
+            raise CommandError(
+                f"Cannot reach Redis at {subscription.where}: {subscription.last_error}"
+            )
+        click.echo(
+            f"Following {subscription.pattern} on {subscription.where}; stop it with Ctrl-C.",
+            err=True,
+        )
+        for seen, event in enumerate(subscription, start=1):
+            if as_json:
+                click.echo(json.dumps(event.to_dict(), ensure_ascii=False))
+            else:
+                click.echo(_event_line(event))
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        click.echo("Stopped.", err=True)
+    finally:
+        subscription.close()
+
+
+def _event_line(event: Any) -> str:
+    """One mirrored event (a ``RemoteEvent``) as a line: time, event, id, type, status, count."""
+    try:
+        stamp = datetime.fromisoformat(event.at).astimezone().strftime("%H:%M:%S")
+    except (TypeError, ValueError):
+        stamp = "--:--:--"
+    done, total = event.result.get("advancement_count"), event.result.get("count")
+    progress = "" if done is None and total is None else f" {done or 0}"
+    if total is not None:
+        progress += f"/{total}"
+    return f"{stamp} {event.event:<19} {event.id} {event.type} {event.status}{progress}"
+
+
+@cli.command()
+@click.option(
     "--older-than",
     required=True,
     type=_Duration(),

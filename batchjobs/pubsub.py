@@ -540,7 +540,11 @@ class Subscription:
         if pattern is not None and events is not None:
             raise ValueError("give a pattern or a list of events, not both")
         self.url = url
+        #: The server, without credentials: for messages.
+        self.where = _display(url)
         self.prefix = prefix
+        #: Why the last connection attempt failed, if it did.
+        self.last_error: BaseException | None = None
         names = list(events or ())
         for event in names:
             signals.signal_for(event)  # refuses unknown names
@@ -573,8 +577,12 @@ class Subscription:
         """True while subscribed."""
         return self._pubsub is not None
 
-    def connect(self) -> bool:
-        """Subscribe now unless already subscribed; False if Redis is unreachable."""
+    def connect(self, *, report: bool = True) -> bool:
+        """Subscribe now unless already subscribed; False if Redis is unreachable.
+
+        A failure is logged (one warning per outage) unless ``report`` is
+        False; ``last_error`` says what it was.
+        """
         if self._pubsub is not None:
             return True
         pubsub = self._client.pubsub()
@@ -586,10 +594,13 @@ class Subscription:
             self._await_confirmation(pubsub, len(self.channels) or 1)
         except _REDIS_ERRORS as error:
             self._close_pubsub(pubsub)
-            self._outages.failed("listen", error)
+            self.last_error = error
+            if report:
+                self._outages.failed("listen", error)
             self._retry_at = time.monotonic() + self._backoff.next()
             return False
         self._pubsub = pubsub
+        self.last_error = None
         self._backoff.reset()
         self._outages.recovered("listen")
         if self.on_connect is not None:

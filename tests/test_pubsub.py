@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from batchjobs import BatchJob, BatchJobs, Status, signals
+from batchjobs.cli import cli
 from batchjobs.pubsub import (
     EventListener,
     RedisMirror,
@@ -404,3 +407,64 @@ def test_a_worker_in_another_process_picks_a_job_up_within_a_second(
             worker.stdin.write("\n")
             worker.stdin.flush()
             assert worker.wait(timeout=10) == 0
+
+
+# -- batchjobs events --------------------------------------------------------------
+
+
+def _tail(db: Path, url: str, prefix: str, *options: str) -> subprocess.Popen[str]:
+    """``batchjobs events`` in a subprocess, returned once it follows the channels."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchjobs.cli", "--db", str(db), "--redis", url]
+        + ["events", "--prefix", prefix, *options],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    assert process.stderr.readline().startswith(f"Following {prefix}:")
+    return process
+
+
+@pytest.mark.redis
+def test_the_events_command_tails_the_mirror(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str, db_path: Path
+) -> None:
+    lines = _tail(db_path, redis_url, prefix, "--pattern", "batch.c*")
+    as_json = _tail(db_path, redis_url, prefix, "--json", "--count", "3")
+    jobs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    job = jobs.create("words", {"words": ["a", "b"]})
+    jobs.run_until_idle(timeout=10)
+    with lines, as_json:
+        assert lines.stdout is not None and lines.stderr is not None
+        seen = [lines.stdout.readline().split() for _ in range(3)]
+        lines.send_signal(signal.SIGINT)
+        assert lines.wait(timeout=10) == 0
+        assert lines.stderr.read().strip() == "Stopped."
+        out, _ = as_json.communicate(timeout=10)
+        assert as_json.returncode == 0
+    assert [line[1:5] for line in seen] == [
+        ["batch.created", job.id, "words", "created"],
+        ["batch.confirmed", job.id, "words", "confirmed"],
+        ["batch.completed", job.id, "words", "completed"],
+    ]
+    assert seen[2][5:] == ["2/2"]
+    messages = [json.loads(line) for line in out.splitlines()]
+    assert [m["event"] for m in messages] == [
+        "batch.created",
+        "batch.pre_processed",
+        "batch.confirmed",
+    ]
+    assert {m["id"] for m in messages} == {job.id}
+    assert set(messages[0]) == DESIGN_KEYS | {"origin"}
+
+
+def test_the_events_command_needs_a_reachable_redis(db_path: Path, unreachable_url: str) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--db", str(db_path), "events"])
+    assert result.exit_code == 2
+    assert "events needs Redis" in result.output
+    result = runner.invoke(cli, ["--db", str(db_path), "--redis", unreachable_url, "events"])
+    assert result.exit_code == 2
+    assert f"Cannot reach Redis at {unreachable_url}" in result.output
