@@ -1197,8 +1197,10 @@ def prune(
         if not page:
             break
         if not dry_run:
-            jobs.store.delete([j.id for j in page])
-            # Rows first: a crash in between leaves a stray file, never a job without its file.
+            # Only jobs still resting go; rows first: a crash in between leaves
+            # a stray file, never a job without its file.
+            gone = set(jobs.store.delete([j.id for j in page], statuses=RESTING_STATUSES))
+            page = [job for job in page if job.id in gone]
             for job in page:
                 key = job.result.get("file_key")
                 if isinstance(key, str) and _delete_file(jobs, key):

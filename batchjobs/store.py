@@ -506,15 +506,22 @@ class Store:
             )
         return cur.rowcount
 
-    def delete(self, ids: Iterable[str]) -> int:
-        """Delete the rows of ``ids``; returns how many were deleted."""
+    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
+        """Delete the rows of ``ids`` (only those still in ``statuses``, if given).
+
+        Returns the ids actually deleted: a job retried or confirmed meanwhile stays.
+        """
         ids = list(ids)
         if not ids:
-            return 0
-        marks = ", ".join("?" for _ in ids)
-        with self.write() as conn:
-            cur = conn.execute(f"DELETE FROM {TABLE} WHERE id IN ({marks})", ids)
-        return cur.rowcount
+            return []
+        sql = f"DELETE FROM {TABLE} WHERE id IN ({', '.join('?' for _ in ids)})"
+        params: list[Any] = list(ids)
+        if statuses is not None:
+            values = [Status(s).value for s in statuses]
+            sql += f" AND status IN ({', '.join('?' for _ in values)})"
+            params.extend(values)
+        rows = self.db.conn.execute(f"{sql} RETURNING id", params).fetchall()
+        return [row[0] for row in rows]
 
     # -- reads ---------------------------------------------------------------
 

@@ -207,3 +207,15 @@ def test_migrating_an_old_file_fills_the_counts(db_path: Path) -> None:
     assert store.list_and_count(filters={"status": "completed"})[1] == 2
     assert store.list_and_count()[1] == 3
     store.close()
+
+
+def test_delete_keeps_a_job_that_left_the_given_statuses(db_path: Path) -> None:
+    store = Store(db_path)
+    done, active = make_job(status=Status.COMPLETED), make_job(status=Status.CONFIRMED)
+    for job in (done, active):
+        store.insert(job)
+    deleted = store.delete([done.id, active.id], statuses=[Status.COMPLETED, Status.FAILED])
+    assert deleted == [done.id]
+    assert store.get(done.id) is None and store.get(active.id) is not None
+    assert store.delete([]) == []
+    store.close()
