@@ -118,6 +118,10 @@ def _json_object_body() -> dict[str, Any]:
     data = request.get_data(cache=True)
     if not data.strip():
         raise InvalidDataError("the request body must be a JSON object with a type")
+    # As Medusa: only a JSON body is read. A browser cannot send one to another
+    # site without asking first (CORS), which keeps cookie-based logins safe.
+    if not request.is_json:
+        raise InvalidDataError("the request body must be sent as Content-Type: application/json")
     try:
         body = json.loads(data, parse_constant=_refuse_constant)
     except ValueError as error:  # UnicodeDecodeError included
@@ -224,9 +228,11 @@ def create_blueprint(
 
     ``authenticate(request)`` returns the caller's user id or ``None``;
     ``tokens`` maps bearer tokens to user ids. One of them is required; with
-    both, ``authenticate`` is asked first. Errors raised by the routes become
-    ``{"type", "message"}`` responses; unknown routes are your app's (use
-    ``create_app`` for JSON 404s everywhere).
+    both, ``authenticate`` is asked first. An ``authenticate`` that trusts a
+    session cookie must also guard against cross-site requests (confirm and
+    cancel take no body), e.g. by checking the ``Origin`` header. Errors raised
+    by the routes become ``{"type", "message"}`` responses; unknown routes are
+    your app's (use ``create_app`` for JSON 404s everywhere).
     """
     if authenticate is None and not tokens:
         raise ValueError("the admin API needs authenticate or tokens to know who calls it")

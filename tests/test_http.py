@@ -333,6 +333,18 @@ def test_bad_create_input_is_invalid_data_and_writes_nothing(
     assert count_jobs(jobs) == 0
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_only_a_json_body_is_read(api: Api, jobs: BatchJobs, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = api("POST", data=b'{"type": "uncounted"}', headers=headers)
+    assert error_of(response) == (
+        400,
+        "invalid_data",
+        "the request body must be sent as Content-Type: application/json",
+    )
+    assert count_jobs(jobs) == 0
+
+
 def test_a_body_too_large_is_refused_unread(api: Api, jobs: BatchJobs) -> None:
     body = json.dumps({"type": "words", "context": {"words": ["a"] * MAX_BODY_BYTES}})
     response = api("POST", data=body, headers={"Content-Type": "application/json"})
