@@ -171,7 +171,8 @@ class StrategyRegistry:
         """Register every strategy of the ``batchjobs.strategies`` entry-point group."""
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
-                self.register(ep.load(), origin=f"entry point {ep.name} ({ep.value})")
+                dist = ep.dist.name if ep.dist is not None else "unknown package"
+                self.register(ep.load(), origin=f"entry point ({dist})")
             except Exception:
                 log.exception("could not load strategy entry point %s = %s", ep.name, ep.value)
 
