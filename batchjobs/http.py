@@ -237,6 +237,9 @@ def create_blueprint(
     if authenticate is None and not tokens:
         raise ValueError("the admin API needs authenticate or tokens to know who calls it")
     known_tokens = dict(tokens or {})
+    for token, user_id in known_tokens.items():
+        if not (isinstance(token, str) and token.strip() and isinstance(user_id, str) and user_id):
+            raise ValueError("tokens map non-empty token strings to non-empty user ids")
     api = Blueprint("batchjobs_admin", __name__)
 
     def caller() -> str:
@@ -246,12 +249,14 @@ def create_blueprint(
     @api.before_request
     def identify() -> tuple[Response, int] | None:
         user = authenticate(request) if authenticate is not None else None
+        if user is not None and not isinstance(user, str):
+            raise TypeError(f"authenticate() returned {user!r}, not a user id (str) or None")
         header = request.headers.get("Authorization")
-        if user is None and header is not None and known_tokens:
+        if not user and header is not None and known_tokens:
             user = _bearer_user(known_tokens, header)
             if user is None:
                 return _unauthorized("Invalid bearer token")
-        if user is None:
+        if not user:
             hint = ": send Authorization: Bearer <token>" if known_tokens else ""
             return _unauthorized(f"Authentication required{hint}")
         g.batchjobs_user = user

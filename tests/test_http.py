@@ -445,6 +445,19 @@ def test_the_api_needs_a_way_to_know_who_calls(jobs: BatchJobs) -> None:
         create_app(jobs)
     with pytest.raises(ValueError, match="needs authenticate or tokens"):
         create_app(jobs, tokens={})
+    for tokens in ({"": "usr_1"}, {" ": "usr_1"}, {"tok": ""}, {"tok": 1}):
+        with pytest.raises(ValueError, match="non-empty token strings to non-empty user ids"):
+            create_app(jobs, tokens=tokens)  # type: ignore[arg-type]
+
+
+def test_an_authenticate_answer_that_is_no_user_id(
+    jobs: BatchJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    answers: list[Any] = ["", 42]
+    client = create_app(jobs, authenticate=lambda request: answers.pop(0)).test_client()
+    assert error_of(client.get(URL)) == (401, "unauthorized", "Authentication required")
+    assert error_of(client.get(URL)) == (500, "unknown_error", "An unknown error occurred.")
+    assert "authenticate() returned 42, not a user id (str) or None" in caplog.text
 
 
 def test_the_blueprint_mounts_in_a_host_app(jobs: BatchJobs) -> None:
