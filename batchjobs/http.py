@@ -21,8 +21,9 @@ Errors are ``{"type", "message"}``: ``not_found`` 404, ``not_allowed`` and
 >>> from batchjobs.http import create_app
 >>> app = create_app(jobs, tokens={"s3cret": "usr_1"})     # a WSGI app
 
-``AdminServer`` serves such an app on werkzeug's server with a pool of threads, as
-``batchjobs serve`` does; any WSGI server (gunicorn...) can serve it too.
+``AdminServer`` serves such an app on werkzeug's server with a pool of
+threads, as ``batchjobs serve`` does; any WSGI server (gunicorn...) can serve
+it too.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_THREADS",
     "MAX_BODY_BYTES",
     "NOT_OWNER_MESSAGE",
+    "PREFIX",
     "AdminServer",
     "Authenticate",
     "create_app",
@@ -74,6 +76,7 @@ REQUEST_TIMEOUT = 30.0
 #: Seconds ``AdminServer.shutdown`` waits for requests in progress to finish.
 SHUTDOWN_GRACE = 10.0
 NOT_OWNER_MESSAGE = "Cannot access a batch job that does not belong to the logged in user"
+#: Where the routes are.
 PREFIX = "/admin/batch-jobs"
 
 #: Finds the user id of a request's caller, or ``None`` when it has none.
@@ -86,6 +89,7 @@ _CREATE_FIELDS = ("type", "context", "dry_run")
 _LIST_FILTERS = ("id", "status", "type")
 #: Medusa's clients may send these; every job is returned whole, so they are ignored.
 _IGNORED_PARAMS = ("expand", "fields")
+_SQL_INTEGER_MAX = 2**63 - 1
 _PARAM = re.compile(r"^([a-z_]+)(?:\[([a-z0-9]*)\])?$")
 # "+" in a query string means a space: "…T10:00:00+00:00" unencoded arrives as "… 00:00".
 _SPACED_OFFSET = re.compile(r" (\d\d:?\d\d)$")
@@ -161,6 +165,8 @@ def _count(name: str, args: MultiDict[str, str], default: int) -> int:
     text = values[0]
     if not (text.isascii() and text.isdigit()):
         raise InvalidDataError(f"{name} must be a non-negative integer, not {text!r}")
+    if int(text) > _SQL_INTEGER_MAX:
+        raise InvalidDataError(f"{name} must be at most {_SQL_INTEGER_MAX}, not {text}")
     return int(text)
 
 

@@ -208,6 +208,7 @@ def test_the_list_filters_the_medusa_way(api: Api, jobs: BatchJobs) -> None:
         ("limit=ten", "limit must be a non-negative integer, not 'ten'"),
         ("offset=1.5", "offset must be a non-negative integer, not '1.5'"),
         ("limit=1&limit=2", "limit is given 2 times"),
+        (f"offset={2**63}", f"offset must be at most {2**63 - 1}, not {2**63}"),
         (
             "order=-password",
             "order must be one of id, type, status, created_by, created_at, "
