@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -189,7 +190,10 @@ class _Layout:
                 if len(row) != width:
                     problems[i] = (None, f"{len(row)} fields where the header has {width}")
             rows = [row if len(row) == width else [""] * width for row in rows]
-        for check, values in zip(self.checks, zip(*rows, strict=True), strict=False):
+        for index, check in enumerate(self.checks):
+            if check.whole is None and check.allow_empty:
+                continue  # any text will do
+            values = list(map(itemgetter(index), rows))
             if check.all_valid(values):
                 continue
             for i, value in enumerate(values):
@@ -199,11 +203,24 @@ class _Layout:
                         problems[i] = (check.column.name, message)
         return problems
 
-    def upsert_sql(self) -> str:
+    def empty_columns(self, rows: Sequence[Sequence[str]], known: set[str]) -> None:
+        """Add to ``known`` the columns that have an empty value in ``rows``."""
+        for index, column in enumerate(self.columns):
+            if column.name not in known and "" in map(itemgetter(index), rows):
+                known.add(column.name)
+
+    def upsert_sql(self, empty: Iterable[str] | None = None) -> str:
         """The statement that writes one row: an upsert, or an update when a new row
-        could not be made (SQLite checks NOT NULL before it sees the conflict)."""
+        could not be made (SQLite checks NOT NULL before it sees the conflict).
+
+        ``empty`` names the columns that have empty values (``None``: any may).
+        """
         table, key = quote(self.table.name), quote(self.columns[self.key_index].name)
-        values = [self._value(check, n) for n, check in enumerate(self.checks, start=1)]
+        maybe_empty = None if empty is None else set(empty)
+        values = [
+            self._value(check, n, maybe_empty is None or check.column.name in maybe_empty)
+            for n, check in enumerate(self.checks, start=1)
+        ]
         others = [i for i in range(len(self.columns)) if i != self.key_index]
         if self.missing_required:
             sets = ", ".join(f"{quote(self.columns[i].name)} = {values[i]}" for i in others)
@@ -222,10 +239,10 @@ class _Layout:
         )
 
     @staticmethod
-    def _value(check: _FieldCheck, n: int) -> str:
+    def _value(check: _FieldCheck, n: int, maybe_empty: bool) -> str:
         """Parameter ``n`` as stored: hex is decoded first, '' stays in NOT NULL text."""
         column = check.column
-        if check.kind == "HEX" or (column.affinity == "TEXT" and column.notnull):
+        if not maybe_empty or check.kind == "HEX" or (column.affinity == "TEXT" and column.notnull):
             return f"?{n}"
         return f"NULLIF(?{n}, '')"
 
@@ -248,7 +265,13 @@ def _read_rows(reader: Any) -> Iterator[list[str]]:
 class _Input:
     """A run's open source file and target connection, positioned at a data row."""
 
-    def __init__(self, plan: _Plan, source: IO[bytes], conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        plan: _Plan,
+        source: IO[bytes],
+        conn: sqlite3.Connection,
+        empty: Iterable[str] | None,
+    ) -> None:
         self.plan = plan
         self.source = source
         self.conn = conn
@@ -257,7 +280,7 @@ class _Input:
         self.layout = _Layout.from_header(next(self.reader, None), plan.table, plan.key)
         self.rows = _read_rows(self.reader)
         self.position = 0
-        self.sql = self.layout.upsert_sql()
+        self.sql = self.layout.upsert_sql(empty)
 
     def skip_to(self, start: int) -> None:
         deque(islice(self.rows, start - self.position), maxlen=0)
@@ -411,8 +434,9 @@ class CsvImport(BatchJobStrategy):
         except _LinesUnknown:
             self._forget_row_errors(run)
             stats = self._validate(run, plan, tracked=True)
-        rows, invalid, to_create, to_update, fingerprint = stats
-        run.cursor["source"] = fingerprint
+        rows, invalid, to_create, to_update, fingerprint, empty = stats
+        # What processing relies on: the file as validated, the columns with empty values.
+        run.cursor.update({"source": fingerprint, "empty": empty})
         run.set_count(rows)
         run.result.update(
             {"invalid_count": invalid, "to_create": to_create, "to_update": to_update}
@@ -460,11 +484,13 @@ class CsvImport(BatchJobStrategy):
 
     def _validate(
         self, run: JobRun, plan: _Plan, *, tracked: bool
-    ) -> tuple[int, int, int, int, dict[str, int]]:
-        """Read the whole file: (rows, invalid rows, to create, to update, fingerprint)."""
+    ) -> tuple[int, int, int, int, dict[str, int], list[str]]:
+        """Read the whole file: rows, invalid rows, to create, to update, its
+        fingerprint and the columns with empty values."""
         source = self._open_source(run, plan)
         conn = connect(plan.database.path)
         rows = invalid = existing = 0
+        empty: set[str] = set()
         try:
             fingerprint = self._fingerprint(source)
             text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
@@ -472,13 +498,21 @@ class CsvImport(BatchJobStrategy):
             try:
                 layout = _Layout.from_header(next(reader, None), plan.table, plan.key)
                 lookup = layout.existing_keys_sql()
+                # Into an empty table every row creates: no key to look up.
+                table = quote(plan.table.name)
+                empty_table = conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+                found: set[str] = set()
                 for batch, lines in self._batches(reader, tracked):
                     rows += len(batch)
                     problems = layout.row_problems(batch)
-                    valid = [r for i, r in enumerate(batch) if i not in problems]
-                    keys = [r[layout.key_index] for r in valid]
-                    found = {k for (k,) in conn.execute(lookup, [json.dumps(keys)])}
-                    existing += sum(1 for k in keys if k in found)
+                    valid = (
+                        [r for i, r in enumerate(batch) if i not in problems] if problems else batch
+                    )
+                    layout.empty_columns(valid, empty)
+                    if not empty_table:
+                        keys = list(map(itemgetter(layout.key_index), valid))
+                        found = {k for (k,) in conn.execute(lookup, [json.dumps(keys)])}
+                        existing += sum(1 for k in keys if k in found) if found else 0
                     if layout.missing_required:
                         for i, row in enumerate(batch):
                             if i not in problems and row[layout.key_index] not in found:
@@ -503,7 +537,7 @@ class CsvImport(BatchJobStrategy):
             source.close()
             conn.close()
         created = rows - invalid - existing
-        return rows, invalid, created, existing, fingerprint
+        return rows, invalid, created, existing, fingerprint, sorted(empty)
 
     @staticmethod
     def _batches(
@@ -654,7 +688,7 @@ class CsvImport(BatchJobStrategy):
         conn, table = open_table(self.batch_type, plan.database, plan.table.name, write=True)
         plan.table = table
         try:
-            state = _Input(plan, source, conn)
+            state = _Input(plan, source, conn, run.cursor.get("empty"))
             state.skip_to(start)
         except BaseException:
             source.close()
