@@ -1223,6 +1223,45 @@ def _delete_file(jobs: BatchJobs, key: str) -> bool:
         return False
 
 
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Where to write it; - for stdout [default: the file's name, in this directory].",
+)
+@pass_jobs
+def download(jobs: BatchJobs, job_id: str, output: str | None) -> None:
+    """Copy the file a completed job made (its result.file_key) out of the file store.
+
+    \b
+    Examples:
+      batchjobs download batch_01JDV3T0F6B8C2D4E6G8H0J2K4 -o products.csv
+      batchjobs download batch_01JDV3T0F6B8C2D4E6G8H0J2K4 -o - | head
+    """
+    job = jobs.retrieve(job_id)
+    key = job.result.get("file_key")
+    if not isinstance(key, str) or not key:
+        raise CommandError(f"Batch job {job.id} ({job.type}) has no file")
+    if job.status != Status.COMPLETED:
+        raise CommandError(
+            f"Batch job {job.id} is {job.status.value}: its file is whole once it is completed"
+        )
+    try:
+        if output == "-":
+            size = jobs.files.copy_to(key, click.get_binary_stream("stdout"))
+            target = "stdout"
+        else:
+            path = Path(output or key.rsplit("/", 1)[-1])
+            with path.open("wb") as out:
+                size = jobs.files.copy_to(key, out)
+            target = str(path)
+    except FileNotFoundError:
+        raise CommandError(f"The file of batch job {job.id} ({key}) is gone") from None
+    click.echo(f"Wrote {size} bytes to {target}.", err=True)
+
+
 @cli.command("version")
 @_json_option
 def show_version(as_json: bool) -> None:

@@ -664,3 +664,47 @@ def test_installed_worker_hands_a_running_job_over_on_sigterm(
     assert finished.returncode == 0, finished.stderr
     assert jobs.retrieve(job.id).status == Status.COMPLETED
     assert sorted(set(map(int, read_ledger(ledger)))) == list(range(2000))
+
+
+def test_download_copies_the_file_of_a_completed_job(
+    invoke: Invoke,
+    jobs: BatchJobs,
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    shop = make_shop(rows=5)
+    monkeypatch.setenv("BATCHJOBS_CSV_EXPORT_DATABASES", json.dumps({"shop": str(shop)}))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run", "csv-export", "--set", "table=products")
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.strip()
+    with jobs.files.open_read(f"exports/{job_id}.csv") as source:
+        data = source.read()
+    assert data.startswith(b"id,sku,name,price,qty,photo\r\n")
+    result = invoke("download", job_id, "-o", str(tmp_path / "out.csv"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.csv").read_bytes() == data
+    assert result.stderr == f"Wrote {len(data)} bytes to {tmp_path / 'out.csv'}.\n"
+    assert invoke("download", job_id).exit_code == 0
+    assert (tmp_path / f"{job_id}.csv").read_bytes() == data
+    result = invoke("download", job_id, "-o", "-")
+    assert result.exit_code == 0 and result.stdout_bytes == data
+
+
+def test_download_refuses_jobs_without_a_whole_file(
+    invoke: Invoke,
+    jobs: BatchJobs,
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused(invoke("download", "batch_nope"), "Batch job with id batch_nope was not found")
+    words = jobs.create("words", {"words": ["a"]})
+    jobs.run_until_idle(timeout=10)
+    refused(invoke("download", words.id), f"Batch job {words.id} (words) has no file")
+    monkeypatch.setenv("BATCHJOBS_CSV_EXPORT_DATABASES", json.dumps({"shop": str(make_shop())}))
+    dry = invoke("run", "csv-export", "--dry-run", "--set", "table=products").stdout.strip()
+    refused(invoke("download", dry), f"Batch job {dry} is pre_processed")
+    done = invoke("run", "csv-export", "--set", "table=products").stdout.strip()
+    jobs.files.delete(f"exports/{done}.csv")
+    refused(invoke("download", done), f"The file of batch job {done} (exports/{done}.csv) is gone")
