@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 from . import signals
 from .files import FileStore
 from .models import BatchJob
+from .runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, JobRunner
 from .scheduler import Scheduler
-from .service import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, BatchJobService
+from .service import BatchJobService
 from .store import Store
 from .strategy import BatchJobStrategy, StrategyRegistry
 
@@ -74,7 +75,8 @@ class BatchJobs:
         self.store = Store(self.db_path, durability=durability)
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
-        self.service = BatchJobService(
+        self.service = BatchJobService(self.store, self.registry, sender=self)
+        self.runner = JobRunner(
             self.store,
             self.registry,
             sender=self,
@@ -168,7 +170,7 @@ class BatchJobs:
         """Run jobs in background threads until ``shutdown``."""
         if self.scheduler is None:
             self.scheduler = Scheduler(
-                self.service, concurrency=self.concurrency, poll_interval=self.poll_interval
+                self.runner, concurrency=self.concurrency, poll_interval=self.poll_interval
             )
         self.scheduler.start()
         if self.mirror is not None:
@@ -195,11 +197,11 @@ class BatchJobs:
 
     def run_until_idle(self, timeout: float | None = None) -> None:
         """Run jobs in the calling thread until every job of a registered type rests."""
-        self.service.run_until_idle(timeout)
+        self.runner.run_until_idle(timeout)
 
     def run_next(self, now: Any = None) -> BatchJob | None:
         """Claim and run one job in the calling thread; ``None`` if none was runnable."""
-        return self.service.run_next(now)
+        return self.runner.run_next(now)
 
     def wait(self, id: str, timeout: float | None = None) -> BatchJob:
         """Block until job ``id`` rests (pre-processed dry run, completed, canceled, failed).

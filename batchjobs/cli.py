@@ -561,30 +561,30 @@ def _end(job: BatchJob, as_json: bool, stdout: str | None) -> None:
 
 def _run_here(jobs: BatchJobs, job_id: str) -> BatchJob:
     """Run job ``job_id`` in this process, with a progress bar, until it rests."""
-    service = jobs.service
+    runner = jobs.runner
     finished = threading.Event()
     failure: list[BaseException] = []
 
     def work() -> None:
         try:
-            while not service.stopping.is_set():
-                service.run_next(ids=[job_id])
+            while not runner.stopping.is_set():
+                runner.run_next(ids=[job_id])
                 if jobs.retrieve(job_id).is_resting:
                     return
                 # Leased by a worker elsewhere, or waiting out a retry backoff.
-                service.stopping.wait(FOLLOW_INTERVAL)
+                runner.stopping.wait(FOLLOW_INTERVAL)
         except BaseException as error:  # re-raised in the calling thread
             failure.append(error)
         finally:
             finished.set()
 
-    renew_every = service.lease.total_seconds() / 3
+    renew_every = runner.lease.total_seconds() / 3
     renewed = [time.monotonic()]
 
     def heartbeat() -> None:  # keep the lease while one chunk runs long
         if time.monotonic() - renewed[0] >= renew_every:
             renewed[0] = time.monotonic()
-            service.renew_leases()
+            runner.renew_leases()
 
     thread = threading.Thread(target=work, name="batchjobs-run", daemon=True)
     thread.start()
@@ -596,7 +596,7 @@ def _run_here(jobs: BatchJobs, job_id: str) -> BatchJob:
             f"in a worker: {_session().prog} worker",
             err=True,
         )
-        service.stopping.set()
+        runner.stopping.set()
         thread.join()
         raise click.exceptions.Exit(130) from None
     thread.join()

@@ -75,8 +75,9 @@ MESSAGE_KEYS = ("event", "id", "type", "status", "result", "at", "origin")
 DEFAULT_QUEUE_SIZE = 10_000
 #: Messages sent in one pipeline at most.
 PIPELINE_SIZE = 500
-#: Seconds the publisher lets a burst of events pile up before it sends them.
-LINGER = 0.002
+#: Seconds between two writes while events keep coming: an event after a quiet
+#: spell goes out at once, a burst goes out in batches (one write per LINGER).
+LINGER = 0.01
 #: Seconds to open a connection: an unreachable Redis must not hold ``start()`` up.
 CONNECT_TIMEOUT = 0.5
 #: Seconds one command may take before Redis counts as down.
@@ -264,9 +265,9 @@ class RedisMirror:
         self.url = url
         self.prefix = prefix
         self.queue_size = queue_size
-        service = getattr(sender, "service", None)
+        runner = getattr(sender, "runner", None)
         #: Names this mirror's messages (``"origin"``), so its own listener skips them.
-        self.origin: str = origin or getattr(service, "owner", None) or f"mirror:{id(self):x}"
+        self.origin: str = origin or getattr(runner, "owner", None) or f"mirror:{id(self):x}"
         self._origin_json = _quote(self.origin)
         self._last_result: tuple[Any, str] = (None, "{}")
         self._client = _client(url)
@@ -394,9 +395,9 @@ class RedisMirror:
     def _run(self) -> None:
         while True:
             self._wakeup.wait()
-            self._closing.wait(LINGER)
             self._wakeup.clear()
             while self._queue:
+                full = len(self._queue) >= PIPELINE_SIZE
                 try:
                     ok = self.publish_pending()
                 except Exception:
@@ -408,6 +409,9 @@ class RedisMirror:
                         self._drop_queued()
                         return
                     self._closing.wait(self._backoff.next())
+                elif not full:
+                    # Each write costs the job's thread GIL hand-overs: batch what follows.
+                    self._closing.wait(LINGER)
             if self._closing.is_set():
                 return
 
@@ -750,7 +754,7 @@ def relay_to_signals(sender: Any) -> Callable[[RemoteEvent], None]:
     >>> EventListener(url, relay_to_signals(jobs)).start()
     """
 
-    own = getattr(getattr(sender, "service", None), "owner", None)
+    own = getattr(getattr(sender, "runner", None), "owner", None)
 
     def relay(event: RemoteEvent) -> None:
         if own is not None and event.origin == own:

@@ -23,7 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import signals
 from .models import Status
-from .service import BatchJobService
+from .runner import JobRunner
 
 __all__ = ["Scheduler"]
 
@@ -33,12 +33,12 @@ WAKE_EVENTS = ("batch.created", "batch.confirmed")
 
 
 class Scheduler:
-    """Runs a service's jobs in background threads until ``shutdown``."""
+    """Runs a runner's jobs in background threads until ``shutdown``."""
 
     def __init__(
-        self, service: BatchJobService, *, concurrency: int = 2, poll_interval: float = 1.0
+        self, runner: JobRunner, *, concurrency: int = 2, poll_interval: float = 1.0
     ) -> None:
-        self.service = service
+        self.runner = runner
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
@@ -55,20 +55,20 @@ class Scheduler:
         """Start polling, the heartbeat, and the worker threads."""
         if self._started:
             return
-        self.service.stopping.clear()
+        self.runner.stopping.clear()
         self._pool = ThreadPoolExecutor(self.concurrency + 1, thread_name_prefix="batchjobs-worker")
         aps = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
         aps.add_job(self.wake, "interval", seconds=self.poll_interval, id="poll")
-        heartbeat = max(self.service.lease.total_seconds() / 3, 0.05)
+        heartbeat = max(self.runner.lease.total_seconds() / 3, 0.05)
         aps.add_job(self._heartbeat, "interval", seconds=heartbeat, id="heartbeat")
         aps.start()
         self._aps = aps
         self._started = True
         for event in WAKE_EVENTS:
-            signals.signal_for(event).connect(self._on_event, sender=self.service.sender)
+            signals.signal_for(event).connect(self._on_event, sender=self.runner.sender)
         self.wake()
 
     def shutdown(self, wait: bool = True) -> None:
@@ -76,15 +76,15 @@ class Scheduler:
         if not self._started or self._aps is None:
             return
         for event in WAKE_EVENTS:
-            signals.signal_for(event).disconnect(self._on_event, sender=self.service.sender)
+            signals.signal_for(event).disconnect(self._on_event, sender=self.runner.sender)
         with self._lock:
             self._started = False
-        self.service.stopping.set()
+        self.runner.stopping.set()
         self._aps.shutdown(wait=wait)
         assert self._pool is not None
         self._pool.shutdown(wait=wait)
         if wait:
-            self.service.store.release_all(self.service.owner)
+            self.runner.store.release_all(self.runner.owner)
         self._aps = self._pool = None
 
     # -- dispatch --------------------------------------------------------------
@@ -111,15 +111,15 @@ class Scheduler:
 
     def _drain(self, lane: str) -> None:
         pre_only = lane == "pre_process"
-        service = self.service
+        runner = self.runner
         try:
-            while not service.stopping.is_set():
+            while not runner.stopping.is_set():
                 with self._lock:
                     seen = self._wakes
                 if pre_only:
-                    ran = service.drain(statuses=[Status.CREATED], stop_after_pre_process=True)
+                    ran = runner.drain(statuses=[Status.CREATED], stop_after_pre_process=True)
                 else:
-                    ran = service.drain()
+                    ran = runner.drain()
                 if ran:
                     continue
                 with self._lock:
@@ -141,6 +141,6 @@ class Scheduler:
 
     def _heartbeat(self) -> None:
         try:
-            self.service.renew_leases()
+            self.runner.renew_leases()
         except Exception:
             log.exception("could not renew leases")

@@ -790,16 +790,16 @@ def scale(b: Bench) -> list[Row]:
         path = b.fresh(f"scale-{total}.db")
         with open_jobs(path, Trivial) as jobs:
             fill(path, total)
-            service = jobs.service
+            runner = jobs.runner
             claim = float("inf")
             for _ in range(rounds):
                 start = time.perf_counter()
                 with b.ours():
                     for _ in range(RUNNABLE_JOBS):
-                        if service.claim_next() is None:
+                        if runner.claim_next() is None:
                             raise RuntimeError("nothing to claim")
                 claim = min(claim, (time.perf_counter() - start) / RUNNABLE_JOBS)
-                service.store.release_all(service.owner)
+                runner.store.release_all(runner.owner)
             queries = {
                 "list": lambda: jobs.list_and_count(),
                 "user": lambda: jobs.list_and_count(created_by="usr_3", status="completed"),

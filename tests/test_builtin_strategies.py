@@ -150,7 +150,7 @@ def case(request: pytest.FixtureRequest) -> Case:
 def test_every_builtin_strategy_is_an_entry_point(jobs: BatchJobs) -> None:
     for c in CASES:
         assert c.type in jobs.registry.types
-        assert jobs.registry.origin(c.type).startswith(f"entry point {c.type}")
+        assert jobs.registry.origin(c.type) == "entry point (batchjobs)"
 
 
 def test_prepare_refuses_contexts_outside_the_allow_list(

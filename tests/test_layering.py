@@ -16,6 +16,7 @@ LAYERS = {
     "strategy": 2,
     "files": 2,
     "service": 3,
+    "runner": 3,
     "pubsub": 4,
     "scheduler": 4,
     "app": 5,

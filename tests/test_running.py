@@ -216,20 +216,20 @@ def test_max_attempts_fails_a_job_whose_worker_keeps_dying(make_jobs: Any) -> No
 def test_lease_is_renewed_by_the_heartbeat(make_jobs: Any) -> None:
     jobs = make_jobs(lease_seconds=30)
     job = jobs.create("ledger", {"n": 10})
-    claim = jobs.service.claim_next()
+    claim = jobs.runner.claim_next()
     assert claim is not None and claim.job.id == job.id
-    jobs.service._running.add(job.id)  # as run_claim does
+    jobs.runner._running.add(job.id)  # as run_claim does
     later = utcnow() + timedelta(seconds=20)
-    assert jobs.service.renew_leases(now=later) == 1
+    assert jobs.runner.renew_leases(now=later) == 1
     other = make_jobs(lease_seconds=30)
-    assert other.service.claim_next(now=later + timedelta(seconds=29)) is None
-    assert other.service.claim_next(now=later + timedelta(seconds=31)) is not None
+    assert other.runner.claim_next(now=later + timedelta(seconds=29)) is None
+    assert other.runner.claim_next(now=later + timedelta(seconds=31)) is not None
 
 
 def test_run_until_idle_times_out_on_a_job_leased_elsewhere(make_jobs: Any) -> None:
     holder, waiter = make_jobs(lease_seconds=60), make_jobs(lease_seconds=60)
     holder.create("ledger", {"n": 10})
-    assert holder.service.claim_next() is not None
+    assert holder.runner.claim_next() is not None
     with pytest.raises(TimeoutError, match="1 batch job"):
         waiter.run_until_idle(timeout=0.2)
 
@@ -300,7 +300,7 @@ def test_a_one_chunk_job_costs_two_commits_when_jobs_run_back_to_back(jobs: Batc
     created = [jobs.create("ledger", {"n": 5}) for _ in range(10)]
     assert commits_of(statements) == 10
     statements.clear()
-    assert jobs.service.drain() == 10
+    assert jobs.runner.drain() == 10
     # The first claim, then one commit per job that also claims the next.
     assert commits_of(statements) == 11
     for job in created:

@@ -1,0 +1,508 @@
+"""Running claimed jobs: pre-process, confirm, chunks with a checkpoint after each, complete.
+
+``JobRunner`` claims jobs under a lease and runs them in the calling thread.
+Transitions one worker makes in a row (pre-processed → confirmed →
+processing) share the commit of the first checkpoint, or of the completion
+when the job fits in one chunk; each still gets its own timestamp and event.
+The commit that releases a job also claims the next one (``drain``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import signals
+from .models import ACTIVE_STATUSES, BatchJob, Status, utcnow
+from .store import Claim, Store
+from .strategy import BatchJobStrategy, JobRun, StrategyRegistry
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_RETRY",
+    "JobRunner",
+    "retry_backoff",
+]
+
+log = logging.getLogger("batchjobs.runner")
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+#: ``context["max_retry"]`` when the job does not set it.
+DEFAULT_MAX_RETRY = 3
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+
+
+def retry_backoff(retry_count: int) -> float:
+    """Seconds to wait before automatic retry number ``retry_count + 1``."""
+    return min(BACKOFF_FIRST * 2**retry_count, BACKOFF_MAX)
+
+
+def _error_entry(error: BaseException) -> dict[str, Any]:
+    code = getattr(error, "code", None) or getattr(error, "type", None)
+    return {
+        "message": str(error) or type(error).__name__,
+        "code": code if isinstance(code, str) else type(error).__name__,
+    }
+
+
+_SCALARS = (int, float, str, bool, type(None))
+_MISSING = object()
+
+
+def _fingerprint(value: Any) -> Any:
+    # Scalars compare as they are; containers by their JSON, since a strategy
+    # may change a list or dict in place between two checkpoints.
+    return (type(value), value) if type(value) in _SCALARS else json.dumps(value)
+
+
+@dataclass
+class _RunState:
+    """What the running worker knows of its job beyond the last commit."""
+
+    job: BatchJob
+    committed: Status
+    pending: list[tuple[Status, datetime]] = field(default_factory=list)
+    saved_result: dict[str, Any] = field(default_factory=dict)
+    saved_cursor: str = "{}"
+    #: The last commit's context and result as JSON text, and the transitions
+    #: it made, applied to ``job`` on demand: a commit nobody listens to costs
+    #: no parsing and no record.
+    stored: tuple[str, str] | None = None
+    stored_at: datetime | None = None
+    steps: list[tuple[Status, datetime]] = field(default_factory=list)
+    #: When set, the commit that releases this job also claims the next one
+    #: with these ``Store.claim`` arguments; ``next_claim`` is what it got.
+    chain: dict[str, Any] | None = None
+    chained: bool = False
+    next_claim: Claim | None = None
+
+    def current(self) -> BatchJob:
+        """The job as last committed."""
+        if self.stored is not None:
+            context, result = self.stored
+            changes: dict[str, Any] = {s.timestamp_field: at for s, at in self.steps}
+            if self.steps:
+                changes["status"] = self.steps[-1][0]
+            self.job = self.job.replace(
+                context=json.loads(context),
+                result=json.loads(result),
+                updated_at=self.stored_at,
+                **changes,
+            )
+            self.stored, self.steps = None, []
+        return self.job
+
+
+class JobRunner:
+    """Claims and runs jobs of registered types; one per ``BatchJobs``."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: StrategyRegistry,
+        *,
+        sender: Any = None,
+        files: Any = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.sender = sender if sender is not None else self
+        self.files = files
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: Set to stop running jobs at their next checkpoint and hand them over.
+        self.stopping = threading.Event()
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+
+    def _emit(self, event: str, job: BatchJob) -> None:
+        signals.emit(event, self.sender, job)
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs this runner is running now."""
+        with self._running_lock:
+            return list(self._running)
+
+    def renew_leases(self, now: datetime | None = None) -> int:
+        """Extend the leases of every job running here (the heartbeat)."""
+        return self.store.renew(self.owner, self.running, (now or utcnow()) + self.lease)
+
+    def claim_next(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        ids: Iterable[str] | None = None,
+    ) -> Claim | None:
+        """Lease the oldest runnable job of a registered type (among ``ids``), or ``None``."""
+        now = now or utcnow()
+        return self.store.claim(
+            self.owner,
+            self.registry.types,
+            now=now,
+            lease_until=now + self.lease,
+            statuses=tuple(statuses),
+            ids=None if ids is None else list(ids),
+        )
+
+    def run_next(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        stop_after_pre_process: bool = False,
+        ids: Iterable[str] | None = None,
+    ) -> BatchJob | None:
+        """Claim one runnable job and run it until it rests or is handed over.
+
+        Returns the job as this worker left it, or ``None`` when nothing was
+        runnable at ``now``. ``ids`` limits the claim to those jobs.
+        """
+        claim = self.claim_next(now, statuses=statuses, ids=ids)
+        if claim is None:
+            return None
+        return self.run_claim(claim, stop_after_pre_process=stop_after_pre_process)
+
+    def drain(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        stop_after_pre_process: bool = False,
+        ids: Iterable[str] | None = None,
+    ) -> int:
+        """Run runnable jobs one after another until none is left; returns how many ran.
+
+        The commit that releases each job also claims the next, so a busy
+        queue costs one commit per job here. Stops early once ``stopping`` is set.
+        """
+        statuses, ids = tuple(statuses), None if ids is None else list(ids)
+        chain = {"statuses": statuses, "ids": ids}
+        claim = self.claim_next(now, statuses=statuses, ids=ids)
+        ran = 0
+        while claim is not None:
+            ran += 1
+            state = self._run_claim(claim, stop_after_pre_process, chain)
+            if self.stopping.is_set():
+                if state.next_claim is not None:  # stopping came after the chained claim
+                    self.store.release(self.owner, [state.next_claim.job.id])
+                break
+            claim = (
+                state.next_claim if state.chained else self.claim_next(statuses=statuses, ids=ids)
+            )
+        return ran
+
+    def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
+        """Run a claimed job: pre-process, confirm, process chunks, complete."""
+        return self._run_claim(claim, stop_after_pre_process, None).current()
+
+    def _run_claim(
+        self, claim: Claim, stop_after_pre_process: bool, chain: dict[str, Any] | None
+    ) -> _RunState:
+        job = claim.job
+        state = _RunState(
+            job=job,
+            committed=job.status,
+            saved_result={k: _fingerprint(v) for k, v in job.result.items()},
+            saved_cursor=json.dumps(claim.cursor),
+            chain=chain,
+        )
+        with self._running_lock:
+            self._running.add(job.id)
+        try:
+            strategy = self.registry.get(job.type)
+            run = JobRun(
+                job,
+                cursor=claim.cursor,
+                files=self.files,
+                is_canceled=lambda: self.store.status_of(job.id) == Status.CANCELED,
+            )
+            if claim.attempts > self.max_attempts:
+                error = {
+                    "message": f"Batch job was taken over {claim.attempts} times after its "
+                    f"worker stopped without releasing it (max_attempts is "
+                    f"{self.max_attempts}); it is failed so that it cannot kill more workers",
+                    "code": "max_attempts_exceeded",
+                }
+                self._fail(strategy, run, state, error)
+            else:
+                self._run(strategy, run, state, stop_after_pre_process)
+            return state
+        finally:
+            with self._running_lock:
+                self._running.discard(job.id)
+
+    def _run(
+        self,
+        strategy: BatchJobStrategy,
+        run: JobRun,
+        state: _RunState,
+        stop_after_pre_process: bool,
+    ) -> None:
+        if state.job.status == Status.CREATED:
+            try:
+                strategy.pre_process(run)
+            except Exception as error:
+                log.exception("pre_process of batch job %s failed", state.job.id)
+                self._fail(strategy, run, state, _error_entry(error))
+                return
+            state.pending.append((Status.PRE_PROCESSED, utcnow()))
+            if state.job.dry_run:
+                self._save(strategy, run, state, release=True)
+                return
+            state.pending.append((Status.CONFIRMED, utcnow()))
+            if stop_after_pre_process:
+                self._save(strategy, run, state, release=True)
+                return
+        if state.job.status != Status.PROCESSING:
+            state.pending.append((Status.PROCESSING, utcnow()))
+        self._process(strategy, run, state)
+
+    def _process(self, strategy: BatchJobStrategy, run: JobRun, state: _RunState) -> None:
+        size = state.job.context.get("chunk_size") or strategy.chunk_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            self._fail(
+                strategy,
+                run,
+                state,
+                {
+                    "message": f"chunk_size must be a positive integer, not {size!r}",
+                    "code": "invalid_data",
+                },
+            )
+            return
+        count, done = run.result.get("count"), run.result.get("advancement_count", 0)
+        # Show the job as processing before a chunk that may take long; only a
+        # job that fits in one chunk saves its transitions with its completion.
+        if (
+            state.pending
+            and (count is None or count - done > size)
+            and not self._save(strategy, run, state)
+        ):
+            return
+        while True:
+            done = run.result.get("advancement_count", 0)
+            count = run.result.get("count")
+            if count is not None and done >= count:
+                break
+            if self.stopping.is_set():
+                self._save(strategy, run, state, release=True)  # hand over at once
+                return
+            try:
+                advanced = strategy.process_chunk(run, done, size)
+            except Exception as error:
+                self._chunk_failed(strategy, run, state, error)
+                return
+            if not advanced:
+                break
+            done += advanced
+            run.result["advancement_count"] = done
+            count = run.result.get("count")  # the chunk may have changed it (set_count)
+            if count:
+                run.result["progress"] = min(done / count, 1.0)
+            if count is not None and done >= count:
+                break
+            if not self._save(strategy, run, state):
+                return
+        try:
+            strategy.finalize(run)
+        except Exception as error:
+            log.exception("finalize of batch job %s failed", state.job.id)
+            self._fail(strategy, run, state, _error_entry(error))
+            return
+        if run.result.get("count") is None:
+            run.result["count"] = run.result.get("advancement_count", 0)
+        run.result["progress"] = 1.0
+        run.result.setdefault("advancement_count", 0)
+        state.pending.append((Status.COMPLETED, utcnow()))
+        self._save(strategy, run, state, release=True)
+
+    def _chunk_failed(
+        self, strategy: BatchJobStrategy, run: JobRun, state: _RunState, error: Exception
+    ) -> None:
+        context = state.job.context
+        retry_count = context.get("retry_count", 0)
+        max_retry = context.get("max_retry", DEFAULT_MAX_RETRY)
+        try:
+            retry = bool(strategy.should_retry(run, error)) and retry_count < max_retry
+        except Exception:
+            log.exception("should_retry of batch job %s failed", state.job.id)
+            retry = False
+        entry = _error_entry(error)
+        if not retry:
+            log.error("batch job %s failed: %s", state.job.id, entry["message"], exc_info=error)
+            self._fail(strategy, run, state, entry)
+            return
+        log.warning(
+            "batch job %s: chunk failed (%s); retry %d of %d",
+            state.job.id,
+            entry["message"],
+            retry_count + 1,
+            max_retry,
+        )
+        run.add_error(entry["message"], entry["code"])
+        self._save(
+            strategy,
+            run,
+            state,
+            release=True,
+            context={"retry_count": retry_count + 1},
+            available_at=utcnow() + timedelta(seconds=retry_backoff(retry_count)),
+        )
+
+    def _fail(
+        self, strategy: BatchJobStrategy, run: JobRun, state: _RunState, entry: dict[str, Any]
+    ) -> None:
+        run.add_error(entry["message"], entry["code"])
+        state.pending.append((Status.FAILED, utcnow()))
+        self._save(strategy, run, state, release=True)
+
+    def _save(
+        self,
+        strategy: BatchJobStrategy,
+        run: JobRun,
+        state: _RunState,
+        *,
+        release: bool = False,
+        context: dict[str, Any] | None = None,
+        available_at: datetime | None = None,
+    ) -> bool:
+        """Commit the run's progress and pending transitions; False if the job was lost."""
+        now = utcnow()
+        fingerprints = {k: _fingerprint(v) for k, v in run.result.items()}
+        saved = state.saved_result
+        patch = {
+            k: run.result[k] for k, f in fingerprints.items() if k not in saved or saved[k] != f
+        }
+        cursor = json.dumps(run.cursor)
+        cursor_changed = cursor != state.saved_cursor
+        status = state.pending[-1][0] if state.pending else None
+        save: dict[str, Any] = {
+            "owner": self.owner,
+            "expect": state.committed,
+            "now": now,
+            "status": status,
+            "timestamps": {s.timestamp_field: at for s, at in state.pending},
+            "result": patch,
+            "context": context,
+            "cursor": run.cursor if cursor_changed else None,
+            "available_at": available_at if release else now + self.lease,
+            "release": release,
+        }
+        if release and state.chain is not None and not self.stopping.is_set():
+            claim = {
+                "owner": self.owner,
+                "types": self.registry.types,
+                "now": now,
+                "lease_until": now + self.lease,
+                **state.chain,
+            }
+            stored, state.next_claim = self.store.save_and_claim(state.job.id, claim=claim, **save)
+            state.chained = True
+        else:
+            stored = self.store.save(state.job.id, **save)
+        if stored is None:
+            self._lost(strategy, run, state)
+            return False
+        state.saved_result, state.saved_cursor = fingerprints, cursor
+        steps, state.pending = state.pending, []
+        if status is not None:
+            state.committed = status
+        events = [signals.event_for_status(step) for step, _ in steps]
+        if patch or context or cursor_changed:
+            final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
+            events.insert(len(events) - final, "batch.updated")
+        state.stored, state.stored_at = stored, now
+        if not any(signals.has_receivers(event, self.sender) for event in events):
+            state.steps.extend(steps)
+            return True
+        job = state.current()
+        for event in events:  # one record per event, each as it was at that step
+            if event != "batch.updated":
+                step, at = steps.pop(0)
+                job = job.replace(status=step, **{step.timestamp_field: at})
+            self._emit(event, job)
+        state.job = run.job = job
+        return True
+
+    def _lost(self, strategy: BatchJobStrategy, run: JobRun, state: _RunState) -> None:
+        """A checkpoint's guard failed: the job was canceled or taken over."""
+        current = self.store.get(state.job.id)
+        if current is not None:
+            state.job = current
+        if current is not None and current.status == Status.CANCELED:
+            log.info("batch job %s was canceled; stopping", current.id)
+            try:
+                strategy.on_cancel(run)
+            except Exception:
+                log.exception("on_cancel of batch job %s failed", current.id)
+        else:
+            log.warning("batch job %s: lease lost to another worker; stopping", state.job.id)
+
+    def run_until_idle(
+        self, timeout: float | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Run jobs in this thread until every job of a registered type rests.
+
+        Waits out leases held by other (possibly dead) workers and retry
+        backoffs; raises ``TimeoutError`` once ``timeout`` seconds have passed.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        heartbeat = _Heartbeat(self, interval=self.lease.total_seconds() / 3)
+        with heartbeat:
+            while True:
+                if self.drain():
+                    continue
+                count, earliest = self.store.pending(self.registry.types)
+                if count == 0:
+                    return
+                remaining = None if deadline is None else deadline - clock()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{count} batch job(s) still active after {timeout} seconds")
+                pause = 0.05
+                if earliest is not None:
+                    pause = max((earliest - utcnow()).total_seconds(), 0.005)
+                pause = min(pause, 0.5, remaining if remaining is not None else pause)
+                time.sleep(pause)
+
+
+class _Heartbeat:
+    """A thread that renews this runner's leases while a synchronous run goes on."""
+
+    def __init__(self, runner: JobRunner, interval: float) -> None:
+        self.runner = runner
+        self.interval = max(interval, 0.01)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batchjobs-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.runner.renew_leases()
+            except Exception:
+                log.exception("could not renew leases")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
