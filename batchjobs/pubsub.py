@@ -25,16 +25,19 @@ publishes back.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
+import os
 import random
+import secrets
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -150,12 +153,6 @@ def _display(url: str) -> str:
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
-def _event_time(event: str, job: BatchJob) -> str:
-    field_name = "updated_at" if event == "batch.updated" else f"{event[len('batch.') :]}_at"
-    at = getattr(job, field_name, None) or utcnow()
-    return at.isoformat()
-
-
 class _Backoff:
     """Jittered exponential delays between reconnection attempts."""
 
@@ -265,9 +262,8 @@ class RedisMirror:
         self.url = url
         self.prefix = prefix
         self.queue_size = queue_size
-        runner = getattr(sender, "runner", None)
         #: Names this mirror's messages (``"origin"``), so its own listener skips them.
-        self.origin: str = origin or getattr(runner, "owner", None) or f"mirror:{id(self):x}"
+        self.origin: str = origin or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._origin_json = _quote(self.origin)
         self._last_result: tuple[Any, str] = (None, "{}")
         self._client = _client(url)
@@ -286,11 +282,8 @@ class RedisMirror:
         self._published = 0
         self._dropped = 0
         self._listener: EventListener | None = None
-        self._channels = {e: _bulk(f"{prefix}:{e}".encode()) for e in signals.EVENTS}
         # Kept here because blinker holds receivers weakly: they go when the mirror goes.
-        self._receivers = {
-            event: functools.partial(self._on_event, event) for event in signals.EVENTS
-        }
+        self._receivers = {event: self._receiver(event) for event in signals.EVENTS}
         for event, receiver in self._receivers.items():
             signals.signal_for(event).connect(receiver, sender=sender)
 
@@ -309,31 +302,39 @@ class RedisMirror:
                 down=self._outages.down,
             )
 
-    def _on_event(self, event: str, sender: Any, *, job: BatchJob, **extra: Any) -> None:
-        # On the job's path: encoding and an append, never a network call. Encoding
-        # here rather than in the publisher costs the same CPU (one GIL) but spares
-        # the two threads a GIL hand-over per message.
-        if extra.get("remote"):
-            return
-        try:
-            message = _bulk(self._message(event, job))
-        except Exception:
-            log.exception("could not encode %s of batch job %s", event, job.id)
-            message = None
-        with self._lock:
-            if message is None or len(self._queue) >= self.queue_size or self._closing.is_set():
-                self._dropped += 1
-                return
-            self._queue.append((self._channels[event], message))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="batchjobs-redis-publisher", daemon=True
-                )
-                self._thread.start()
-        if not self._wakeup.is_set():
-            self._wakeup.set()
+    def _receiver(self, event: str) -> Callable[..., None]:
+        """The blinker receiver of ``event``: it encodes and queues, nothing more.
 
-    def _message(self, event: str, job: BatchJob) -> bytes:
+        It runs on the job's path, so it never touches the network; encoding
+        here also snapshots the record as it was when the event happened.
+        """
+        channel = _bulk(f"{self.prefix}:{event}".encode())
+        timestamp = "updated_at" if event == "batch.updated" else f"{event[6:]}_at"
+
+        def receive(sender: Any, *, job: BatchJob, remote: bool = False, **extra: Any) -> None:
+            if remote:
+                return
+            try:
+                message = _bulk(self._message(event, job, getattr(job, timestamp, None)))
+            except Exception:
+                log.exception("could not encode %s of batch job %s", event, job.id)
+                message = None
+            with self._lock:
+                if message is None or len(self._queue) >= self.queue_size or self._closing.is_set():
+                    self._dropped += 1
+                    return
+                self._queue.append((channel, message))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="batchjobs-redis-publisher", daemon=True
+                    )
+                    self._thread.start()
+            if not self._wakeup.is_set():
+                self._wakeup.set()
+
+        return receive
+
+    def _message(self, event: str, job: BatchJob, at: datetime | None) -> bytes:
         """The JSON message for ``event``, built by hand: this runs on the job's path."""
         # The events of one checkpoint share one result dict: encode it once.
         cached = self._last_result
@@ -348,7 +349,7 @@ class RedisMirror:
             _quote(job.type),
             job.status.value,
             result,
-            _event_time(event, job),
+            (at or utcnow()).isoformat(),
             self._origin_json,
         )
         return text.encode()
@@ -754,7 +755,7 @@ def relay_to_signals(sender: Any) -> Callable[[RemoteEvent], None]:
     >>> EventListener(url, relay_to_signals(jobs)).start()
     """
 
-    own = getattr(getattr(sender, "runner", None), "owner", None)
+    own = getattr(getattr(sender, "mirror", None), "origin", None)
 
     def relay(event: RemoteEvent) -> None:
         if own is not None and event.origin == own:
