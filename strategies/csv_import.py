@@ -637,7 +637,7 @@ class CsvImport(BatchJobStrategy):
 
     def build_template(self, table: str | None = None, database: str | None = None) -> str:
         """The header row of the table to import into (``table`` when several are allowed)."""
-        choices = []
+        choices: list[tuple[AllowedDatabase, str]] = []
         for allowed in self.databases.values():
             if database is not None and allowed.name != database:
                 continue

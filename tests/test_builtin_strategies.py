@@ -72,7 +72,9 @@ def _import_context(jobs: BatchJobs, tmp_path: Path) -> dict[str, Any]:
     # Two invalid rows among them, skipped; the first rows already exist and are updated.
     data = shop_csv(shop_rows(ROWS), extra=["999,SKU-bad,x,not a price,1,", "1000,,x,1,1,"])
     jobs.files.put("imports/products.csv", [data])
-    conn = sqlite3.connect(jobs.strategy("csv-import").databases["shop"].path)
+    strategy = jobs.strategy("csv-import")
+    assert isinstance(strategy, CsvImport)
+    conn = sqlite3.connect(strategy.databases["shop"].path)
     with conn:
         conn.executemany(
             "INSERT INTO products_copy VALUES (?, ?, ?, ?, ?, ?)",
