@@ -429,10 +429,14 @@ class CsvImport(BatchJobStrategy):
         """
         plan = self._plan(run.job.context)
         self._forget_row_errors(run)
+        before = {k: run.result[k] for k in ("errors", "error_count") if k in run.result}
         try:
             stats = self._validate(run, plan, tracked=False)
         except _LinesUnknown:
-            self._forget_row_errors(run)
+            # Start again, line by line, from the errors as they were.
+            for name in ("errors", "error_count"):
+                run.result.pop(name, None)
+            run.result.update(before)
             stats = self._validate(run, plan, tracked=True)
         rows, invalid, to_create, to_update, fingerprint, empty = stats
         # What processing relies on: the file as validated, the columns with empty values.

@@ -292,3 +292,21 @@ def test_the_template_is_the_tables_header(
     assert from_env.paths == (tmp_path.resolve(),)
     with pytest.raises(InvalidDataError, match="'products_copy' of database 'shop' is not allowed"):
         from_env.prepare(JobDraft("csv-import", {"table": "products_copy"}))
+
+
+def test_line_numbers_stay_right_when_a_later_batch_spans_lines(
+    csv_jobs: Callable[..., BatchJobs],
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", 4)
+    jobs = csv_jobs(make_shop(rows=0))
+    rows = [f"{i},SKU-{i},x,{'bad' if i in (2, 9) else 1},1," for i in range(1, 12)]
+    rows[7] = '8,SKU-8,"two\nlines",1,1,'
+    job = run_import(jobs, lines(HEADER, *rows), on_error="skip")
+    assert job.status == Status.COMPLETED
+    assert row_errors(job) == [
+        (3, "price", "'bad' is not a number"),
+        (11, "price", "'bad' is not a number"),
+    ]
+    assert job.result["error_count"] == job.result["invalid_count"] == 2
