@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -108,6 +109,23 @@ def m002_batch_job_counts(db: sqlite_utils.Database) -> None:
     )
 
 
+class _ThreadConnection:
+    """One thread's connection, closed when the thread ends (its thread-local goes)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def close(self) -> None:
+        with suppress(sqlite3.ProgrammingError):
+            self.db.conn.close()
+
+    def __del__(self) -> None:
+        try:  # noqa: SIM105 - may run at interpreter exit, when contextlib is gone
+            self.db.conn.close()
+        except Exception:
+            pass
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job this owner holds a lease on, with the state needed to resume it."""
@@ -180,7 +198,7 @@ class Store:
         self.synchronous = DURABILITY_LEVELS[durability]
         self.busy_timeout = busy_timeout
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
         db = self.db
@@ -193,8 +211,8 @@ class Store:
     @property
     def db(self) -> sqlite_utils.Database:
         """This thread's connection, opened on first use."""
-        db = getattr(self._local, "db", None)
-        if db is None:
+        held = getattr(self._local, "held", None)
+        if held is None:
             if self._closed:
                 raise RuntimeError("the store is closed")
             # isolation_level=None: we open every transaction ourselves.
@@ -206,11 +224,11 @@ class Store:
             )
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            db = sqlite_utils.Database(conn, execute_plugins=False)
+            held = _ThreadConnection(sqlite_utils.Database(conn, execute_plugins=False))
             with self._lock:
-                self._connections.append(conn)
-            self._local.db = db
-        return db
+                self._connections.add(held)
+            self._local.held = held
+        return held.db
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -235,11 +253,17 @@ class Store:
         """Close every thread's connection."""
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with suppress(sqlite3.ProgrammingError):
-                conn.close()
+            connections = list(self._connections)
+            self._connections = weakref.WeakSet()
+        for held in connections:
+            held.close()
         self._local = threading.local()
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open: one per live thread that used the store."""
+        with self._lock:
+            return len(self._connections)
 
     # -- rows and records --------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
 import threading
@@ -219,3 +220,15 @@ def test_delete_keeps_a_job_that_left_the_given_statuses(db_path: Path) -> None:
     assert store.get(done.id) is None and store.get(active.id) is not None
     assert store.delete([]) == []
     store.close()
+
+
+def test_a_thread_that_ends_closes_its_connection(db_path: Path) -> None:
+    store = Store(db_path)
+    threads = [threading.Thread(target=store.status_of, args=["batch_x"]) for _ in range(50)]
+    for t in threads:
+        t.start()
+        t.join()
+    gc.collect()
+    assert store.open_connections == 1  # only this thread's
+    store.close()
+    assert store.open_connections == 0
