@@ -46,6 +46,15 @@ def _as_datetime(name: str, value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def _check_draft(draft: JobDraft) -> JobDraft:
+    draft.context = _check_json_object("context", draft.context, optional=False)
+    if not isinstance(draft.dry_run, bool):
+        raise InvalidDataError(f"dry_run must be a boolean, not {draft.dry_run!r}")
+    if draft.created_by is not None and not isinstance(draft.created_by, str):
+        raise InvalidDataError(f"created_by must be a string, not {draft.created_by!r}")
+    return draft
+
+
 class BatchJobService:
     """Lifecycle operations over one store; events go out with ``sender``."""
 
@@ -69,20 +78,14 @@ class BatchJobService:
         if not isinstance(type, str):
             raise InvalidDataError(f"type must be a string, not {type.__class__.__name__}")
         strategy = self.registry.get(type)
-        draft = JobDraft(
-            type=type,
-            context=_check_json_object("context", context),
-            dry_run=dry_run,
-            created_by=created_by,
+        draft = _check_draft(
+            JobDraft(type, _check_json_object("context", context), dry_run, created_by)
         )
-        draft = strategy.prepare(draft)
+        # Checked again: prepare() may normalise the draft, not break it.
+        draft = _check_draft(strategy.prepare(draft))
         if draft.type != type:
             raise InvalidDataError("prepare() may not change a job's type")
-        context = _check_json_object("context", draft.context, optional=False)
-        if not isinstance(draft.dry_run, bool):
-            raise InvalidDataError(f"dry_run must be a boolean, not {draft.dry_run!r}")
-        if draft.created_by is not None and not isinstance(draft.created_by, str):
-            raise InvalidDataError(f"created_by must be a string, not {draft.created_by!r}")
+        context = draft.context
         now = utcnow()
         job = BatchJob(
             id=new_job_id(now),

@@ -276,3 +276,23 @@ def test_register_replaces_a_strategy_of_the_same_type(jobs: BatchJobs) -> None:
     job = jobs.create("words", {"words": ["a"]})
     jobs.run_until_idle(timeout=10)
     assert jobs.retrieve(job.id).result["quiet"] is True
+
+
+def test_prepare_only_sees_checked_input(jobs: BatchJobs) -> None:
+    from tests.strategies import Words
+
+    seen: list[Any] = []
+
+    class Recording(Words):
+        def prepare(self, draft: Any) -> Any:
+            seen.append(draft)
+            draft.dry_run = "maybe"  # a strategy that breaks the draft is refused too
+            return draft
+
+    jobs.register(Recording)
+    with pytest.raises(InvalidDataError, match="dry_run must be a boolean"):
+        jobs.create("words", {"words": []}, dry_run="yes")  # type: ignore[arg-type]
+    assert seen == []
+    with pytest.raises(InvalidDataError, match="dry_run must be a boolean, not 'maybe'"):
+        jobs.create("words", {"words": []})
+    assert len(seen) == 1 and jobs.list_and_count()[1] == 0
