@@ -101,9 +101,10 @@ def unreachable_url() -> str:
 class RedisServer:
     """A private ``redis-server`` on a free port, to kill and restart."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, *options: str) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.options = options
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[str] | None = None
@@ -111,7 +112,7 @@ class RedisServer:
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.options]
         process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -137,7 +138,7 @@ class RedisServer:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start private Redis servers; killed after the test."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -146,8 +147,8 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
         pytest.skip("redis-server is not installed")
     servers: list[RedisServer] = []
 
-    def make() -> RedisServer:
-        server = RedisServer(binary, tmp_path)
+    def make(*options: str) -> RedisServer:
+        server = RedisServer(binary, tmp_path, *options)
         server.start()
         servers.append(server)
         return server
@@ -256,7 +257,7 @@ def test_jobs_run_when_redis_is_unreachable_from_the_start(
 @pytest.mark.redis
 def test_jobs_outlive_a_redis_restart_and_publishing_resumes(
     make_jobs: Callable[..., BatchJobs],
-    redis_server: Callable[[], RedisServer],
+    redis_server: Callable[..., RedisServer],
     prefix: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -291,7 +292,7 @@ def test_jobs_outlive_a_redis_restart_and_publishing_resumes(
 
 @pytest.mark.redis
 def test_a_slow_redis_never_slows_a_job(
-    make_jobs: Callable[..., BatchJobs], redis_server: Callable[[], RedisServer], prefix: str
+    make_jobs: Callable[..., BatchJobs], redis_server: Callable[..., RedisServer], prefix: str
 ) -> None:
     server = redis_server()
     sub = Subscription(server.url, prefix=prefix, pattern="batch.completed")
@@ -305,6 +306,29 @@ def test_a_slow_redis_never_slows_a_job(
     assert time.monotonic() - began < 0.5
     assert _next_event(sub, lambda e: e.id == job.id).status == "completed"
     sub.close()
+
+
+@pytest.mark.redis
+def test_a_server_that_refuses_scripts_gets_one_publish_per_event(
+    make_jobs: Callable[..., BatchJobs],
+    redis_server: Callable[..., RedisServer],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="batchjobs.pubsub")
+    server = redis_server("--rename-command", "EVAL", "")
+    sub = Subscription(server.url, prefix=prefix)
+    assert sub.connect()
+    jobs = make_jobs(redis_url=server.url, channel_prefix=prefix)
+    local = _record_events(jobs)
+    job = jobs.create("words", {"words": list("abcde")})
+    jobs.run_until_idle(timeout=10)
+    received = [_next_event(sub, lambda e: True) for _ in local]
+    sub.close()
+    assert [(e.event, e.id) for e in received] == [(event, job.id) for event, _ in local]
+    assert jobs.mirror.stats.dropped == 0
+    assert not _mirror_warnings(caplog)
+    assert any("refused the publishing script" in r.getMessage() for r in caplog.records)
 
 
 # -- following -------------------------------------------------------------------
