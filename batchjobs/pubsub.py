@@ -1,9 +1,9 @@
 """The Redis mirror of batch job events, and listeners for other processes.
 
 ``RedisMirror`` connects one blinker receiver per event; each receiver only
-appends the event to a bounded in-memory queue, and a background thread
-publishes whatever has piled up in one pipeline, as JSON on channel
-``{prefix}:{event}``::
+encodes the message and appends it to a bounded in-memory queue, and a
+background thread publishes whatever has piled up in one write, as JSON on
+channel ``{prefix}:{event}``::
 
     {"event": "batch.completed", "id": "batch_01J...", "type": "csv-export",
      "status": "completed", "result": {...}, "at": "2024-...+00:00",
@@ -12,10 +12,11 @@ publishes whatever has piled up in one pipeline, as JSON on channel
 ``origin`` (beyond the documented keys) names the ``BatchJobs`` that
 published the message, so that a process can skip its own messages.
 
-Redis is an observer, never a dependency of a job: a job only ever pays for
-an append to the queue. When Redis is down, slow or restarted the queue
-fills up (then drops, counting what it dropped), one warning is logged per
-outage, and the threads reconnect with a jittered exponential backoff.
+Redis is an observer, never a dependency of a job: a job pays for encoding
+its messages, never for a round trip. When Redis is down, slow or restarted
+the queue fills up (then drops, counting what it dropped), one warning is
+logged per outage, and the threads reconnect with a jittered exponential
+backoff; polling, not Redis, stays the scheduler's source of truth.
 
 Other processes follow the events with ``Subscription`` (an iterator) or
 ``EventListener`` (a callback thread); ``relay_to_signals`` re-emits them as
@@ -149,6 +150,8 @@ def _display(url: str) -> str:
     """The URL without credentials, for log messages."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
@@ -439,7 +442,7 @@ class RedisMirror:
             events=WAKE_EVENTS,
             ignore_origin=self.origin,
             on_connect=wake,
-            outages=self._outages,
+            _outages=self._outages,
         )
         return self._listener.start(timeout)
 
@@ -540,7 +543,7 @@ class Subscription:
         events: Iterable[str] | None = None,
         ignore_origin: str | None = None,
         on_connect: Callable[[], None] | None = None,
-        outages: _Outages | None = None,
+        _outages: _Outages | None = None,
     ) -> None:
         if pattern is not None and events is not None:
             raise ValueError("give a pattern or a list of events, not both")
@@ -558,7 +561,8 @@ class Subscription:
         self.ignore_origin = ignore_origin
         self.on_connect = on_connect
         self._client = _client(url)
-        self._outages = outages or _Outages("following batch job events", url)
+        # A mirror's listener shares the mirror's tracker: one warning per outage.
+        self._outages = _outages or _Outages("following batch job events", url)
         self._backoff = _Backoff()
         self._pubsub: Any = None
         self._backlog: deque[dict[str, Any]] = deque()
@@ -736,9 +740,8 @@ class EventListener:
             subscription.close()
 
     def stop(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Stop the thread and close its connection."""
+        """Stop the thread (within ``LISTEN_STEP`` seconds) and close its connection."""
         self._stop.set()
-        self.subscription._closed.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
