@@ -1249,16 +1249,19 @@ def download(jobs: BatchJobs, job_id: str, output: str | None) -> None:
             f"Batch job {job.id} is {job.status.value}: its file is whole once it is completed"
         )
     try:
+        source = jobs.files.open_read(key)
+    except FileNotFoundError:
+        raise CommandError(f"The file of batch job {job.id} ({key}) is gone") from None
+    with source:  # opened first: a missing file leaves no empty one behind
+        size = os.fstat(source.fileno()).st_size
         if output == "-":
-            size = jobs.files.copy_to(key, click.get_binary_stream("stdout"))
+            shutil.copyfileobj(source, click.get_binary_stream("stdout"))
             target = "stdout"
         else:
             path = Path(output or key.rsplit("/", 1)[-1])
             with path.open("wb") as out:
-                size = jobs.files.copy_to(key, out)
+                shutil.copyfileobj(source, out)
             target = str(path)
-    except FileNotFoundError:
-        raise CommandError(f"The file of batch job {job.id} ({key}) is gone") from None
     click.echo(f"Wrote {size} bytes to {target}.", err=True)
 
 

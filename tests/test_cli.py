@@ -697,7 +697,10 @@ def test_download_refuses_jobs_without_a_whole_file(
     jobs: BatchJobs,
     make_shop: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
     refused(invoke("download", "batch_nope"), "Batch job with id batch_nope was not found")
     words = jobs.create("words", {"words": ["a"]})
     jobs.run_until_idle(timeout=10)
@@ -708,3 +711,4 @@ def test_download_refuses_jobs_without_a_whole_file(
     done = invoke("run", "csv-export", "--set", "table=products").stdout.strip()
     jobs.files.delete(f"exports/{done}.csv")
     refused(invoke("download", done), f"The file of batch job {done} (exports/{done}.csv) is gone")
+    assert list((tmp_path / "here").iterdir()) == []  # no empty file left behind
