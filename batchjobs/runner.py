@@ -87,6 +87,17 @@ class _RunState:
     chain: dict[str, Any] | None = None
     chained: bool = False
     next_claim: Claim | None = None
+    #: ``run.result`` fingerprints and ``run.cursor`` JSON after the last step that
+    #: succeeded: what a failed chunk is rolled back to.
+    good: tuple[dict[str, Any], str] = ({}, "{}")
+
+    def roll_back(self, run: JobRun) -> None:
+        """Undo what a failed chunk did to ``run.result`` and ``run.cursor``."""
+        fingerprints, cursor = self.good
+        run.result = {
+            k: f[1] if isinstance(f, tuple) else json.loads(f) for k, f in fingerprints.items()
+        }
+        run.cursor = json.loads(cursor)
 
     def current(self) -> BatchJob:
         """The job as last committed."""
@@ -217,12 +228,15 @@ class JobRunner:
         self, claim: Claim, stop_after_pre_process: bool, chain: dict[str, Any] | None
     ) -> _RunState:
         job = claim.job
+        fingerprints = {k: _fingerprint(v) for k, v in job.result.items()}
+        cursor = json.dumps(claim.cursor)
         state = _RunState(
             job=job,
             committed=job.status,
-            saved_result={k: _fingerprint(v) for k, v in job.result.items()},
-            saved_cursor=json.dumps(claim.cursor),
+            saved_result=fingerprints,
+            saved_cursor=cursor,
             chain=chain,
+            good=(fingerprints, cursor),
         )
         with self._running_lock:
             self._running.add(job.id)
@@ -297,6 +311,11 @@ class JobRunner:
             and not self._save(strategy, run, state)
         ):
             return
+        if state.pending:  # not saved yet: remember pre_process's output to roll back to
+            state.good = (
+                {k: _fingerprint(v) for k, v in run.result.items()},
+                json.dumps(run.cursor),
+            )
         while True:
             done = run.result.get("advancement_count", 0)
             count = run.result.get("count")
@@ -346,6 +365,7 @@ class JobRunner:
             log.exception("should_retry of batch job %s failed", state.job.id)
             retry = False
         entry = _error_entry(error)
+        state.roll_back(run)  # the chunk did not happen: resume where the last one ended
         if not retry:
             log.error("batch job %s failed: %s", state.job.id, entry["message"], exc_info=error)
             self._fail(strategy, run, state, entry)
@@ -422,6 +442,7 @@ class JobRunner:
             self._lost(strategy, run, state)
             return False
         state.saved_result, state.saved_cursor = fingerprints, cursor
+        state.good = (fingerprints, cursor)
         steps, state.pending = state.pending, []
         if status is not None:
             state.committed = status

@@ -307,3 +307,43 @@ def test_a_one_chunk_job_costs_two_commits_when_jobs_run_back_to_back(jobs: Batc
         done = jobs.retrieve(job.id)
         assert done.status == Status.COMPLETED
         assert None not in (done.pre_processed_at, done.confirmed_at, done.processing_at)
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_a_failed_chunk_leaves_no_trace_but_its_error(jobs: BatchJobs, retry: bool) -> None:
+    class Sloppy(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if start == 10 and "failed_once" not in run.job.context:
+                run.cursor["next"] = 999  # moved before failing
+                run.result["half_done"] = True
+                raise RuntimeError("half way")
+            return super().process_chunk(run, start, size)
+
+        def should_retry(self, run: JobRun, error: Exception) -> bool:
+            return retry
+
+    jobs.register(Sloppy)
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        job = jobs.create("ledger", {"n": 15, "cursor": True})  # checks cursor == start
+        jobs.run_next()
+        stopped = jobs.retrieve(job.id)
+        assert stopped.status == (Status.PROCESSING if retry else Status.FAILED)
+        assert stopped.result["advancement_count"] == 10
+        assert "half_done" not in stopped.result
+        assert stopped.result["count"] == 15  # pre_process's output stays
+        jobs.update(job.id, context={"failed_once": True})
+        if not retry:
+            jobs.retry(job.id)
+        clock.tick(timedelta(seconds=1))
+        jobs.run_next()
+    done = jobs.retrieve(job.id)
+    assert done.status == Status.COMPLETED, done.result
+    assert [e["message"] for e in done.result["errors"]] == ["half way"]
+
+
+def test_a_first_chunk_failure_keeps_what_pre_process_found(jobs: BatchJobs) -> None:
+    job = jobs.create("ledger", {"n": 5, "fail_at": 0})  # one chunk: nothing saved before it
+    jobs.run_until_idle(timeout=10)
+    failed = jobs.retrieve(job.id)
+    assert failed.status == Status.FAILED
+    assert failed.result["count"] == 5 and failed.pre_processed_at is not None
