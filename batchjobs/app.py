@@ -173,6 +173,7 @@ class BatchJobs:
                 self.runner, concurrency=self.concurrency, poll_interval=self.poll_interval
             )
         self.scheduler.start()
+        self.service.on_runnable = self.scheduler.wake
         if self.mirror is not None:
             self.mirror.listen(self.scheduler.wake)
 
@@ -184,6 +185,7 @@ class BatchJobs:
         """
         if self.mirror is not None:
             self.mirror.stop_listening()
+        self.service.on_runnable = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=wait)
             self.scheduler = None

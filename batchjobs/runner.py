@@ -3,7 +3,8 @@
 ``JobRunner`` claims jobs under a lease and runs them in the calling thread.
 Transitions one worker makes in a row (pre-processed → confirmed →
 processing) share the commit of the first checkpoint, or of the completion
-when the job fits in one chunk; each still gets its own timestamp and event.
+when the job fits in one chunk; each still gets its own timestamp and event,
+sent after that commit (their records carry the result as committed).
 The commit that releases a job also claims the next one (``drain``).
 """
 
@@ -139,6 +140,9 @@ class JobRunner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: Set to stop running jobs at their next checkpoint and hand them over.
         self.stopping = threading.Event()
+        #: Called when this runner leaves a job for another worker to run
+        #: (pre-processed and confirmed, or handed over); the scheduler wakes on it.
+        self.on_runnable: Callable[[], None] | None = None
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
 
@@ -283,7 +287,8 @@ class JobRunner:
                 return
             state.pending.append((Status.CONFIRMED, utcnow()))
             if stop_after_pre_process:
-                self._save(strategy, run, state, release=True)
+                if self._save(strategy, run, state, release=True) and self.on_runnable:
+                    self.on_runnable()  # confirmed: a processing worker may take it now
                 return
         if state.job.status != Status.PROCESSING:
             state.pending.append((Status.PROCESSING, utcnow()))
@@ -455,7 +460,7 @@ class JobRunner:
             state.steps.extend(steps)
             return True
         job = state.current()
-        for event in events:  # one record per event, each as it was at that step
+        for event in events:  # status and timestamps as at each step; result as committed
             if event != "batch.updated":
                 step, at = steps.pop(0)
                 job = job.replace(status=step, **{step.timestamp_field: at})

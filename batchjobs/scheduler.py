@@ -17,19 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import signals
 from .models import Status
 from .runner import JobRunner
 
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("batchjobs.scheduler")
-
-WAKE_EVENTS = ("batch.created", "batch.confirmed")
 
 
 class Scheduler:
@@ -67,16 +63,14 @@ class Scheduler:
         aps.start()
         self._aps = aps
         self._started = True
-        for event in WAKE_EVENTS:
-            signals.signal_for(event).connect(self._on_event, sender=self.runner.sender)
+        self.runner.on_runnable = self.wake
         self.wake()
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop claiming; running jobs checkpoint and release their lease at their next chunk."""
         if not self._started or self._aps is None:
             return
-        for event in WAKE_EVENTS:
-            signals.signal_for(event).disconnect(self._on_event, sender=self.runner.sender)
+        self.runner.on_runnable = None
         with self._lock:
             self._started = False
         self.runner.stopping.set()
@@ -88,9 +82,6 @@ class Scheduler:
         self._aps = self._pool = None
 
     # -- dispatch --------------------------------------------------------------
-
-    def _on_event(self, sender: Any, **kwargs: Any) -> None:
-        self.wake()
 
     def wake(self) -> None:
         """Look for runnable jobs now instead of at the next poll."""

@@ -7,7 +7,7 @@ and emits each event after its commit. Running jobs is ``runner.JobRunner``'s.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -62,6 +62,13 @@ class BatchJobService:
         self.store = store
         self.registry = registry
         self.sender = sender if sender is not None else self
+        #: Called after a job becomes runnable here (created, confirmed,
+        #: retried); the scheduler wakes on it instead of waiting for its poll.
+        self.on_runnable: Callable[[], None] | None = None
+
+    def _runnable(self) -> None:
+        if self.on_runnable is not None:
+            self.on_runnable()
 
     def _emit(self, event: str, job: BatchJob) -> None:
         signals.emit(event, self.sender, job)
@@ -100,6 +107,7 @@ class BatchJobService:
         )
         self.store.insert(job)
         self._emit("batch.created", job)
+        self._runnable()
         return job
 
     def retrieve(self, id: str) -> BatchJob:
@@ -176,6 +184,7 @@ class BatchJobService:
                 "Cannot confirm processing for a batch job that is not pre processed"
             )
         self._emit("batch.confirmed", job)
+        self._runnable()
         return job
 
     def cancel(self, id: str) -> BatchJob:
@@ -219,4 +228,5 @@ class BatchJobService:
         if job is None:
             raise NotAllowedError("Cannot retry a batch job that is not failed")
         self._emit(signals.event_for_status(to), job)
+        self._runnable()
         return job
