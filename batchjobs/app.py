@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import signals
 from .files import FileStore
@@ -16,6 +16,9 @@ from .scheduler import Scheduler
 from .service import BatchJobService
 from .store import Store
 from .strategy import BatchJobStrategy, StrategyRegistry
+
+if TYPE_CHECKING:
+    from .pubsub import RedisMirror
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_DB", "DEFAULT_POLL_INTERVAL", "BatchJobs"]
 
@@ -85,7 +88,7 @@ class BatchJobs:
             max_attempts=max_attempts,
         )
         self.scheduler: Scheduler | None = None
-        self.mirror: Any = None
+        self.mirror: RedisMirror | None = None
         if redis_url:
             from .pubsub import RedisMirror
 
