@@ -244,6 +244,7 @@ class JobRunner:
         )
         with self._running_lock:
             self._running.add(job.id)
+        run: JobRun | None = None
         try:
             strategy = self.registry.get(job.type)
             run = JobRun(
@@ -266,6 +267,8 @@ class JobRunner:
         finally:
             with self._running_lock:
                 self._running.discard(job.id)
+            if run is not None:
+                run.close()
 
     def _run(
         self,

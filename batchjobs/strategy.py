@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import InvalidDataError
 from .models import BatchJob
@@ -46,6 +46,9 @@ class JobRun:
 
     ``result`` and ``cursor`` are merged into the stored job at the next
     checkpoint; ``cursor`` comes back as it was saved when a job resumes.
+    ``state`` is this run's scratch space, never saved (an open file kept
+    from one chunk to the next); ``closing`` closes such things when the run
+    ends, however it ends.
     """
 
     def __init__(
@@ -61,8 +64,10 @@ class JobRun:
         self.cursor: dict[str, Any] = dict(cursor or {})
         self.files = files
         self.log = logging.getLogger(f"batchjobs.job.{job.type}")
+        self.state: dict[str, Any] = {}
         self._is_canceled = is_canceled
         self._canceled = False
+        self._closers: list[Callable[[], Any]] = []
 
     @property
     def canceled(self) -> bool:
@@ -70,6 +75,21 @@ class JobRun:
         if not self._canceled and self._is_canceled is not None:
             self._canceled = self._is_canceled()
         return self._canceled
+
+    def closing(self, resource: ClosableT) -> ClosableT:
+        """Call ``resource.close()`` when this run ends (completed, failed, canceled,
+        handed over); returns ``resource``."""
+        self._closers.append(resource.close)
+        return resource
+
+    def close(self) -> None:
+        """End the run: close what ``closing`` was given, the last first."""
+        while self._closers:
+            close = self._closers.pop()
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r at the end of batch job %s failed", close, self.job.id)
 
     def set_count(self, count: int) -> None:
         """Record how many records the job has in all (``result.count``)."""
@@ -145,6 +165,11 @@ class BatchJobStrategy:
         return None
 
 
+class _Closable(Protocol):
+    def close(self) -> Any: ...
+
+
+ClosableT = TypeVar("ClosableT", bound=_Closable)
 StrategyT = TypeVar("StrategyT", bound="BatchJobStrategy | type[BatchJobStrategy]")
 
 

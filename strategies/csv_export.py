@@ -20,8 +20,6 @@ import io
 import math
 import os
 import sqlite3
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -211,8 +209,6 @@ class CsvExport(BatchJobStrategy):
 
     def __init__(self, databases: Mapping[str, Any] | None = None) -> None:
         self.databases = allowed_databases(databases, ENV_DATABASES)
-        self._outputs: weakref.WeakKeyDictionary[JobRun, _Output] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     # -- the plan -----------------------------------------------------------------
 
@@ -376,20 +372,16 @@ class CsvExport(BatchJobStrategy):
 
     def _output(self, run: JobRun) -> tuple[_Plan, _Output]:
         """The run's open output, opened at the last checkpoint on the run's first chunk."""
-        with self._lock:
-            found = self._outputs.get(run)
+        found: _Output | None = run.state.get("output")
         if found is not None:
             return found.plan, found
         plan = self._plan(run.job.context)
         offset = run.cursor.get("offset", 0)
-        output = _Output(plan, self._files(run), self.file_key(run), offset)
-        weakref.finalize(run, output.close)
-        with self._lock:
-            self._outputs[run] = output
+        output = run.closing(_Output(plan, self._files(run), self.file_key(run), offset))
+        run.state["output"] = output
         return plan, output
 
     def _close(self, run: JobRun, *, sync: bool = False) -> None:
-        with self._lock:
-            output = self._outputs.pop(run, None)
+        output = run.state.pop("output", None)
         if output is not None:
             output.close(sync=sync)

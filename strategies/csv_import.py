@@ -23,8 +23,6 @@ import os
 import re
 import sqlite3
 import stat
-import threading
-import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -326,8 +324,6 @@ class CsvImport(BatchJobStrategy):
         elif isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = tuple(Path(p).resolve() for p in paths)
-        self._inputs: weakref.WeakKeyDictionary[JobRun, _Input] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     # -- the plan -----------------------------------------------------------------
 
@@ -429,7 +425,8 @@ class CsvImport(BatchJobStrategy):
         """
         plan = self._plan(run.job.context)
         self._forget_row_errors(run)
-        before = {k: run.result[k] for k in ("errors", "error_count") if k in run.result}
+        kept = ("errors", "error_count")
+        before: dict[str, Any] = {k: run.result[k] for k in kept if k in run.result}
         try:
             stats = self._validate(run, plan, tracked=False)
         except _LinesUnknown:
@@ -677,8 +674,7 @@ class CsvImport(BatchJobStrategy):
 
     def _input(self, run: JobRun, start: int) -> _Input:
         """The run's open input at data row ``start``, opened on the run's first chunk."""
-        with self._lock:
-            state = self._inputs.get(run)
+        state: _Input | None = run.state.get("input")
         if state is not None and state.position == start:
             return state
         self._close(run)
@@ -698,13 +694,10 @@ class CsvImport(BatchJobStrategy):
             source.close()
             conn.close()
             raise
-        weakref.finalize(run, state.close)
-        with self._lock:
-            self._inputs[run] = state
+        run.state["input"] = run.closing(state)
         return state
 
     def _close(self, run: JobRun) -> None:
-        with self._lock:
-            state = self._inputs.pop(run, None)
+        state = run.state.pop("input", None)
         if state is not None:
             state.close()

@@ -347,3 +347,32 @@ def test_a_first_chunk_failure_keeps_what_pre_process_found(jobs: BatchJobs) -> 
     failed = jobs.retrieve(job.id)
     assert failed.status == Status.FAILED
     assert failed.result["count"] == 5 and failed.pre_processed_at is not None
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed", "canceled"])
+def test_what_a_run_keeps_open_is_closed_however_it_ends(jobs: BatchJobs, ending: str) -> None:
+    opened: list[Any] = []
+
+    class Resource:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Keeping(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if "resource" not in run.state:
+                run.state["resource"] = run.closing(Resource())
+                opened.append(run.state["resource"])
+            assert not run.state["resource"].closed
+            if start == 10 and ending == "failed":
+                raise RuntimeError("boom")
+            if start == 10 and ending == "canceled":
+                jobs.cancel(run.job.id)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Keeping)
+    job = jobs.create("ledger", {"n": 30})
+    jobs.run_until_idle(timeout=10)
+    assert jobs.retrieve(job.id).status == Status(ending)
+    assert len(opened) == 1 and opened[0].closed
