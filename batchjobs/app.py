@@ -87,6 +87,7 @@ class BatchJobs:
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
         )
+        self.service.on_canceled = self.runner.clean_up_canceled
         self.scheduler: Scheduler | None = None
         self.mirror: RedisMirror | None = None
         if redis_url:

@@ -149,6 +149,30 @@ class JobRunner:
     def _emit(self, event: str, job: BatchJob) -> None:
         signals.emit(event, self.sender, job)
 
+    def clean_up_canceled(self, job: BatchJob, now: datetime | None = None) -> bool:
+        """Run ``on_cancel`` for a canceled job that no live worker holds.
+
+        A worker running the job calls ``on_cancel`` itself at its next
+        checkpoint; a job canceled while handed over, backing off or left by a
+        dead worker has nobody to clean up its partial output but the caller.
+        Returns whether ``on_cancel`` ran here.
+        """
+        if job.status != Status.CANCELED or job.processing_at is None:
+            return False
+        if job.type not in self.registry:
+            return False
+        owner, until, cursor = self.store.holder(job.id)
+        if owner is not None and until is not None and until > (now or utcnow()):
+            return False
+        run = JobRun(job, cursor=cursor, files=self.files, is_canceled=lambda: True)
+        try:
+            self.registry.get(job.type).on_cancel(run)
+        except Exception:
+            log.exception("on_cancel of batch job %s failed", job.id)
+        finally:
+            run.close()
+        return True
+
     @property
     def running(self) -> list[str]:
         """Ids of the jobs this runner is running now."""

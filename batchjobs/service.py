@@ -65,6 +65,9 @@ class BatchJobService:
         #: Called after a job becomes runnable here (created, confirmed,
         #: retried); the scheduler wakes on it instead of waiting for its poll.
         self.on_runnable: Callable[[], None] | None = None
+        #: Called with a job this service just canceled (``BatchJobs`` has the
+        #: runner clean up after a job no worker is running).
+        self.on_canceled: Callable[[BatchJob], Any] | None = None
 
     def _runnable(self) -> None:
         if self.on_runnable is not None:
@@ -208,6 +211,8 @@ class BatchJobService:
             )
             if job is not None:
                 self._emit("batch.canceled", job)
+                if self.on_canceled is not None:
+                    self.on_canceled(job)
                 return job
             # The job moved between our read and our write: look again.
 

@@ -554,6 +554,15 @@ class Store:
         found = self._one(self.db.execute(f"SELECT * FROM {TABLE} WHERE id = ?", [id]))
         return None if found is None else found[0]
 
+    def holder(self, id: str) -> tuple[str | None, datetime | None, dict[str, Any]]:
+        """Who holds job ``id``'s lease, until when, and its saved cursor."""
+        row = self.db.execute(
+            f"SELECT owner, available_at, cursor FROM {TABLE} WHERE id = ?", [id]
+        ).fetchone()
+        if row is None:
+            return None, None, {}
+        return row[0], _parse_ts(row[1]), json.loads(row[2] or "{}")
+
     def status_of(self, id: str) -> Status | None:
         """Just the status of job ``id`` (cheap), or ``None``."""
         row = self.db.execute(f"SELECT status FROM {TABLE} WHERE id = ?", [id]).fetchone()

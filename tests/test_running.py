@@ -376,3 +376,25 @@ def test_what_a_run_keeps_open_is_closed_however_it_ends(jobs: BatchJobs, ending
     jobs.run_until_idle(timeout=10)
     assert jobs.retrieve(job.id).status == Status(ending)
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_canceling_a_job_nobody_runs_cleans_up_here(make_jobs: Any) -> None:
+    cleaned: list[tuple[str, dict[str, Any]]] = []
+
+    class Tidy(Ledger):
+        def on_cancel(self, run: JobRun) -> None:
+            cleaned.append((run.job.id, run.cursor))
+
+    jobs = make_jobs(lease_seconds=60)
+    jobs.register(Tidy)
+    handed, held = (jobs.create("ledger", {"n": 100, "cursor": True}) for _ in range(2))
+    jobs.runner.stopping.set()  # each hands its job over at once
+    jobs.run_next()
+    jobs.run_next()
+    jobs.runner.stopping.clear()
+    claim = jobs.runner.claim_next(ids=[held.id])
+    assert claim is not None  # a live lease: its worker would clean up at its checkpoint
+    never = jobs.create("ledger", {"n": 100})
+    for job in (handed, held, never):
+        jobs.cancel(job.id)
+    assert cleaned == [(handed.id, {})]  # handed over before its first chunk
