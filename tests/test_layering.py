@@ -1,10 +1,15 @@
 """Imports point one way: errors ← models ← {signals, store, strategy, files} ←
 service ← {pubsub, scheduler} ← app ← http ← cli; each third-party library
-is imported by one module."""
+is imported by one module or package.
+
+A module of a package (``batchjobs/cli/_jobs.py``) has the package's layer
+(``cli``); it may import the modules of its own package, and what its layer may.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "batchjobs"
@@ -35,43 +40,57 @@ THIRD_PARTY = {
 }
 
 
-def imports_of(path: Path) -> set[str]:
+def modules() -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """Every module of the package, and its dotted name's parts (``batchjobs.cli._jobs``)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        yield path, parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def imported_names(path: Path, name: tuple[str, ...]) -> set[str]:
+    """What ``path`` imports, as absolute names: ``from ..app import BatchJobs`` in
+    ``batchjobs/cli/_jobs.py`` is ``batchjobs.app.BatchJobs``."""
+    package = name if path.name == "__init__.py" else name[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                found.update(
-                    f".{node.module}" if node.module else f".{alias.name}" for alias in node.names
-                )
-            elif node.module:
-                found.add(node.module.split(".")[0])
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name for alias in node.names)
     return found
 
 
 def test_imports_flow_one_way() -> None:
-    for path in PACKAGE.glob("*.py"):
-        module = path.stem
-        if module == "__init__":
-            continue
-        assert module in LAYERS, f"{module}.py has no layer in this test"
-        for imported in imports_of(path):
-            if imported.startswith("."):
-                target = imported[1:].split(".")[0]
-                assert LAYERS[target] < LAYERS[module], f"{module} imports {target}"
-            elif imported in THIRD_PARTY:
-                assert module in THIRD_PARTY[imported], f"{module} imports {imported}"
+    for path, name in modules():
+        if len(name) == 1:
+            continue  # batchjobs/__init__.py re-exports from every layer
+        layer = name[1]
+        where = path.relative_to(PACKAGE.parent)
+        assert layer in LAYERS, f"{where} has no layer in this test"
+        for imported in imported_names(path, name):
+            top, _, rest = imported.partition(".")
+            if top == "batchjobs":
+                target = rest.split(".")[0]
+                if target == layer and path.parent != PACKAGE:
+                    continue  # a module of a package imports its siblings
+                assert target in LAYERS, f"{where} imports {imported}, which has no layer"
+                assert LAYERS[target] < LAYERS[layer], f"{where} imports {target}"
+            elif top in THIRD_PARTY:
+                assert layer in THIRD_PARTY[top], f"{where} imports {top}"
 
 
 def test_the_engine_never_imports_the_built_in_strategies() -> None:
-    for path in PACKAGE.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.ImportFrom):
-                names = [f"{'.' * node.level}{node.module or ''}"]
-                names += [f"{names[0]}.{alias.name}" for alias in node.names]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            for name in names:
-                assert not name.startswith(("batchjobs.strategies", ".strategies")), path.name
+    for path, name in modules():
+        for imported in imported_names(path, name):
+            where = path.relative_to(PACKAGE.parent)
+            assert not imported.startswith("batchjobs.strategies"), f"{where} imports {imported}"
+
+
+def test_relative_imports_resolve_from_a_package() -> None:
+    cli = PACKAGE / "cli" / "_jobs.py"
+    names = imported_names(cli, ("batchjobs", "cli", "_jobs"))
+    assert {"batchjobs.app.BatchJobs", "batchjobs.cli._app.cli", "click"} <= names
+    init = PACKAGE / "cli" / "__init__.py"
+    assert "batchjobs.cli._app.cli" in imported_names(init, ("batchjobs", "cli"))

@@ -1,0 +1,5 @@
+"""``python -m batchjobs.cli``: the ``batchjobs`` console script."""
+
+from . import main
+
+main()

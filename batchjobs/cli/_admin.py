@@ -1,0 +1,216 @@
+"""Commands around the jobs: strategies, template, events, prune, version."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from datetime import timedelta
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from ..app import BatchJobs
+from ..errors import BatchJobError
+from ..models import RESTING_STATUSES, BatchJob, utcnow
+from ._app import CommandError, cli, pass_jobs
+from ._input import _Duration, _json_option
+from ._output import _event_line, _print_json, _table, _when
+
+#: Jobs fetched, deleted and forgotten at a time by ``prune``.
+PRUNE_PAGE = 500
+
+
+@cli.command()
+@_json_option
+@pass_jobs
+def strategies(jobs: BatchJobs, as_json: bool) -> None:
+    """List job types with their strategy class and origin.
+
+    \b
+    Examples:
+      batchjobs --app examples.shout strategies
+      batchjobs strategies --json
+    """
+    rows = []
+    for batch_type in jobs.registry.types:
+        cls = type(jobs.strategy(batch_type))
+        rows.append(
+            [batch_type, f"{cls.__module__}.{cls.__qualname__}", jobs.registry.origin(batch_type)]
+        )
+    if as_json:
+        keys = ("type", "class", "origin")
+        _print_json({"strategies": [dict(zip(keys, row, strict=True)) for row in rows]})
+    elif rows:
+        click.echo(_table(["TYPE", "CLASS", "ORIGIN"], rows))
+    else:
+        click.echo("No strategies are registered: pass --app MODULE[:ATTR].", err=True)
+
+
+@cli.command()
+@click.argument("batch_type", metavar="TYPE")
+@pass_jobs
+def template(jobs: BatchJobs, batch_type: str) -> None:
+    """Print the template file of TYPE's strategy.
+
+    What its build_template() returns, for users to fill in.
+
+    \b
+    Example:
+      batchjobs template csv-import > import.csv
+    """
+    strategy = jobs.strategy(batch_type)
+    text = strategy.build_template()
+    if text is None:
+        raise CommandError(f"The {batch_type} strategy ({type(strategy).__name__}) has no template")
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+@cli.command()
+@click.option(
+    "--pattern",
+    default="batch.*",
+    show_default=True,
+    metavar="GLOB",
+    help="Which events: a Redis glob over their names (batch.completed, batch.c*).",
+)
+@click.option("--prefix", help="The channel prefix [default: batchjobs, or the app's].")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
+@click.option("--json", "as_json", is_flag=True, help="Print each message as JSON, one a line.")
+@pass_jobs
+def events(
+    jobs: BatchJobs, pattern: str, prefix: str | None, count: int | None, as_json: bool
+) -> None:
+    """Follow the events that every process mirrors to Redis, live.
+
+    Needs Redis: --redis, BATCHJOBS_REDIS_URL or the app's redis_url. One
+    line per event (--json: the message as published); reconnects by
+    itself when Redis comes back. Ctrl-C stops.
+
+    \b
+    Examples:
+      batchjobs --redis redis://localhost:6379/0 events
+      batchjobs events --pattern 'batch.c*' --json | jq -r .id
+    """
+    from ..pubsub import Subscription
+
+    if not jobs.redis_url:
+        raise CommandError("events needs Redis: pass --redis URL or set BATCHJOBS_REDIS_URL")
+    try:
+        subscription = Subscription(
+            jobs.redis_url, prefix=prefix or jobs.channel_prefix, pattern=pattern
+        )
+    except ValueError as error:
+        raise CommandError(f"Bad Redis URL: {error}") from None
+    try:
+        if not subscription.connect(report=False):
+            raise CommandError(
+                f"Cannot reach Redis at {subscription.where}: {subscription.last_error}"
+            )
+        click.echo(
+            f"Following {subscription.pattern} on {subscription.where}; stop it with Ctrl-C.",
+            err=True,
+        )
+        for seen, event in enumerate(subscription, start=1):
+            if as_json:
+                click.echo(json.dumps(event.to_dict(), ensure_ascii=False))
+            else:
+                click.echo(_event_line(event))
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        click.echo("Stopped.", err=True)
+    finally:
+        subscription.close()
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    required=True,
+    type=_Duration(),
+    help="Age of the last change (updated_at): 30d, 12h, 15m, 2w, 90s.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(s.value for s in RESTING_STATUSES)),
+    help="Only these resting statuses (repeatable) [default: all resting].",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@_json_option
+@pass_jobs
+def prune(
+    jobs: BatchJobs, older_than: timedelta, statuses: tuple[str, ...], dry_run: bool, as_json: bool
+) -> None:
+    """Delete old resting jobs and their files.
+
+    Deletes the jobs unchanged (updated_at) for longer than --older-than.
+    Resting: pre_processed (a dry run never confirmed), completed, canceled,
+    failed. Active jobs are never pruned.
+
+    \b
+    Examples:
+      batchjobs prune --older-than 30d
+      batchjobs prune --older-than 12h --status failed --status canceled --dry-run
+    """
+    cutoff = utcnow() - older_than
+    filters = {
+        "status": list(statuses) or [s.value for s in RESTING_STATUSES],
+        "updated_at": {"lt": cutoff},
+    }
+    deleted: list[BatchJob] = []
+    files: list[str] = []
+    while True:
+        offset = len(deleted) if dry_run else 0
+        page, _ = jobs.list_and_count(
+            limit=PRUNE_PAGE, offset=offset, order="created_at", **filters
+        )
+        if not page:
+            break
+        if not dry_run:
+            # Only jobs still resting go; rows first: a crash in between leaves
+            # a stray file, never a job without its file.
+            gone = set(jobs.store.delete([j.id for j in page], statuses=RESTING_STATUSES))
+            page = [job for job in page if job.id in gone]
+            for job in page:
+                key = job.result.get("file_key")
+                if isinstance(key, str) and _delete_file(jobs, key):
+                    files.append(key)
+        deleted.extend(page)
+    if as_json:
+        _print_json({"deleted": [j.id for j in deleted], "files": files, "dry_run": dry_run})
+    elif dry_run and deleted:
+        rows = [[j.id, j.type, j.status.value, _when(j.updated_at)] for j in deleted]
+        click.echo(_table(["ID", "TYPE", "STATUS", "UPDATED"], rows))
+    verb = "Would delete" if dry_run else "Deleted"
+    click.echo(f"{verb} {len(deleted)} job(s) and {len(files)} file(s).", err=True)
+
+
+def _delete_file(jobs: BatchJobs, key: str) -> bool:
+    try:
+        return jobs.files.delete(key)
+    except BatchJobError as error:  # a key the file store refuses: leave it, say so
+        click.echo(f"warning: file {key!r} not deleted: {error.message}", err=True)
+        return False
+
+
+@cli.command("version")
+@_json_option
+def show_version(as_json: bool) -> None:
+    """Print the versions of batchjobs, Python and SQLite.
+
+    \b
+    Example:
+      batchjobs version
+    """
+    try:
+        ours = version("batchjobs")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled checkout
+        ours = "unknown"
+    python = sys.version.split()[0]
+    if as_json:
+        _print_json({"batchjobs": ours, "python": python, "sqlite": sqlite3.sqlite_version})
+    else:
+        click.echo(f"batchjobs {ours} (Python {python}, SQLite {sqlite3.sqlite_version})")

@@ -1,0 +1,192 @@
+"""The group and what its commands work on: ``--db``/``--redis``/``--app``, errors → exit codes."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, TypeVar
+
+import click
+
+from ..app import DEFAULT_DB, BatchJobs
+from ..errors import BatchJobError
+from ..strategy import BatchJobStrategy
+
+#: A watched or run job ended ``failed`` or ``canceled`` (or did not rest in time).
+EXIT_JOB_FAILED = 1
+#: Bad input or a refused operation (every ``BatchJobError``).
+EXIT_USAGE = 2
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(click.ClickException):
+    """Bad input or a refused operation: the message on stderr, exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class _Session:
+    """The group's options; builds the ``BatchJobs`` on first use and closes what it built."""
+
+    def __init__(self, db: str, redis_url: str | None, app: str | None, prog: str) -> None:
+        self.db, self.redis_url, self.app, self.prog = db, redis_url, app, prog
+        self.given: BatchJobs | None = None  # the host's or the --app MODULE:ATTR one
+        self._jobs: BatchJobs | None = None
+        self._owned = False
+
+    @property
+    def jobs(self) -> BatchJobs:
+        if self._jobs is None:
+            self._jobs = self.given or self._load()
+        return self._jobs
+
+    def _load(self) -> BatchJobs:
+        if self.app and ":" in self.app:
+            return _load_instance(self.app)
+        module = _import(self.app) if self.app else None
+        try:
+            jobs = BatchJobs(self.db, redis_url=self.redis_url)
+        except sqlite3.Error as error:
+            raise CommandError(f"Cannot open the database {self.db}: {error}") from None
+        self._owned = True
+        if module is not None:
+            strategies = _strategies_defined_in(module)
+            if not strategies:
+                raise click.BadParameter(
+                    f"module {module.__name__!r} defines no BatchJobStrategy subclass "
+                    "(name a BatchJobs with MODULE:ATTR)",
+                    param_hint="'--app'",
+                )
+            for strategy in strategies:
+                jobs.registry.register(strategy, origin=f"app module {module.__name__}")
+        return jobs
+
+    def close(self) -> None:
+        if self._jobs is not None and self._owned:
+            self._jobs.close()
+
+
+def _import(name: str) -> ModuleType:
+    # Like ``flask --app``: modules next to where the command runs are importable.
+    if not {"", ".", os.getcwd()} & set(sys.path):
+        sys.path.insert(0, os.getcwd())
+    if name.endswith(".py"):
+        name = name[:-3].replace(os.sep, ".").replace("/", ".")
+    if not name or name.startswith("."):
+        raise click.BadParameter(f"{name!r} is not a module name", param_hint="'--app'")
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise click.BadParameter(f"cannot import {name!r}: {error}", param_hint="'--app'") from None
+
+
+def _load_instance(spec: str) -> BatchJobs:
+    module_name, _, attr = spec.partition(":")
+    value: Any = _import(module_name)
+    try:
+        for part in attr.split("."):
+            value = getattr(value, part)
+    except AttributeError:
+        raise click.BadParameter(
+            f"module {module_name!r} has no attribute {attr!r}", param_hint="'--app'"
+        ) from None
+    if callable(value) and not isinstance(value, BatchJobs):
+        value = value()  # an application factory
+    if not isinstance(value, BatchJobs):
+        raise click.BadParameter(
+            f"{spec} is a {type(value).__name__}, not a BatchJobs", param_hint="'--app'"
+        )
+    return value
+
+
+def _strategies_defined_in(module: ModuleType) -> list[type[BatchJobStrategy]]:
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, BatchJobStrategy)
+        and value is not BatchJobStrategy
+        and value.__module__ == module.__name__  # not one imported from elsewhere
+        and value.batch_type  # abstract bases leave it empty
+    ]
+
+
+def _session() -> _Session:
+    session = click.get_current_context().find_object(_Session)
+    if session is None:  # pragma: no cover - only when a command is used outside the group
+        raise RuntimeError("batchjobs commands run inside the batchjobs group")
+    return session
+
+
+def pass_jobs(f: F) -> F:
+    """Decorate a command so that its first argument is the ``BatchJobs`` to work on."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return f(_session().jobs, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Group(click.Group):
+    """The command group; turns ``BatchJobError`` into exit status 2 at the boundary."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchJobError as error:
+            raise CommandError(error.message) from None
+
+
+@click.group(name="batchjobs", cls=_Group)
+@click.option(
+    "--db",
+    envvar="BATCHJOBS_DB",
+    default=f"./{DEFAULT_DB}",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The SQLite file [env: BATCHJOBS_DB].",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="BATCHJOBS_REDIS_URL",
+    metavar="URL",
+    help="Mirror events to Redis [env: BATCHJOBS_REDIS_URL].",
+)
+@click.option(
+    "--app",
+    envvar="BATCHJOBS_APP",
+    metavar="MODULE[:ATTR]",
+    help="MODULE: register the strategies it defines; MODULE:ATTR: use that BatchJobs "
+    "and its settings [env: BATCHJOBS_APP].",
+)
+@click.pass_context
+def cli(ctx: click.Context, db: str, redis_url: str | None, app: str | None) -> None:
+    """Medusa-style batch jobs in one SQLite file.
+
+    \b
+    Examples:
+      batchjobs --app examples.shout run shout --set words='["a", "b"]'
+      export BATCHJOBS_APP=examples.shout
+      batchjobs create shout --dry-run --set words='["a"]'
+      batchjobs list --status pre_processed
+      batchjobs worker
+    """
+    host_jobs = ctx.find_object(BatchJobs)
+    session = _Session(db, redis_url or None, app or None, ctx.command_path)
+    session.given = host_jobs
+    ctx.obj = session
+    ctx.call_on_close(session.close)
+
+
+def main() -> None:
+    """The ``batchjobs`` console script."""
+    cli(prog_name="batchjobs")

@@ -1,0 +1,109 @@
+"""What commands accept: JSON objects, ``KEY=VALUE`` settings, durations, tokens; shared options."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._app import F
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class _JsonObject(click.ParamType):
+    name = "JSON"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        text = value
+        if value.startswith("@"):
+            try:
+                if value == "@-":
+                    text = click.get_text_stream("stdin").read()
+                else:
+                    text = Path(value[1:]).read_text(encoding="utf-8")
+            except OSError as error:
+                self.fail(f"cannot read {value[1:]}: {error.strerror}", param, ctx)
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            self.fail(f"not valid JSON: {error}", param, ctx)
+        if not isinstance(data, dict):
+            self.fail(f"must be a JSON object, not {type(data).__name__}", param, ctx)
+        return data
+
+
+class _Setting(click.ParamType):
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        try:
+            return key, json.loads(text)
+        except ValueError:
+            return key, text  # not JSON: a plain string
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        number, unit = value[:-1], value[-1:]
+        if unit not in _DURATION_UNITS or not number.isdigit():
+            self.fail(f"{value!r} is not a duration like 30d, 12h, 15m, 2w or 90s", param, ctx)
+        return timedelta(seconds=int(number) * _DURATION_UNITS[unit])
+
+
+def _job_input(f: F) -> F:
+    """The options ``create`` and ``run`` share."""
+    for option in reversed(
+        [
+            click.option(
+                "--context",
+                type=_JsonObject(),
+                metavar="JSON|@FILE",
+                help="The job's context: a JSON object, @file.json, or @- for stdin.",
+            ),
+            click.option(
+                "--set",
+                "settings",
+                type=_Setting(),
+                multiple=True,
+                help="Set one context key (repeatable); VALUE is JSON, else a string.",
+            ),
+            click.option(
+                "--dry-run", is_flag=True, help="Stop after pre-processing, until confirmed."
+            ),
+            click.option("--user", help="The user the job is created by (created_by)."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
+
+
+class _TokenUser(click.ParamType):
+    name = "TOKEN=USER"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        # At the last "=": a base64 token may end with "=" padding, a user id has none.
+        token, sep, user = value.rpartition("=")
+        if not sep or not token or not user:
+            self.fail("expected TOKEN=USER (the value is not shown: it holds a secret)", param, ctx)
+        return token, user

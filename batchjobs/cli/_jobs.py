@@ -1,0 +1,285 @@
+"""Commands on one job: create, run, list, show, confirm, cancel, retry, watch, download."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..app import BatchJobs
+from ..models import BatchJob, Status
+from ._app import CommandError, _session, cli, pass_jobs
+from ._input import _job_input, _json_option
+from ._output import _count_text, _describe, _print_json, _table, _when
+from ._progress import _end, _follow, _run_here
+
+
+def _create(
+    jobs: BatchJobs,
+    batch_type: str,
+    context: dict[str, Any] | None,
+    settings: tuple[tuple[str, Any], ...],
+    dry_run: bool,
+    user: str | None,
+) -> BatchJob:
+    merged = {**(context or {}), **dict(settings)}
+    return jobs.create(batch_type, merged, dry_run=dry_run, created_by=user)
+
+
+@cli.command()
+@click.argument("batch_type", metavar="TYPE")
+@_job_input
+@click.option("--wait", is_flag=True, help="Follow the job until it rests (a worker runs it).")
+@_json_option
+@pass_jobs
+def create(
+    jobs: BatchJobs,
+    batch_type: str,
+    context: dict[str, Any] | None,
+    settings: tuple[tuple[str, Any], ...],
+    dry_run: bool,
+    user: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Create a job of TYPE; a worker processes it. Prints its id.
+
+    \b
+    Examples:
+      batchjobs create shout --set words='["a", "b"]'
+      batchjobs create csv-import --context @import.json --dry-run --user usr_1
+      ID=$(batchjobs create shout --context '{"words": ["a"]}')
+    """
+    job = _create(jobs, batch_type, context, settings, dry_run, user)
+    if not wait:
+        if as_json:
+            _print_json(job.to_dict())
+        else:
+            click.echo(job.id)
+        click.echo(
+            f"Created {job.type} job {job.id}; a worker processes it ({_session().prog} worker).",
+            err=True,
+        )
+        return
+    _end(_follow(jobs, job.id), as_json, job.id)
+
+
+@cli.command()
+@click.argument("batch_type", metavar="TYPE")
+@_job_input
+@_json_option
+@pass_jobs
+def run(
+    jobs: BatchJobs,
+    batch_type: str,
+    context: dict[str, Any] | None,
+    settings: tuple[tuple[str, Any], ...],
+    dry_run: bool,
+    user: str | None,
+    as_json: bool,
+) -> None:
+    """Create a job of TYPE and process it here, with a progress bar. Prints its id.
+
+    A dry run stops once pre-processed and shows what would happen. Exits 1
+    if the job fails or is canceled; Ctrl-C stops it at its next checkpoint.
+
+    \b
+    Examples:
+      batchjobs run shout --set words='["a", "b"]'
+      batchjobs run csv-export --context @export.json --dry-run
+    """
+    job = _create(jobs, batch_type, context, settings, dry_run, user)
+    _end(_run_here(jobs, job.id), as_json, job.id)
+
+
+@cli.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Repeatable.",
+)
+@click.option("--type", "types", multiple=True, help="Repeatable.")
+@click.option("--user", "users", multiple=True, help="created_by; repeatable.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@_json_option
+@pass_jobs
+def list_jobs(
+    jobs: BatchJobs,
+    statuses: tuple[str, ...],
+    types: tuple[str, ...],
+    users: tuple[str, ...],
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first.
+
+    \b
+    Examples:
+      batchjobs list
+      batchjobs list --status failed --status canceled --type csv-export
+      batchjobs list --user usr_1 --limit 50 --offset 50 --json
+    """
+    filters: dict[str, Any] = {
+        name: list(values)
+        for name, values in (("status", statuses), ("type", types), ("created_by", users))
+        if values
+    }
+    page, count = jobs.list_and_count(limit=limit, offset=offset, **filters)
+    if as_json:
+        _print_json(
+            {
+                "batch_jobs": [j.to_dict() for j in page],
+                "count": count,
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+        return
+    if page:
+        rows = [
+            [j.id, j.type, j.status.value, _count_text(j), j.created_by or "-", _when(j.created_at)]
+            for j in page
+        ]
+        click.echo(_table(["ID", "TYPE", "STATUS", "PROGRESS", "USER", "CREATED"], rows))
+    more = f"; next page: --offset {offset + len(page)}" if offset + len(page) < count else ""
+    click.echo(f"{len(page)} of {count} job(s){more}", err=True)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@_json_option
+@pass_jobs
+def show(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
+    """Show a job: progress, timestamps, stat descriptors, errors.
+
+    \b
+    Example:
+      batchjobs show batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
+    """
+    job = jobs.retrieve(job_id)
+    if as_json:
+        _print_json(job.to_dict())
+    else:
+        click.echo("\n".join(_describe(job)))
+
+
+def _changed(job: BatchJob, as_json: bool) -> None:
+    if as_json:
+        _print_json(job.to_dict())
+    else:
+        click.echo(f"{job.id} {job.status.value}")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@_json_option
+@pass_jobs
+def confirm(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
+    """Confirm a pre-processed dry run; a worker then processes it.
+
+    \b
+    Example:
+      batchjobs confirm batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
+    """
+    _changed(jobs.confirm(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@_json_option
+@pass_jobs
+def cancel(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
+    """Cancel a job; a running one stops at its next checkpoint.
+
+    \b
+    Example:
+      batchjobs cancel batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
+    """
+    _changed(jobs.cancel(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@_json_option
+@pass_jobs
+def retry(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
+    """Resume a failed job from its checkpoint (in a worker).
+
+    \b
+    Example:
+      batchjobs retry batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
+    """
+    _changed(jobs.retry(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Give up (exit 1) after this long.",
+)
+@_json_option
+@pass_jobs
+def watch(jobs: BatchJobs, job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Follow a job's progress until it rests.
+
+    A progress bar with records/s and ETA, on stderr. Exits 0 when it
+    completes (or rests pre-processed), 1 when it fails or is canceled.
+
+    \b
+    Example:
+      batchjobs watch batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E --timeout 600
+    """
+    job = _follow(jobs, job_id, timeout=timeout)
+    _end(job, as_json, f"{job.id} {job.status.value}")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Where to write it; - for stdout [default: the file's name, in this directory].",
+)
+@pass_jobs
+def download(jobs: BatchJobs, job_id: str, output: str | None) -> None:
+    """Copy the file a completed job made (its result.file_key) out of the file store.
+
+    \b
+    Examples:
+      batchjobs download batch_01JDV3T0F6B8C2D4E6G8H0J2K4 -o products.csv
+      batchjobs download batch_01JDV3T0F6B8C2D4E6G8H0J2K4 -o - | head
+    """
+    job = jobs.retrieve(job_id)
+    key = job.result.get("file_key")
+    if not isinstance(key, str) or not key:
+        raise CommandError(f"Batch job {job.id} ({job.type}) has no file")
+    if job.status != Status.COMPLETED:
+        raise CommandError(
+            f"Batch job {job.id} is {job.status.value}: its file is whole once it is completed"
+        )
+    try:
+        source = jobs.files.open_read(key)
+    except FileNotFoundError:
+        raise CommandError(f"The file of batch job {job.id} ({key}) is gone") from None
+    with source:  # opened first: a missing file leaves no empty one behind
+        size = os.fstat(source.fileno()).st_size
+        if output == "-":
+            shutil.copyfileobj(source, click.get_binary_stream("stdout"))
+            target = "stdout"
+        else:
+            path = Path(output or key.rsplit("/", 1)[-1])
+            with path.open("wb") as out:
+                shutil.copyfileobj(source, out)
+            target = str(path)
+    click.echo(f"Wrote {size} bytes to {target}.", err=True)

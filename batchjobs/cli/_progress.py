@@ -1,0 +1,183 @@
+"""Following a job until it rests: the progress bar, and running a job in this process."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+
+import click
+
+from ..app import BatchJobs
+from ..models import BatchJob, Status
+from ._app import EXIT_JOB_FAILED, _session
+from ._output import _count_text, _print_json, _report_end
+
+#: Seconds between two looks at a followed job.
+FOLLOW_INTERVAL = 0.1
+#: Seconds of history the records/s rate is measured over.
+RATE_WINDOW = 10.0
+#: When stderr is not a terminal, a progress line at most this often (seconds).
+LOG_INTERVAL = 10.0
+BAR_WIDTH = 20
+
+
+class _ProgressBar:
+    """One line on stderr: a bar, records done, records/s and ETA, the status.
+
+    Redrawn in place on a terminal; elsewhere (logs, pipes) printed at most
+    every ``LOG_INTERVAL`` seconds, and once at the end.
+    """
+
+    def __init__(self, *, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tty, self.clock = tty, clock
+        self.samples: deque[tuple[float, int]] = deque()
+        self.last_line = ""
+        self.last_print = clock()
+
+    def rate(self) -> float | None:
+        """Records per second over the last ``RATE_WINDOW`` seconds, if measurable."""
+        if len(self.samples) < 2:
+            return None
+        (t0, done0), (t1, done1) = self.samples[0], self.samples[-1]
+        return (done1 - done0) / (t1 - t0) if t1 > t0 and done1 > done0 else None
+
+    def line(self, job: BatchJob) -> str:
+        done = job.result.get("advancement_count", 0)
+        count = job.result.get("count")
+        parts = []
+        if count is not None:
+            fraction = min(done / count, 1.0) if count else float(job.status == Status.COMPLETED)
+            filled = int(BAR_WIDTH * fraction)
+            parts.append(f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {fraction:4.0%}")
+        parts.append(_count_text(job))
+        rate = self.rate()
+        if rate and job.status == Status.PROCESSING:
+            parts.append(f"{rate:.1f} rec/s")
+            if count is not None:
+                parts.append(f"ETA {timedelta(seconds=round(max(count - done, 0) / rate))}")
+        parts.append(job.status.value)
+        return "  ".join(parts)
+
+    def update(self, job: BatchJob) -> None:
+        now = self.clock()
+        self.samples.append((now, job.result.get("advancement_count", 0)))
+        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW:
+            self.samples.popleft()
+        if self.tty:
+            self._draw(self.line(job))
+        elif now - self.last_print >= LOG_INTERVAL:
+            self.last_print = now
+            click.echo(self.line(job), err=True)
+
+    def finish(self, job: BatchJob) -> None:
+        line = self.line(job)
+        if self.tty:
+            self._draw(line)
+            click.echo(err=True)
+        else:
+            click.echo(line, err=True)
+
+    def _draw(self, line: str) -> None:
+        width = max(shutil.get_terminal_size().columns - 1, 20)
+        line = line[:width]
+        click.echo("\r" + line.ljust(len(self.last_line)), nl=False, err=True)
+        self.last_line = line
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _follow(
+    jobs: BatchJobs,
+    job_id: str,
+    *,
+    timeout: float | None = None,
+    finished: threading.Event | None = None,
+    tick: Callable[[], None] | None = None,
+) -> BatchJob:
+    """Show job ``job_id``'s progress until it rests (or ``finished`` is set)."""
+    bar = _ProgressBar(tty=_stderr_is_tty())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = finished or threading.Event()
+    while True:
+        ended = pause.is_set()
+        job = jobs.retrieve(job_id)
+        if job.is_resting or ended:
+            break
+        bar.update(job)
+        if deadline is not None and time.monotonic() >= deadline:
+            bar.finish(job)
+            raise click.ClickException(
+                f"{job_id} is still {job.status.value} after {timeout:g} seconds"
+            )
+        if tick is not None:
+            tick()
+        pause.wait(FOLLOW_INTERVAL)
+    bar.finish(job)
+    return job
+
+
+def _end(job: BatchJob, as_json: bool, stdout: str | None) -> None:
+    """Print a followed job's outcome; exit 1 if it failed or was canceled."""
+    if as_json:
+        _print_json(job.to_dict())
+    elif stdout is not None:
+        click.echo(stdout)
+    _report_end(job)
+    if job.status in (Status.FAILED, Status.CANCELED):
+        raise click.exceptions.Exit(EXIT_JOB_FAILED)
+
+
+def _run_here(jobs: BatchJobs, job_id: str) -> BatchJob:
+    """Run job ``job_id`` in this process, with a progress bar, until it rests."""
+    runner = jobs.runner
+    finished = threading.Event()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while not runner.stopping.is_set():
+                runner.run_next(ids=[job_id])
+                if jobs.retrieve(job_id).is_resting:
+                    return
+                # Leased by a worker elsewhere, or waiting out a retry backoff.
+                runner.stopping.wait(FOLLOW_INTERVAL)
+        except BaseException as error:  # re-raised in the calling thread
+            failure.append(error)
+        finally:
+            finished.set()
+
+    renew_every = runner.lease.total_seconds() / 3
+    renewed = [time.monotonic()]
+
+    def heartbeat() -> None:  # keep the lease while one chunk runs long
+        if time.monotonic() - renewed[0] >= renew_every:
+            renewed[0] = time.monotonic()
+            runner.renew_leases()
+
+    thread = threading.Thread(target=work, name="batchjobs-run", daemon=True)
+    thread.start()
+    try:
+        job = _follow(jobs, job_id, finished=finished, tick=heartbeat)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nStopping at the next checkpoint; {job_id} resumes from it "
+            f"in a worker: {_session().prog} worker",
+            err=True,
+        )
+        runner.stopping.set()
+        thread.join()
+        raise click.exceptions.Exit(130) from None
+    thread.join()
+    if failure:
+        raise failure[0]
+    return job

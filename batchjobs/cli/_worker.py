@@ -1,0 +1,220 @@
+"""The long-running commands: ``worker`` runs jobs, ``serve`` the admin HTTP API (and jobs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import click
+
+from .. import signals
+from ..app import BatchJobs
+from ..models import RESTING_STATUSES, BatchJob, Status
+from ._app import CommandError, cli, pass_jobs
+from ._input import _TokenUser
+from ._output import _count_text
+from ._progress import FOLLOW_INTERVAL
+
+
+@cli.command()
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="Jobs run at once [default: 2, or the app's]."
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="How often to look for jobs [default: 1, or the app's].",
+)
+@click.option("--until-idle", is_flag=True, help="Exit once every job of a registered type rests.")
+@pass_jobs
+def worker(
+    jobs: BatchJobs, concurrency: int | None, poll_interval: float | None, until_idle: bool
+) -> None:
+    """Run jobs in the foreground until SIGINT or SIGTERM.
+
+    On the signal, running jobs finish their chunk, save their checkpoint
+    and hand over; a second signal stops at once (jobs resume from their
+    last checkpoint when their lease expires).
+
+    \b
+    Examples:
+      batchjobs --app myapp.jobs:jobs worker --concurrency 4
+      batchjobs worker --until-idle
+    """
+    types = jobs.registry.types
+    if not types:
+        raise CommandError(
+            "No strategies are registered: pass --app MODULE[:ATTR] "
+            "or install a package with batchjobs.strategies entry points"
+        )
+    if concurrency is not None:
+        jobs.concurrency = concurrency
+    if poll_interval is not None:
+        jobs.poll_interval = poll_interval
+    stop = threading.Event()
+    previous = _trap_signals(stop)
+    events = _echo_events(jobs)
+    ending = "exits when no job is left" if until_idle else "stop it with Ctrl-C"
+    click.echo(
+        f"Worker on {jobs.db_path} (types: {', '.join(types)}; concurrency "
+        f"{jobs.concurrency}); {ending}.",
+        err=True,
+    )
+    try:
+        jobs.start()
+        active = [s.value for s in Status if s not in RESTING_STATUSES]
+        while not stop.wait(FOLLOW_INTERVAL if until_idle else 0.5):
+            if until_idle and not jobs.list_and_count(status=active, type=types, limit=0)[1]:
+                break
+    finally:
+        jobs.shutdown()
+        events()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    click.echo("Stopped.", err=True)
+
+
+def _trap_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM set ``stop``; a second one exits at once. Returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # mounted in a host that runs commands off the main thread
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            click.echo("Stopping at once.", err=True)
+            os._exit(130)
+        click.echo("Stopping: running jobs save a checkpoint and hand over...", err=True)
+        stop.set()
+
+    # A worker started in the background of a script ignores SIGINT (Ctrl-C): keep it so.
+    trapped = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    return {s: signal.signal(s, on_signal) for s in trapped}
+
+
+def _echo_events(jobs: BatchJobs) -> Callable[[], None]:
+    """Print a line on stderr as jobs start and end; returns the function that stops it."""
+
+    def echo(sender: Any, *, job: BatchJob, **extra: Any) -> None:
+        if job.status == Status.PRE_PROCESSED and not job.dry_run:
+            return
+        note = ""
+        if job.status == Status.FAILED and job.result.get("errors"):
+            note = f": {job.result['errors'][-1].get('message')}"
+        elif job.status in (Status.COMPLETED, Status.PROCESSING):
+            note = f" {_count_text(job)}"
+        stamp = datetime.now().strftime("%H:%M:%S")
+        click.echo(f"{stamp} {job.id} {job.type} {job.status.value}{note}", err=True)
+
+    events = [
+        "batch.pre_processed",
+        "batch.processing",
+        "batch.completed",
+        "batch.canceled",
+        "batch.failed",
+    ]
+    for event in events:
+        signals.signal_for(event).connect(echo, sender=jobs)
+
+    def stop() -> None:
+        for event in events:
+            signals.signal_for(event).disconnect(echo, sender=jobs)
+
+    return stop
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on; 0.0.0.0 for every interface.",
+)
+@click.option(
+    "--port", default=9000, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    type=_TokenUser(),
+    envvar="BATCHJOBS_TOKENS",
+    help="A bearer token and the user id it stands for; repeatable. Prefer the environment: "
+    "a command line is visible to the machine's other users [env: BATCHJOBS_TOKENS, "
+    "space-separated].",
+)
+@click.option(
+    "--no-worker", is_flag=True, help="Serve the API only; a `batchjobs worker` runs the jobs."
+)
+@pass_jobs
+def serve(
+    jobs: BatchJobs, host: str, port: int, tokens: tuple[tuple[str, str], ...], no_worker: bool
+) -> None:
+    """Serve the admin HTTP API, and run jobs, until SIGINT or SIGTERM.
+
+    Medusa's routes under /admin/batch-jobs; a request sends "Authorization:
+    Bearer TOKEN" and sees only the jobs of that token's user. The server is
+    werkzeug's with a fixed pool of threads: enough for an admin API that a
+    few clients call; for public traffic, serve batchjobs.http.create_app
+    with gunicorn (see the README). On the signal the server stops taking
+    requests, those in progress finish, and running jobs save a checkpoint
+    and hand over.
+
+    \b
+    Examples:
+      batchjobs --app myapp.jobs:jobs serve --token s3cret=usr_1
+      BATCHJOBS_TOKENS='s3cret=usr_1 t0k3n=usr_2' batchjobs serve --port 8080 --no-worker
+      curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:9000/admin/batch-jobs
+    """
+    try:
+        from ..http import PREFIX, AdminServer, create_app
+    except ImportError as error:
+        if error.name not in ("flask", "werkzeug"):
+            raise
+        raise CommandError("serve needs Flask: pip install 'batchjobs[http]'") from None
+    users: dict[str, str] = {}
+    for token, user in tokens:
+        if users.setdefault(token, user) != user:
+            raise CommandError("One --token is given for two users")
+    if not users:
+        raise CommandError(
+            "Name the API's users: --token TOKEN=USER (repeatable) or BATCHJOBS_TOKENS"
+        )
+    try:
+        server = AdminServer(create_app(jobs, tokens=users), host=host, port=port)
+    except OSError as error:
+        raise CommandError(f"Cannot listen on {host}:{port}: {error.strerror or error}") from None
+    stop = threading.Event()
+    previous = _trap_signals(stop)
+    events = (lambda: None) if no_worker else _echo_events(jobs)
+    thread = threading.Thread(target=server.serve_forever, name="batchjobs-serve", daemon=True)
+    try:
+        if not no_worker:
+            jobs.start()
+        thread.start()
+        work = (
+            "no worker"
+            if no_worker
+            else f"workers for {', '.join(jobs.registry.types) or 'no type'} "
+            f"(concurrency {jobs.concurrency})"
+        )
+        click.echo(
+            f"Admin API on {server.url}{PREFIX} ({len(users)} token(s); {work}; "
+            f"{jobs.db_path}); stop it with Ctrl-C.",
+            err=True,
+        )
+        while not stop.wait(0.5) and thread.is_alive():
+            pass
+    finally:
+        server.shutdown()
+        jobs.shutdown()
+        events()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not stop.is_set():
+        raise click.ClickException("The HTTP server stopped unexpectedly")
+    click.echo("Stopped.", err=True)
