@@ -43,7 +43,8 @@ def test_the_wheel_ships_the_strategies_and_the_console_script(tmp_path: Path) -
         )
     assert "batchjobs/strategies/__init__.py" in names
     assert "batchjobs/py.typed" in names
-    assert "batchjobs/cli/__init__.py" in names  # subpackages are listed in pyproject.toml
+    # Subpackages are listed in pyproject.toml.
+    assert {"batchjobs/cli/__init__.py", "batchjobs/pubsub/__init__.py"} <= names
     assert not any(n.startswith(("strategies/", "tests/")) for n in names)
     assert "batchjobs = batchjobs.cli:main" in entry_points
     assert "[batchjobs.strategies]" in entry_points

@@ -1,0 +1,119 @@
+"""What both sides share: the Redis client's settings, reconnection backoff, outage reports."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger("batchjobs.pubsub")
+
+DEFAULT_PREFIX = "batchjobs"
+#: Seconds to open a connection: an unreachable Redis must not hold ``start()`` up.
+CONNECT_TIMEOUT = 0.5
+#: Seconds one command may take before Redis counts as down.
+SOCKET_TIMEOUT = 2.0
+#: Idle seconds after which a connection is pinged before use (catches dead peers).
+HEALTH_CHECK_INTERVAL = 10
+#: Reconnect backoff: the first retry after this many seconds, doubling up to the max.
+RECONNECT_FIRST = 0.1
+RECONNECT_MAX = 5.0
+#: Seconds ``close`` waits for the queue to be published.
+CLOSE_TIMEOUT = 2.0
+
+#: What a lost or refused connection raises (redis-py wraps most, not all, socket errors).
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def _client(url: str) -> redis.Redis:
+    # redis-py retries a failed command ten times with backoff by default: far too
+    # long for an observer. Reconnecting is this package's job, paced by _Backoff.
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _display(url: str) -> str:
+    """The URL without credentials, for log messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
+class _Backoff:
+    """Jittered exponential delays between reconnection attempts."""
+
+    def __init__(self) -> None:
+        self.delay = RECONNECT_FIRST
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, RECONNECT_MAX)
+        # Jitter: workers that lost the same server do not all come back at once.
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.delay = RECONNECT_FIRST
+
+
+class _Outages:
+    """One warning when a connection to Redis is lost, one line when all are back.
+
+    Several parts (the publisher, a listener) report to one tracker, so an
+    outage that each of them notices still logs a single warning.
+    """
+
+    def __init__(self, what: str, url: str) -> None:
+        self.what = what
+        self.where = _display(url)
+        self.count = 0
+        self._down: set[str] = set()
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def down(self) -> bool:
+        return bool(self._down)
+
+    def failed(self, part: str, error: BaseException) -> None:
+        with self._lock:
+            first = not self._down
+            self._down.add(part)
+            if first:
+                self.count += 1
+                self._since = time.monotonic()
+        if first:
+            log.warning(
+                "Redis at %s is unreachable (%s): %s paused until it is back; jobs go on",
+                self.where,
+                error,
+                self.what,
+            )
+
+    def recovered(self, part: str, *, quiet: bool = False) -> None:
+        with self._lock:
+            was_down = bool(self._down)
+            self._down.discard(part)
+            back = was_down and not self._down
+            since = self._since
+        if back and not quiet:
+            log.info(
+                "Redis at %s is back after %.1f s: %s resumed",
+                self.where,
+                time.monotonic() - since,
+                self.what,
+            )

@@ -1,0 +1,320 @@
+"""Publishing: ``RedisMirror`` queues each event off the job's path and writes them in batches."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from .. import signals
+from ..models import BatchJob, utcnow
+from ._connection import (
+    _REDIS_ERRORS,
+    CLOSE_TIMEOUT,
+    DEFAULT_PREFIX,
+    _Backoff,
+    _client,
+    _display,
+    _Outages,
+    log,
+)
+from ._subscription import EventListener
+
+#: Events a worker wakes up for: a job became claimable.
+WAKE_EVENTS = ("batch.created", "batch.confirmed")
+
+#: Events held while Redis is slow or away; newer events are dropped and counted.
+DEFAULT_QUEUE_SIZE = 10_000
+#: Messages sent in one pipeline at most.
+PIPELINE_SIZE = 500
+#: Seconds between two writes while events keep coming: an event after a quiet
+#: spell goes out at once, a burst goes out in batches (one write per LINGER).
+LINGER = 0.01
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_MESSAGE = '{"event":"%s","id":%s,"type":%s,"status":"%s","result":%s,"at":"%s","origin":%s}'
+_quote = json.encoder.encode_basestring_ascii
+
+#: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order: one reply per batch.
+_PUBLISH_SCRIPT = b"for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end return #KEYS"
+
+
+def _bulk(value: bytes) -> bytes:
+    """``value`` as a RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _pack_publish(batch: list[tuple[bytes, bytes]], *, script: bool) -> bytes:
+    """The RESP commands publishing ``batch`` (bulk channel, bulk message pairs).
+
+    Packed by hand: redis-py spends tens of µs of CPU per command, under the
+    GIL that the job's thread needs. With ``script``, one EVAL of a loop of
+    PUBLISHes, answered by one reply instead of one per message.
+    """
+    if not script:
+        return b"".join(b"*3\r\n$7\r\nPUBLISH\r\n%s%s" % pair for pair in batch)
+    count = len(batch)
+    head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (
+        3 + 2 * count,
+        _bulk(_PUBLISH_SCRIPT),
+        _bulk(b"%d" % count),
+    )
+    return b"".join([head, *(channel for channel, _ in batch), *(msg for _, msg in batch)])
+
+
+@dataclass(frozen=True)
+class MirrorStats:
+    """Counters of a ``RedisMirror``."""
+
+    #: Messages Redis accepted.
+    published: int
+    #: Events lost: queue full, or still queued when the mirror closed with Redis away.
+    dropped: int
+    #: Events waiting to be published.
+    queued: int
+    #: Times Redis was found unreachable (each logged one warning).
+    outages: int
+    #: True while Redis is known to be unreachable.
+    down: bool
+
+
+class RedisMirror:
+    """Publishes every batch job event of ``sender`` to Redis, off the job's path.
+
+    ``BatchJobs(redis_url=...)`` builds one; ``jobs.mirror.stats`` shows its
+    counters. ``listen(wake)`` (called by ``BatchJobs.start``) also follows
+    other processes' ``batch.created``/``batch.confirmed`` messages and calls
+    ``wake()`` for each, so a worker claims their jobs at once instead of at
+    its next poll.
+    """
+
+    def __init__(
+        self,
+        sender: Any,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        origin: str | None = None,
+    ) -> None:
+        if not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive integer, not {queue_size!r}")
+        self.sender = sender
+        self.url = url
+        self.prefix = prefix
+        self.queue_size = queue_size
+        #: Names this mirror's messages (``"origin"``), so its own listener skips them.
+        self.origin: str = origin or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._origin_json = _quote(self.origin)
+        self._last_result: tuple[Any, str] = (None, "{}")
+        self._client = _client(url)
+        # The publisher thread's own connection: its commands go out packed, in one write.
+        self._connection = self._client.connection_pool.make_connection()
+        self._outages = _Outages("batch job events mirror", url)
+        self._backoff = _Backoff()
+        #: (channel, message) as RESP bulk strings, ready to send.
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        #: False once Redis refused the publishing script (ACL, cluster): one command each.
+        self._scripting = True
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._published = 0
+        self._dropped = 0
+        self._listener: EventListener | None = None
+        # Kept here because blinker holds receivers weakly: they go when the mirror goes.
+        self._receivers = {event: self._receiver(event) for event in signals.EVENTS}
+        for event, receiver in self._receivers.items():
+            signals.signal_for(event).connect(receiver, sender=sender)
+
+    def __repr__(self) -> str:
+        return f"<RedisMirror {_display(self.url)!r} prefix={self.prefix!r}>"
+
+    @property
+    def stats(self) -> MirrorStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return MirrorStats(
+                published=self._published,
+                dropped=self._dropped,
+                queued=len(self._queue),
+                outages=self._outages.count,
+                down=self._outages.down,
+            )
+
+    def _receiver(self, event: str) -> Callable[..., None]:
+        """The blinker receiver of ``event``: it encodes and queues, nothing more.
+
+        It runs on the job's path, so it never touches the network; encoding
+        here also snapshots the record as it was when the event happened.
+        """
+        channel = _bulk(f"{self.prefix}:{event}".encode())
+        timestamp = "updated_at" if event == "batch.updated" else f"{event[6:]}_at"
+
+        def receive(sender: Any, *, job: BatchJob, remote: bool = False, **extra: Any) -> None:
+            if remote:
+                return
+            try:
+                message = _bulk(self._message(event, job, getattr(job, timestamp, None)))
+            except Exception:
+                log.exception("could not encode %s of batch job %s", event, job.id)
+                message = None
+            with self._lock:
+                if message is None or len(self._queue) >= self.queue_size or self._closing.is_set():
+                    self._dropped += 1
+                    return
+                self._queue.append((channel, message))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="batchjobs-redis-publisher", daemon=True
+                    )
+                    self._thread.start()
+            if not self._wakeup.is_set():
+                self._wakeup.set()
+
+        return receive
+
+    def _message(self, event: str, job: BatchJob, at: datetime | None) -> bytes:
+        """The JSON message for ``event``, built by hand: this runs on the job's path."""
+        # The events of one checkpoint share one result dict: encode it once.
+        cached = self._last_result
+        if cached[0] is job.result:
+            result = cached[1]
+        else:
+            result = _ENCODER.encode(job.result)
+            self._last_result = (job.result, result)
+        text = _MESSAGE % (
+            event,
+            _quote(job.id),
+            _quote(job.type),
+            job.status.value,
+            result,
+            (at or utcnow()).isoformat(),
+            self._origin_json,
+        )
+        return text.encode()
+
+    def publish_pending(self) -> bool:
+        """Publish up to ``PIPELINE_SIZE`` queued events in one write.
+
+        The single step of the publisher thread. Events leave the queue only
+        once Redis took them; False if Redis could not be reached.
+        """
+        with self._lock:
+            batch = list(itertools.islice(self._queue, PIPELINE_SIZE))
+        if not batch:
+            return True
+        scripting = self._scripting
+        packed = _pack_publish(batch, script=scripting)
+        connection = self._connection
+        # A connection that went stale while idle (Redis restarted) fails once;
+        # only a second failure in a row is an outage.
+        attempts = 1 if self._outages.down else 2
+        for attempt in range(attempts):
+            try:
+                connection.send_packed_command([packed])
+                for _ in range(1 if scripting else len(batch)):
+                    connection.read_response()
+                break
+            except _REDIS_ERRORS as error:
+                connection.disconnect()
+                if scripting and isinstance(error, redis.ResponseError):
+                    log.info("Redis refused the publishing script (%s): one PUBLISH each", error)
+                    self._scripting = False
+                    return self.publish_pending()
+                if attempt + 1 == attempts or isinstance(error, redis.TimeoutError):
+                    self._outages.failed("publish", error)
+                    return False
+        with self._lock:
+            for _ in batch:
+                self._queue.popleft()
+            self._published += len(batch)
+        self._backoff.reset()
+        self._outages.recovered("publish")
+        return True
+
+    def _run(self) -> None:
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                full = len(self._queue) >= PIPELINE_SIZE
+                try:
+                    ok = self.publish_pending()
+                except Exception:
+                    log.exception("could not publish batch job events; dropping them")
+                    self._drop_queued()
+                    ok = True
+                if not ok:
+                    if self._closing.is_set():
+                        self._drop_queued()
+                        return
+                    self._closing.wait(self._backoff.next())
+                elif not full:
+                    # Each write costs the job's thread GIL hand-overs: batch what follows.
+                    self._closing.wait(LINGER)
+            if self._closing.is_set():
+                return
+
+    def _drop_queued(self) -> None:
+        with self._lock:
+            self._dropped += len(self._queue)
+            self._queue.clear()
+
+    # -- wake-ups from other processes ----------------------------------------
+
+    def listen(self, wake: Callable[[], None], timeout: float | None = None) -> bool:
+        """Call ``wake()`` whenever another process creates or confirms a job.
+
+        Returns once the subscription is made (True), or once Redis is found
+        unreachable (False: the listener keeps retrying in the background and
+        polling covers the gap). Also wakes after every reconnection, for the
+        messages missed meanwhile.
+        """
+        self.stop_listening()
+        self._listener = EventListener(
+            self.url,
+            lambda event: wake(),
+            prefix=self.prefix,
+            events=WAKE_EVENTS,
+            ignore_origin=self.origin,
+            on_connect=wake,
+            _outages=self._outages,
+        )
+        return self._listener.start(timeout)
+
+    def stop_listening(self) -> None:
+        """Stop the listener started by ``listen``, if any."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop mirroring; publish what is queued, waiting up to ``timeout`` seconds."""
+        self.stop_listening()
+        for event, receiver in self._receivers.items():
+            signals.signal_for(event).disconnect(receiver, sender=self.sender)
+        with self._lock:
+            self._closing.set()
+            thread = self._thread
+        self._wakeup.set()
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                # Redis is slow: leave the daemon thread to finish or fail on its own.
+                return
+        self._drop_queued()
+        self._connection.disconnect()
+        self._client.close()
