@@ -92,7 +92,7 @@ FULL = Sizes(
     small_file=100,
     large_file=100_000,
     csv_rows=1_000_000,
-    repeat=3,
+    repeat=5,
 )
 QUICK = Sizes(
     jobs=100,
