@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,12 @@ def invoke(db_path: Path) -> Invoke:
         return CliRunner(env=ENV).invoke(cli, [*group, *args], input=input)
 
     return run
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def count_jobs(jobs: BatchJobs) -> int:
@@ -569,6 +576,37 @@ def test_a_database_that_cannot_be_opened_exits_2(tmp_path: Path) -> None:
 def test_redis_option_reaches_the_batchjobs(invoke: Invoke, redis_url: str) -> None:
     result = invoke("run", "words", "--set", "words=[]", options=("--redis", redis_url))
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("notaurl", "'notaurl' is not a Redis URL: Redis URL must specify one of the following"),
+        ("http://localhost:6379", "'http://localhost:6379' is not a Redis URL: Redis URL must"),
+        ("redis://localhost:port/0", "'redis://localhost:port/0' is not a Redis URL: Port"),
+        ("redis://usr:secret@localhost:99999/0", "'redis://localhost:99999/0' is not a Redis"),
+    ],
+)
+def test_a_bad_redis_url_exits_2_naming_it(invoke: Invoke, url: str, message: str) -> None:
+    result = invoke("list", options=("--redis", url))
+    refused(result, f"Invalid value for '--redis': {message}")
+    assert "secret" not in result.output
+
+
+def test_commands_work_while_redis_is_unreachable(
+    invoke: Invoke, jobs: BatchJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = ("--redis", f"redis://127.0.0.1:{_free_port()}/0")
+    created = invoke("create", "words", "--set", 'words=["a"]', options=down)
+    assert created.exit_code == 0, created.output
+    assert any("is unreachable" in r.getMessage() for r in caplog.records)  # the mirror tried
+    listed = invoke("list", "--json", options=down)
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)["count"] == 1
+    ran = invoke("run", "words", "--set", 'words=["b"]', options=down)
+    assert ran.exit_code == 0, ran.output
+    assert jobs.retrieve(ran.stdout.strip()).status == Status.COMPLETED
+    assert "Traceback" not in created.output + listed.output + ran.output
 
 
 def test_the_group_mounts_in_a_host_cli_and_uses_the_hosts_batchjobs(jobs: BatchJobs) -> None:

@@ -238,6 +238,16 @@ def test_a_full_queue_drops_and_counts(
 # -- failures ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("url", ["notaurl", "redis://usr:secret@localhost:port/0"])
+def test_a_malformed_url_is_refused_at_once_without_its_credentials(url: str) -> None:
+    with pytest.raises(ValueError, match="is not a Redis URL") as refused:
+        RedisMirror(object(), url)
+    assert "secret" not in str(refused.value)
+    assert str(refused.value).startswith(repr(url.replace("usr:secret@", "")))
+    with pytest.raises(ValueError, match="is not a Redis URL"):
+        Subscription(url)
+
+
 def test_jobs_run_when_redis_is_unreachable_from_the_start(
     make_jobs: Callable[..., BatchJobs], unreachable_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -100,8 +100,8 @@ def events(
         subscription = Subscription(
             jobs.redis_url, prefix=prefix or jobs.channel_prefix, pattern=pattern
         )
-    except ValueError as error:
-        raise CommandError(f"Bad Redis URL: {error}") from None
+    except ValueError as error:  # names the URL
+        raise CommandError(str(error)) from None
     try:
         if not subscription.connect(report=False):
             raise CommandError(

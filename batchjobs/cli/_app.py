@@ -55,6 +55,9 @@ class _Session:
             jobs = BatchJobs(self.db, redis_url=self.redis_url)
         except sqlite3.Error as error:
             raise CommandError(f"Cannot open the database {self.db}: {error}") from None
+        except ValueError as error:
+            # The one value BatchJobs checks among these options: the Redis URL.
+            raise click.BadParameter(str(error), param_hint="'--redis'") from None
         self._owned = True
         if module is not None:
             strategies = _strategies_defined_in(module)

@@ -6,7 +6,6 @@ import logging
 import random
 import threading
 import time
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -32,26 +31,32 @@ _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
 def _client(url: str) -> redis.Redis:
+    """A client for ``url`` (no connection yet); ``ValueError`` naming a malformed URL."""
     # redis-py retries a failed command ten times with backoff by default: far too
     # long for an observer. Reconnecting is this package's job, paced by _Backoff.
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_INTERVAL,
-        retry=Retry(NoBackoff(), 0),
-    )
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_keepalive=True,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError as error:
+        raise ValueError(f"{_display(url)!r} is not a Redis URL: {error}") from error
 
 
 def _display(url: str) -> str:
-    """The URL without credentials, for log messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+    """The URL without credentials, query or fragment, for messages; even a malformed one."""
+    # By hand, not urlsplit: that raises on a bad port or IPv6 literal, which are
+    # exactly the URLs an error message has to show.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    netloc, slash, path = rest.rpartition("@")[2].partition("/")
+    return f"{scheme}{sep}{netloc}{slash}{path}"
 
 
 class _Backoff:
