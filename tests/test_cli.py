@@ -484,6 +484,11 @@ def test_prune_deletes_old_resting_jobs_and_their_files(invoke: Invoke, jobs: Ba
     [
         (["--older-than", "30x"], "'30x' is not a duration like 30d"),
         (["--older-than", "d"], "'d' is not a duration"),
+        (["--older-than", "²d"], "'²d' is not a duration like 30d"),
+        (["--older-than", "३०d"], "'३०d' is not a duration like 30d"),  # Devanagari 30
+        (["--older-than", "30d\n"], "is not a duration like 30d"),
+        (["--older-than", "-1d"], "'-1d' is not a duration like 30d"),
+        (["--older-than", "9999999999d"], "'9999999999d' is too long"),
         (["--older-than", "1d", "--status", "processing"], "Invalid value for '--status'"),
         ([], "Missing option '--older-than'"),
     ],
@@ -493,6 +498,14 @@ def test_prune_refuses_bad_options(
 ) -> None:
     jobs.create("words", {"words": []})
     refused(invoke("prune", *args), message)
+    assert count_jobs(jobs) == 1
+
+
+def test_prune_older_than_any_date_deletes_nothing(invoke: Invoke, jobs: BatchJobs) -> None:
+    jobs.create("words", {"words": []})
+    jobs.run_until_idle(timeout=10)
+    result = invoke("prune", "--older-than", "999999999d")  # before year 1
+    assert (result.exit_code, result.stderr) == (0, "Deleted 0 job(s) and 0 file(s).\n")
     assert count_jobs(jobs) == 1
 
 

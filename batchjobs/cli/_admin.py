@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
 
 import click
@@ -155,7 +155,10 @@ def prune(
       batchjobs prune --older-than 30d
       batchjobs prune --older-than 12h --status failed --status canceled --dry-run
     """
-    cutoff = utcnow() - older_than
+    try:
+        cutoff = utcnow() - older_than
+    except OverflowError:  # before year 1: no job is that old
+        cutoff = datetime.min.replace(tzinfo=timezone.utc)
     filters = {
         "status": list(statuses) or [s.value for s in RESTING_STATUSES],
         "updated_at": {"lt": cutoff},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import click
 from ._app import F
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
 
 
 class _JsonObject(click.ParamType):
@@ -59,10 +61,15 @@ class _Duration(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
         if isinstance(value, timedelta):
             return value
-        number, unit = value[:-1], value[-1:]
-        if unit not in _DURATION_UNITS or not number.isdigit():
+        # ASCII digits only: str.isdigit() and int() also take '²' or '३०'.
+        match = _DURATION.fullmatch(value)
+        if match is None:
             self.fail(f"{value!r} is not a duration like 30d, 12h, 15m, 2w or 90s", param, ctx)
-        return timedelta(seconds=int(number) * _DURATION_UNITS[unit])
+        number, unit = match.groups()
+        try:
+            return timedelta(seconds=int(number) * _DURATION_UNITS[unit])
+        except OverflowError:
+            self.fail(f"{value!r} is too long: at most {timedelta.max.days}d", param, ctx)
 
 
 def _job_input(f: F) -> F:
