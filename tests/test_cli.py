@@ -83,6 +83,9 @@ def app_module(
     yield write
     for name in names:
         sys.modules.pop(name, None)
+    for name, module in list(sys.modules.items()):  # what tests imported by path
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
 
 
 # -- create ----------------------------------------------------------------------------------
@@ -544,10 +547,103 @@ def test_app_module_attr_uses_that_batchjobs_and_its_settings(
         ("tests.strategies:nothing", "module 'tests.strategies' has no attribute 'nothing'"),
         ("tests.strategies:Words", "tests.strategies:Words is a Words, not a BatchJobs"),
         (".relative", "'.relative' is not a module name"),
+        (":jobs", "'' is not a module name"),
+        ("tests.strategies:", "module 'tests.strategies' has no attribute ''"),
     ],
 )
 def test_bad_app_exits_2(invoke: Invoke, app: str, message: str) -> None:
     refused(invoke("list", app=app), message)
+
+
+ECHO = """
+from batchjobs import BatchJobs, BatchJobStrategy
+class Echo(BatchJobStrategy):
+    batch_type = "echo"
+    def process_chunk(self, run, start, size): return 0
+jobs = BatchJobs("echo.db")
+jobs.register(Echo)
+"""
+
+
+def test_app_takes_the_path_of_a_python_file(
+    invoke: Invoke, app_module: Callable[[str, str], str], tmp_path: Path
+) -> None:
+    name = app_module("pkg", "")
+    (tmp_path / f"{name}.py").unlink()  # the name goes to a package instead
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(ECHO)
+    (tmp_path / "far").mkdir()
+    (tmp_path / "far" / f"alone_{name}.py").write_text(ECHO)
+    for app, module in [
+        (f"./{name}/tasks.py", f"{name}.tasks"),  # in a package: named from its top
+        (f"{name}/tasks.py", f"{name}.tasks"),
+        (str(package / "tasks.py"), f"{name}.tasks"),
+        (f"far/alone_{name}.py", f"alone_{name}"),  # no package: its folder goes on sys.path
+    ]:
+        result = invoke("strategies", "--json", app=app)
+        assert result.exit_code == 0, result.output
+        origins = {s["type"]: s["origin"] for s in json.loads(result.stdout)["strategies"]}
+        assert origins["echo"] == f"app module {module}"
+    result = invoke("create", "echo", app=f"./{name}/tasks.py:jobs")
+    assert result.exit_code == 0, result.output
+    assert sys.modules[f"{name}.tasks"].jobs.retrieve(result.stdout.strip()).type == "echo"
+    sys.modules[f"{name}.tasks"].jobs.close()
+    sys.modules[f"alone_{name}"].jobs.close()
+
+
+def test_app_refuses_a_path_that_is_no_module_of_its_own(
+    invoke: Invoke, app_module: Callable[[str, str], str], tmp_path: Path
+) -> None:
+    (tmp_path / "json.py").write_text(ECHO)
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        ("./missing.py", "Invalid value for '--app': ./missing.py: no such file"),
+        ("./missing/app.py:jobs", "Invalid value for '--app': ./missing/app.py: no such file"),
+        ("./notes.txt", "./notes.txt is not a .py file"),
+        ("./folder", "./folder is a folder without an __init__.py, not a package"),
+        ("./json.py", f"./json.py imports as 'json', which is {sys.modules['json'].__file__}"),
+    ]
+    for app, message in cases:
+        refused(invoke("list", app=app), message)
+
+
+def test_the_command_closes_what_an_app_factory_made_but_not_the_modules_own(
+    invoke: Invoke, app_module: Callable[[str, str], str]
+) -> None:
+    name = app_module(
+        "factory",
+        (
+            "from batchjobs import BatchJobs\n"
+            "from tests.strategies import Words\n"
+            "closed = []\n"
+            "class Tracked(BatchJobs):\n"
+            "    def close(self):\n"
+            "        closed.append(self)\n"
+            "        super().close()\n"
+            "jobs = Tracked('own.db')\n"
+            "made = []\n"
+            "def create_app():\n"
+            "    made.append(Tracked('made.db'))\n"
+            "    made[-1].register(Words)\n"
+            "    return made[-1]\n"
+            "def shared(): return jobs\n"
+        ),
+    )
+    module = None
+    try:
+        result = invoke("run", "words", "--set", 'words=["a"]', app=f"{name}:create_app")
+        assert result.exit_code == 0, result.output
+        module = sys.modules[name]
+        assert module.closed == module.made  # what the factory returned is the command's
+        for spec in (f"{name}:jobs", f"{name}:shared"):
+            assert invoke("list", app=spec).exit_code == 0
+        assert module.jobs not in module.closed  # the module's own: its to close
+    finally:
+        if module is not None:
+            module.jobs.close()
 
 
 def test_app_module_registers_only_strategies_it_defines(

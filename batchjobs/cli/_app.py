@@ -8,6 +8,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -48,9 +49,11 @@ class _Session:
         return self._jobs
 
     def _load(self) -> BatchJobs:
-        if self.app and ":" in self.app:
-            return _load_instance(self.app)
-        module = _import(self.app) if self.app else None
+        target, attr = _split_app(self.app) if self.app else ("", None)
+        module = _import(target) if self.app else None
+        if module is not None and attr is not None:
+            jobs, self._owned = _load_instance(module, attr, self.app or "")
+            return jobs
         try:
             jobs = BatchJobs(self.db, redis_url=self.redis_url)
         except sqlite3.Error as error:
@@ -62,6 +65,7 @@ class _Session:
         if module is not None:
             strategies = _strategies_defined_in(module)
             if not strategies:
+                jobs.close()
                 raise click.BadParameter(
                     f"module {module.__name__!r} defines no BatchJobStrategy subclass "
                     "(name a BatchJobs with MODULE:ATTR)",
@@ -76,37 +80,98 @@ class _Session:
             self._jobs.close()
 
 
-def _import(name: str) -> ModuleType:
-    # Like ``flask --app``: modules next to where the command runs are importable.
-    if not {"", ".", os.getcwd()} & set(sys.path):
-        sys.path.insert(0, os.getcwd())
-    if name.endswith(".py"):
-        name = name[:-3].replace(os.sep, ".").replace("/", ".")
-    if not name or name.startswith("."):
-        raise click.BadParameter(f"{name!r} is not a module name", param_hint="'--app'")
+def _split_app(spec: str) -> tuple[str, str | None]:
+    """``--app``'s module or file, and the attribute after its last ``:`` if any."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or "/" in attr or "\\" in attr:  # no ATTR; or a drive: C:\app.py
+        return spec, None
+    return target, attr
+
+
+def _is_path(target: str) -> bool:
+    return target.endswith(".py") or any(s in target for s in ("/", os.sep, os.altsep) if s)
+
+
+def _import(target: str) -> ModuleType:
+    """The module ``--app`` names: a module name, or the path of a .py file or a package."""
+    path = None
+    if _is_path(target):
+        path, name = _locate(target)
+    else:
+        name = target
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise click.BadParameter(f"{name!r} is not a module name", param_hint="'--app'")
+        # Like ``flask --app``: modules next to where the command runs are importable.
+        if not {"", ".", os.getcwd()} & set(sys.path):
+            sys.path.insert(0, os.getcwd())
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as error:
         raise click.BadParameter(f"cannot import {name!r}: {error}", param_hint="'--app'") from None
+    found = getattr(module, "__file__", None)
+    if path is not None and (found is None or Path(found).resolve() != path):
+        raise click.BadParameter(
+            f"{target} imports as {name!r}, which is {found or 'a built-in module'}",
+            param_hint="'--app'",
+        )
+    return module
 
 
-def _load_instance(spec: str) -> BatchJobs:
-    module_name, _, attr = spec.partition(":")
-    value: Any = _import(module_name)
+def _locate(target: str) -> tuple[Path, str]:
+    """The file ``target`` names and its module name; makes its top package importable.
+
+    Like ``flask --app``: the name is the file's, under the packages (folders
+    with an ``__init__.py``) it sits in, and the folder above the outermost
+    one goes on ``sys.path``.
+    """
+    path = Path(target)
+    if not path.exists():
+        raise click.BadParameter(f"{target}: no such file", param_hint="'--app'")
+    path = path.resolve()
+    if path.is_dir():
+        path = path / "__init__.py"
+        if not path.is_file():
+            raise click.BadParameter(
+                f"{target} is a folder without an __init__.py, not a package",
+                param_hint="'--app'",
+            )
+    elif path.suffix != ".py":
+        raise click.BadParameter(f"{target} is not a .py file", param_hint="'--app'")
+    parts = [] if path.stem == "__init__" else [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if not parts:  # pragma: no cover - an __init__.py at the file system's root
+        raise click.BadParameter(f"{target} is not in a package", param_hint="'--app'")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return path, ".".join(parts)
+
+
+def _load_instance(module: ModuleType, attr: str, spec: str) -> tuple[BatchJobs, bool]:
+    """The ``BatchJobs`` at ``module``'s ``attr``, and whether the command must close it.
+
+    An attribute of the module is the module's to close; what a factory
+    returns is the command's, unless the module holds it too.
+    """
+    value: Any = module
     try:
         for part in attr.split("."):
             value = getattr(value, part)
     except AttributeError:
         raise click.BadParameter(
-            f"module {module_name!r} has no attribute {attr!r}", param_hint="'--app'"
+            f"module {module.__name__!r} has no attribute {attr!r}", param_hint="'--app'"
         ) from None
-    if callable(value) and not isinstance(value, BatchJobs):
+    made = callable(value) and not isinstance(value, BatchJobs)
+    if made:
         value = value()  # an application factory
     if not isinstance(value, BatchJobs):
         raise click.BadParameter(
             f"{spec} is a {type(value).__name__}, not a BatchJobs", param_hint="'--app'"
         )
-    return value
+    held = any(value is held for held in vars(module).values())
+    return value, made and not held
 
 
 def _strategies_defined_in(module: ModuleType) -> list[type[BatchJobStrategy]]:
@@ -168,8 +233,9 @@ class _Group(click.Group):
     "--app",
     envvar="BATCHJOBS_APP",
     metavar="MODULE[:ATTR]",
-    help="MODULE: register the strategies it defines; MODULE:ATTR: use that BatchJobs "
-    "and its settings [env: BATCHJOBS_APP].",
+    help="MODULE (or a path: app.py): register the strategies it defines; MODULE:ATTR: "
+    "use that BatchJobs, or the one that function returns, and its settings "
+    "[env: BATCHJOBS_APP].",
 )
 @click.pass_context
 def cli(ctx: click.Context, db: str, redis_url: str | None, app: str | None) -> None:
