@@ -208,6 +208,28 @@ def test_every_lifecycle_event_arrives_in_order_as_json(
     assert jobs.mirror.stats.dropped == 0
 
 
+@pytest.mark.redis
+def test_each_message_has_the_result_as_it_was_at_its_event(redis_url: str, prefix: str) -> None:
+    class App:
+        pass
+
+    app = App()
+    mirror = RedisMirror(app, redis_url, prefix=prefix)
+    job = BatchJob(id="batch_x", type="words", status=Status.PROCESSING, result={"count": 1})
+    with Subscription(redis_url, prefix=prefix) as sub:
+        assert sub.connect()
+        signals.emit("batch.updated", app, job)
+        job.result["note"] = "changed in place by a receiver"  # the next event shares the dict
+        signals.emit("batch.completed", app, job.replace(status=Status.COMPLETED))
+        first, second = (_next_event(sub, lambda e: True) for _ in range(2))
+    mirror.close()
+    assert (first.event, first.result) == ("batch.updated", {"count": 1})
+    assert (second.event, second.result) == (
+        "batch.completed",
+        {"count": 1, "note": "changed in place by a receiver"},
+    )
+
+
 def test_remote_events_are_never_mirrored_back(
     make_jobs: Callable[..., BatchJobs], unreachable_url: str
 ) -> None:

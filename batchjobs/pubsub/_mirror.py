@@ -117,7 +117,6 @@ class RedisMirror:
         #: Names this mirror's messages (``"origin"``), so its own listener skips them.
         self.origin: str = origin or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._origin_json = _quote(self.origin)
-        self._last_result: tuple[Any, str] = (None, "{}")
         self._client = _client(url)
         # The publisher thread's own connection: its commands go out packed, in one write.
         self._connection = self._client.connection_pool.make_connection()
@@ -188,19 +187,14 @@ class RedisMirror:
 
     def _message(self, event: str, job: BatchJob, at: datetime | None) -> bytes:
         """The JSON message for ``event``, built by hand: this runs on the job's path."""
-        # The events of one checkpoint share one result dict: encode it once.
-        cached = self._last_result
-        if cached[0] is job.result:
-            result = cached[1]
-        else:
-            result = _ENCODER.encode(job.result)
-            self._last_result = (job.result, result)
+        # The result is encoded for every event, even when the events of one
+        # checkpoint share its dict: a receiver may have changed it in between.
         text = _MESSAGE % (
             event,
             _quote(job.id),
             _quote(job.type),
             job.status.value,
-            result,
+            _ENCODER.encode(job.result),
             (at or utcnow()).isoformat(),
             self._origin_json,
         )
