@@ -143,7 +143,7 @@ class JobRunner:
         #: Called when this runner leaves a job for another worker to run
         #: (pre-processed and confirmed, or handed over); the scheduler wakes on it.
         self.on_runnable: Callable[[], None] | None = None
-        self._running: set[str] = set()
+        self._running: dict[str, float] = {}  # job id → when it started (monotonic)
         self._running_lock = threading.Lock()
 
     def _emit(self, event: str, job: BatchJob) -> None:
@@ -178,6 +178,11 @@ class JobRunner:
         """Ids of the jobs this runner is running now."""
         with self._running_lock:
             return list(self._running)
+
+    def newest_start(self) -> float | None:
+        """When the most recently started of the jobs running here started (monotonic)."""
+        with self._running_lock:
+            return max(self._running.values(), default=None)
 
     def renew_leases(self, now: datetime | None = None) -> int:
         """Extend the leases of every job running here (the heartbeat)."""
@@ -267,7 +272,7 @@ class JobRunner:
             good=(fingerprints, cursor),
         )
         with self._running_lock:
-            self._running.add(job.id)
+            self._running[job.id] = time.monotonic()
         run: JobRun | None = None
         try:
             strategy = self.registry.get(job.type)
@@ -290,7 +295,7 @@ class JobRunner:
             return state
         finally:
             with self._running_lock:
-                self._running.discard(job.id)
+                self._running.pop(job.id, None)
             if run is not None:
                 run.close()
 

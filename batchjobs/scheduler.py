@@ -7,15 +7,16 @@ one-off job from its store, and a shutdown racing that removal kills its
 thread with ``JobLookupError``.) Work runs
 in "drainers": a drainer claims and runs jobs one after another until none
 is runnable, so a busy queue costs no scheduling hop per job. At most
-``concurrency`` drainers run at once; when they are all busy, one more lane
-only pre-processes new jobs, so a dry-run preview never waits behind long
-exports.
+``concurrency`` drainers run at once; when every one of them has been on its
+job for a while (``PRE_LANE_AFTER``), one more lane only pre-processes new
+jobs, so a dry-run preview never waits behind long exports.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -26,6 +27,9 @@ from .runner import JobRunner
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("batchjobs.scheduler")
+
+#: The pre-processing lane opens once every worker has been on its job this long.
+PRE_LANE_AFTER = 0.25
 
 
 class Scheduler:
@@ -100,9 +104,27 @@ class Scheduler:
             assert self._pool is not None
             self._pool.submit(self._drain, lane)
 
+    def _pre_lane_due(self) -> bool:
+        """Whether every worker has been on its job for ``PRE_LANE_AFTER`` (waits that long).
+
+        In a stream of short jobs the workers reach a new job first anyway, and
+        pre-processing it in a lane of its own would cost it one more commit.
+        """
+        newest = self.runner.newest_start()
+        if newest is None:
+            return False
+        wait = newest + PRE_LANE_AFTER - time.monotonic()
+        if wait > 0 and self.runner.stopping.wait(wait):
+            return False
+        return self.runner.newest_start() == newest
+
     def _drain(self, lane: str) -> None:
         pre_only = lane == "pre_process"
         runner = self.runner
+        if pre_only and not self._pre_lane_due():
+            with self._lock:
+                self._release_lane(pre_only)
+            return
         try:
             while not runner.stopping.is_set():
                 with self._lock:

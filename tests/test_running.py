@@ -218,7 +218,7 @@ def test_lease_is_renewed_by_the_heartbeat(make_jobs: Any) -> None:
     job = jobs.create("ledger", {"n": 10})
     claim = jobs.runner.claim_next()
     assert claim is not None and claim.job.id == job.id
-    jobs.runner._running.add(job.id)  # as run_claim does
+    jobs.runner._running[job.id] = 0.0  # as run_claim does
     later = utcnow() + timedelta(seconds=20)
     assert jobs.runner.renew_leases(now=later) == 1
     other = make_jobs(lease_seconds=30)
