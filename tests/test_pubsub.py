@@ -341,6 +341,56 @@ def test_a_slow_redis_never_slows_a_job(
     sub.close()
 
 
+class SilentServer:
+    """Accepts connections and reads what comes, never answering: Redis stuck."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        self.accepted = 0
+        self.received = threading.Event()
+        self.hung_up = threading.Event()  # the client closed its end
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self._listener:
+            while True:
+                try:
+                    conn, _ = self._listener.accept()
+                except OSError:
+                    return
+                self.accepted += 1
+                with conn:
+                    while conn.recv(65536):
+                        self.received.set()
+                self.hung_up.set()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_close_releases_the_connection_even_when_redis_does_not_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class App:
+        pass
+
+    app = App()
+    server = SilentServer()
+    mirror = RedisMirror(app, server.url, prefix="stuck")
+    signals.emit("batch.updated", app, BatchJob(id="batch_x", type="words", status=Status.CREATED))
+    assert server.received.wait(5)
+    began = time.monotonic()
+    mirror.close(timeout=0.1)
+    assert time.monotonic() - began < 0.5
+    assert server.hung_up.wait(0.5)  # not after the 2 s socket timeout
+    _until(lambda: mirror.stats.dropped == 1, timeout=1)
+    time.sleep(0.1)
+    server.close()
+    assert (server.accepted, mirror.stats.published, mirror.stats.queued) == (1, 0, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 @pytest.mark.redis
 def test_a_server_that_refuses_scripts_gets_one_publish_per_event(
     make_jobs: Callable[..., BatchJobs],

@@ -129,6 +129,10 @@ class RedisMirror:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closing = threading.Event()
+        #: Set once ``close`` stopped waiting: the publisher thread ends at its next step.
+        self._closed = threading.Event()
+        #: Serialises disconnecting, which ``close`` may do while the thread fails.
+        self._connection_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._published = 0
         self._dropped = 0
@@ -223,7 +227,9 @@ class RedisMirror:
                     connection.read_response()
                 break
             except _REDIS_ERRORS as error:
-                connection.disconnect()
+                if self._closed.is_set():
+                    return False  # close() cut the connection: no outage, no retry
+                self._disconnect()
                 if scripting and isinstance(error, redis.ResponseError):
                     log.info("Redis refused the publishing script (%s): one PUBLISH each", error)
                     self._scripting = False
@@ -239,15 +245,30 @@ class RedisMirror:
         self._outages.recovered("publish")
         return True
 
+    def _disconnect(self) -> None:
+        with self._connection_lock:
+            self._connection.disconnect()
+
     def _run(self) -> None:
+        try:
+            self._publish_until_closed()
+        finally:
+            # Here too, not only in close(): close() may have given up waiting for
+            # this thread, which may have connected again since.
+            self._drop_queued()
+            self._disconnect()
+
+    def _publish_until_closed(self) -> None:
         while True:
             self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self._queue and not self._closed.is_set():
                 full = len(self._queue) >= PIPELINE_SIZE
                 try:
                     ok = self.publish_pending()
                 except Exception:
+                    if self._closed.is_set():
+                        return  # the connection was cut under it
                     log.exception("could not publish batch job events; dropping them")
                     self._drop_queued()
                     ok = True
@@ -296,7 +317,11 @@ class RedisMirror:
             self._listener = None
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Stop mirroring; publish what is queued, waiting up to ``timeout`` seconds."""
+        """Stop mirroring; publish what is queued, waiting up to ``timeout`` seconds.
+
+        Then the connection is released, even if Redis has not answered: what
+        is still queued is dropped (counted in ``stats.dropped``).
+        """
         self.stop_listening()
         for event, receiver in self._receivers.items():
             signals.signal_for(event).disconnect(receiver, sender=self.sender)
@@ -306,9 +331,10 @@ class RedisMirror:
         self._wakeup.set()
         if thread is not None:
             thread.join(timeout)
-            if thread.is_alive():
-                # Redis is slow: leave the daemon thread to finish or fail on its own.
-                return
-        self._drop_queued()
-        self._connection.disconnect()
+        # A thread still waiting on a slow Redis fails on the cut connection and
+        # ends, dropping what is left; the connection is released either way.
+        self._closed.set()
+        if thread is None or not thread.is_alive():
+            self._drop_queued()
+        self._disconnect()
         self._client.close()
