@@ -472,6 +472,36 @@ def test_a_listener_re_emits_remote_events_as_signals(
     assert (stats.published, stats.queued) == (0, 0)
 
 
+@pytest.mark.redis
+def test_a_listener_stopped_can_start_again(redis_url: str, prefix: str) -> None:
+    heard: list[str] = []
+    listener = EventListener(redis_url, lambda event: heard.append(event.id), prefix=prefix)
+
+    def threads() -> int:
+        return sum(t.name == "batchjobs-redis-listener" for t in threading.enumerate())
+
+    others = threads()
+
+    def publish(id: str) -> None:
+        message = json.dumps({"event": "batch.created", "id": id, "type": "words"})
+        with redis.Redis.from_url(redis_url) as client:
+            client.publish(f"{prefix}:batch.created", message)
+
+    assert listener.start()
+    publish("batch_1")
+    _until(lambda: heard == ["batch_1"])
+    listener.stop()
+    publish("batch_2")  # nobody listens
+    assert listener.start()
+    assert listener.start()  # already running: the same thread
+    assert threads() == others + 1
+    publish("batch_3")
+    _until(lambda: "batch_3" in heard)
+    listener.stop()
+    assert heard == ["batch_1", "batch_3"]
+    assert threads() == others
+
+
 # -- wake-ups across processes ---------------------------------------------------
 
 WORKER = """

@@ -255,14 +255,18 @@ class EventListener:
     >>> listener = EventListener("redis://localhost:6379/0", print)
     >>> listener.start()                 # True once subscribed
     >>> listener.stop()
+    >>> listener.start()                 # again, on a new subscription
 
     Takes ``Subscription``'s options. The callback runs in the listener's
     thread; an exception it raises is logged and the listener goes on.
     """
 
     def __init__(self, url: str, callback: Callable[[RemoteEvent], Any], **options: Any) -> None:
+        self.url = url
         self.callback = callback
+        #: The current run's subscription; each ``start`` after ``stop`` makes a new one.
         self.subscription = Subscription(url, **options)
+        self._options = options
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -272,23 +276,37 @@ class EventListener:
 
         ``timeout`` bounds the wait (default: long enough for one connection
         attempt). When False, the thread keeps trying in the background.
+        Starting a running listener changes nothing; starting a stopped one
+        (or one whose thread died) starts a new thread on a new subscription.
         """
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="batchjobs-redis-listener", daemon=True
+        thread = self._thread
+        if thread is None or self._stop.is_set() or not thread.is_alive():
+            if thread is not None:
+                # A thread still finishing a callback keeps its own subscription and
+                # stop flag, and ends on its own.
+                self.subscription = Subscription(self.url, **self._options)
+                self._ready = threading.Event()
+                self._stop = threading.Event()
+            thread = threading.Thread(
+                target=self._run,
+                args=(self.subscription, self._ready, self._stop),
+                name="batchjobs-redis-listener",
+                daemon=True,
             )
-            self._thread.start()
+            self._thread = thread
+            thread.start()
         if timeout is None:
             timeout = CONNECT_TIMEOUT + SUBSCRIBE_TIMEOUT + SOCKET_TIMEOUT
         self._ready.wait(timeout)
         return self.subscription.connected
 
-    def _run(self) -> None:
-        subscription = self.subscription
+    def _run(
+        self, subscription: Subscription, ready: threading.Event, stop: threading.Event
+    ) -> None:
         try:
             subscription.connect()
-            self._ready.set()
-            while not self._stop.is_set():
+            ready.set()
+            while not stop.is_set():
                 event = subscription.get(timeout=LISTEN_STEP)
                 if event is None:
                     continue
@@ -299,11 +317,14 @@ class EventListener:
         except Exception:
             log.exception("batch job event listener stopped by an unexpected error")
         finally:
-            self._ready.set()
+            ready.set()
             subscription.close()
 
     def stop(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Stop the thread (within ``LISTEN_STEP`` seconds) and close its connection."""
+        """Stop the thread (within ``LISTEN_STEP`` seconds) and close its connection.
+
+        Waits up to ``timeout`` seconds for the callback running, if any.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
