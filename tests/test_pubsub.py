@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from batchjobs import BatchJob, BatchJobs, Status, signals
 from batchjobs.cli import cli
+from batchjobs.models import utcnow
 from batchjobs.pubsub import (
     EventListener,
     RedisMirror,
@@ -228,6 +229,29 @@ def test_each_message_has_the_result_as_it_was_at_its_event(redis_url: str, pref
         "batch.completed",
         {"count": 1, "note": "changed in place by a receiver"},
     )
+
+
+def test_the_mirror_writes_the_keys_the_listeners_read(unreachable_url: str) -> None:
+    from batchjobs.pubsub import MESSAGE_KEYS, _mirror
+
+    # One definition: the mirror's template is built from the listeners' keys.
+    assert _mirror._message_template(MESSAGE_KEYS) == _mirror._MESSAGE
+    mirror = RedisMirror(object(), unreachable_url)
+    job = BatchJob(id='batch_"1"', type="wörds", status=Status.COMPLETED, result={"n": [1]})
+    at = utcnow()
+    data = mirror._message("batch.completed", job, at)
+    mirror.close()
+    message = json.loads(data)
+    assert tuple(message) == MESSAGE_KEYS  # in that order
+    event = RemoteEvent.parse("batchjobs:batch.completed", data)
+    assert event is not None and event.to_dict() == message
+    assert (event.id, event.type, event.status, event.result) == (
+        'batch_"1"',
+        "wörds",
+        "completed",
+        {"n": [1]},
+    )
+    assert event.origin == mirror.origin and event.at == at.isoformat()
 
 
 def test_remote_events_are_never_mirrored_back(

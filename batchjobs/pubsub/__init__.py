@@ -35,6 +35,7 @@ from ._connection import (  # noqa: F401
     CONNECT_TIMEOUT,
     DEFAULT_PREFIX,
     HEALTH_CHECK_INTERVAL,
+    MESSAGE_KEYS,
     RECONNECT_FIRST,
     RECONNECT_MAX,
     SOCKET_TIMEOUT,
@@ -50,7 +51,6 @@ from ._mirror import (  # noqa: F401
 from ._subscription import (  # noqa: F401
     DEFAULT_PATTERN,
     LISTEN_STEP,
-    MESSAGE_KEYS,
     SUBSCRIBE_TIMEOUT,
     EventListener,
     RemoteEvent,

@@ -1,4 +1,4 @@
-"""What both sides share: the Redis client's settings, reconnection backoff, outage reports."""
+"""What both sides share: the message's keys, the Redis client's settings, backoff, outages."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from redis.retry import Retry
 log = logging.getLogger("batchjobs.pubsub")
 
 DEFAULT_PREFIX = "batchjobs"
+#: The keys of a mirrored message, in the order published (``origin`` is ours,
+#: beyond the contract). The mirror's message template is built from them.
+MESSAGE_KEYS = ("event", "id", "type", "status", "result", "at", "origin")
 #: Seconds to open a connection: an unreachable Redis must not hold ``start()`` up.
 CONNECT_TIMEOUT = 0.5
 #: Seconds one command may take before Redis counts as down.

@@ -22,6 +22,7 @@ from ._connection import (
     _REDIS_ERRORS,
     CLOSE_TIMEOUT,
     DEFAULT_PREFIX,
+    MESSAGE_KEYS,
     _Backoff,
     _client,
     _display,
@@ -43,8 +44,30 @@ LINGER = 0.01
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
-_MESSAGE = '{"event":"%s","id":%s,"type":%s,"status":"%s","result":%s,"at":"%s","origin":%s}'
 _quote = json.encoder.encode_basestring_ascii
+
+#: How ``_message`` writes the value of each of ``MESSAGE_KEYS``: in quotes the
+#: values known to need no escaping (event names, statuses, timestamps), bare
+#: those it encodes as JSON itself.
+_VALUE_FORMATS = {
+    "event": '"%s"',
+    "id": "%s",
+    "type": "%s",
+    "status": '"%s"',
+    "result": "%s",
+    "at": '"%s"',
+    "origin": "%s",
+}
+
+
+def _message_template(keys: tuple[str, ...]) -> str:
+    """The %-template of a message with ``keys``, in that order (positional: the fastest)."""
+    if set(keys) != set(_VALUE_FORMATS) or len(keys) != len(_VALUE_FORMATS):
+        raise RuntimeError(f"the message's keys {keys} and their formats {_VALUE_FORMATS} differ")
+    return "{" + ",".join(f'"{key}":{_VALUE_FORMATS[key]}' for key in keys) + "}"
+
+
+_MESSAGE = _message_template(MESSAGE_KEYS)
 
 #: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order: one reply per batch.
 _PUBLISH_SCRIPT = b"for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end return #KEYS"
@@ -193,7 +216,7 @@ class RedisMirror:
         """The JSON message for ``event``, built by hand: this runs on the job's path."""
         # The result is encoded for every event, even when the events of one
         # checkpoint share its dict: a receiver may have changed it in between.
-        text = _MESSAGE % (
+        text = _MESSAGE % (  # in the order of MESSAGE_KEYS
             event,
             _quote(job.id),
             _quote(job.type),

@@ -19,6 +19,7 @@ from ._connection import (
     CLOSE_TIMEOUT,
     CONNECT_TIMEOUT,
     DEFAULT_PREFIX,
+    MESSAGE_KEYS,
     SOCKET_TIMEOUT,
     _Backoff,
     _client,
@@ -29,8 +30,6 @@ from ._connection import (
 
 #: Events subscribed to when no pattern is given: every batch job event.
 DEFAULT_PATTERN = "batch.*"
-#: The keys of a mirrored message (``origin`` is ours, beyond the contract).
-MESSAGE_KEYS = ("event", "id", "type", "status", "result", "at", "origin")
 #: Seconds a new subscription waits for the server's confirmation.
 SUBSCRIBE_TIMEOUT = 1.0
 #: Seconds a listener thread blocks on the socket between looks at its stop flag.
