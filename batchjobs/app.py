@@ -75,6 +75,11 @@ class BatchJobs:
         if files_dir is None:
             files_dir = self.db_path.with_name(f"{self.db_path.stem}-files")
         self.files = FileStore(files_dir)
+        self.mirror: RedisMirror | None = None
+        if redis_url:  # first: a malformed URL must not leave a database file behind
+            from .pubsub import RedisMirror
+
+            self.mirror = RedisMirror(self, redis_url, prefix=channel_prefix)
         self.store = Store(self.db_path, durability=durability)
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
@@ -89,11 +94,6 @@ class BatchJobs:
         )
         self.service.on_canceled = self.runner.clean_up_canceled
         self.scheduler: Scheduler | None = None
-        self.mirror: RedisMirror | None = None
-        if redis_url:
-            from .pubsub import RedisMirror
-
-            self.mirror = RedisMirror(self, redis_url, prefix=channel_prefix)
 
     def __repr__(self) -> str:
         return f"<BatchJobs {str(self.db_path)!r}>"

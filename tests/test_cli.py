@@ -696,10 +696,13 @@ def test_redis_option_reaches_the_batchjobs(invoke: Invoke, redis_url: str) -> N
         ("redis://usr:secret@localhost:99999/0", "'redis://localhost:99999/0' is not a Redis"),
     ],
 )
-def test_a_bad_redis_url_exits_2_naming_it(invoke: Invoke, url: str, message: str) -> None:
+def test_a_bad_redis_url_exits_2_naming_it(
+    invoke: Invoke, db_path: Path, url: str, message: str
+) -> None:
     result = invoke("list", options=("--redis", url))
     refused(result, f"Invalid value for '--redis': {message}")
     assert "secret" not in result.output
+    assert not db_path.exists()  # refused before the database was opened
 
 
 def test_commands_work_while_redis_is_unreachable(
