@@ -207,6 +207,19 @@ class Spin(BatchJobStrategy):
         return stop - start
 
 
+class Wait(BatchJobStrategy):
+    """One record that waits ``context["ms"]`` milliseconds: a job bound by I/O, not the CPU."""
+
+    batch_type = "bench-wait"
+
+    def pre_process(self, run: JobRun) -> None:
+        run.set_count(1)
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        time.sleep(run.job.context["ms"] / 1000)
+        return 1
+
+
 class Mark(BatchJobStrategy):
     """Records in ``result.picked_at`` when ``pre_process`` started.
 
@@ -805,6 +818,44 @@ def pickup(b: Bench) -> list[Row]:
     return rows
 
 
+def processes(b: Bench) -> list[Row]:
+    """Jobs/s of three worker processes sharing one file vs one worker process."""
+    n = b.sizes.jobs
+    rows = []
+    for title, kind, context in (
+        ("one-chunk jobs", Trivial, {}),
+        ("jobs waiting 5 ms on I/O", Wait, {"ms": 5}),
+    ):
+        rates = {}
+        for workers in (1, 3):
+            db = b.fresh(f"processes-{kind.batch_type}-{workers}.db")
+            with open_jobs(db, kind) as jobs:
+                procs = [start_worker(db, 0.01, None, "") for _ in range(workers)]
+                try:
+                    # Queued in one transaction, so the clock times the workers alone.
+                    with jobs.store.write():
+                        for _ in range(n):
+                            jobs.create(kind.batch_type, context)
+                    start = time.perf_counter()
+                    while jobs.list_and_count(status="completed", limit=0)[1] < n:
+                        time.sleep(0.005)
+                    rates[workers] = n / (time.perf_counter() - start)
+                finally:
+                    for proc in procs:
+                        stop_worker(proc)
+        rows.append(
+            Row(
+                f"3 worker processes on one file, {n:,} {title}",
+                f"{rates[3]:,.0f} jobs/s",
+                f"{rates[1]:,.0f} jobs/s (1 process)",
+                rates[3] / rates[1],
+                "—",
+                None,
+            )
+        )
+    return rows
+
+
 def fill(path: Path, total: int) -> None:
     """Write ``total`` jobs straight into the file: the newest runnable, the rest at rest.
 
@@ -1163,7 +1214,7 @@ def run_csv_strategy(kind: str, args: list[str]) -> tuple[int, float, str]:
 def worker_main(db: str, poll_interval: float, redis_url: str | None, prefix: str) -> None:
     """Run jobs from ``db`` until stdin closes; say "ready" once ``start()`` returned."""
     options = redis_options(redis_url, prefix)
-    with open_jobs(Path(db), Mark, poll_interval=poll_interval, **options) as jobs:
+    with open_jobs(Path(db), Mark, Trivial, Wait, poll_interval=poll_interval, **options) as jobs:
         jobs.start()
         print("ready", flush=True)
         sys.stdin.read()
@@ -1179,6 +1230,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "wakeup": wakeup,
     "pickup": pickup,
     "scale": scale,
+    "processes": processes,
     "csv": csv_scenarios,
 }
 

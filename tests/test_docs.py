@@ -115,3 +115,19 @@ def test_the_readme_cli_transcript_gives_the_same_results(tmp_path: Path) -> Non
     result = shell(script, tmp_path)
     assert result.returncode == 0, result.stdout
     assert normalise(result.stdout) == normalise(expected)
+
+
+def test_the_readme_library_example_runs_as_written(tmp_path: Path) -> None:
+    block = re.search(r"```python\n(.*?)```", section("At a glance"), re.S)
+    assert block, "the 'At a glance' section has no python example"
+    assert len([line for line in block.group(1).splitlines() if line.strip()]) <= 15
+    done = subprocess.run(
+        [sys.executable, "-c", block.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["A B", "completed"]
+    assert (tmp_path / "app.db").exists()
