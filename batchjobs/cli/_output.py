@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..models import BatchJob, Status
+from ..models import TIMESTAMP_FIELDS, BatchJob, Status
 from ._app import _session
 
 _RESULT_SHOWN = {
@@ -67,16 +67,8 @@ def _describe(job: BatchJob) -> Iterator[str]:
         ),
         ("context", _short_json(job.context)),
     ]
-    for name in (
-        "created_at",
-        "pre_processed_at",
-        "confirmed_at",
-        "processing_at",
-        "completed_at",
-        "canceled_at",
-        "failed_at",
-    ):
-        if getattr(job, name) is not None:
+    for name in TIMESTAMP_FIELDS:
+        if name not in ("updated_at", "deleted_at") and getattr(job, name) is not None:
             fields.append((name, _when(getattr(job, name))))
     if "file_key" in result:
         size = f" ({result['file_size']} bytes)" if "file_size" in result else ""
