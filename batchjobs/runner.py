@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,12 @@ DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 #: ``context["max_retry"]`` when the job does not set it.
 DEFAULT_MAX_RETRY = 3
+#: Jobs ``drain`` claims in one commit at most; the saves that end short jobs
+#: share the commit that claims the next batch.
+CLAIM_BATCH = 8
+#: A job that takes longer than this (seconds) is not short: the jobs claimed
+#: with it are given back at once and the next claim is of one job.
+SHORT_JOB = 0.005
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 
@@ -69,6 +76,41 @@ def _fingerprint(value: Any) -> Any:
 
 
 @dataclass
+class _SaveRequest:
+    """A save worked out by ``_request``: the store's arguments and what they change."""
+
+    kwargs: dict[str, Any]
+    steps: list[tuple[Status, datetime]]
+    fingerprints: dict[str, Any]
+    cursor: str
+    changed: bool
+    now: datetime
+
+
+@dataclass
+class _Deferred:
+    """A job's final save, waiting for its batch's commit."""
+
+    strategy: BatchJobStrategy
+    run: JobRun
+    state: _RunState
+    request: _SaveRequest
+
+
+@dataclass
+class _Batch:
+    """Jobs one ``drain`` claimed together, and the final saves waiting for one commit."""
+
+    statuses: tuple[Status, ...]
+    ids: list[str] | None
+    #: How many jobs the next claim takes: doubles while jobs are short.
+    limit: int = 1
+    #: Claimed, not started yet; given back when a job of the batch turns out long.
+    waiting: list[str] = field(default_factory=list)
+    deferred: list[_Deferred] = field(default_factory=list)
+
+
+@dataclass
 class _RunState:
     """What the running worker knows of its job beyond the last commit."""
 
@@ -83,11 +125,9 @@ class _RunState:
     stored: tuple[str, str] | None = None
     stored_at: datetime | None = None
     steps: list[tuple[Status, datetime]] = field(default_factory=list)
-    #: When set, the commit that releases this job also claims the next one
-    #: with these ``Store.claim`` arguments; ``next_claim`` is what it got.
-    chain: dict[str, Any] | None = None
-    chained: bool = False
-    next_claim: Claim | None = None
+    #: The batch this job was claimed in by ``drain``: its final save waits for
+    #: the batch's one commit.
+    batch: _Batch | None = None
     #: ``run.result`` fingerprints and ``run.cursor`` JSON after the last step that
     #: succeeded: what a failed chunk is rolled back to.
     good: tuple[dict[str, Any], str] = ({}, "{}")
@@ -144,6 +184,7 @@ class JobRunner:
         #: (pre-processed and confirmed, or handed over); the scheduler wakes on it.
         self.on_runnable: Callable[[], None] | None = None
         self._running: dict[str, float] = {}  # job id → when it started (monotonic)
+        self._held: set[str] = set()  # claimed in a batch, not started yet
         self._running_lock = threading.Lock()
 
     def _emit(self, event: str, job: BatchJob) -> None:
@@ -186,7 +227,9 @@ class JobRunner:
 
     def renew_leases(self, now: datetime | None = None) -> int:
         """Extend the leases of every job running here (the heartbeat)."""
-        return self.store.renew(self.owner, self.running, (now or utcnow()) + self.lease)
+        with self._running_lock:
+            ids = [*self._running, *self._held]
+        return self.store.renew(self.owner, ids, (now or utcnow()) + self.lease)
 
     def claim_next(
         self,
@@ -234,31 +277,96 @@ class JobRunner:
     ) -> int:
         """Run runnable jobs one after another until none is left; returns how many ran.
 
-        The commit that releases each job also claims the next, so a busy
-        queue costs one commit per job here. Stops early once ``stopping`` is set.
+        While jobs are short they are claimed several at a time (up to
+        ``CLAIM_BATCH``); the saves that end them wait, and one commit writes
+        them all and claims the next batch (their events follow that commit).
+        A job that needs a checkpoint, or takes longer than ``SHORT_JOB``,
+        commits the waiting saves and gives the batch's unstarted jobs back,
+        so a long job holds up no one. Stops early once ``stopping`` is set.
         """
-        statuses, ids = tuple(statuses), None if ids is None else list(ids)
-        chain = {"statuses": statuses, "ids": ids}
-        claim = self.claim_next(now, statuses=statuses, ids=ids)
+        batch = _Batch(tuple(statuses), None if ids is None else list(ids))
+        claims = self.store.claim_batch(**self._claim_args(batch, now or utcnow()))
         ran = 0
-        while claim is not None:
-            ran += 1
-            state = self._run_claim(claim, stop_after_pre_process, chain)
-            if self.stopping.is_set():
-                if state.next_claim is not None:  # stopping came after the chained claim
-                    self.store.release(self.owner, [state.next_claim.job.id])
-                break
-            claim = (
-                state.next_claim if state.chained else self.claim_next(statuses=statuses, ids=ids)
-            )
+        try:
+            while claims:
+                self._hold(batch, [c.job.id for c in claims])
+                short = True
+                for claim in claims:
+                    if self.stopping.is_set():
+                        break
+                    if claim.job.id not in batch.waiting:
+                        continue  # given back with a long job's checkpoint
+                    self._unhold(batch, [claim.job.id])
+                    ran += 1
+                    started = time.monotonic()
+                    self._run_claim(claim, stop_after_pre_process, batch)
+                    if time.monotonic() - started > SHORT_JOB:
+                        short = False
+                        if batch.waiting:  # slow jobs: let other workers have the rest
+                            self._commit_batch(batch, claim_next=False)
+                # Short jobs: claim twice as many next time; otherwise one.
+                batch.limit = min(batch.limit * 2, CLAIM_BATCH) if short else 1
+                claims, _ = self._commit_batch(batch, claim_next=not self.stopping.is_set())
+        except BaseException:
+            with suppress(Exception):
+                self._commit_batch(batch, claim_next=False)
+            raise
         return ran
+
+    def _claim_args(self, batch: _Batch, now: datetime) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "types": self.registry.types,
+            "now": now,
+            "lease_until": now + self.lease,
+            "statuses": batch.statuses,
+            "ids": batch.ids,
+            "limit": batch.limit,
+        }
+
+    def _hold(self, batch: _Batch, ids: list[str]) -> None:
+        batch.waiting.extend(ids)
+        with self._running_lock:
+            self._held.update(ids)
+
+    def _unhold(self, batch: _Batch, ids: list[str]) -> None:
+        for id in ids:
+            batch.waiting.remove(id)
+        with self._running_lock:
+            self._held.difference_update(ids)
+
+    def _commit_batch(
+        self,
+        batch: _Batch,
+        *,
+        claim_next: bool,
+        also: tuple[str, _SaveRequest] | None = None,
+    ) -> tuple[list[Claim], tuple[str, str] | None]:
+        """One commit: the batch's waiting saves (and ``also``), its unstarted jobs given
+        back, and, with ``claim_next``, the next batch claimed.
+
+        Returns the new claims and what ``also`` stored.
+        """
+        deferred, batch.deferred = batch.deferred, []
+        saves = [(d.state.job.id, d.request.kwargs) for d in deferred]
+        if also is not None:
+            saves.append((also[0], also[1].kwargs))
+        waiting = list(batch.waiting)
+        claim = self._claim_args(batch, utcnow()) if claim_next else None
+        if not saves and not waiting and claim is None:
+            return [], None
+        stored, claims = self.store.commit_batch(self.owner, saves, release=waiting, claim=claim)
+        self._unhold(batch, waiting)
+        for d, result in zip(deferred, stored, strict=False):
+            self._saved(d.strategy, d.run, d.state, d.request, result)
+        return claims, (stored[-1] if also is not None else None)
 
     def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
         """Run a claimed job: pre-process, confirm, process chunks, complete."""
         return self._run_claim(claim, stop_after_pre_process, None).current()
 
     def _run_claim(
-        self, claim: Claim, stop_after_pre_process: bool, chain: dict[str, Any] | None
+        self, claim: Claim, stop_after_pre_process: bool, batch: _Batch | None
     ) -> _RunState:
         job = claim.job
         fingerprints = {k: _fingerprint(v) for k, v in job.result.items()}
@@ -268,7 +376,7 @@ class JobRunner:
             committed=job.status,
             saved_result=fingerprints,
             saved_cursor=cursor,
-            chain=chain,
+            batch=batch,
             good=(fingerprints, cursor),
         )
         with self._running_lock:
@@ -441,7 +549,31 @@ class JobRunner:
         context: dict[str, Any] | None = None,
         available_at: datetime | None = None,
     ) -> bool:
-        """Commit the run's progress and pending transitions; False if the job was lost."""
+        """Commit the run's progress and pending transitions; False if the job was lost.
+
+        In a batch, a save that ends the job waits for the batch's commit (and
+        counts as done); any other save takes the batch's waiting saves with it.
+        """
+        request = self._request(run, state, release, context, available_at)
+        batch = state.batch
+        if batch is None or not (batch.deferred or batch.waiting or release):
+            stored = self.store.save(state.job.id, **request.kwargs)
+        elif release and not self.stopping.is_set():
+            batch.deferred.append(_Deferred(strategy, run, state, request))
+            return True
+        else:
+            _, stored = self._commit_batch(batch, claim_next=False, also=(state.job.id, request))
+        return self._saved(strategy, run, state, request, stored)
+
+    def _request(
+        self,
+        run: JobRun,
+        state: _RunState,
+        release: bool,
+        context: dict[str, Any] | None,
+        available_at: datetime | None,
+    ) -> _SaveRequest:
+        """What saving the run now would write."""
         now = utcnow()
         fingerprints = {k: _fingerprint(v) for k, v in run.result.items()}
         saved = state.saved_result
@@ -450,12 +582,11 @@ class JobRunner:
         }
         cursor = json.dumps(run.cursor)
         cursor_changed = cursor != state.saved_cursor
-        status = state.pending[-1][0] if state.pending else None
-        save: dict[str, Any] = {
+        kwargs: dict[str, Any] = {
             "owner": self.owner,
             "expect": state.committed,
             "now": now,
-            "status": status,
+            "status": state.pending[-1][0] if state.pending else None,
             "timestamps": {s.timestamp_field: at for s, at in state.pending},
             "result": patch,
             "context": context,
@@ -463,31 +594,33 @@ class JobRunner:
             "available_at": available_at if release else now + self.lease,
             "release": release,
         }
-        if release and state.chain is not None and not self.stopping.is_set():
-            claim = {
-                "owner": self.owner,
-                "types": self.registry.types,
-                "now": now,
-                "lease_until": now + self.lease,
-                **state.chain,
-            }
-            stored, state.next_claim = self.store.save_and_claim(state.job.id, claim=claim, **save)
-            state.chained = True
-        else:
-            stored = self.store.save(state.job.id, **save)
+        changed = bool(patch or context or cursor_changed)
+        return _SaveRequest(kwargs, list(state.pending), fingerprints, cursor, changed, now)
+
+    def _saved(
+        self,
+        strategy: BatchJobStrategy,
+        run: JobRun,
+        state: _RunState,
+        request: _SaveRequest,
+        stored: tuple[str, str] | None,
+    ) -> bool:
+        """After a save's commit: note what is saved, send its events (or handle the loss)."""
         if stored is None:
             self._lost(strategy, run, state)
             return False
-        state.saved_result, state.saved_cursor = fingerprints, cursor
-        state.good = (fingerprints, cursor)
-        steps, state.pending = state.pending, []
+        state.saved_result, state.saved_cursor = request.fingerprints, request.cursor
+        state.good = (request.fingerprints, request.cursor)
+        steps = list(request.steps)
+        state.pending = state.pending[len(steps) :]
+        status = request.kwargs["status"]
         if status is not None:
             state.committed = status
         events = [signals.event_for_status(step) for step, _ in steps]
-        if patch or context or cursor_changed:
+        if request.changed:
             final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
             events.insert(len(events) - final, "batch.updated")
-        state.stored, state.stored_at = stored, now
+        state.stored, state.stored_at = stored, request.now
         if not any(signals.has_receivers(event, self.sender) for event in events):
             state.steps.extend(steps)
             return True

@@ -372,15 +372,32 @@ class Store:
         statuses: Sequence[Status] = ACTIVE_STATUSES,
         ids: Sequence[str] | None = None,
     ) -> Claim | None:
-        """Lease the oldest runnable job of one of ``types`` to ``owner``.
+        """Lease the oldest runnable job of one of ``types`` to ``owner``, or ``None``.
 
         A job is runnable when its status is in ``statuses`` (active ones only)
         and it has no live lease or pending backoff. Taking over a lease that
         expired without being released counts one more attempt. ``ids``, when
         given, limits the claim to those jobs (``batchjobs run`` runs only its own).
         """
+        claims = self.claim_batch(
+            owner, types, now=now, lease_until=lease_until, statuses=statuses, ids=ids, limit=1
+        )
+        return claims[0] if claims else None
+
+    def claim_batch(
+        self,
+        owner: str,
+        types: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        statuses: Sequence[Status] = ACTIVE_STATUSES,
+        ids: Sequence[str] | None = None,
+        limit: int = 1,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` of the oldest runnable jobs at once, oldest first (as claim)."""
         if not types or (ids is not None and not ids):
-            return None
+            return []
         status_sql = ", ".join(f"'{Status(s).value}'" for s in statuses)
         indexed = ""
         if set(statuses) == set(ACTIVE_STATUSES):
@@ -392,17 +409,26 @@ class Store:
         sql = (
             f"UPDATE {TABLE} SET owner = ?, available_at = ?, "
             "attempts = attempts + (owner IS NOT NULL) "
-            f"WHERE id = (SELECT id FROM {TABLE}{indexed} WHERE status IN ({status_sql}) "
+            f"WHERE id IN (SELECT id FROM {TABLE}{indexed} WHERE status IN ({status_sql}) "
             f"AND type IN ({type_marks}) AND (available_at IS NULL OR available_at <= ?) "
-            f"{id_sql}ORDER BY created_at, id LIMIT 1) RETURNING *"
+            f"{id_sql}ORDER BY created_at, id LIMIT ?) RETURNING *"
         )
-        params = [owner, _ts(lease_until), *types, _ts(now), *(ids or ())]
+        params = [owner, _ts(lease_until), *types, _ts(now), *(ids or ()), limit]
         # One statement: its write lock is taken before its sub-select reads.
-        found = self._one(self.db.conn.execute(sql, params))
-        if found is None:
-            return None
-        job, row = found
-        return Claim(job=job, cursor=json.loads(row["cursor"] or "{}"), attempts=row["attempts"])
+        cur = self.db.conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        claims = []
+        for row in cur.fetchall():
+            data = dict(zip(names, row, strict=True))
+            claims.append(
+                Claim(
+                    job=self._record(row, names),
+                    cursor=json.loads(data["cursor"] or "{}"),
+                    attempts=data["attempts"],
+                )
+            )
+        claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
+        return claims
 
     def save(
         self,
@@ -467,17 +493,25 @@ class Store:
         row = self.db.conn.execute(sql, params).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def save_and_claim(
-        self, id: str, *, claim: Mapping[str, Any], **save: Any
-    ) -> tuple[tuple[str, str] | None, Claim | None]:
-        """``save`` a job, then ``claim(**claim)`` the next one, in one commit.
+    def commit_batch(
+        self,
+        owner: str,
+        saves: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        release: Sequence[str] = (),
+        claim: Mapping[str, Any] | None = None,
+    ) -> tuple[list[tuple[str, str] | None], list[Claim]]:
+        """In one commit: ``save(id, **kwargs)`` each of ``saves``, give back ``owner``'s
+        leases on ``release``, then ``claim_batch(**claim)``.
 
-        A worker that finishes a job and takes the next one pays for one
-        commit, not two. Nothing is claimed when the save's guard fails.
+        A worker that finishes short jobs and takes the next ones pays for one
+        commit for all of them. Returns each save's result and the new claims.
         """
         with self.write():
-            stored = self.save(id, **save)
-            return stored, (None if stored is None else self.claim(**claim))
+            stored = [self.save(id, **kwargs) for id, kwargs in saves]
+            if release:
+                self.release(owner, release)
+            return stored, ([] if claim is None else self.claim_batch(**claim))
 
     def _save_merging(
         self, id: str, *, result: Mapping[str, Any], context: Mapping[str, Any], **kwargs: Any

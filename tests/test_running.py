@@ -294,15 +294,22 @@ def commits_of(statements: list[str]) -> int:
     return commits
 
 
-def test_a_one_chunk_job_costs_two_commits_when_jobs_run_back_to_back(jobs: BatchJobs) -> None:
+@pytest.fixture
+def short_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job counts as short, however loaded the machine is."""
+    monkeypatch.setattr("batchjobs.runner.SHORT_JOB", 60.0)
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_jobs_run_back_to_back_share_their_commits(jobs: BatchJobs) -> None:
     statements: list[str] = []
     jobs.store.db.conn.set_trace_callback(statements.append)
     created = [jobs.create("ledger", {"n": 5}) for _ in range(10)]
     assert commits_of(statements) == 10
     statements.clear()
     assert jobs.runner.drain() == 10
-    # The first claim, then one commit per job that also claims the next.
-    assert commits_of(statements) == 11
+    # Claims of 1, 2, 4 and the last 3: each commit ends a batch and claims the next.
+    assert commits_of(statements) == 5
     for job in created:
         done = jobs.retrieve(job.id)
         assert done.status == Status.COMPLETED
@@ -398,3 +405,85 @@ def test_canceling_a_job_nobody_runs_cleans_up_here(make_jobs: Any) -> None:
     for job in (handed, held, never):
         jobs.cancel(job.id)
     assert cleaned == [(handed.id, {})]  # handed over before its first chunk
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_long_job_gives_its_batch_back_to_other_workers(make_jobs: Any, tmp_path: Path) -> None:
+    first, second = make_jobs(), make_jobs()
+    blocked, release = threading.Event(), threading.Event()
+
+    class Long(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if run.job.context["n"] > 10 and start == 10:
+                blocked.set()
+                release.wait(10)
+            return super().process_chunk(run, start, size)
+
+    first.register(Long)
+    before = [first.create("ledger", {"n": 5}) for _ in range(3)]  # batches of 1, then 2
+    long = first.create("ledger", {"n": 20})  # in a batch of 4 with 3 of the next
+    shorts = [first.create("ledger", {"n": 5}) for _ in range(5)]
+    runner = threading.Thread(target=first.runner.drain)
+    runner.start()
+    try:
+        assert blocked.wait(5)
+        # The long job's first checkpoint gave back the 3 jobs claimed with it.
+        assert [first.store.holder(j.id)[0] for j in shorts[:3]] == [None] * 3
+        assert second.runner.drain() == 5
+        assert all(second.retrieve(j.id).status == Status.COMPLETED for j in shorts)
+    finally:
+        release.set()
+        runner.join(10)
+    assert first.retrieve(long.id).status == Status.COMPLETED
+    assert all(first.retrieve(j.id).status == Status.COMPLETED for j in before)
+
+
+def test_stopping_mid_batch_saves_what_ran_and_gives_back_the_rest(jobs: BatchJobs) -> None:
+    stops = [True]
+
+    class Stops(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if stops:  # a shutdown while the batch's first job runs
+                jobs.runner.stopping.set()
+                stops.clear()
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Stops)
+    created = [jobs.create("ledger", {"n": 5}) for _ in range(4)]
+    assert jobs.runner.drain() == 1
+    jobs.runner.stopping.clear()
+    statuses = [jobs.retrieve(j.id).status for j in created]
+    assert statuses == [Status.COMPLETED] + [Status.CREATED] * 3
+    assert jobs.runner.store.holder(created[1].id)[0] is None  # released, not leased
+    assert jobs.runner.drain() == 3
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_the_heartbeat_renews_jobs_waiting_in_a_batch(make_jobs: Any) -> None:
+    jobs = make_jobs(lease_seconds=30)
+    seen: list[int] = []
+
+    class Beats(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            seen.append(jobs.runner.renew_leases())
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Beats)
+    for _ in range(3):
+        jobs.create("ledger", {"n": 5})
+    assert jobs.runner.drain() == 3
+    assert seen == [1, 2, 1]  # the running job and those still waiting (batches of 1, 2)
+
+
+def test_slow_jobs_are_claimed_one_at_a_time(
+    jobs: BatchJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batchjobs.runner.SHORT_JOB", 0.0)  # every job counts as slow
+    for _ in range(5):
+        jobs.create("ledger", {"n": 5})
+    statements: list[str] = []
+    jobs.store.db.conn.set_trace_callback(statements.append)
+    assert jobs.runner.drain() == 5
+    assert commits_of(statements) == 6  # the first claim, then one per job
+    claims = [sql for sql in statements if sql.startswith("UPDATE batch_jobs SET owner")]
+    assert all(sql.rstrip().endswith("LIMIT 1) RETURNING *") for sql in claims)
