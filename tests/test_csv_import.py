@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import pytest
@@ -12,7 +17,7 @@ import pytest
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, JobDraft, Status
 from batchjobs.strategies.csv_import import ENV_DATABASES, ENV_PATHS, CsvImport
 from tests.conftest import shop_rows
-from tests.test_builtin_strategies import shop_csv, table_rows
+from tests.test_builtin_strategies import _crash_after_chunk, shop_csv, table_rows
 
 HEADER = "id,sku,name,price,qty,photo"
 
@@ -311,3 +316,265 @@ def test_line_numbers_stay_right_when_a_later_batch_spans_lines(
         (13, "price", "'bad' is not a number"),
     ]
     assert job.result["error_count"] == job.result["invalid_count"] == 3
+
+
+# -- the values each column accepts, and where a file that is not CSV fails ------------------
+
+
+def csv_lines(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([HEADER.split(","), *rows])
+    return buffer.getvalue()
+
+
+def value_rows(column: str, values: list[str], first: int = 1) -> list[list[str]]:
+    """One valid row per value, with ``value`` in ``column``."""
+    rows = []
+    for i, value in enumerate(values, start=first):
+        row = {"id": str(i), "sku": f"SKU-{i}", "name": "x", "price": "1", "qty": "1", "photo": ""}
+        row[column] = value
+        rows.append(list(row.values()))
+    return rows
+
+
+PRICES = ["1", "+1", "-1", "1.", ".5", "-.5e-2", "1e3", "1E+3", "007.50", "\u0661\u0662", ""]
+QUANTITIES = ["0", "+1", "-1", "007", "\u0661\u0662\u0663", "9" * 18, str(2**63 - 1), str(-(2**63))]
+QUANTITIES += ["0" * 25 + "42"]
+PHOTOS = ["", "0aff", "0AfF", "00"]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 5000])
+def test_the_values_numeric_and_blob_columns_accept(
+    csv_jobs: Callable[..., BatchJobs],
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", batch)
+    shop = make_shop(rows=0)
+    jobs = csv_jobs(shop)
+    rows = value_rows("price", PRICES)
+    rows += value_rows("qty", QUANTITIES, first=101)
+    rows += value_rows("photo", PHOTOS, first=201)
+    job = run_import(jobs, csv_lines(rows), chunk_size=batch)
+    assert job.status == Status.COMPLETED, job.result
+    assert job.result["imported"] == len(rows)
+    stored = {r[0]: r for r in table_rows(shop, "products_copy")}
+    assert [stored[i][3] for i in range(1, len(PRICES) + 1)] == [
+        1.0, 1.0, -1.0, 1.0, 0.5, -0.005, 1000.0, 1000.0, 7.5, "\u0661\u0662", None
+    ]  # fmt: skip
+    assert [stored[i][4] for i in range(101, 101 + len(QUANTITIES))] == [
+        0, 1, -1, 7, "\u0661\u0662\u0663", int("9" * 18), 2**63 - 1, -(2**63), 42
+    ]  # fmt: skip
+    assert [stored[i][5] for i in range(201, 201 + len(PHOTOS))] == [
+        None, b"\x0a\xff", b"\x0a\xff", b"\x00"
+    ]  # fmt: skip
+
+
+NOT_NUMBERS = [" 1", "1 ", "1_000", "nan", "inf", "-Infinity", "1e", ".", "+", "-", "1.2.3"]
+NOT_NUMBERS += ["0x10", "\u00bd", "\u00b2", "1e3.5", "\u00a01", "e3", "1,5", "\t1", "1\n"]
+NOT_INTEGERS = ["1.0", "1e3", " 1", "1_000", "+", "\u00bd", "\u00b2", "0x1", "1\r\n"]
+OUT_OF_RANGE = [str(2**63), str(-(2**63) - 1), "9" * 30]
+NOT_HEX = ["abc", "zz", " 0a", "0a ", "0x0a"]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 5000])
+def test_the_values_numeric_and_blob_columns_refuse(
+    csv_jobs: Callable[..., BatchJobs],
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", batch)
+    shop = make_shop(rows=0)
+    jobs = csv_jobs(shop)
+    rows = value_rows("price", NOT_NUMBERS)
+    rows += value_rows("qty", [*NOT_INTEGERS, *OUT_OF_RANGE, ""], first=101)
+    rows += value_rows("photo", NOT_HEX, first=201)
+    rows += value_rows("id", [""])
+    rows += value_rows("name", ["fine"], first=301)
+    job = run_import(jobs, csv_lines(rows), on_error="skip", chunk_size=batch)
+    assert job.status == Status.COMPLETED, job.result
+    expected = [(f"{v!r} is not a number", "price") for v in NOT_NUMBERS]
+    expected += [(f"{v!r} is not an integer", "qty") for v in NOT_INTEGERS]
+    expected += [(f"{v!r} is out of range for an integer", "qty") for v in OUT_OF_RANGE]
+    expected += [("a value is required", "qty")]
+    expected += [(f"{v!r} is not hexadecimal bytes", "photo") for v in NOT_HEX]
+    expected += [("a value is required", "id")]
+    line, errors = 2, []
+    for (message, column), row in zip(expected, rows[:-1], strict=True):
+        errors.append((line, column, message))
+        line += 1 + sum(value.count("\n") for value in row)
+    assert row_errors(job) == errors
+    assert job.result["invalid_count"] == len(errors)
+    assert [r[0] for r in table_rows(shop, "products_copy")] == [301]
+
+
+def test_a_file_that_is_not_csv_fails_near_the_line_it_breaks(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    jobs = csv_jobs(make_shop(rows=0))
+    good = "".join(f"{i},SKU-{i},x,1,1,\r\n" for i in range(1, 3001))
+    cases = [
+        (good + '3001,SKU,"a"b,1,1,\r\n', "near line 3002: ',' expected after '\"'"),
+        (good + '3001,SKU,"a\r\n' + good, "near line 6002: unexpected end of data"),
+        (good + f"3001,SKU,{'x' * 140_000},1,1,\r\n", "near line 3002: field larger than"),
+        (good.encode() + b"3001,SKU,\xff,1,1,\r\n" + good.encode(), "near line 2706: "),
+        # Whichever comes first in the file: a quoted field still open, or not CSV.
+        (good + '3001,SKU,"a\r\n' + good[:3000] + "\udcff" + good, "near line 3097: 'utf-8'"),
+        (good + '3001,SKU,"a"b,1,1,\r\n' + good[:3000] + "\udcff" + good, "near line 3002: ','"),
+    ]
+    for text, message in cases:
+        body = text if isinstance(text, bytes) else text.encode(errors="surrogateescape")
+        data = HEADER.encode() + b"\r\n" + body
+        job = run_import(jobs, data)
+        assert job.status == Status.FAILED
+        assert message in job.result["errors"][-1]["message"], job.result["errors"][-1]
+
+
+# Values csv.writer leaves unquoted (other line breaks than CR and LF among them), then others.
+PLAIN_TEXTS = [
+    "plain",
+    "",
+    " ",
+    "\u2028",
+    "\x0b\x0c\x1c\x1d\x1e\x1f\x85",
+    "\u00fcn\u00efc\u00f8d\u00e9",
+]
+TEXTS = [*PLAIN_TEXTS, "with, comma", 'with "quotes"', "two\nlines", "two\r\nlines", "cr\ronly"]
+
+
+@pytest.mark.parametrize("seed", range(9))
+def test_rows_and_line_numbers_are_the_csv_modules(
+    csv_jobs: Callable[..., BatchJobs],
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+) -> None:
+    """Random files: quoted fields (none, a few, many), fields over several lines,
+    every line ending, blank lines, rows of another width, no last line break."""
+    quoted = (0, 0.05, 1)[seed % 3]
+    monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", 40 if quoted else 7)
+    monkeypatch.setattr("batchjobs.strategies.csv_import._SPLIT_RUN", 1)
+    random = Random(seed)
+    shop = make_shop(rows=0)
+    jobs = csv_jobs(shop)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(HEADER.split(","))
+    for i in range(1, 120):
+        texts = TEXTS if random.random() < quoted else PLAIN_TEXTS
+        price = "bad" if random.random() < 0.1 else "1.5"
+        row = [i, f"S{i}{random.choice(texts)}", random.choice(texts), price, i, ""]
+        writer.writerow(row if random.random() > 0.05 else row[:-1])
+        if random.random() < 0.1:
+            buffer.write(random.choice(["\r\n", "\n", "\r"]) * random.randint(1, 2))
+    text = buffer.getvalue()
+    endings = iter(random.choice(["\r\n", "\n", "\r"]) for _ in range(text.count("\r\n")))
+    text = re.sub("\r\n", lambda _: next(endings), text)
+    text = text.rstrip("\r\n") if seed % 2 else text
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    next(reader)
+    first, valid, errors = reader.line_num + 1, [], []
+    for row in reader:
+        if row and len(row) != 6:
+            errors.append((first, None, f"{len(row)} fields where the header has 6"))
+        elif row and row[3] == "bad":
+            errors.append((first, "price", "'bad' is not a number"))
+        elif row:
+            valid.append((int(row[0]), row[1], row[2] or None, 1.5, int(row[4]), None))
+        first = reader.line_num + 1
+    job = run_import(jobs, text, on_error="skip", chunk_size=5)
+    assert job.status == Status.COMPLETED, job.result
+    assert row_errors(job) == errors
+    assert table_rows(shop, "products_copy") == valid
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_resuming_at_any_chunk_gives_the_rows_of_one_run(
+    csv_jobs: Callable[..., BatchJobs],
+    make_shop: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    quoted: bool,
+) -> None:
+    """A file with blank lines and every line break, with or without a quoted field."""
+    monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", 3)
+    rows = [f"{i},SKU-{i},item {i},{'bad' if i == 9 else i / 4},{i}," for i in range(1, 31)]
+    rows[4] += "\n\r\n"  # two blank lines, with the "\r" joining it to the next
+    if quoted:
+        rows[12] = '13,SKU-13,"one\r\ntwo, three",1,13,'
+    rows[20] += "\r"  # one more, before a line break of another kind
+    text = "\r".join(rows[:10]) + "\r" + "\n".join(rows[10:20]) + "\n" + lines(*rows[20:])
+    text = HEADER + "\r\n" + text
+    context = {"table": "products_copy", "file_key": "in.csv", "on_error": "skip", "chunk_size": 4}
+    outcomes = []
+    for n in range(-1, 8):  # a run without a crash, then one crashing after each chunk
+        shop = make_shop(rows=0, name=f"shop{n}.db")
+        jobs = csv_jobs(shop, tmp_path / f"jobs{n}.db")
+        if n >= 0:
+            jobs.register(_crash_after_chunk(jobs.strategy("csv-import"), at=n * 4))
+        jobs.files.put("in.csv", [text.encode()])
+        job = jobs.create("csv-import", context)
+        jobs.run_until_idle(timeout=10)
+        if n >= 0:
+            assert jobs.retrieve(job.id).status == Status.FAILED
+            jobs.retry(job.id)
+            jobs.run_until_idle(timeout=10)
+        job = jobs.retrieve(job.id)
+        assert job.status == Status.COMPLETED, (n, job.result)
+        assert row_errors(job) == [(12, "price", "'bad' is not a number")]
+        outcomes.append(table_rows(shop, "products_copy"))
+    assert len(outcomes[0]) == 29
+    if quoted:
+        assert (13, "SKU-13", "one\r\ntwo, three", 1.0, 13, None) in outcomes[0]
+    assert all(outcome == outcomes[0] for outcome in outcomes)
+
+
+def test_an_empty_value_in_a_not_null_blob_column_is_refused_in_any_batch(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    shop = make_shop(rows=0)
+    conn = sqlite3.connect(shop)
+    with conn:
+        conn.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+    conn.close()
+    jobs = csv_jobs(shop)
+    jobs.files.put("in.csv", [lines("id,data", "1,", "2,00", "3,").encode()])
+    job = jobs.create("csv-import", {"table": "blobs", "file_key": "in.csv", "on_error": "skip"})
+    jobs.run_until_idle(timeout=10)
+    job = jobs.retrieve(job.id)
+    assert job.status == Status.COMPLETED, job.result
+    assert row_errors(job) == [
+        (2, "data", "a value is required"),
+        (4, "data", "a value is required"),
+    ]
+    assert table_rows(shop, "blobs") == [(2, b"\x00")]
+
+
+def test_a_long_value_that_is_no_number_is_refused_at_once(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    jobs = csv_jobs(make_shop(rows=0))
+    value = "1" * 100_000 + "x"
+    started = time.monotonic()
+    job = run_import(
+        jobs, lines(HEADER, f"1,SKU-1,x,{value},1,", "2,SKU-2,x,1,1,"), on_error="skip"
+    )
+    assert time.monotonic() - started < 5  # the patterns never try a digit two ways
+    assert row_errors(job) == [(2, "price", f"{value[:40]!r} is not a number")]
+
+
+def test_a_nul_is_read_as_the_csv_module_reads_it(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    shop = make_shop(rows=0)
+    jobs = csv_jobs(shop)
+    text = lines(HEADER, "1,SKU-1,a\x00b,1,1,")
+    try:
+        list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:  # before Python 3.11
+        assert run_import(jobs, text).status == Status.FAILED
+    else:
+        assert run_import(jobs, text).status == Status.COMPLETED
+        assert table_rows(shop, "products_copy") == [(1, "SKU-1", "a\x00b", 1.0, 1, None)]
