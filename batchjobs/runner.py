@@ -307,6 +307,8 @@ class JobRunner:
                 # Short jobs: claim twice as many next time; otherwise one.
                 batch.limit = min(batch.limit * 2, CLAIM_BATCH) if short else 1
                 claims, _ = self._commit_batch(batch, claim_next=not self.stopping.is_set())
+                if stop_after_pre_process and self.on_runnable:
+                    self.on_runnable()  # now committed as confirmed: a worker may take them
         except BaseException:
             with suppress(Exception):
                 self._commit_batch(batch, claim_next=False)
@@ -427,7 +429,8 @@ class JobRunner:
                 return
             state.pending.append((Status.CONFIRMED, utcnow()))
             if stop_after_pre_process:
-                if self._save(strategy, run, state, release=True) and self.on_runnable:
+                saved = self._save(strategy, run, state, release=True)
+                if saved and state.batch is None and self.on_runnable:
                     self.on_runnable()  # confirmed: a processing worker may take it now
                 return
         if state.job.status != Status.PROCESSING:
