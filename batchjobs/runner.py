@@ -128,6 +128,8 @@ class _RunState:
     #: The batch this job was claimed in by ``drain``: its final save waits for
     #: the batch's one commit.
     batch: _Batch | None = None
+    #: The final save waits in the batch: the batch's commit closes the run.
+    deferred: bool = False
     #: ``run.result`` fingerprints and ``run.cursor`` JSON after the last step that
     #: succeeded: what a failed chunk is rolled back to.
     good: tuple[dict[str, Any], str] = ({}, "{}")
@@ -190,7 +192,9 @@ class JobRunner:
     def _emit(self, event: str, job: BatchJob) -> None:
         signals.emit(event, self.sender, job)
 
-    def clean_up_canceled(self, job: BatchJob, now: datetime | None = None) -> bool:
+    def clean_up_canceled(
+        self, job: BatchJob, now: datetime | None = None, *, held_by: str | None = None
+    ) -> bool:
         """Run ``on_cancel`` for a canceled job that no live worker holds.
 
         A worker running the job calls ``on_cancel`` itself at its next
@@ -203,7 +207,8 @@ class JobRunner:
         if job.type not in self.registry:
             return False
         owner, until, cursor = self.store.holder(job.id)
-        if owner is not None and until is not None and until > (now or utcnow()):
+        live = owner is not None and until is not None and until > (now or utcnow())
+        if live and owner != held_by:
             return False
         run = JobRun(job, cursor=cursor, files=self.files, is_canceled=lambda: True)
         try:
@@ -297,6 +302,8 @@ class JobRunner:
                     if claim.job.id not in batch.waiting:
                         continue  # given back with a long job's checkpoint
                     self._unhold(batch, [claim.job.id])
+                    if claim is not claims[0] and not self._still_ours(claim):
+                        continue
                     ran += 1
                     started = time.monotonic()
                     self._run_claim(claim, stop_after_pre_process, batch)
@@ -326,6 +333,17 @@ class JobRunner:
             "limit": batch.limit,
         }
 
+    def _still_ours(self, claim: Claim) -> bool:
+        """Whether a job that waited in a batch may start: still ours, not canceled."""
+        owner, _, _ = self.store.holder(claim.job.id)
+        status = self.store.status_of(claim.job.id)
+        if owner == self.owner and status == claim.job.status:
+            return True
+        if owner == self.owner and status == Status.CANCELED:
+            self.clean_up_canceled(self.store.get(claim.job.id) or claim.job, held_by=self.owner)
+            self.store.release(self.owner, [claim.job.id])
+        return False
+
     def _hold(self, batch: _Batch, ids: list[str]) -> None:
         batch.waiting.extend(ids)
         with self._running_lock:
@@ -349,7 +367,7 @@ class JobRunner:
 
         Returns the new claims and what ``also`` stored.
         """
-        deferred, batch.deferred = batch.deferred, []
+        deferred = list(batch.deferred)
         saves = [(d.state.job.id, d.request.kwargs) for d in deferred]
         if also is not None:
             saves.append((also[0], also[1].kwargs))
@@ -358,10 +376,24 @@ class JobRunner:
         if not saves and not waiting and claim is None:
             return [], None
         stored, claims = self.store.commit_batch(self.owner, saves, release=waiting, claim=claim)
+        # Only now that they are committed (a failed commit leaves them to retry).
+        batch.deferred = []
         self._unhold(batch, waiting)
+        with self._running_lock:
+            self._held.difference_update(d.state.job.id for d in deferred)
         for d, result in zip(deferred, stored, strict=False):
-            self._saved(d.strategy, d.run, d.state, d.request, result)
+            try:
+                self._saved(d.strategy, d.run, d.state, d.request, result)
+            finally:
+                d.run.close()
+        for id in waiting:  # canceled while we held it: its canceler left the cleaning to us
+            self._clean_up_if_canceled(id)
         return claims, (stored[-1] if also is not None else None)
+
+    def _clean_up_if_canceled(self, id: str) -> None:
+        job = self.store.get(id)
+        if job is not None and job.status == Status.CANCELED:
+            self.clean_up_canceled(job, held_by=self.owner)
 
     def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
         """Run a claimed job: pre-process, confirm, process chunks, complete."""
@@ -406,7 +438,7 @@ class JobRunner:
         finally:
             with self._running_lock:
                 self._running.pop(job.id, None)
-            if run is not None:
+            if run is not None and not state.deferred:
                 run.close()
 
     def _run(
@@ -563,6 +595,9 @@ class JobRunner:
             stored = self.store.save(state.job.id, **request.kwargs)
         elif release and not self.stopping.is_set():
             batch.deferred.append(_Deferred(strategy, run, state, request))
+            state.deferred = True
+            with self._running_lock:
+                self._held.add(state.job.id)  # the heartbeat renews it until the commit
             return True
         else:
             _, stored = self._commit_batch(batch, claim_next=False, also=(state.job.id, request))

@@ -406,11 +406,14 @@ class Store:
             indexed = " INDEXED BY batch_jobs_runnable"
         type_marks = ", ".join("?" for _ in types)
         id_sql = "" if ids is None else f"AND id IN ({', '.join('?' for _ in ids)}) "
+        # A job taken over from a dead worker is claimed alone and run at once:
+        # jobs waiting in a batch must not be charged an attempt for its crash.
+        free_sql = "owner IS NULL AND " if limit > 1 else ""
         sql = (
             f"UPDATE {TABLE} SET owner = ?, available_at = ?, "
             "attempts = attempts + (owner IS NOT NULL) "
             f"WHERE id IN (SELECT id FROM {TABLE}{indexed} WHERE status IN ({status_sql}) "
-            f"AND type IN ({type_marks}) AND (available_at IS NULL OR available_at <= ?) "
+            f"AND type IN ({type_marks}) AND {free_sql}(available_at IS NULL OR available_at <= ?) "
             f"{id_sql}ORDER BY created_at, id LIMIT ?) RETURNING *"
         )
         params = [owner, _ts(lease_until), *types, _ts(now), *(ids or ()), limit]
@@ -428,6 +431,10 @@ class Store:
                 )
             )
         claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
+        if not claims and limit > 1:  # none free: take over one, if any lease expired
+            return self.claim_batch(
+                owner, types, now=now, lease_until=lease_until, statuses=statuses, ids=ids
+            )
         return claims
 
     def save(

@@ -472,7 +472,8 @@ def test_the_heartbeat_renews_jobs_waiting_in_a_batch(make_jobs: Any) -> None:
     for _ in range(3):
         jobs.create("ledger", {"n": 5})
     assert jobs.runner.drain() == 3
-    assert seen == [1, 2, 1]  # the running job and those still waiting (batches of 1, 2)
+    # Batches of 1 and 2: the running job, those waiting to start or to be saved.
+    assert seen == [1, 2, 2]
 
 
 def test_slow_jobs_are_claimed_one_at_a_time(
@@ -487,3 +488,30 @@ def test_slow_jobs_are_claimed_one_at_a_time(
     assert commits_of(statements) == 6  # the first claim, then one per job
     claims = [sql for sql in statements if sql.startswith("UPDATE batch_jobs SET owner")]
     assert all(sql.rstrip().endswith("LIMIT 1) RETURNING *") for sql in claims)
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_job_canceled_while_waiting_in_a_batch_never_starts(
+    jobs: BatchJobs, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    first = jobs.create("ledger", {"n": 1})  # a batch of 1; the next claim takes 2
+    later: list[Any] = []
+
+    class Cancels(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if later and run.job.id == later[0].id:
+                jobs.cancel(later[1].id)  # the second waits in this batch, claimed by us
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Cancels)
+    later.extend(
+        jobs.create("ledger", {"n": 5, "ledger": str(ledger), "tagged": True}) for _ in range(2)
+    )
+    assert jobs.runner.drain() == 2  # the first job, then the first of the batch of 2
+    assert jobs.retrieve(first.id).status == Status.COMPLETED
+    assert jobs.retrieve(later[0].id).status == Status.COMPLETED
+    canceled = jobs.retrieve(later[1].id)
+    assert canceled.status == Status.CANCELED and canceled.pre_processed_at is None
+    assert all(line.startswith(later[0].id) for line in read_ledger(ledger))
+    assert jobs.store.holder(later[1].id)[0] is None  # not left leased
