@@ -11,9 +11,6 @@ import copy
 import csv
 import io
 import math
-import re
-import shlex
-import shutil
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,14 +260,6 @@ def test_resuming_from_every_checkpoint_gives_the_result_of_one_run(
 
 @pytest.mark.slow
 def test_the_readme_csv_transcript_gives_the_same_results(tmp_path: Path) -> None:
-    from tests.test_docs import ROOT, normalise, section, shell
+    from tests.test_docs import check_transcript
 
-    transcript = re.search(r"```console\n(.*?)```", section("CSV export and import"), re.S)
-    assert transcript, "the CSV export and import section has no ```console transcript"
-    expected = transcript.group(1)
-    commands = [line[2:] for line in expected.splitlines() if line.startswith("$ ")]
-    script = "set -e\n" + "".join(f"echo {shlex.quote('$ ' + c)}\n{c}\n" for c in commands)
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    result = shell(script, tmp_path)
-    assert result.returncode == 0, result.stdout
-    assert normalise(result.stdout) == normalise(expected)
+    check_transcript("CSV export and import", tmp_path)

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,15 +50,22 @@ def shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHJOBS_")}
     # A terminal shows a program's output as it comes; a pipe would hold stdout back.
     env.update(PATH=installed_path(), PYTHONUNBUFFERED="1")
-    return subprocess.run(
+    # A session of its own: on a time-out the whole group goes, workers it started included.
+    with subprocess.Popen(
         ["bash", "-c", script],
         cwd=cwd,
         env=env,
         text=True,
-        timeout=120,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 
 def normalise(text: str) -> str:
@@ -103,18 +111,23 @@ def test_the_readme_first_command_runs_a_job_through_the_cli(tmp_path: Path) -> 
     assert "100%  5/5  completed" in result.stdout and "BATCH JOBS" in result.stdout
 
 
-@pytest.mark.slow
-def test_the_readme_cli_transcript_gives_the_same_results(tmp_path: Path) -> None:
-    transcript = re.search(r"```console\n(.*?)```", section("Command line"), re.S)
-    assert transcript, "the Command line section has no ```console transcript"
+def check_transcript(title: str, tmp_path: Path) -> None:
+    """Run the ```console transcript of README section ``title``; compare its output."""
+    transcript = re.search(r"```console\n(.*?)```", section(title), re.S)
+    assert transcript, f"the {title} section has no ```console transcript"
     expected = transcript.group(1)
     commands = [line[2:] for line in expected.splitlines() if line.startswith("$ ")]
     # Echo each command as the transcript shows it, then run it, in one shell session.
     script = "set -e\n" + "".join(f"echo {shlex.quote('$ ' + c)}\n{c}\n" for c in commands)
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # as in the repository root
     result = shell(script, tmp_path)
     assert result.returncode == 0, result.stdout
     assert normalise(result.stdout) == normalise(expected)
+
+
+@pytest.mark.slow
+def test_the_readme_cli_transcript_gives_the_same_results(tmp_path: Path) -> None:
+    check_transcript("Command line", tmp_path)
 
 
 def test_the_readme_library_example_runs_as_written(tmp_path: Path) -> None:
