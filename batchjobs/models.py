@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -125,7 +126,19 @@ class BatchJob:
         # transition, so copy the instance dict instead.
         copy = object.__new__(BatchJob)
         copy.__dict__.update(self.__dict__, **changes)
+        if "result" in changes:
+            copy.__dict__.pop("_result_json", None)
         return copy
+
+    def result_json(self) -> str:
+        """``result`` as JSON text: the stored text itself when the record was built from it."""
+        text = self.__dict__.get("_result_json")
+        return text if text is not None else _COMPACT.encode(self.result)
+
+    def with_result_json(self, text: str) -> BatchJob:
+        """This record, noting ``text`` as the JSON of its ``result`` (as stored)."""
+        object.__setattr__(self, "_result_json", text)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: ISO 8601 timestamps, plain values."""
@@ -141,4 +154,5 @@ class BatchJob:
         }
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BatchJob))

@@ -154,7 +154,7 @@ class _RunState:
                 result=json.loads(result),
                 updated_at=self.stored_at,
                 **changes,
-            )
+            ).with_result_json(result)
             self.stored, self.steps = None, []
         return self.job
 

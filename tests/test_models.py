@@ -43,3 +43,12 @@ def test_to_dict_gives_iso_timestamps() -> None:
     data = BatchJob(id="batch_1", type="t", status=Status.COMPLETED, created_at=at).to_dict()
     assert data["created_at"] == "2026-05-06T07:08:09.123456+00:00"
     assert data["completed_at"] is None
+
+
+def test_result_json_is_the_stored_text_until_the_result_changes() -> None:
+    job = BatchJob(id="batch_1", type="t", status=Status.COMPLETED, result={"a": 1})
+    assert job.result_json() == '{"a":1}'
+    stored = job.with_result_json('{"a": 1}')
+    assert stored.result_json() == '{"a": 1}'
+    assert stored.replace(status=Status.FAILED).result_json() == '{"a": 1}'
+    assert stored.replace(result={"b": 2}).result_json() == '{"b":2}'

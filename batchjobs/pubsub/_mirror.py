@@ -43,7 +43,6 @@ PIPELINE_SIZE = 500
 LINGER = 0.01
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _quote = json.encoder.encode_basestring_ascii
 
 #: How ``_message`` writes the value of each of ``MESSAGE_KEYS``: in quotes the
@@ -214,14 +213,14 @@ class RedisMirror:
 
     def _message(self, event: str, job: BatchJob, at: datetime | None) -> bytes:
         """The JSON message for ``event``, built by hand: this runs on the job's path."""
-        # The result is encoded for every event, even when the events of one
-        # checkpoint share its dict: a receiver may have changed it in between.
+        # A record the runner built from the commit carries the stored result
+        # text: splicing it in spares encoding the result again for each event.
         text = _MESSAGE % (  # in the order of MESSAGE_KEYS
             event,
             _quote(job.id),
             _quote(job.type),
             job.status.value,
-            _ENCODER.encode(job.result),
+            job.result_json(),
             (at or utcnow()).isoformat(),
             self._origin_json,
         )
