@@ -125,6 +125,8 @@ class _RunState:
     stored: tuple[str, str] | None = None
     stored_at: datetime | None = None
     steps: list[tuple[Status, datetime]] = field(default_factory=list)
+    context_json: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
     #: The batch this job was claimed in by ``drain``: its final save waits for
     #: the batch's one commit.
     batch: _Batch | None = None
@@ -149,8 +151,10 @@ class _RunState:
             changes: dict[str, Any] = {s.timestamp_field: at for s, at in self.steps}
             if self.steps:
                 changes["status"] = self.steps[-1][0]
+            if context != self.context_json:  # the context seldom changes: parse it once
+                self.context_json, self.context = context, json.loads(context)
             self.job = self.job.replace(
-                context=json.loads(context),
+                context=self.context,
                 result=json.loads(result),
                 updated_at=self.stored_at,
                 **changes,
