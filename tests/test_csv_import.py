@@ -455,7 +455,7 @@ def test_rows_and_line_numbers_are_the_csv_modules(
     every line ending, blank lines, rows of another width, no last line break."""
     quoted = (0, 0.05, 1)[seed % 3]
     monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", 40 if quoted else 7)
-    monkeypatch.setattr("batchjobs.strategies.csv_import._SPLIT_RUN", 1)
+    monkeypatch.setattr("batchjobs.strategies._csv_lines._SPLIT_RUN", 1)
     random = Random(seed)
     shop = make_shop(rows=0)
     jobs = csv_jobs(shop)
