@@ -339,8 +339,7 @@ class JobRunner:
 
     def _still_ours(self, claim: Claim) -> bool:
         """Whether a job that waited in a batch may start: still ours, not canceled."""
-        owner, _, _ = self.store.holder(claim.job.id)
-        status = self.store.status_of(claim.job.id)
+        owner, status = self.store.owner_and_status(claim.job.id)
         if owner == self.owner and status == claim.job.status:
             return True
         if owner == self.owner and status == Status.CANCELED:

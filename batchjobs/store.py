@@ -604,6 +604,11 @@ class Store:
             return None, None, {}
         return row[0], _parse_ts(row[1]), json.loads(row[2] or "{}")
 
+    def owner_and_status(self, id: str) -> tuple[str | None, Status | None]:
+        """Who holds job ``id``'s lease and its status, in one cheap read."""
+        row = self.db.execute(f"SELECT owner, status FROM {TABLE} WHERE id = ?", [id]).fetchone()
+        return (None, None) if row is None else (row[0], Status(row[1]))
+
     def status_of(self, id: str) -> Status | None:
         """Just the status of job ``id`` (cheap), or ``None``."""
         row = self.db.execute(f"SELECT status FROM {TABLE} WHERE id = ?", [id]).fetchone()
