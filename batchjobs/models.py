@@ -17,6 +17,7 @@ __all__ = [
     "RESTING_STATUSES",
     "TIMESTAMP_FIELDS",
     "BatchJob",
+    "iso_format",
     "Status",
     "new_job_id",
     "utcnow",
@@ -40,7 +41,10 @@ class Status(str, enum.Enum):
     @property
     def timestamp_field(self) -> str:
         """The record field that holds when the job entered this status."""
-        return f"{self.value}_at"
+        return _TIMESTAMP_FIELD[self]
+
+
+_TIMESTAMP_FIELD = {status: f"{status.value}_at" for status in Status}
 
 
 #: Statuses a job waits in until a person (or nothing) moves it on.
@@ -84,8 +88,27 @@ def new_job_id(now: datetime | None = None) -> str:
     return f"batch_{ULID.from_int(value)}"
 
 
+#: ISO 8601 text of recent UTC timestamps: a save writes each of its timestamps
+#: and its events send the same ones, so each is formatted once, not twice.
+_iso_texts: dict[datetime, str] = {}
+_ISO_TEXTS_KEPT = 256
+
+
+def iso_format(value: datetime) -> str:
+    """``value.isoformat()``, remembered for a while when ``value`` is in UTC."""
+    text = _iso_texts.get(value)
+    if text is None:
+        text = value.isoformat()
+        # Only UTC: equal datetimes in other zones format differently.
+        if value.tzinfo is timezone.utc:
+            if len(_iso_texts) >= _ISO_TEXTS_KEPT:
+                _iso_texts.clear()
+            _iso_texts[value] = text
+    return text
+
+
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return None if value is None else iso_format(value)
 
 
 @dataclass(frozen=True)
@@ -119,15 +142,16 @@ class BatchJob:
 
     def replace(self, **changes: Any) -> BatchJob:
         """A copy of this record with ``changes`` applied (field names are checked)."""
-        unknown = changes.keys() - _FIELD_NAMES
-        if unknown:
-            raise TypeError(f"BatchJob has no field {', '.join(sorted(unknown))}")
+        if not _FIELD_NAMES.issuperset(changes):
+            unknown = sorted(changes.keys() - _FIELD_NAMES)
+            raise TypeError(f"BatchJob has no field {', '.join(unknown)}")
         # dataclasses.replace re-runs __init__; a record is replaced on every
         # transition, so copy the instance dict instead.
-        copy = object.__new__(BatchJob)
-        copy.__dict__.update(self.__dict__, **changes)
+        copy = _new(BatchJob)
+        fields = {**self.__dict__, **changes}
         if "result" in changes:
-            copy.__dict__.pop("_result_json", None)
+            fields.pop("_result_json", None)
+        _set(copy, "__dict__", fields)
         return copy
 
     def result_json(self) -> str:
@@ -155,4 +179,6 @@ class BatchJob:
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_new = object.__new__
+_set = object.__setattr__
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BatchJob))

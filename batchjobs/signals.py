@@ -58,27 +58,37 @@ EVENTS = (
 )
 
 
+#: The signals by event name: a plain dict, read on every event.
+_SIGNALS: dict[str, Signal] = {event: namespace.signal(event) for event in EVENTS}
+
+
 def signal_for(event: str) -> Signal:
     """The signal named ``event`` (``"batch.completed"``…)."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}; events are: {', '.join(EVENTS)}")
-    return namespace.signal(event)
+    try:
+        return _SIGNALS[event]
+    except KeyError:
+        raise ValueError(f"unknown event {event!r}; events are: {', '.join(EVENTS)}") from None
 
 
 def event_for_status(status: Status) -> str:
     """The event sent when a job enters ``status``."""
-    return f"batch.{status.value}"
+    return _STATUS_EVENTS[status]
+
+
+_STATUS_EVENTS = {status: f"batch.{status.value}" for status in Status}
 
 
 def has_receivers(event: str, sender: Any) -> bool:
     """Whether anything listens to ``event`` from ``sender`` (to skip building a record)."""
-    signal = namespace.signal(event)
+    signal = _SIGNALS[event]
+    # Not blinker's has_receivers_for: it keeps answering yes for a sender whose
+    # receivers were all disconnected.
     return bool(signal.receivers) and any(True for _ in signal.receivers_for(sender))
 
 
 def emit(event: str, sender: Any, job: BatchJob, **extra: Any) -> None:
     """Send ``event`` to its receivers, logging (never raising) their errors."""
-    signal = namespace.signal(event)
+    signal = _SIGNALS[event]
     if not signal.receivers:
         return
     for receiver in signal.receivers_for(sender):

@@ -24,7 +24,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from .errors import InvalidDataError
-from .models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
+from .models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status, iso_format
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "DURABILITY_LEVELS", "Claim", "Store"]
 
@@ -139,7 +139,7 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return None if value is None else iso_format(value)
 
 
 def _parse_ts(value: str | None) -> datetime | None:

@@ -234,13 +234,14 @@ def test_each_message_has_the_result_as_it_was_at_its_event(redis_url: str, pref
 def test_the_mirror_writes_the_keys_the_listeners_read(unreachable_url: str) -> None:
     from batchjobs.pubsub import MESSAGE_KEYS, _mirror
 
-    # One definition: the mirror's template is built from the listeners' keys.
-    assert _mirror._message_template(MESSAGE_KEYS) == _mirror._MESSAGE
+    assert _mirror._MESSAGE_ORDER == MESSAGE_KEYS  # checked again at import
     mirror = RedisMirror(object(), unreachable_url)
     job = BatchJob(id='batch_"1"', type="wörds", status=Status.COMPLETED, result={"n": [1]})
     at = utcnow()
     data = mirror._message("batch.completed", job, at)
+    other = json.loads(mirror._message("batch.created", job.replace(id="batch_2", type="t"), at))
     mirror.close()
+    assert (other["id"], other["type"]) == ("batch_2", "t")  # not the previous job's
     message = json.loads(data)
     assert tuple(message) == MESSAGE_KEYS  # in that order
     event = RemoteEvent.parse("batchjobs:batch.completed", data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import secrets
@@ -17,7 +16,7 @@ from typing import Any
 import redis
 
 from .. import signals
-from ..models import BatchJob, utcnow
+from ..models import BatchJob, iso_format, utcnow
 from ._connection import (
     _REDIS_ERRORS,
     CLOSE_TIMEOUT,
@@ -42,31 +41,19 @@ PIPELINE_SIZE = 500
 #: spell goes out at once, a burst goes out in batches (one write per LINGER).
 LINGER = 0.01
 
-
 _quote = json.encoder.encode_basestring_ascii
 
-#: How ``_message`` writes the value of each of ``MESSAGE_KEYS``: in quotes the
-#: values known to need no escaping (event names, statuses, timestamps), bare
-#: those it encodes as JSON itself.
-_VALUE_FORMATS = {
-    "event": '"%s"',
-    "id": "%s",
-    "type": "%s",
-    "status": '"%s"',
-    "result": "%s",
-    "at": '"%s"',
-    "origin": "%s",
-}
+
+def _timestamp_field(event: str) -> str:
+    """The record's field holding when ``event`` happened."""
+    return "updated_at" if event == "batch.updated" else f"{event[6:]}_at"
 
 
-def _message_template(keys: tuple[str, ...]) -> str:
-    """The %-template of a message with ``keys``, in that order (positional: the fastest)."""
-    if set(keys) != set(_VALUE_FORMATS) or len(keys) != len(_VALUE_FORMATS):
-        raise RuntimeError(f"the message's keys {keys} and their formats {_VALUE_FORMATS} differ")
-    return "{" + ",".join(f'"{key}":{_VALUE_FORMATS[key]}' for key in keys) + "}"
-
-
-_MESSAGE = _message_template(MESSAGE_KEYS)
+#: The keys ``RedisMirror._message`` writes, in its order: it formats them by
+#: hand (an f-string is several times faster than ``json.dumps`` or ``%``).
+_MESSAGE_ORDER = ("event", "id", "type", "status", "result", "at", "origin")
+if _MESSAGE_ORDER != MESSAGE_KEYS:
+    raise RuntimeError(f"the mirror writes {_MESSAGE_ORDER}, the listeners read {MESSAGE_KEYS}")
 
 #: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order: one reply per batch.
 _PUBLISH_SCRIPT = b"for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end return #KEYS"
@@ -139,6 +126,8 @@ class RedisMirror:
         #: Names this mirror's messages (``"origin"``), so its own listener skips them.
         self.origin: str = origin or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._origin_json = _quote(self.origin)
+        #: The id and type of the job ``_message`` last wrote, and their JSON.
+        self._last_job: tuple[str | None, str | None, str] = (None, None, "")
         self._client = _client(url)
         # The publisher thread's own connection: its commands go out packed, in one write.
         self._connection = self._client.connection_pool.make_connection()
@@ -146,11 +135,16 @@ class RedisMirror:
         self._backoff = _Backoff()
         #: (channel, message) as RESP bulk strings, ready to send.
         self._queue: deque[tuple[bytes, bytes]] = deque()
+        #: The publisher's batch: (channel, message) as RESP bulk strings, sent
+        #: but not yet accepted by Redis (kept for the next attempt).
+        self._sending: list[tuple[bytes, bytes]] = []
         #: False once Redis refused the publishing script (ACL, cluster): one command each.
         self._scripting = True
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closing = threading.Event()
+        #: Cleared by ``close``: the receivers' cheap check (no lock, no call).
+        self._accepting = True
         #: Set once ``close`` stopped waiting: the publisher thread ends at its next step.
         self._closed = threading.Event()
         #: Serialises disconnecting, which ``close`` may do while the thread fails.
@@ -174,7 +168,7 @@ class RedisMirror:
             return MirrorStats(
                 published=self._published,
                 dropped=self._dropped,
-                queued=len(self._queue),
+                queued=len(self._queue) + len(self._sending),
                 outages=self._outages.count,
                 down=self._outages.down,
             )
@@ -182,49 +176,74 @@ class RedisMirror:
     def _receiver(self, event: str) -> Callable[..., None]:
         """The blinker receiver of ``event``: it encodes and queues, nothing more.
 
-        It runs on the job's path, so it never touches the network; encoding
-        here also snapshots the record as it was when the event happened.
+        It runs on the job's path, so it never touches the network. Encoding
+        here (a few µs) snapshots the record as it was at the event, and keeps
+        the publisher thread's turns with the GIL short: each turn it takes
+        costs the job's thread a hand-over, whatever the thread does with it.
         """
         channel = _bulk(f"{self.prefix}:{event}".encode())
-        timestamp = "updated_at" if event == "batch.updated" else f"{event[6:]}_at"
+        timestamp = _timestamp_field(event)
+        queue = self._queue
+        size = self.queue_size
+        wakeup = self._wakeup
+        message = self._message
 
         def receive(sender: Any, *, job: BatchJob, remote: bool = False, **extra: Any) -> None:
             if remote:
                 return
+            # No lock on this path: deque appends are atomic, and a bound that
+            # concurrent receivers overrun by one or two is still a bound.
+            if len(queue) >= size or not self._accepting:
+                self._count_dropped()
+                return
             try:
-                message = _bulk(self._message(event, job, getattr(job, timestamp, None)))
+                queue.append((channel, _bulk(message(event, job, getattr(job, timestamp)))))
             except Exception:
                 log.exception("could not encode %s of batch job %s", event, job.id)
-                message = None
-            with self._lock:
-                if message is None or len(self._queue) >= self.queue_size or self._closing.is_set():
-                    self._dropped += 1
-                    return
-                self._queue.append((channel, message))
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="batchjobs-redis-publisher", daemon=True
-                    )
-                    self._thread.start()
-            if not self._wakeup.is_set():
-                self._wakeup.set()
+                self._count_dropped()
+                return
+            if self._thread is None:
+                self._start_publisher()
+            if not wakeup.is_set():
+                wakeup.set()
 
         return receive
 
+    def _count_dropped(self) -> None:
+        with self._lock:
+            self._dropped += 1
+
+    def _start_publisher(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="batchjobs-redis-publisher", daemon=True
+                )
+                self._thread.start()
+
     def _message(self, event: str, job: BatchJob, at: datetime | None) -> bytes:
-        """The JSON message for ``event``, built by hand: this runs on the job's path."""
-        # A record the runner built from the commit carries the stored result
-        # text: splicing it in spares encoding the result again for each event.
-        text = _MESSAGE % (  # in the order of MESSAGE_KEYS
-            event,
-            _quote(job.id),
-            _quote(job.type),
-            job.status.value,
-            job.result_json(),
-            (at or utcnow()).isoformat(),
-            self._origin_json,
-        )
-        return text.encode()
+        """The JSON message for ``event``: keys in ``MESSAGE_KEYS``' order, built by hand.
+
+        Event names, statuses and timestamps need no escaping; the id and type
+        are encoded as JSON once per job (a job's events come in a row).
+        """
+        last = self._last_job  # one read: receivers run in several threads
+        if last[0] is not job.id or last[1] is not job.type:
+            head = f'"id":{_quote(job.id)},"type":{_quote(job.type)},"status":"'
+            last = self._last_job = (job.id, job.type, head)
+        stamp = iso_format(at or utcnow())
+        return (
+            f'{{"event":"{event}",{last[2]}{job.status._value_}",'
+            f'"result":{job.result_json()},"at":"{stamp}","origin":{self._origin_json}}}'
+        ).encode()
+
+    def _fill_batch(self) -> list[tuple[bytes, bytes]]:
+        """The batch to send: what the last attempt left, topped up from the queue."""
+        batch = self._sending
+        queue = self._queue
+        while len(batch) < PIPELINE_SIZE and queue:
+            batch.append(queue.popleft())
+        return batch
 
     def publish_pending(self) -> bool:
         """Publish up to ``PIPELINE_SIZE`` queued events in one write.
@@ -232,8 +251,7 @@ class RedisMirror:
         The single step of the publisher thread. Events leave the queue only
         once Redis took them; False if Redis could not be reached.
         """
-        with self._lock:
-            batch = list(itertools.islice(self._queue, PIPELINE_SIZE))
+        batch = self._fill_batch()
         if not batch:
             return True
         scripting = self._scripting
@@ -260,8 +278,7 @@ class RedisMirror:
                     self._outages.failed("publish", error)
                     return False
         with self._lock:
-            for _ in batch:
-                self._queue.popleft()
+            self._sending = []
             self._published += len(batch)
         self._backoff.reset()
         self._outages.recovered("publish")
@@ -284,7 +301,7 @@ class RedisMirror:
         while True:
             self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue and not self._closed.is_set():
+            while (self._queue or self._sending) and not self._closed.is_set():
                 full = len(self._queue) >= PIPELINE_SIZE
                 try:
                     ok = self.publish_pending()
@@ -307,8 +324,17 @@ class RedisMirror:
 
     def _drop_queued(self) -> None:
         with self._lock:
-            self._dropped += len(self._queue)
-            self._queue.clear()
+            # popleft, not clear(): a receiver may append meanwhile, and what it
+            # appends must be counted once, here or later.
+            dropped = len(self._sending)
+            self._sending = []
+            while True:
+                try:
+                    self._queue.popleft()
+                except IndexError:
+                    break
+                dropped += 1
+            self._dropped += dropped
 
     # -- wake-ups from other processes ----------------------------------------
 
@@ -348,6 +374,7 @@ class RedisMirror:
         for event, receiver in self._receivers.items():
             signals.signal_for(event).disconnect(receiver, sender=self.sender)
         with self._lock:
+            self._accepting = False
             self._closing.set()
             thread = self._thread
         self._wakeup.set()
