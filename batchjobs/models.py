@@ -147,12 +147,21 @@ class BatchJob:
             raise TypeError(f"BatchJob has no field {', '.join(unknown)}")
         # dataclasses.replace re-runs __init__; a record is replaced on every
         # transition, so copy the instance dict instead.
-        copy = _new(BatchJob)
-        fields = {**self.__dict__, **changes}
         if "result" in changes:
+            fields = {**self.__dict__, **changes}
             fields.pop("_result_json", None)
+            return self._with(fields)
+        return self._with(self.__dict__ | changes)
+
+    def _with(self, fields: dict[str, Any]) -> BatchJob:
+        """A record holding ``fields`` as they are: no checks (for the runner's hot path)."""
+        copy = _new(BatchJob)
         _set(copy, "__dict__", fields)
         return copy
+
+    def with_status(self, status: Status, at: datetime) -> BatchJob:
+        """A copy that entered ``status`` at ``at`` (its status and that status's timestamp)."""
+        return self._with(self.__dict__ | {"status": status, _TIMESTAMP_FIELD[status]: at})
 
     def result_json(self) -> str:
         """``result`` as JSON text: the stored text itself when the record was built from it."""

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from json.scanner import make_scanner
 from typing import Any
 
 from . import signals
@@ -97,6 +98,16 @@ class _Deferred:
     request: _SaveRequest
 
 
+# typeshed types make_scanner's argument as make_scanner itself.
+_scan_json: Callable[[str, int], tuple[Any, int]] = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _parse_stored(text: str) -> Any:
+    """JSON text as SQLite returned it (valid and compact): the decoder's C
+    scanner alone, without ``json.loads``' Python layers (a third of the cost)."""
+    return _scan_json(text, 0)[0]
+
+
 @dataclass
 class _Batch:
     """Jobs one ``drain`` claimed together, and the final saves waiting for one commit."""
@@ -155,7 +166,7 @@ class _RunState:
                 self.context_json, self.context = context, json.loads(context)
             self.job = self.job.replace(
                 context=self.context,
-                result=json.loads(result),
+                result=_parse_stored(result),
                 updated_at=self.stored_at,
                 **changes,
             ).with_result_json(result)
@@ -415,6 +426,8 @@ class JobRunner:
             saved_cursor=cursor,
             batch=batch,
             good=(fingerprints, cursor),
+            context_json=claim.context_json,
+            context=job.context,
         )
         with self._running_lock:
             self._running[job.id] = time.monotonic()
@@ -662,15 +675,16 @@ class JobRunner:
             final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
             events.insert(len(events) - final, "batch.updated")
         state.stored, state.stored_at = stored, request.now
-        if not any(signals.has_receivers(event, self.sender) for event in events):
+        sender = self.sender
+        if not any(signals.has_receivers(event, sender) for event in events):
             state.steps.extend(steps)
             return True
         job = state.current()
+        emit = signals.emit
         for event in events:  # status and timestamps as at each step; result as committed
             if event != "batch.updated":
-                step, at = steps.pop(0)
-                job = job.replace(status=step, **{step.timestamp_field: at})
-            self._emit(event, job)
+                job = job.with_status(*steps.pop(0))
+            emit(event, sender, job)
         state.job = run.job = job
         return True
 

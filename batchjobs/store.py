@@ -133,6 +133,8 @@ class Claim:
     job: BatchJob
     cursor: dict[str, Any]
     attempts: int
+    #: ``job.context`` as stored (JSON text): the runner parses it again only if it changes.
+    context_json: str | None = None
 
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -428,6 +430,7 @@ class Store:
                     job=self._record(row, names),
                     cursor=json.loads(data["cursor"] or "{}"),
                     attempts=data["attempts"],
+                    context_json=data["context"],
                 )
             )
         claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
