@@ -96,14 +96,16 @@ _ISO_TEXTS_KEPT = 256
 
 def iso_format(value: datetime) -> str:
     """``value.isoformat()``, remembered for a while when ``value`` is in UTC."""
+    # Only UTC, looked up as well as kept: an equal datetime in another zone
+    # (the same instant) formats differently.
+    if value.tzinfo is not timezone.utc:
+        return value.isoformat()
     text = _iso_texts.get(value)
     if text is None:
         text = value.isoformat()
-        # Only UTC: equal datetimes in other zones format differently.
-        if value.tzinfo is timezone.utc:
-            if len(_iso_texts) >= _ISO_TEXTS_KEPT:
-                _iso_texts.clear()
-            _iso_texts[value] = text
+        if len(_iso_texts) >= _ISO_TEXTS_KEPT:
+            _iso_texts.clear()
+        _iso_texts[value] = text
     return text
 
 

@@ -52,3 +52,16 @@ def test_result_json_is_the_stored_text_until_the_result_changes() -> None:
     assert stored.result_json() == '{"a": 1}'
     assert stored.replace(status=Status.FAILED).result_json() == '{"a": 1}'
     assert stored.replace(result={"b": 2}).result_json() == '{"b":2}'
+
+
+def test_iso_format_gives_each_zone_its_own_text() -> None:
+    from datetime import timedelta
+
+    from batchjobs.models import iso_format
+
+    noon = datetime(2026, 11, 28, 12, 0, 0, 5, tzinfo=timezone.utc)
+    same_instant = noon.astimezone(timezone(timedelta(hours=2)))
+    assert noon == same_instant
+    assert iso_format(noon) == "2026-11-28T12:00:00.000005+00:00"  # now remembered
+    assert iso_format(same_instant) == "2026-11-28T14:00:00.000005+02:00"
+    assert iso_format(noon.replace(tzinfo=None)) == "2026-11-28T12:00:00.000005"

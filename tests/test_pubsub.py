@@ -282,6 +282,27 @@ def test_a_full_queue_drops_and_counts(
     assert len(_mirror_warnings(caplog)) == 1
 
 
+def test_an_event_caught_by_close_is_counted_once_and_starts_no_thread(
+    unreachable_url: str,
+) -> None:
+    class App:
+        pass
+
+    app = App()
+    mirror = RedisMirror(app, unreachable_url, prefix="closing")
+
+    class ClosedWhileEncoded(BatchJob):
+        def result_json(self) -> str:  # close() runs between the check and the append
+            mirror.close()
+            return "{}"
+
+    job = ClosedWhileEncoded(id="batch_x", type="words", status=Status.PROCESSING)
+    signals.emit("batch.processing", app, job)
+    stats = mirror.stats
+    assert (stats.queued, stats.dropped, stats.published) == (0, 1, 0)
+    assert mirror._thread is None
+
+
 # -- failures ------------------------------------------------------------------------
 
 

@@ -515,3 +515,23 @@ def test_a_job_canceled_while_waiting_in_a_batch_never_starts(
     assert canceled.status == Status.CANCELED and canceled.pre_processed_at is None
     assert all(line.startswith(later[0].id) for line in read_ledger(ledger))
     assert jobs.store.holder(later[1].id)[0] is None  # not left leased
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [('{"a":[1,2.5,"é"],"b":null}', {"a": [1, 2.5, "é"], "b": None}), (' {"a": 1} ', {"a": 1})],
+)
+def test_stored_json_parses_as_json_loads_does(text: str, expected: Any) -> None:
+    from batchjobs.runner import _parse_stored
+
+    assert _parse_stored(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", '{"a":1} x', "{"])
+def test_stored_json_that_is_not_json_raises_as_json_loads_does(text: str) -> None:
+    import json
+
+    from batchjobs.runner import _parse_stored
+
+    with pytest.raises(json.JSONDecodeError):
+        _parse_stored(text)

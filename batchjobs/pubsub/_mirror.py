@@ -197,10 +197,14 @@ class RedisMirror:
                 self._count_dropped()
                 return
             try:
-                queue.append((channel, _bulk(message(event, job, getattr(job, timestamp)))))
+                item = (channel, _bulk(message(event, job, getattr(job, timestamp))))
             except Exception:
                 log.exception("could not encode %s of batch job %s", event, job.id)
                 self._count_dropped()
+                return
+            queue.append(item)
+            if not self._accepting:
+                self._withdraw(item)  # close() began meanwhile: it may have emptied the queue
                 return
             if self._thread is None:
                 self._start_publisher()
@@ -213,9 +217,17 @@ class RedisMirror:
         with self._lock:
             self._dropped += 1
 
+    def _withdraw(self, item: tuple[bytes, bytes]) -> None:
+        """Count ``item`` dropped, unless the publisher has taken it already."""
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return  # the publisher's: it publishes or drops it, and counts it
+        self._count_dropped()
+
     def _start_publisher(self) -> None:
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and self._accepting:
                 self._thread = threading.Thread(
                     target=self._run, name="batchjobs-redis-publisher", daemon=True
                 )
@@ -233,6 +245,7 @@ class RedisMirror:
             last = self._last_job = (job.id, job.type, head)
         stamp = iso_format(at or utcnow())
         return (
+            # _value_ (documented by enum) is the plain attribute behind .value.
             f'{{"event":"{event}",{last[2]}{job.status._value_}",'
             f'"result":{job.result_json()},"at":"{stamp}","origin":{self._origin_json}}}'
         ).encode()
@@ -248,8 +261,9 @@ class RedisMirror:
     def publish_pending(self) -> bool:
         """Publish up to ``PIPELINE_SIZE`` queued events in one write.
 
-        The single step of the publisher thread. Events leave the queue only
-        once Redis took them; False if Redis could not be reached.
+        The single step of the publisher thread. Events move from the queue
+        to the batch being sent, and leave it only once Redis took them;
+        False if Redis could not be reached.
         """
         batch = self._fill_batch()
         if not batch:
