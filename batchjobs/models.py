@@ -41,10 +41,11 @@ class Status(str, enum.Enum):
     @property
     def timestamp_field(self) -> str:
         """The record field that holds when the job entered this status."""
-        return _TIMESTAMP_FIELD[self]
+        return _STATUS_TIMESTAMP_FIELDS[self]
 
 
-_TIMESTAMP_FIELD = {status: f"{status.value}_at" for status in Status}
+#: The timestamp field of each status, as a table: read on every transition.
+_STATUS_TIMESTAMP_FIELDS = {status: f"{status.value}_at" for status in Status}
 
 
 #: Statuses a job waits in until a person (or nothing) moves it on.
@@ -163,7 +164,7 @@ class BatchJob:
 
     def with_status(self, status: Status, at: datetime) -> BatchJob:
         """A copy that entered ``status`` at ``at`` (its status and that status's timestamp)."""
-        return self._with(self.__dict__ | {"status": status, _TIMESTAMP_FIELD[status]: at})
+        return self._with(self.__dict__ | {"status": status, _STATUS_TIMESTAMP_FIELDS[status]: at})
 
     def result_json(self) -> str:
         """``result`` as JSON text: the stored text itself when the record was built from it."""
