@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from .. import signals
-from ..models import BatchJob, iso_format, utcnow
+from ..models import BatchJob, Status, iso_format, utcnow
 from ._connection import (
     _REDIS_ERRORS,
     CLOSE_TIMEOUT,
@@ -46,7 +46,9 @@ _quote = json.encoder.encode_basestring_ascii
 
 def _timestamp_field(event: str) -> str:
     """The record's field holding when ``event`` happened."""
-    return "updated_at" if event == "batch.updated" else f"{event[6:]}_at"
+    if event == "batch.updated":
+        return "updated_at"
+    return Status(event.removeprefix("batch.")).timestamp_field
 
 
 #: The keys ``RedisMirror._message`` writes, in its order: it formats them by
