@@ -43,9 +43,9 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from .app import BatchJobs
-from .errors import BatchJobError, InvalidDataError, NotAllowedError
-from .models import TIMESTAMP_FIELDS, BatchJob
+from ..app import BatchJobs
+from ..errors import BatchJobError, InvalidDataError, NotAllowedError
+from ..models import TIMESTAMP_FIELDS, BatchJob
 
 __all__ = [
     "DEFAULT_HOST",
