@@ -26,7 +26,8 @@ class _JsonObject(click.ParamType):
         if value.startswith("@"):
             try:
                 if value == "@-":
-                    text = click.get_text_stream("stdin").read()
+                    with click.open_file("-", encoding="utf-8") as stdin:
+                        text = stdin.read()
                 else:
                     text = Path(value[1:]).read_text(encoding="utf-8")
             except OSError as error:

@@ -275,7 +275,8 @@ def download(jobs: BatchJobs, job_id: str, output: str | None) -> None:
     with source:  # opened first: a missing file leaves no empty one behind
         size = os.fstat(source.fileno()).st_size
         if output == "-":
-            shutil.copyfileobj(source, click.get_binary_stream("stdout"))
+            with click.open_file("-", "wb") as stdout:  # leaves stdout open
+                shutil.copyfileobj(source, stdout)
             target = "stdout"
         else:
             path = Path(output or key.rsplit("/", 1)[-1])
