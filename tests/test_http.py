@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"tok-1": "usr_1", "tok-2": "usr_2"}
 BEARER = {user: {"Authorization": f"Bearer {token}"} for token, user in TOKENS.items()}
 URL = "/admin/batch-jobs"
+TIME = re.compile(r"\d\d:\d\d:\d\d ")  # the stamp of serve's log lines
 NO_AUTH = "Authentication required: send Authorization: Bearer <token>"
 Api = Callable[..., TestResponse]
 
@@ -607,6 +610,13 @@ def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None
             time.sleep(0.05)
         assert job["result"]["advancement_count"] == 25 and job["created_by"] == "usr_1"
         assert request_json(base, token="tok-2")[1]["count"] == 0
+        # A client's terminal codes reach the log escaped.
+        port = urllib.parse.urlsplit(base).port
+        assert port is not None
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"GET /admin/batch-jobs/\x1b[31mred HTTP/1.0\r\n\r\n")
+            with raw.makefile("rb") as reply:
+                assert reply.readline().split()[1] == b"401"
         server.send_signal(signal.SIGTERM)
         stdout, stderr = server.communicate(timeout=20)
     finally:
@@ -616,7 +626,12 @@ def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None
     assert server.returncode == 0, stderr
     assert stdout == ""
     assert f"{job_id} ledger completed 25/25" in stderr
-    assert '"POST /admin/batch-jobs HTTP/1.1" 201' in stderr
+    # Our request log, a line each, and no terminal codes in a log that is not a terminal.
+    lines = [line.split(" ", 1)[1] for line in stderr.splitlines() if TIME.match(line)]
+    assert "POST /admin/batch-jobs 201" in lines
+    assert f"GET /admin/batch-jobs/{job_id} 200" in lines
+    assert "GET /admin/batch-jobs/\\x1b[31mred 401" in lines
+    assert "\x1b" not in stderr
     assert stderr.rstrip().endswith("Stopped.") and "Traceback" not in stderr
     with BatchJobs(db_path) as jobs:
         assert jobs.retrieve(job_id).status == Status.COMPLETED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -127,6 +128,32 @@ def _echo_events(jobs: BatchJobs) -> Callable[[], None]:
     return stop
 
 
+class _EchoHandler(logging.Handler):
+    """Log records as lines on stderr, stamped as the job lines are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _echo_log(name: str) -> Callable[[], None]:
+    """Print logger ``name``'s records (INFO and up) on stderr; returns the undo."""
+    logger = logging.getLogger(name)
+    handler = _EchoHandler(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    def stop() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return stop
+
+
 @cli.command()
 @click.option(
     "--host",
@@ -191,6 +218,7 @@ def serve(
     stop = threading.Event()
     previous = _trap_signals(stop)
     events = (lambda: None) if no_worker else _echo_events(jobs)
+    request_log = _echo_log("batchjobs.http")
     thread = threading.Thread(target=server.serve_forever, name="batchjobs-serve", daemon=True)
     try:
         if not no_worker:
@@ -213,6 +241,7 @@ def serve(
         server.shutdown()
         jobs.shutdown()
         events()
+        request_log()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if not stop.is_set():

@@ -368,11 +368,20 @@ def create_app(
 # -- serving ----------------------------------------------------------------------------------
 
 
+# A request line is the client's text: escaped, it can carry no terminal codes into a log.
+_CONTROL_CHARACTERS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
 class _RequestHandler(WSGIRequestHandler):
     # One request per connection (no keep-alive), and a bound on how long a
     # slow client may hold a thread: the pool is small and fixed.
     protocol_version = "HTTP/1.0"
     timeout = REQUEST_TIMEOUT
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # Our own line on our logger: werkzeug's colours its text whatever the stream is.
+        line = f"{getattr(self, 'command', None) or '-'} {getattr(self, 'path', '-')}"
+        log.info("%s %s", line.translate(_CONTROL_CHARACTERS), code)
 
 
 class _PooledWSGIServer(BaseWSGIServer):
