@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -742,9 +742,9 @@ def test_the_group_mounts_in_a_host_cli_and_uses_the_hosts_batchjobs(jobs: Batch
 @pytest.fixture
 def command(db_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
     """Run the installed ``batchjobs`` from the repository root on the test's database."""
-    executable = Path(sys.executable).parent / "batchjobs"
-    found = str(executable) if executable.exists() else shutil.which("batchjobs")
-    if found is None:
+    # This interpreter's script, never whichever batchjobs is first on PATH.
+    found = str(Path(sysconfig.get_path("scripts")) / "batchjobs")
+    if not Path(found).exists():
         pytest.fail("the batchjobs command is not installed: pip install -e .")
     env = {**os.environ, "BATCHJOBS_DB": str(db_path), "BATCHJOBS_APP": "tests.strategies"}
     env.pop("BATCHJOBS_REDIS_URL", None)

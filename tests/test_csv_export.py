@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -255,48 +254,46 @@ def test_an_export_killed_mid_file_resumes_to_the_same_bytes(
     db = tmp_path / "jobs.db"
     jobs = make_jobs(db)
     job = jobs.create("csv-export", context)
-    log = (tmp_path / "worker.log").open("w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "tests.csv_worker", str(db), "--pause", "0.03"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert first.stdout is not None and first.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 20
-        while jobs.retrieve(job.id).result.get("advancement_count", 0) < 800:
-            assert time.monotonic() < deadline, "the export did not start"
-            time.sleep(0.01)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        first.stdout.close()  # type: ignore[union-attr]
-    killed = jobs.retrieve(job.id)
-    assert killed.status == Status.PROCESSING
-    (cursor,) = (
-        sqlite3.connect(db)
-        .execute("SELECT cursor FROM batch_jobs WHERE id = ?", [job.id])
-        .fetchone()
-    )
-    key = killed.result["file_key"]
-    assert jobs.files.size(key) >= json.loads(cursor)["offset"] > 0
-    assert jobs.files.size(key) < len(expected)
-    batchjobs = shutil.which("batchjobs")
-    assert batchjobs is not None
-    second = subprocess.run(
-        [batchjobs, "--db", str(db), "worker", "--until-idle", "--poll-interval", "0.1"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        timeout=60,
-        env={**os.environ},
-    )
-    log.close()
+    # Closed however the test ends: a file left open would be reported by a later test.
+    with (tmp_path / "worker.log").open("w") as log:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "tests.csv_worker", str(db), "--pause", "0.03"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        try:
+            assert first.stdout is not None and first.stdout.readline().strip() == "ready"
+            deadline = time.monotonic() + 20
+            while jobs.retrieve(job.id).result.get("advancement_count", 0) < 800:
+                assert time.monotonic() < deadline, "the export did not start"
+                time.sleep(0.01)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+            first.stdout.close()  # type: ignore[union-attr]
+        killed = jobs.retrieve(job.id)
+        assert killed.status == Status.PROCESSING
+        with closing(sqlite3.connect(db)) as connection:
+            (cursor,) = connection.execute(
+                "SELECT cursor FROM batch_jobs WHERE id = ?", [job.id]
+            ).fetchone()
+        key = killed.result["file_key"]
+        assert jobs.files.size(key) >= json.loads(cursor)["offset"] > 0
+        assert jobs.files.size(key) < len(expected)
+        # This interpreter's batchjobs, never whichever is first on PATH.
+        second = subprocess.run(
+            [sys.executable, "-m", "batchjobs", "--db", str(db), "worker", "--until-idle"]
+            + ["--poll-interval", "0.1"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            timeout=60,
+        )
     assert second.returncode == 0, (tmp_path / "worker.log").read_text()
     done = jobs.retrieve(job.id)
     assert done.status == Status.COMPLETED, done.result

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -35,14 +36,11 @@ def first_commands() -> list[str]:
 
 
 def installed_path() -> str:
-    """PATH with the directory of the installed ``batchjobs`` command first."""
-    here = Path(sys.executable).parent
-    found = here if (here / "batchjobs").exists() else None
-    if found is None and shutil.which("batchjobs"):
-        found = Path(shutil.which("batchjobs") or "").parent
-    if found is None:
+    """PATH with the directory of this interpreter's ``batchjobs`` command first."""
+    scripts = Path(sysconfig.get_path("scripts"))
+    if not (scripts / "batchjobs").exists():
         pytest.fail("the batchjobs command is not installed: pip install -e .")
-    return f"{found}{os.pathsep}{os.environ.get('PATH', '')}"
+    return f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:

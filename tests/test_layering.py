@@ -27,6 +27,7 @@ LAYERS = {
     "app": 5,
     "http": 6,
     "cli": 7,  # `batchjobs serve` serves the http app
+    "__main__": 8,  # python -m batchjobs
 }
 THIRD_PARTY = {
     "sqlite_utils": {"store"},

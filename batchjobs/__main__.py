@@ -1,0 +1,5 @@
+"""``python -m batchjobs``: the ``batchjobs`` command, run by this interpreter."""
+
+from .cli import main
+
+main()
