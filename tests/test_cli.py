@@ -237,6 +237,49 @@ def test_list_filters_pages_and_prints_a_table_or_json(invoke: Invoke, jobs: Bat
     refused(invoke("list", "--limit", "-1"), "Invalid value for '--limit'")
 
 
+def ids_listed(invoke: Invoke, *args: str) -> list[str]:
+    result = invoke("list", "--json", *args)
+    assert result.exit_code == 0, result.stderr
+    return [job["id"] for job in json.loads(result.stdout)["batch_jobs"]]
+
+
+def test_list_takes_every_medusa_filter(invoke: Invoke, jobs: BatchJobs) -> None:
+    done = jobs.create("ledger", {"n": 1}, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    waiting = jobs.create("words", {"words": ["a"]}, created_by="usr_2")
+    middle = waiting.to_dict()["created_at"]
+    assert ids_listed(invoke, "--filter", "completed_at=null") == [waiting.id]
+    assert ids_listed(invoke, "--filter", "completed_at[gte]=2000-01-01") == [done.id]
+    assert ids_listed(invoke, "--filter", f"created_at[lt]={middle}") == [done.id]
+    assert ids_listed(
+        invoke, "--filter", f"created_at[gte]={middle}", "--filter", "created_at[lt]=2999-01-01"
+    ) == [waiting.id]
+    assert ids_listed(invoke, "--filter", "pre_processed_at=null", "--id", done.id) == []
+    assert ids_listed(invoke, "--id", done.id, "--id", waiting.id) == [waiting.id, done.id]
+    assert ids_listed(invoke, "--order", "created_at") == [done.id, waiting.id]
+    assert ids_listed(invoke, "--order", "-type") == [waiting.id, done.id]
+    refused(
+        invoke("list", "--filter", "completed_at=2000-01-01"),
+        "'completed_at=2000-01-01' needs an operator or null: "
+        "completed_at[gt|gte|lt|lte]=ISO or completed_at=null",
+    )
+    refused(invoke("list", "--filter", "completed_at"), "is not FIELD[OP]=VALUE or FIELD=null")
+    refused(
+        invoke("list", "--filter", "completed_at=null", "--filter", "completed_at[gt]=2000"),
+        "completed_at=null cannot be combined with another completed_at filter",
+    )
+    refused(
+        invoke("list", "--filter", "created_at[gt]=2000", "--filter", "created_at[gt]=2001"),
+        "created_at[gt] is given twice",
+    )
+    refused(
+        invoke("list", "--filter", "created_at[after]=2000"),
+        "created_at: unknown operator 'after'; use gt, gte, lt or lte",
+    )
+    refused(invoke("list", "--filter", "color_at=null"), "cannot filter on 'color_at'")
+    refused(invoke("list", "--order", "-secret"), "order must be one of id, type")
+
+
 def test_list_of_nothing_says_so(invoke: Invoke) -> None:
     result = invoke("list")
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", "0 of 0 job(s)\n")

@@ -204,6 +204,53 @@ def test_the_list_filters_the_medusa_way(api: Api, jobs: BatchJobs) -> None:
     assert listed(api, "type[]=words", as_user="usr_2") == []
 
 
+def test_every_medusa_list_filter_answers(api: Api, jobs: BatchJobs) -> None:
+    done = jobs.create("uncounted", created_by="usr_1")
+    words = jobs.create("words", {"words": ["a"]}, dry_run=True, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)  # done completed, words pre_processed
+    canceled = jobs.create("ledger", {"n": 1}, created_by="usr_1")
+    jobs.cancel(canceled.id)
+    failed = jobs.create("broken", created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    assert jobs.retrieve(failed.id).status == Status.FAILED
+    everyone = [failed.id, canceled.id, words.id, done.id]
+    assert listed(api, "completed_at=null") == [failed.id, canceled.id, words.id]
+    assert listed(api, "canceled_at=null&failed_at=null") == [words.id, done.id]
+    assert listed(api, "pre_processed_at=null") == [failed.id, canceled.id]
+    assert listed(api, "confirmed_at=null&order=created_at") == [words.id, canceled.id, failed.id]
+    epoch = "2000-01-01T00:00:00Z"
+    for name, ids in [
+        ("created_at", everyone),
+        ("updated_at", everyone),
+        ("pre_processed_at", [words.id, done.id]),
+        ("confirmed_at", [done.id]),
+        ("completed_at", [done.id]),
+        ("failed_at", [failed.id]),
+        ("canceled_at", [canceled.id]),
+    ]:
+        assert listed(api, f"{name}[gt]={epoch}") == ids, name
+        assert listed(api, f"{name}[gte]={epoch}&{name}[lte]=2999-01-01") == ids, name
+        assert listed(api, f"{name}[lt]={epoch}") == [], name
+        assert len(listed(api, f"{name}=null")) == 4 - len(ids), name
+    assert listed(api, "order=status") == [canceled.id, done.id, failed.id, words.id]
+    assert listed(api, "order=-type&limit=2&offset=1") == [done.id, canceled.id]
+    assert listed(api, "order=completed_at&status[]=completed&expand=created_by_user") == [done.id]
+
+
+def test_fields_selects_the_fields_of_each_job_and_always_the_id(
+    api: Api, jobs: BatchJobs
+) -> None:
+    job = jobs.create("uncounted", created_by="usr_1")
+    body = api("GET", f"{URL}?fields=status,created_at").get_json()
+    assert body["batch_jobs"] == [
+        {"id": job.id, "status": "created", "created_at": job.to_dict()["created_at"]}
+    ]
+    assert body["count"] == 1
+    same = api("GET", f"{URL}?fields[]=created_at&fields[]=status,%20id").get_json()
+    assert same["batch_jobs"] == body["batch_jobs"]
+    assert api("GET", f"{URL}?fields=").get_json()["batch_jobs"] == [job.to_dict()]
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -221,8 +268,22 @@ def test_the_list_filters_the_medusa_way(api: Api, jobs: BatchJobs) -> None:
         ("status[]=done", "unknown status 'done'"),
         (
             "created_at=2024-01-01",
-            "created_at needs an operator: created_at[gt], "
-            "created_at[gte], created_at[lt] or created_at[lte]",
+            "created_at needs an operator or null: created_at[gt], "
+            "created_at[gte], created_at[lt], created_at[lte] or created_at=null",
+        ),
+        (
+            "completed_at=null&completed_at[gt]=2024-01-01",
+            "completed_at=null cannot be combined with completed_at[...]",
+        ),
+        (
+            "completed_at[gt]=2024-01-01&completed_at=null",
+            "completed_at=null cannot be combined with completed_at[...]",
+        ),
+        (
+            "fields=id,password",
+            "unknown field 'password' in fields; a batch job has id, type, status, created_by, "
+            "dry_run, context, result, created_at, updated_at, pre_processed_at, confirmed_at, "
+            "processing_at, completed_at, canceled_at, failed_at, deleted_at",
         ),
         (
             "created_at[after]=2024-01-01",
@@ -231,13 +292,13 @@ def test_the_list_filters_the_medusa_way(api: Api, jobs: BatchJobs) -> None:
         ("created_at[gt]=yesterday", "created_at: 'yesterday' is not an ISO 8601 date"),
         (
             "created_by=usr_2",
-            "unknown query parameter 'created_by'; use limit, offset, order, "
-            "id, type, status or a date filter such as created_at[gt]",
+            "unknown query parameter 'created_by'; use limit, offset, order, fields, expand, "
+            "id, type, status or a date filter such as created_at[gt] or completed_at=null",
         ),
         (
             "q=x",
-            "unknown query parameter 'q'; use limit, offset, order, id, type, status or a "
-            "date filter such as created_at[gt]",
+            "unknown query parameter 'q'; use limit, offset, order, fields, expand, id, type, "
+            "status or a date filter such as created_at[gt] or completed_at=null",
         ),
     ],
 )

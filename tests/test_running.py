@@ -256,6 +256,17 @@ def test_list_and_count_filters_and_pages(jobs: BatchJobs) -> None:
     assert jobs.list_and_count(confirmed_at=None)[1] == 1
     assert jobs.list_and_count(created_at={"gte": "2026-01-02", "lt": "2026-01-04"})[1] == 2
     assert jobs.list_and_count(created_at={"gt": "2026-01-05T00:00:00Z"})[1] == 1
+    assert [j.id for j in jobs.list_and_count(id=[ids[0], ids[3]])[0]] == [ids[3], ids[0]]
+    assert jobs.list_and_count(id=ids[2])[0][0].id == ids[2]
+    assert jobs.list_and_count(completed_at=None)[0][0].id == ids[4]
+    assert jobs.list_and_count(completed_at={"lte": "2026-01-07"}, failed_at=None)[1] == 5
+    assert jobs.list_and_count(pre_processed_at={"gte": "2026-01-01"}, confirmed_at=None)[1] == 1
+    assert jobs.list_and_count(canceled_at={"gt": "2000-01-01"})[1] == 0
+    assert [j.id for j in jobs.list_and_count(order="created_by", type="words")[0]][:3] == [
+        ids[0],
+        ids[2],
+        ids[4],
+    ]
 
 
 @pytest.mark.parametrize(

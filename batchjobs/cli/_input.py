@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from ._app import F
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
+_DATE_FILTER = re.compile(r"([a-z_]+)(?:\[([a-z]+)\])?=(.*)", re.S)
 
 
 class _JsonObject(click.ParamType):
@@ -54,6 +56,46 @@ class _Setting(click.ParamType):
             return key, json.loads(text)
         except ValueError:
             return key, text  # not JSON: a plain string
+
+
+class _DateFilter(click.ParamType):
+    """``FIELD[OP]=ISO`` (``gt``, ``gte``, ``lt``, ``lte``) or ``FIELD=null``, as the HTTP query."""
+
+    name = "FIELD[OP]=VALUE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, str | None, str | None]:
+        if isinstance(value, tuple):
+            return value
+        match = _DATE_FILTER.fullmatch(value)
+        if match is None:
+            self.fail(f"{value!r} is not FIELD[OP]=VALUE or FIELD=null", param, ctx)
+        field, operator, text = match.groups()
+        if operator is None and text != "null":
+            self.fail(
+                f"{value!r} needs an operator or null: {field}[gt|gte|lt|lte]=ISO or {field}=null",
+                param,
+                ctx,
+            )
+        return field, operator, None if operator is None else text
+
+
+def _date_filters(given: Iterable[tuple[str, str | None, str | None]]) -> dict[str, Any]:
+    """``list_and_count`` filters from ``--filter`` values: ``{"gt": ISO}`` or ``None``."""
+    filters: dict[str, Any] = {}
+    for field, operator, text in given:
+        bounds = filters.get(field, {})
+        if operator is None or bounds is None:
+            if field in filters:
+                raise click.BadParameter(
+                    f"{field}=null cannot be combined with another {field} filter",
+                    param_hint="'--filter'",
+                )
+            filters[field] = None
+            continue
+        if operator in bounds:
+            raise click.BadParameter(f"{field}[{operator}] is given twice", param_hint="'--filter'")
+        filters[field] = {**bounds, operator: text}
+    return filters
 
 
 class _Duration(click.ParamType):

@@ -12,7 +12,7 @@ import click
 from ..app import BatchJobs
 from ..models import BatchJob, Status
 from ._app import CommandError, _session, cli, pass_jobs
-from ._input import _job_input, _json_option
+from ._input import _date_filters, _DateFilter, _job_input, _json_option
 from ._output import _count_text, _describe, _print_json, _table, _when
 from ._progress import _end, _follow, _run_here
 
@@ -105,6 +105,21 @@ def run(
 )
 @click.option("--type", "types", multiple=True, help="Repeatable.")
 @click.option("--user", "users", multiple=True, help="created_by; repeatable.")
+@click.option("--id", "ids", multiple=True, help="A job id; repeatable.")
+@click.option(
+    "--filter",
+    "dates",
+    multiple=True,
+    type=_DateFilter(),
+    help="A date filter: created_at[gte]=ISO (gt, gte, lt, lte; any *_at field) "
+    "or completed_at=null; repeatable.",
+)
+@click.option(
+    "--order",
+    default="-created_at",
+    show_default=True,
+    help="A field (id, type, status, created_by or any *_at); - first for descending.",
+)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
 @_json_option
@@ -114,24 +129,35 @@ def list_jobs(
     statuses: tuple[str, ...],
     types: tuple[str, ...],
     users: tuple[str, ...],
+    ids: tuple[str, ...],
+    dates: tuple[tuple[str, str | None, str | None], ...],
+    order: str,
     limit: int,
     offset: int,
     as_json: bool,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, newest first unless --order says otherwise.
 
     \b
     Examples:
       batchjobs list
       batchjobs list --status failed --status canceled --type csv-export
       batchjobs list --user usr_1 --limit 50 --offset 50 --json
+      batchjobs list --filter completed_at=null --filter 'created_at[gte]=2026-01-01'
+      batchjobs list --order created_at --id batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
     """
     filters: dict[str, Any] = {
         name: list(values)
-        for name, values in (("status", statuses), ("type", types), ("created_by", users))
+        for name, values in (
+            ("status", statuses),
+            ("type", types),
+            ("created_by", users),
+            ("id", ids),
+        )
         if values
     }
-    page, count = jobs.list_and_count(limit=limit, offset=offset, **filters)
+    filters.update(_date_filters(dates))
+    page, count = jobs.list_and_count(limit=limit, offset=offset, order=order, **filters)
     if as_json:
         _print_json(
             {

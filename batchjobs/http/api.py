@@ -4,6 +4,7 @@ Routes (JSON in, JSON out)::
 
     POST /admin/batch-jobs               {"type", "context", "dry_run"} -> 201 {"batch_job"}
     GET  /admin/batch-jobs               -> {"batch_jobs", "count", "offset", "limit"}
+                                         (filters: id, type, status, *_at[gt..lte], *_at=null)
     GET  /admin/batch-jobs/<id>          -> {"batch_job"}
     POST /admin/batch-jobs/<id>/confirm  -> {"batch_job"}
     POST /admin/batch-jobs/<id>/cancel   -> {"batch_job"}
@@ -28,6 +29,7 @@ it too.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -87,8 +89,12 @@ _HTTP_TYPES = {401: "unauthorized", 404: "not_found", 405: "not_allowed", 413: "
 _CREATE_FIELDS = ("type", "context", "dry_run")
 #: Query parameters filtering on a value or a list of values (``type=a``, ``type[]=a``).
 _LIST_FILTERS = ("id", "status", "type")
-#: Medusa's clients may send these; every job is returned whole, so they are ignored.
+#: Read by ``_list_fields``, not filters.
 _IGNORED_PARAMS = ("expand", "fields")
+#: ``completed_at=null``: the jobs whose ``completed_at`` is null (Medusa's query shape).
+_NULL = "null"
+#: The fields of a record, in Medusa's order: what ``fields=`` may name.
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(BatchJob))
 _SQL_INTEGER_MAX = 2**63 - 1
 _PARAM = re.compile(r"^([a-z_]+)(?:\[([a-z0-9]*)\])?$")
 # "+" in a query string means a space: "…T10:00:00+00:00" unencoded arrives as "… 00:00".
@@ -175,7 +181,8 @@ def _list_query(args: MultiDict[str, str]) -> tuple[int, int, str, dict[str, Any
 
     Filters take Medusa's query shapes: ``type=a``, ``type[]=a&type[]=b`` or
     ``type[0]=a`` (likewise ``status`` and ``id``), and ``created_at[gt]=ISO``
-    (``gt``/``gte``/``lt``/``lte``) for each ``*_at`` field.
+    (``gt``/``gte``/``lt``/``lte``) or ``completed_at=null`` for each ``*_at``
+    field. ``fields`` and ``expand`` are read by ``_list_fields``.
     """
     limit = _count("limit", args, DEFAULT_LIMIT)
     offset = _count("offset", args, 0)
@@ -192,20 +199,49 @@ def _list_query(args: MultiDict[str, str]) -> tuple[int, int, str, dict[str, Any
         values = args.getlist(key)
         if name in _LIST_FILTERS and (operator is None or operator.isdigit() or operator == ""):
             filters.setdefault(name, []).extend(values)
+        elif name in TIMESTAMP_FIELDS and operator is None and values == [_NULL]:
+            if filters.get(name) is not None:
+                raise InvalidDataError(f"{name}=null cannot be combined with {name}[...]")
+            filters[name] = None
         elif name in TIMESTAMP_FIELDS and operator and not operator.isdigit():
             if len(values) > 1:
                 raise InvalidDataError(f"{key} is given {len(values)} times")
+            if name in filters and filters[name] is None:
+                raise InvalidDataError(f"{name}=null cannot be combined with {name}[...]")
             filters.setdefault(name, {})[operator] = _SPACED_OFFSET.sub(r"+\1", values[0])
         elif name in TIMESTAMP_FIELDS:
             raise InvalidDataError(
-                f"{key} needs an operator: {name}[gt], {name}[gte], {name}[lt] or {name}[lte]"
+                f"{key} needs an operator or null: {name}[gt], {name}[gte], {name}[lt], "
+                f"{name}[lte] or {name}=null"
             )
         else:
             raise InvalidDataError(
-                f"unknown query parameter {key!r}; use limit, offset, order, id, type, status "
-                "or a date filter such as created_at[gt]"
+                f"unknown query parameter {key!r}; use limit, offset, order, fields, expand, "
+                "id, type, status or a date filter such as created_at[gt] or completed_at=null"
             )
     return limit, offset, order, filters
+
+
+def _list_fields(args: MultiDict[str, str]) -> tuple[str, ...] | None:
+    """The record fields ``fields=a,b`` asks for (``id`` always among them), or ``None``.
+
+    ``expand`` names relations (Medusa's ``created_by_user``...): a batch job
+    here has none, so it is accepted and ignored.
+    """
+    wanted: list[str] = []
+    for key in args:
+        match = _PARAM.match(key)
+        if match and match.group(1) == "fields":
+            for value in args.getlist(key):
+                wanted.extend(name.strip() for name in value.split(",") if name.strip())
+    if not wanted:
+        return None
+    for name in wanted:
+        if name not in _RECORD_FIELDS:
+            raise InvalidDataError(
+                f"unknown field {name!r} in fields; a batch job has {', '.join(_RECORD_FIELDS)}"
+            )
+    return tuple(name for name in _RECORD_FIELDS if name == "id" or name in wanted)
 
 
 # -- the API ----------------------------------------------------------------------------------
@@ -283,12 +319,16 @@ def create_blueprint(
     @api.get(PREFIX)
     def list_jobs() -> Response:
         limit, offset, order, filters = _list_query(request.args)
+        fields = _list_fields(request.args)
         page, count = jobs.list_and_count(
             limit=limit, offset=offset, order=order, **filters, created_by=caller()
         )
+        records = [job.to_dict() for job in page]
+        if fields is not None:
+            records = [{name: record[name] for name in fields} for record in records]
         return jsonify(
             {
-                "batch_jobs": [job.to_dict() for job in page],
+                "batch_jobs": records,
                 "count": count,
                 "offset": offset,
                 "limit": limit,
