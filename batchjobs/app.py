@@ -14,7 +14,7 @@ from .models import BatchJob
 from .runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, JobRunner
 from .scheduler import Scheduler
 from .service import BatchJobService
-from .store import Store
+from .store import open_store, sqlite_path
 from .strategy import BatchJobStrategy, StrategyRegistry
 
 if TYPE_CHECKING:
@@ -67,12 +67,15 @@ class BatchJobs:
         for name, number in (("poll_interval", poll_interval), ("lease_seconds", lease_seconds)):
             if not isinstance(number, (int, float)) or number <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {number!r}")
-        self.db_path = Path(db)
+        #: The SQLite file (``None`` for another database).
+        self.db_path = sqlite_path(db)
         self.redis_url = redis_url
         self.concurrency = concurrency
         self.poll_interval = float(poll_interval)
         self.channel_prefix = channel_prefix
         if files_dir is None:
+            if self.db_path is None:
+                raise ValueError("files_dir is needed with a database that is not a SQLite file")
             files_dir = self.db_path.with_name(f"{self.db_path.stem}-files")
         self.files = FileStore(files_dir)
         self.mirror: RedisMirror | None = None
@@ -80,7 +83,7 @@ class BatchJobs:
             from .pubsub import RedisMirror
 
             self.mirror = RedisMirror(self, redis_url, prefix=channel_prefix)
-        self.store = Store(self.db_path, durability=durability)
+        self.store = open_store(db, durability=durability)
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
         self.service = BatchJobService(self.store, self.registry, sender=self)
@@ -96,7 +99,7 @@ class BatchJobs:
         self.scheduler: Scheduler | None = None
 
     def __repr__(self) -> str:
-        return f"<BatchJobs {str(self.db_path)!r}>"
+        return f"<BatchJobs {self.store.location!r}>"
 
     def __enter__(self) -> BatchJobs:
         return self

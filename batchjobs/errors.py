@@ -6,7 +6,18 @@ the HTTP API turn them into exit codes and status codes at their boundary.
 
 from __future__ import annotations
 
-__all__ = ["BatchJobError", "InvalidDataError", "NotAllowedError", "NotFoundError"]
+__all__ = [
+    "BatchJobError",
+    "InvalidDataError",
+    "NotAllowedError",
+    "NotFoundError",
+    "StoreClosedError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreReadOnlyError",
+    "StoreUnreachableError",
+]
 
 
 class BatchJobError(Exception):
@@ -44,3 +55,33 @@ class InvalidDataError(BatchJobError):
     """The input is malformed: unknown type, bad context, bad field."""
 
     type = "invalid_data"
+
+
+class StoreError(BatchJobError):
+    """The database failed: the store names it and what went wrong."""
+
+    type = "database_error"
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class StoreReadOnlyError(StoreError):
+    """The database cannot be written to (a read-only file, folder or disk)."""
+
+
+class StoreUnreachableError(StoreError):
+    """The database cannot be opened or reached (missing folder, I/O error, server down)."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not a batchjobs database, or is damaged."""
+
+
+class StoreLockedError(StoreError):
+    """Another connection held the database's lock for longer than the store waits."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed: ``BatchJobs.close()`` ran before this call."""

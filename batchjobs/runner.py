@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from json.scanner import make_scanner
 from typing import Any
 
 from . import signals
 from .models import ACTIVE_STATUSES, BatchJob, Status, utcnow
-from .store import Claim, Store
+from .store import Checkpoint, Claim, ClaimRequest, Lease, Store
 from .strategy import BatchJobStrategy, JobRun, StrategyRegistry
 
 __all__ = [
@@ -80,7 +79,7 @@ def _fingerprint(value: Any) -> Any:
 class _SaveRequest:
     """A save worked out by ``_request``: the store's arguments and what they change."""
 
-    kwargs: dict[str, Any]
+    checkpoint: Checkpoint
     steps: list[tuple[Status, datetime]]
     fingerprints: dict[str, Any]
     cursor: str
@@ -98,21 +97,6 @@ class _Deferred:
     request: _SaveRequest
 
 
-# typeshed types make_scanner's argument as make_scanner itself.
-_scan_json: Callable[[str, int], tuple[Any, int]] = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-
-
-def _parse_stored(text: str) -> Any:
-    """JSON text as SQLite returned it: the decoder's C scanner alone, without
-    ``json.loads``' Python layers (a third of the cost). Text it does not take
-    whole (written by hand, padded) goes to ``json.loads`` and its errors."""
-    try:
-        value, end = _scan_json(text, 0)
-    except StopIteration:
-        end = -1
-    return value if end == len(text) else json.loads(text)
-
-
 @dataclass
 class _Batch:
     """Jobs one ``drain`` claimed together, and the final saves waiting for one commit."""
@@ -122,7 +106,7 @@ class _Batch:
     #: How many jobs the next claim takes: doubles while jobs are short.
     limit: int = 1
     #: Claimed, not started yet; given back when a job of the batch turns out long.
-    waiting: list[str] = field(default_factory=list)
+    waiting: list[Claim] = field(default_factory=list)
     deferred: list[_Deferred] = field(default_factory=list)
 
 
@@ -130,19 +114,13 @@ class _Batch:
 class _RunState:
     """What the running worker knows of its job beyond the last commit."""
 
+    #: The job as last committed.
     job: BatchJob
+    lease: Lease
     committed: Status
     pending: list[tuple[Status, datetime]] = field(default_factory=list)
     saved_result: dict[str, Any] = field(default_factory=dict)
     saved_cursor: str = "{}"
-    #: The last commit's context and result as JSON text, and the transitions
-    #: it made, applied to ``job`` on demand: a commit nobody listens to costs
-    #: no parsing and no record.
-    stored: tuple[str, str] | None = None
-    stored_at: datetime | None = None
-    steps: list[tuple[Status, datetime]] = field(default_factory=list)
-    context_json: str | None = None
-    context: dict[str, Any] = field(default_factory=dict)
     #: The batch this job was claimed in by ``drain``: its final save waits for
     #: the batch's one commit.
     batch: _Batch | None = None
@@ -162,20 +140,6 @@ class _RunState:
 
     def current(self) -> BatchJob:
         """The job as last committed."""
-        if self.stored is not None:
-            context, result = self.stored
-            changes: dict[str, Any] = {s.timestamp_field: at for s, at in self.steps}
-            if self.steps:
-                changes["status"] = self.steps[-1][0]
-            if context != self.context_json:  # the context seldom changes: parse it once
-                self.context_json, self.context = context, json.loads(context)
-            self.job = self.job.replace(
-                context=self.context,
-                result=_parse_stored(result),
-                updated_at=self.stored_at,
-                **changes,
-            ).with_result_json(result)
-            self.stored, self.steps = None, []
         return self.job
 
 
@@ -206,38 +170,50 @@ class JobRunner:
         #: (pre-processed and confirmed, or handed over); the scheduler wakes on it.
         self.on_runnable: Callable[[], None] | None = None
         self._running: dict[str, float] = {}  # job id → when it started (monotonic)
+        #: The lease of every job running here or held for a batch: the heartbeat's.
+        self._leases: dict[str, Lease] = {}
         self._held: set[str] = set()  # claimed in a batch, not started yet
         self._running_lock = threading.Lock()
 
     def _emit(self, event: str, job: BatchJob) -> None:
         signals.emit(event, self.sender, job)
 
-    def clean_up_canceled(
-        self, job: BatchJob, now: datetime | None = None, *, held_by: str | None = None
-    ) -> bool:
+    def clean_up_canceled(self, job: BatchJob, now: datetime | None = None) -> bool:
         """Run ``on_cancel`` for a canceled job that no live worker holds.
 
-        A worker running the job calls ``on_cancel`` itself at its next
-        checkpoint; a job canceled while handed over, backing off or left by a
-        dead worker has nobody to clean up its partial output but the caller.
-        Returns whether ``on_cancel`` ran here.
+        A worker running the job cleans up itself at its next checkpoint; a job
+        canceled while handed over, backing off or left by a dead worker is
+        cleaned up by whoever takes its cleanup first (one guarded write), here
+        or in any worker with its strategy. Returns whether ``on_cancel`` ran here.
         """
-        if job.status != Status.CANCELED or job.processing_at is None:
+        if job.status != Status.CANCELED or job.type not in self.registry:
             return False
-        if job.type not in self.registry:
+        now = now or utcnow()
+        claim = self.store.claim_cleanup(
+            job.id, owner=self.owner, now=now, lease_until=now + self.lease
+        )
+        if claim is None:
             return False
-        owner, until, cursor = self.store.holder(job.id)
-        live = owner is not None and until is not None and until > (now or utcnow())
-        if live and owner != held_by:
-            return False
-        run = JobRun(job, cursor=cursor, files=self.files, is_canceled=lambda: True)
-        try:
-            self.registry.get(job.type).on_cancel(run)
-        except Exception:
-            log.exception("on_cancel of batch job %s failed", job.id)
-        finally:
-            run.close()
+        self._clean_up(claim)
         return True
+
+    def _clean_up(self, claim: Claim, run: JobRun | None = None) -> None:
+        """Run ``on_cancel`` under ``claim`` (a cleanup taken), then mark it done."""
+        with self._running_lock:
+            self._leases[claim.job.id] = claim.lease
+        own = run is None
+        if run is None:
+            run = JobRun(claim.job, cursor=claim.cursor, files=self.files, is_canceled=lambda: True)
+        try:
+            self.registry.get(claim.job.type).on_cancel(run)
+        except Exception:
+            log.exception("on_cancel of batch job %s failed", claim.job.id)
+        finally:
+            with self._running_lock:
+                self._leases.pop(claim.job.id, None)
+            if own:
+                run.close()
+        self.store.finish_cleanup(claim.lease)
 
     @property
     def running(self) -> list[str]:
@@ -253,8 +229,8 @@ class JobRunner:
     def renew_leases(self, now: datetime | None = None) -> int:
         """Extend the leases of every job running here (the heartbeat)."""
         with self._running_lock:
-            ids = [*self._running, *self._held]
-        return self.store.renew(self.owner, ids, (now or utcnow()) + self.lease)
+            leases = list(self._leases.values())
+        return len(self.store.renew(leases, (now or utcnow()) + self.lease))
 
     def claim_next(
         self,
@@ -265,14 +241,17 @@ class JobRunner:
     ) -> Claim | None:
         """Lease the oldest runnable job of a registered type (among ``ids``), or ``None``."""
         now = now or utcnow()
-        return self.store.claim(
-            self.owner,
-            self.registry.types,
-            now=now,
-            lease_until=now + self.lease,
-            statuses=tuple(statuses),
-            ids=None if ids is None else list(ids),
+        claims = self.store.claim(
+            ClaimRequest(
+                self.owner,
+                tuple(self.registry.types),
+                now,
+                now + self.lease,
+                statuses=tuple(statuses),
+                ids=None if ids is None else tuple(ids),
+            )
         )
+        return claims[0] if claims else None
 
     def run_next(
         self,
@@ -310,18 +289,18 @@ class JobRunner:
         so a long job holds up no one. Stops early once ``stopping`` is set.
         """
         batch = _Batch(tuple(statuses), None if ids is None else list(ids))
-        claims = self.store.claim_batch(**self._claim_args(batch, now or utcnow()))
+        claims = self.store.claim(self._claim_request(batch, now or utcnow()))
         ran = 0
         try:
             while claims:
-                self._hold(batch, [c.job.id for c in claims])
+                self._hold(batch, claims)
                 short = True
                 for claim in claims:
                     if self.stopping.is_set():
                         break
-                    if claim.job.id not in batch.waiting:
+                    if claim not in batch.waiting:
                         continue  # given back with a long job's checkpoint
-                    self._unhold(batch, [claim.job.id])
+                    self._unhold(batch, [claim])
                     if claim is not claims[0] and not self._still_ours(claim):
                         continue
                     ran += 1
@@ -342,37 +321,52 @@ class JobRunner:
             raise
         return ran
 
-    def _claim_args(self, batch: _Batch, now: datetime) -> dict[str, Any]:
-        return {
-            "owner": self.owner,
-            "types": self.registry.types,
-            "now": now,
-            "lease_until": now + self.lease,
-            "statuses": batch.statuses,
-            "ids": batch.ids,
-            "limit": batch.limit,
-        }
+    def _claim_request(self, batch: _Batch, now: datetime) -> ClaimRequest:
+        return ClaimRequest(
+            self.owner,
+            tuple(self.registry.types),
+            now,
+            now + self.lease,
+            statuses=batch.statuses,
+            ids=None if batch.ids is None else tuple(batch.ids),
+            limit=batch.limit,
+            cleanups=batch.statuses == ACTIVE_STATUSES,
+        )
 
     def _still_ours(self, claim: Claim) -> bool:
         """Whether a job that waited in a batch may start: still ours, not canceled."""
-        owner, status = self.store.owner_and_status(claim.job.id)
-        if owner == self.owner and status == claim.job.status:
+        status = self.store.holds(claim.lease)
+        if status == claim.job.status:
             return True
-        if owner == self.owner and status == Status.CANCELED:
-            self.clean_up_canceled(self.store.get(claim.job.id) or claim.job, held_by=self.owner)
-            self.store.release(self.owner, [claim.job.id])
+        if status == Status.CANCELED:
+            self._cancel_held(claim.lease)
         return False
 
-    def _hold(self, batch: _Batch, ids: list[str]) -> None:
-        batch.waiting.extend(ids)
-        with self._running_lock:
-            self._held.update(ids)
+    def _cancel_held(self, lease: Lease) -> None:
+        """A job we hold was canceled before it started: clean up if owed, else let it go."""
+        now = utcnow()
+        cleanup = self.store.claim_cleanup(
+            lease.id, owner=self.owner, now=now, lease_until=now + self.lease
+        )
+        if cleanup is not None:
+            self._clean_up(cleanup)
+        else:
+            self.store.release([lease])
 
-    def _unhold(self, batch: _Batch, ids: list[str]) -> None:
-        for id in ids:
-            batch.waiting.remove(id)
+    def _hold(self, batch: _Batch, claims: list[Claim]) -> None:
+        batch.waiting.extend(claims)
         with self._running_lock:
-            self._held.difference_update(ids)
+            self._held.update(c.job.id for c in claims)
+            self._leases.update((c.job.id, c.lease) for c in claims)
+
+    def _unhold(self, batch: _Batch, claims: list[Claim]) -> None:
+        for claim in claims:
+            batch.waiting.remove(claim)
+        with self._running_lock:
+            for claim in claims:
+                self._held.discard(claim.job.id)
+                if claim.job.id not in self._running:
+                    self._leases.pop(claim.job.id, None)
 
     def _commit_batch(
         self,
@@ -380,39 +374,38 @@ class JobRunner:
         *,
         claim_next: bool,
         also: tuple[str, _SaveRequest] | None = None,
-    ) -> tuple[list[Claim], tuple[str, str] | None]:
+    ) -> tuple[list[Claim], BatchJob | None]:
         """One commit: the batch's waiting saves (and ``also``), its unstarted jobs given
         back, and, with ``claim_next``, the next batch claimed.
 
         Returns the new claims and what ``also`` stored.
         """
         deferred = list(batch.deferred)
-        saves = [(d.state.job.id, d.request.kwargs) for d in deferred]
+        saves = [d.request.checkpoint for d in deferred]
         if also is not None:
-            saves.append((also[0], also[1].kwargs))
+            saves.append(also[1].checkpoint)
         waiting = list(batch.waiting)
-        claim = self._claim_args(batch, utcnow()) if claim_next else None
+        claim = self._claim_request(batch, utcnow()) if claim_next else None
         if not saves and not waiting and claim is None:
             return [], None
-        stored, claims = self.store.commit_batch(self.owner, saves, release=waiting, claim=claim)
+        stored, claims = self.store.commit(saves, release=[c.lease for c in waiting], claim=claim)
         # Only now that they are committed (a failed commit leaves them to retry).
         batch.deferred = []
         self._unhold(batch, waiting)
         with self._running_lock:
-            self._held.difference_update(d.state.job.id for d in deferred)
+            for d in deferred:
+                self._held.discard(d.state.job.id)
+                self._leases.pop(d.state.job.id, None)
         for d, result in zip(deferred, stored, strict=False):
             try:
                 self._saved(d.strategy, d.run, d.state, d.request, result)
             finally:
                 d.run.close()
-        for id in waiting:  # canceled while we held it: its canceler left the cleaning to us
-            self._clean_up_if_canceled(id)
+        for given in waiting:  # canceled while we held it: the cleanup may be ours to take
+            job = self.store.get(given.job.id)
+            if job is not None and job.status == Status.CANCELED:
+                self.clean_up_canceled(job)
         return claims, (stored[-1] if also is not None else None)
-
-    def _clean_up_if_canceled(self, id: str) -> None:
-        job = self.store.get(id)
-        if job is not None and job.status == Status.CANCELED:
-            self.clean_up_canceled(job, held_by=self.owner)
 
     def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
         """Run a claimed job: pre-process, confirm, process chunks, complete."""
@@ -426,16 +419,19 @@ class JobRunner:
         cursor = json.dumps(claim.cursor)
         state = _RunState(
             job=job,
+            lease=claim.lease,
             committed=job.status,
             saved_result=fingerprints,
             saved_cursor=cursor,
             batch=batch,
             good=(fingerprints, cursor),
-            context_json=claim.context_json,
-            context=job.context,
         )
+        if job.status == Status.CANCELED:  # a cleanup owed since a cancel
+            self._clean_up(claim)
+            return state
         with self._running_lock:
             self._running[job.id] = time.monotonic()
+            self._leases[job.id] = claim.lease
         run: JobRun | None = None
         try:
             strategy = self.registry.get(job.type)
@@ -459,6 +455,8 @@ class JobRunner:
         finally:
             with self._running_lock:
                 self._running.pop(job.id, None)
+                if not state.deferred:
+                    self._leases.pop(job.id, None)
             if run is not None and not state.deferred:
                 run.close()
 
@@ -613,12 +611,13 @@ class JobRunner:
         request = self._request(run, state, release, context, available_at)
         batch = state.batch
         if batch is None or not (batch.deferred or batch.waiting or release):
-            stored = self.store.save(state.job.id, **request.kwargs)
+            stored = self.store.save(request.checkpoint)
         elif release and not self.stopping.is_set():
             batch.deferred.append(_Deferred(strategy, run, state, request))
             state.deferred = True
             with self._running_lock:
                 self._held.add(state.job.id)  # the heartbeat renews it until the commit
+                self._leases[state.job.id] = state.lease
             return True
         else:
             _, stored = self._commit_batch(batch, claim_next=False, also=(state.job.id, request))
@@ -641,20 +640,19 @@ class JobRunner:
         }
         cursor = json.dumps(run.cursor)
         cursor_changed = cursor != state.saved_cursor
-        kwargs: dict[str, Any] = {
-            "owner": self.owner,
-            "expect": state.committed,
-            "now": now,
-            "status": state.pending[-1][0] if state.pending else None,
-            "timestamps": {s.timestamp_field: at for s, at in state.pending},
-            "result": patch,
-            "context": context,
-            "cursor": run.cursor if cursor_changed else None,
-            "available_at": available_at if release else now + self.lease,
-            "release": release,
-        }
+        checkpoint = Checkpoint(
+            state.lease,
+            state.committed,
+            now,
+            steps=tuple(state.pending),
+            result=patch,
+            context=context or {},
+            cursor=dict(run.cursor) if cursor_changed else None,
+            until=available_at if release else now + self.lease,
+            release=release,
+        )
         changed = bool(patch or context or cursor_changed)
-        return _SaveRequest(kwargs, list(state.pending), fingerprints, cursor, changed, now)
+        return _SaveRequest(checkpoint, list(state.pending), fingerprints, cursor, changed, now)
 
     def _saved(
         self,
@@ -662,7 +660,7 @@ class JobRunner:
         run: JobRun,
         state: _RunState,
         request: _SaveRequest,
-        stored: tuple[str, str] | None,
+        stored: BatchJob | None,
     ) -> bool:
         """After a save's commit: note what is saved, send its events (or handle the loss)."""
         if stored is None:
@@ -672,38 +670,43 @@ class JobRunner:
         state.good = (request.fingerprints, request.cursor)
         steps = list(request.steps)
         state.pending = state.pending[len(steps) :]
-        status = request.kwargs["status"]
-        if status is not None:
-            state.committed = status
+        before = state.job
+        state.committed = stored.status
+        state.job = run.job = stored
         events = [signals.event_for_status(step) for step, _ in steps]
         if request.changed:
             final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
             events.insert(len(events) - final, "batch.updated")
-        state.stored, state.stored_at = stored, request.now
-        sender = self.sender
-        if not any(signals.has_receivers(event, sender) for event in events):
-            state.steps.extend(steps)
+        if not events:
             return True
-        job = state.current()
-        emit = signals.emit
-        for event in events:  # status and timestamps as at each step; result as committed
+        # Each step's event carries the job as at that step, the result as committed.
+        job = stored.replace(
+            status=before.status,
+            **{step.timestamp_field: getattr(before, step.timestamp_field) for step, _ in steps},
+        )
+        for event in events:
             if event != "batch.updated":
                 job = job.with_status(*steps.pop(0))
-            emit(event, sender, job)
-        state.job = run.job = job
+            signals.emit(event, self.sender, job)
         return True
 
     def _lost(self, strategy: BatchJobStrategy, run: JobRun, state: _RunState) -> None:
         """A checkpoint's guard failed: the job was canceled or taken over."""
         current = self.store.get(state.job.id)
         if current is not None:
-            state.job = current
+            state.job = run.job = current
         if current is not None and current.status == Status.CANCELED:
             log.info("batch job %s was canceled; stopping", current.id)
-            try:
-                strategy.on_cancel(run)
-            except Exception:
-                log.exception("on_cancel of batch job %s failed", current.id)
+            now = utcnow()
+            cleanup = self.store.claim_cleanup(
+                current.id,
+                owner=self.owner,
+                now=now,
+                lease_until=now + self.lease,
+                lease=state.lease,
+            )
+            if cleanup is not None:
+                self._clean_up(cleanup, run)
         else:
             log.warning("batch job %s: lease lost to another worker; stopping", state.job.id)
 

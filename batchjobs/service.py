@@ -14,13 +14,10 @@ from typing import Any
 from . import signals
 from .errors import InvalidDataError, NotAllowedError, NotFoundError
 from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
-from .store import DATE_OPERATORS, Store
+from .store import DATE_OPERATORS, FILTER_NAMES, Store
 from .strategy import JobDraft, StrategyRegistry
 
 __all__ = ["FILTER_NAMES", "BatchJobService"]
-
-#: What ``list_and_count`` filters on.
-FILTER_NAMES = ("id", "status", "type", "created_by", *TIMESTAMP_FIELDS)
 
 
 def _check_json_object(name: str, value: Any, *, optional: bool = True) -> dict[str, Any]:

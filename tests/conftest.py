@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from batchjobs import BatchJobs
+from batchjobs.store import SQLiteStore, Store
 from tests import strategies as test_strategies
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -45,6 +46,30 @@ def make_jobs(db_path: Path) -> Iterator[Callable[..., BatchJobs]]:
 def jobs(make_jobs: Callable[..., BatchJobs]) -> BatchJobs:
     """One ``BatchJobs`` with the test strategies, short leases."""
     return make_jobs(lease_seconds=5)
+
+
+#: The store implementations that ``make_store`` (and so the contract suite in
+#: test_store.py) runs over. A backend joins by adding its name and a branch below.
+STORE_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Open stores on one fresh database of each backend; each call is another
+    store on the same database (another set of connections). Closed after."""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        if request.param == "sqlite":
+            store: Store = SQLiteStore(tmp_path / "store.db")
+        else:  # pragma: no cover - a backend named above without its branch
+            raise AssertionError(f"no store backend {request.param!r}")
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 def _redis_up() -> bool:

@@ -30,6 +30,8 @@ LAYERS = {
     "__main__": 8,  # python -m batchjobs
 }
 THIRD_PARTY = {
+    # The database drivers stay behind the store protocol.
+    "sqlite3": {"store"},
     "sqlite_utils": {"store"},
     "blinker": {"signals"},
     "apscheduler": {"scheduler"},

@@ -1,98 +1,238 @@
-"""The SQLite store: schema, WAL, guarded writes, claims under contention, query plans."""
+"""The store protocol's contract: every implementation passes these (``make_store``'s params).
+
+Only the protocol is used here: records in, records out. What one backend
+does its own way (SQLite's pragmas, indexes, migrations) is in its own file.
+"""
 
 from __future__ import annotations
 
-import gc
-import json
-import sqlite3
 import threading
-from pathlib import Path
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import sqlite_utils
 
-from batchjobs.models import BatchJob, Status, new_job_id, utcnow
-from batchjobs.store import Store
+from batchjobs.errors import (
+    InvalidDataError,
+    StoreClosedError,
+    StoreError,
+    StoreLockedError,
+    StoreReadOnlyError,
+)
+from batchjobs.models import BatchJob, Status, new_job_id
+from batchjobs.store import Checkpoint, Claim, ClaimRequest, Lease, Store
 
-
-def make_job(type: str = "t", status: Status = Status.CREATED) -> BatchJob:
-    now = utcnow()
-    return BatchJob(id=new_job_id(), type=type, status=status, created_at=now, updated_at=now)
-
-
-def test_schema_is_migrated_once_and_in_wal_mode(db_path: Path) -> None:
-    Store(db_path).close()
-    store = Store(db_path)  # opening again applies nothing twice
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        applied = conn.execute(
-            "SELECT name FROM _sqlite_migrations WHERE migration_set = 'batchjobs'"
-        ).fetchall()
-    assert applied == [("m001_batch_jobs",), ("m002_batch_job_counts",)]
-    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    store.close()
-    full = Store(db_path, durability="full")
-    assert full.db.execute("PRAGMA synchronous").fetchone()[0] == 2
-    full.close()
+MakeStore = Callable[[], Store]
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+LEASE = timedelta(seconds=30)
 
 
-def test_unknown_durability_is_refused(db_path: Path) -> None:
-    with pytest.raises(ValueError, match="durability must be one of normal, full"):
-        Store(db_path, durability="fast")
-    assert not db_path.exists()
+def make_job(
+    type: str = "t", status: Status = Status.CREATED, at: datetime = T0, **fields: Any
+) -> BatchJob:
+    return BatchJob(
+        id=new_job_id(at), type=type, status=status, created_at=at, updated_at=at, **fields
+    )
 
 
-def test_each_thread_gets_its_own_connection(db_path: Path) -> None:
-    store = Store(db_path)
-    conns = []
-    t = threading.Thread(target=lambda: conns.append(store.db.conn))
-    t.start()
-    t.join()
-    assert conns[0] is not store.db.conn
-    store.close()
+def insert(store: Store, *jobs: BatchJob) -> list[BatchJob]:
+    for job in jobs:
+        store.insert(job)
+    return list(jobs)
 
 
-def test_guarded_transition_has_one_winner_among_threads(db_path: Path) -> None:
-    store = Store(db_path)
-    job = make_job(status=Status.PRE_PROCESSED)
+def request(now: datetime = T0, *, owner: str = "w1", types: tuple[str, ...] = ("t",), **kw: Any):
+    return ClaimRequest(owner, types, now, now + LEASE, **kw)
+
+
+def claim_one(store: Store, now: datetime = T0, **kw: Any) -> Claim:
+    claims = store.claim(request(now, **kw))
+    assert len(claims) == 1, claims
+    return claims[0]
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store()
+
+
+# -- jobs ----------------------------------------------------------------------
+
+
+def test_a_job_comes_back_as_it_was_inserted(store: Store) -> None:
+    job = make_job(
+        created_by="usr_1",
+        dry_run=True,
+        context={"words": ["ünïcødé", None, 1.5], "nested": {"a": [1, {"b": True}]}},
+        result={"count": 3},
+        pre_processed_at=T0 + timedelta(microseconds=1),
+    )
     store.insert(job)
-    barrier = threading.Barrier(8)
+    assert store.get(job.id) == job
+    assert store.get(job.id).created_at.tzinfo is not None  # type: ignore[union-attr]
+    assert store.status_of(job.id) == Status.CREATED
+    assert store.get("batch_nope") is None and store.status_of("batch_nope") is None
+
+
+def test_inserting_an_id_twice_is_a_store_error(store: Store) -> None:
+    (job,) = insert(store, make_job())
+    with pytest.raises(StoreError):
+        store.insert(job.replace(type="other"))
+    assert store.get(job.id) == job
+
+
+def test_a_guarded_transition_has_one_winner_among_connections(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(6)]
+    (job,) = insert(stores[0], make_job(status=Status.PRE_PROCESSED))
+    barrier = threading.Barrier(len(stores))
     wins: list[BatchJob | None] = []
 
-    def confirm() -> None:
+    def confirm(store: Store) -> None:
         barrier.wait()
         wins.append(
             store.transition(
-                job.id, from_statuses=[Status.PRE_PROCESSED], to=Status.CONFIRMED, now=utcnow()
+                job.id, from_statuses=[Status.PRE_PROCESSED], to=Status.CONFIRMED, now=T0
             )
         )
 
-    threads = [threading.Thread(target=confirm) for _ in range(8)]
+    threads = [threading.Thread(target=confirm, args=[s]) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(w is not None for w in wins) == 1
-    assert store.get(job.id).status == Status.CONFIRMED  # type: ignore[union-attr]
-    store.close()
+    winners = [w for w in wins if w is not None]
+    assert len(winners) == 1
+    assert winners[0].status == Status.CONFIRMED and winners[0].confirmed_at == T0
+    assert stores[1].get(job.id) == winners[0]
 
 
-def test_claims_never_hand_one_job_to_two_processes_worth_of_connections(db_path: Path) -> None:
-    stores = [Store(db_path) for _ in range(4)]
-    for _ in range(40):
-        stores[0].insert(make_job())
+def test_a_transition_sets_its_timestamp_clears_and_resets(store: Store) -> None:
+    (job,) = insert(store, make_job(status=Status.FAILED, failed_at=T0))
+    later = T0 + timedelta(minutes=1)
+    assert (
+        store.transition(job.id, from_statuses=[Status.CREATED], to=Status.FAILED, now=later)
+        is None
+    )
+    assert (
+        store.transition("batch_nope", from_statuses=[Status.FAILED], to=Status.CREATED, now=later)
+        is None
+    )
+    moved = store.transition(
+        job.id,
+        from_statuses=[Status.FAILED],
+        to=Status.CONFIRMED,
+        now=later,
+        clear=["failed_at"],
+        reset_claim=True,
+    )
+    assert moved is not None
+    assert (moved.status, moved.confirmed_at, moved.updated_at, moved.failed_at) == (
+        Status.CONFIRMED,
+        later,
+        later,
+        None,
+    )
+    assert store.get(job.id) == moved
+
+
+def test_merge_is_shallow_and_keeps_other_keys(store: Store) -> None:
+    (job,) = insert(store, make_job(context={"a": 1, "keep": {"x": 1}}, result={"r": [1]}))
+    later = T0 + timedelta(seconds=5)
+    merged = store.merge(job.id, now=later, context={"keep": {"y": 2}, "b": 2}, result={"s": 1})
+    assert merged is not None
+    assert merged.context == {"a": 1, "keep": {"y": 2}, "b": 2}
+    assert merged.result == {"r": [1], "s": 1} and merged.updated_at == later
+    assert store.get(job.id) == merged
+    assert store.merge("batch_nope", now=later, result={"s": 1}) is None
+
+
+def test_delete_keeps_a_job_that_left_the_given_statuses(store: Store) -> None:
+    done, active = insert(
+        store, make_job(status=Status.COMPLETED), make_job(status=Status.CONFIRMED)
+    )
+    assert store.delete([done.id, active.id], statuses=[Status.COMPLETED, Status.FAILED]) == [
+        done.id
+    ]
+    assert store.get(done.id) is None and store.get(active.id) is not None
+    assert store.delete([]) == []
+    assert store.delete([active.id]) == [active.id]
+
+
+def test_list_and_count_filter_order_and_page(store: Store) -> None:
+    jobs = [
+        make_job(
+            type="a" if i % 2 else "b",
+            status=Status.COMPLETED if i < 3 else Status.CREATED,
+            at=T0 + timedelta(days=i),
+            created_by=None if i == 4 else f"usr_{i % 2}",
+        )
+        for i in range(5)
+    ]
+    insert(store, *jobs)
+    page, count = store.list_and_count(limit=2)
+    assert count == 5 and [j.id for j in page] == [jobs[4].id, jobs[3].id]
+    page, count = store.list_and_count(order="created_at", limit=2, offset=1)
+    assert [j.id for j in page] == [jobs[1].id, jobs[2].id]
+    cases: list[tuple[dict[str, Any], list[int]]] = [
+        ({"type": "a"}, [1, 3]),
+        ({"status": [Status.COMPLETED.value]}, [0, 1, 2]),
+        ({"status": []}, []),
+        ({"created_by": "usr_0"}, [0, 2]),
+        ({"created_by": None}, [4]),
+        ({"created_by": ["usr_1", None]}, [1, 3, 4]),
+        ({"id": [jobs[0].id, jobs[4].id]}, [0, 4]),
+        ({"created_at": {"gte": T0 + timedelta(days=1), "lt": T0 + timedelta(days=3)}}, [1, 2]),
+        ({"completed_at": None}, [0, 1, 2, 3, 4]),
+        ({"type": "b", "status": Status.CREATED.value, "created_by": "usr_0"}, []),
+    ]
+    for filters, expected in cases:
+        page, count = store.list_and_count(filters=filters, order="created_at", limit=10)
+        assert [j.id for j in page] == [jobs[i].id for i in expected], filters
+        assert count == len(expected) == store.count(filters=filters), filters
+    with pytest.raises(InvalidDataError, match="order must be one of"):
+        store.list_and_count(order="context")
+
+
+# -- claims ----------------------------------------------------------------------
+
+
+def test_claim_takes_the_oldest_runnable_jobs_of_the_given_types(store: Store) -> None:
+    other, done, first, second, third = insert(
+        store,
+        make_job(type="other"),
+        make_job(status=Status.COMPLETED),
+        make_job(at=T0 + timedelta(seconds=1)),
+        make_job(status=Status.CONFIRMED, at=T0 + timedelta(seconds=2)),
+        make_job(status=Status.PROCESSING, at=T0 + timedelta(seconds=3)),
+    )
+    assert store.claim(request(types=())) == []
+    assert store.claim(request(ids=())) == []
+    assert store.claim(request(statuses=(Status.CONFIRMED,)))[0].job.id == second.id
+    claims = store.claim(request(limit=5))
+    assert [c.job.id for c in claims] == [first.id, third.id]
+    claim = claims[0]
+    assert claim.job == first and claim.attempts == 0 and claim.cursor == {}
+    assert claim.expires_at == T0 + LEASE and claim.lease.id == first.id
+    assert claims[0].lease.token != claims[1].lease.token
+    assert store.claim(request(limit=5)) == []  # leased
+    assert store.holder(first.id).owner == "w1"  # type: ignore[union-attr]
+    assert store.claim(request(types=("other",), ids=(other.id,)))[0].job.id == other.id
+
+
+def test_claims_never_lease_one_job_twice_across_connections(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    insert(stores[0], *(make_job() for _ in range(40)))
     claimed: list[str] = []
     lock = threading.Lock()
 
     def drain(store: Store, owner: str) -> None:
         while True:
-            now = utcnow()
-            claim = store.claim(owner, ["t"], now=now, lease_until=now.replace(year=2100))
-            if claim is None:
+            claims = store.claim(request(owner=owner, limit=3))
+            if not claims:
                 return
             with lock:
-                claimed.append(claim.job.id)
+                claimed.extend(c.job.id for c in claims)
 
     threads = [threading.Thread(target=drain, args=(s, f"w{i}")) for i, s in enumerate(stores)]
     for t in threads:
@@ -100,135 +240,232 @@ def test_claims_never_hand_one_job_to_two_processes_worth_of_connections(db_path
     for t in threads:
         t.join()
     assert len(claimed) == 40 and len(set(claimed)) == 40
-    for store in stores:
-        store.close()
 
 
-def test_claim_takes_the_oldest_runnable_job_of_a_known_type(db_path: Path) -> None:
-    store = Store(db_path)
-    other = make_job(type="other")
-    first, second = make_job(), make_job()
-    done = make_job(status=Status.COMPLETED)
-    for job in (other, done, first, second):
-        store.insert(job)
-    now = utcnow()
-    claim = store.claim("me", ["t"], now=now, lease_until=now)
-    assert claim is not None and claim.job.id == first.id and claim.attempts == 0
-    assert store.claim("me", ["nothing"], now=now, lease_until=now) is None
-    assert store.claim("me", [], now=now, lease_until=now) is None
-    store.close()
+def test_an_expired_lease_is_claimed_first_and_alone(store: Store) -> None:
+    dead, *free = insert(store, *(make_job(at=T0 + timedelta(seconds=i)) for i in range(5)))
+    store.claim(request(owner="dead", ids=(dead.id,)))
+    # Newer jobs keep coming; the dead worker's job must not wait behind them.
+    (newest,) = insert(store, make_job(at=T0 + timedelta(minutes=5)))
+    assert [c.job.id for c in store.claim(request(T0 + LEASE / 2, limit=2))] == [
+        f.id for f in free[:2]
+    ]
+    later = T0 + LEASE * 1.2  # the dead worker's lease expired; the new ones have not
+    claims = store.claim(request(later, limit=8))
+    assert [c.job.id for c in claims] == [dead.id]
+    assert claims[0].attempts == 1
+    assert [c.job.id for c in store.claim(request(later, limit=8))] == [
+        *(f.id for f in free[2:]),
+        newest.id,
+    ]
+    assert all(c.attempts == 0 for c in store.claim(request(later, limit=8)))
 
 
-def test_claim_and_list_use_indexes(db_path: Path) -> None:
-    store = Store(db_path)
-    plans = {}
-    for name, sql in {
-        "claim": "SELECT id FROM batch_jobs INDEXED BY batch_jobs_runnable WHERE status IN "
-        "('created', 'confirmed', 'processing') AND type IN ('t') AND "
-        "(available_at IS NULL OR available_at <= '') ORDER BY created_at, id LIMIT 1",
-        "list": "SELECT * FROM batch_jobs ORDER BY created_at DESC, id DESC LIMIT 20",
-        "list_status": "SELECT * FROM batch_jobs WHERE status IN ('completed') "
-        "ORDER BY created_at DESC, id DESC LIMIT 20",
-    }.items():
-        rows = store.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
-        plans[name] = " ".join(row[3] for row in rows)
-    assert "batch_jobs_runnable" in plans["claim"]
-    assert "SCAN batch_jobs USING INDEX idx_batch_jobs_created_at" in plans["list"]
-    assert "idx_batch_jobs_status_created_at" in plans["list_status"]
-    for plan in plans.values():
-        assert "SCAN batch_jobs " not in plan.replace("USING INDEX", "") or "INDEX" in plan
-    store.close()
+def test_a_live_lease_blocks_claims_until_it_expires_or_is_renewed(make_store: MakeStore) -> None:
+    one, two = make_store(), make_store()
+    (job,) = insert(one, make_job())
+    claim = claim_one(one)
+    assert two.claim(request(T0 + LEASE - timedelta(seconds=1), owner="w2")) == []
+    assert one.renew([claim.lease], T0 + LEASE * 2) == [job.id]
+    assert two.claim(request(T0 + LEASE + timedelta(seconds=1), owner="w2")) == []
+    taken = claim_one(two, T0 + LEASE * 2, owner="w2")
+    assert taken.attempts == 1 and taken.lease.token != claim.lease.token
+    # The first lease is gone for good: it renews, saves and releases nothing.
+    assert one.renew([claim.lease], T0 + LEASE * 9) == []
+    assert one.holds(claim.lease) is None and one.holds(taken.lease) == Status.CREATED
+    assert one.release([claim.lease]) == 0
+    assert one.save(Checkpoint(claim.lease, Status.CREATED, T0, result={"x": 1})) is None
+    assert two.holder(job.id).token == taken.lease.token  # type: ignore[union-attr]
 
 
-def test_save_is_guarded_by_status_and_owner(db_path: Path) -> None:
-    store = Store(db_path)
-    job = make_job()
-    store.insert(job)
-    now = utcnow()
-    assert store.claim("me", ["t"], now=now, lease_until=now) is not None
-    assert store.save(job.id, owner="you", expect=Status.CREATED, now=now) is None
-    assert store.save(job.id, owner="me", expect=Status.PROCESSING, now=now) is None
+def test_release_frees_a_job_at_once_and_release_all_frees_an_owners(store: Store) -> None:
+    a, b, c = insert(store, *(make_job() for _ in range(3)))
+    first = claim_one(store, ids=(a.id,))
+    store.claim(request(owner="w9", ids=(b.id, c.id), limit=2))
+    assert store.release([first.lease]) == 1
+    assert store.holder(a.id) is None
+    assert claim_one(store, owner="w2", ids=(a.id,)).attempts == 0  # released, not taken over
+    assert store.release_all("w9") == 2
+    assert store.holder(b.id) is None and store.holder(c.id) is None
+
+
+# -- checkpoints -----------------------------------------------------------------
+
+
+def test_a_checkpoint_is_guarded_by_status_and_token_and_merges(store: Store) -> None:
+    (job,) = insert(store, make_job(result={"keep": 1}))
+    claim = claim_one(store)
+    later = T0 + timedelta(seconds=3)
+    wrong = Lease(job.id, "not-the-token")
+    assert store.save(Checkpoint(wrong, Status.CREATED, later, result={"x": 1})) is None
+    assert store.save(Checkpoint(claim.lease, Status.PROCESSING, later, result={"x": 1})) is None
     saved = store.save(
-        job.id,
-        owner="me",
-        expect=Status.CREATED,
-        now=now,
-        status=Status.PROCESSING,
-        result={"advancement_count": 5, 'odd "key"': 1},
-        cursor={"last": 5},
-        available_at=now,
-    )
-    assert saved is not None
-    assert (json.loads(saved[0]), json.loads(saved[1])) == (
-        {},
-        {"advancement_count": 5, 'odd "key"': 1},
-    )
-    assert store.get(job.id).status == Status.PROCESSING  # type: ignore[union-attr]
-    store.close()
-
-
-def test_counts_table_agrees_with_counting_rows(make_jobs: Any) -> None:
-    jobs = make_jobs()
-    for i in range(12):
-        jobs.create("words", {"words": ["a"]}, created_by=f"usr_{i % 3}", dry_run=i % 4 == 0)
-    jobs.create("broken")
-    jobs.run_until_idle(timeout=10)
-    first, _ = jobs.list_and_count(status="pre_processed", limit=1)
-    jobs.cancel(first[0].id)
-    jobs.store.delete([jobs.list_and_count(status="completed", limit=1)[0][0].id])
-    for filters in (
-        {},
-        {"status": "completed"},
-        {"status": ["completed", "canceled"], "created_by": "usr_1"},
-        {"type": "broken"},
-        {"created_by": ["usr_0", "usr_2"], "type": "words"},
-    ):
-        _, counted = jobs.list_and_count(**filters)
-        where, params = jobs.store._where(filters)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        (rows,) = jobs.store.db.execute(
-            f"SELECT count(*) FROM batch_jobs{clause}", params
-        ).fetchone()
-        assert counted == rows, filters
-    assert jobs.list_and_count()[1] == 12
-
-
-def test_migrating_an_old_file_fills_the_counts(db_path: Path) -> None:
-    from batchjobs.store import migrations
-
-    db = sqlite_utils.Database(db_path)
-    migrations.apply(db, stop_before="m002_batch_job_counts")
-    now = utcnow().isoformat()
-    for i, status in enumerate(["completed", "completed", "failed"]):
-        db["batch_jobs"].insert(  # type: ignore[union-attr]
-            {"id": f"batch_{i}", "type": "t", "status": status, "created_at": now}
+        Checkpoint(
+            claim.lease,
+            Status.CREATED,
+            later,
+            steps=(
+                (Status.PRE_PROCESSED, T0 + timedelta(seconds=1)),
+                (Status.CONFIRMED, T0 + timedelta(seconds=2)),
+                (Status.PROCESSING, later),
+            ),
+            result={"advancement_count": 5, 'odd "key"': [1]},
+            context={"retry_count": 1},
+            cursor={"last": 5},
+            until=later + LEASE,
         )
-    db.close()
-    store = Store(db_path)
-    assert store.list_and_count(filters={"status": "completed"})[1] == 2
-    assert store.list_and_count()[1] == 3
-    store.close()
+    )
+    assert saved is not None and store.get(job.id) == saved
+    assert saved.status == Status.PROCESSING and saved.updated_at == later
+    assert saved.pre_processed_at == T0 + timedelta(seconds=1)
+    assert saved.confirmed_at == T0 + timedelta(seconds=2) and saved.processing_at == later
+    assert saved.result == {"keep": 1, "advancement_count": 5, 'odd "key"': [1]}
+    assert saved.context == {"retry_count": 1}
+    assert store.holds(claim.lease) == Status.PROCESSING
+    assert store.holder(job.id).expires_at == later + LEASE  # type: ignore[union-attr]
+    # Released with a backoff: the cursor comes back with the next claim, after it.
+    store.save(Checkpoint(claim.lease, Status.PROCESSING, later, release=True, until=later + LEASE))
+    assert store.holder(job.id) is None
+    assert store.claim(request(later)) == []
+    again = claim_one(store, later + LEASE)
+    assert again.cursor == {"last": 5} and again.attempts == 0
+    assert store.get(job.id).result == saved.result  # type: ignore[union-attr]
 
 
-def test_delete_keeps_a_job_that_left_the_given_statuses(db_path: Path) -> None:
-    store = Store(db_path)
-    done, active = make_job(status=Status.COMPLETED), make_job(status=Status.CONFIRMED)
-    for job in (done, active):
-        store.insert(job)
-    deleted = store.delete([done.id, active.id], statuses=[Status.COMPLETED, Status.FAILED])
-    assert deleted == [done.id]
-    assert store.get(done.id) is None and store.get(active.id) is not None
-    assert store.delete([]) == []
-    store.close()
+def test_a_cancel_stops_the_next_checkpoint(store: Store) -> None:
+    (job,) = insert(store, make_job())
+    claim = claim_one(store)
+    store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+    assert store.save(Checkpoint(claim.lease, Status.CREATED, T0, result={"x": 1})) is None
+    assert "x" not in store.get(job.id).result  # type: ignore[union-attr]
 
 
-def test_a_thread_that_ends_closes_its_connection(db_path: Path) -> None:
-    store = Store(db_path)
-    threads = [threading.Thread(target=store.status_of, args=["batch_x"]) for _ in range(50)]
+def test_commit_saves_releases_and_claims_in_one_transaction(store: Store) -> None:
+    a, b, c, d = insert(store, *(make_job(at=T0 + timedelta(seconds=i)) for i in range(4)))
+    ca, cb = store.claim(request(limit=2))
+    done = (Status.COMPLETED, T0)
+    saved, claims = store.commit(
+        [
+            Checkpoint(ca.lease, Status.CREATED, T0, steps=(done,), release=True),
+            Checkpoint(Lease(c.id, "stale"), Status.CREATED, T0, steps=(done,)),
+        ],
+        release=[cb.lease],
+        claim=request(limit=2),
+    )
+    assert saved[0] is not None and saved[0].status == Status.COMPLETED and saved[1] is None
+    assert [x.job.id for x in claims] == [b.id, c.id]  # b was given back in the same commit
+    assert store.holder(a.id) is None and store.status_of(d.id) == Status.CREATED
+    assert store.commit([]) == ([], [])
+
+
+def test_a_failed_commit_changes_nothing(store: Store) -> None:
+    a, b = insert(store, make_job(), make_job())
+    ca = claim_one(store, ids=(a.id,))
+    store.fail_commits(1)
+    with pytest.raises(StoreError):
+        store.commit(
+            [
+                Checkpoint(
+                    ca.lease, Status.CREATED, T0, steps=((Status.COMPLETED, T0),), release=True
+                )
+            ],
+            claim=request(),
+        )
+    assert store.status_of(a.id) == Status.CREATED and store.holds(ca.lease) == Status.CREATED
+    assert store.holder(b.id) is None
+    assert claim_one(store, ids=(b.id,)).job.id == b.id  # the next commit goes through
+
+
+# -- cleanups ---------------------------------------------------------------------
+
+
+def test_only_a_job_canceled_after_processing_began_owes_a_cleanup(store: Store) -> None:
+    fresh, started = insert(store, make_job(), make_job(status=Status.PROCESSING, processing_at=T0))
+    for job in (fresh, started):
+        store.transition(job.id, from_statuses=[job.status], to=Status.CANCELED, now=T0)
+    assert store.pending(["t"]) == (1, None)
+    assert store.claim_cleanup(fresh.id, owner="w1", now=T0, lease_until=T0 + LEASE) is None
+    assert store.claim(request(statuses=(), cleanups=False)) == []
+    (claim,) = store.claim(request(limit=5))  # offered like a runnable job
+    assert claim.job.id == started.id and claim.job.status == Status.CANCELED
+    assert store.claim_cleanup(started.id, owner="w2", now=T0, lease_until=T0 + LEASE) is None
+    assert store.finish_cleanup(claim.lease)
+    assert not store.finish_cleanup(claim.lease)
+    assert store.pending(["t"]) == (0, None) and store.holder(started.id) is None
+    assert store.claim(request(T0 + LEASE * 2, limit=5)) == []
+
+
+def test_one_of_many_takes_a_cleanup_and_a_dead_ones_is_taken_again(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    (job,) = insert(stores[0], make_job(status=Status.PROCESSING, processing_at=T0))
+    stores[0].transition(job.id, from_statuses=[Status.PROCESSING], to=Status.CANCELED, now=T0)
+    barrier = threading.Barrier(len(stores))
+    taken: list[Claim | None] = []
+
+    def take(store: Store, owner: str) -> None:
+        barrier.wait()
+        taken.append(store.claim_cleanup(job.id, owner=owner, now=T0, lease_until=T0 + LEASE))
+
+    threads = [threading.Thread(target=take, args=(s, f"w{i}")) for i, s in enumerate(stores)]
     for t in threads:
         t.start()
+    for t in threads:
         t.join()
-    gc.collect()
-    assert store.open_connections == 1  # only this thread's
+    assert len([c for c in taken if c is not None]) == 1
+    # Its taker died: once its lease expires, the cleanup is owed still, and taken again.
+    again = stores[1].claim_cleanup(job.id, owner="w9", now=T0 + LEASE, lease_until=T0 + LEASE * 2)
+    assert again is not None and stores[1].finish_cleanup(again.lease)
+
+
+def test_the_running_worker_takes_the_cleanup_with_its_own_lease(store: Store) -> None:
+    (job,) = insert(store, make_job())  # canceled before a checkpoint recorded processing
+    claim = claim_one(store)
+    store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+    assert store.claim_cleanup(job.id, owner="w2", now=T0 + LEASE, lease_until=T0 + LEASE) is None
+    other = Lease(job.id, "other")
+    assert store.claim_cleanup(job.id, owner="w1", now=T0, lease_until=T0, lease=other) is None
+    cleanup = store.claim_cleanup(
+        job.id, owner="w1", now=T0, lease_until=T0 + LEASE, lease=claim.lease
+    )
+    assert cleanup is not None and cleanup.lease == claim.lease
+    assert store.finish_cleanup(cleanup.lease) and store.holder(job.id) is None
+
+
+def test_pending_counts_active_jobs_and_the_earliest_free_one(store: Store) -> None:
+    assert store.pending(["t"]) == (0, None) and store.pending([]) == (0, None)
+    a, b = insert(store, make_job(), make_job(status=Status.CONFIRMED))
+    insert(store, make_job(status=Status.COMPLETED), make_job(type="other"))
+    assert store.pending(["t"]) == (2, None)
+    store.claim(request(limit=2))
+    assert store.pending(["t"]) == (2, T0 + LEASE)
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_a_read_only_database_refuses_writes_and_serves_reads(store: Store) -> None:
+    (job,) = insert(store, make_job())
+    store.set_read_only(True)
+    with pytest.raises(StoreReadOnlyError, match="read-only"):
+        store.insert(make_job())
+    with pytest.raises(StoreReadOnlyError):
+        store.claim(request())
+    assert store.get(job.id) == job and store.list_and_count()[1] == 1
+    store.set_read_only(False)
+    assert claim_one(store).job.id == job.id
+
+
+def test_a_held_lock_is_a_locked_error_after_the_wait(store: Store) -> None:
+    (job,) = insert(store, make_job())
+    with store.lock_held(timeout=0.05), pytest.raises(StoreLockedError, match="locked"):
+        store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+    assert store.status_of(job.id) == Status.CREATED
+    assert store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+
+
+def test_a_closed_store_says_so(make_store: MakeStore) -> None:
+    store = make_store()
     store.close()
-    assert store.open_connections == 0
+    store.close()
+    with pytest.raises(StoreClosedError, match="closed"):
+        store.get("batch_x")

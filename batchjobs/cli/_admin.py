@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -13,6 +12,7 @@ import click
 from ..app import BatchJobs
 from ..errors import BatchJobError
 from ..models import RESTING_STATUSES, BatchJob, utcnow
+from ..store import SQLITE_VERSION
 from ._app import CommandError, cli, pass_jobs
 from ._input import _Duration, _json_option
 from ._output import _event_line, _print_json, _table, _when
@@ -214,6 +214,6 @@ def show_version(as_json: bool) -> None:
         ours = "unknown"
     python = sys.version.split()[0]
     if as_json:
-        _print_json({"batchjobs": ours, "python": python, "sqlite": sqlite3.sqlite_version})
+        _print_json({"batchjobs": ours, "python": python, "sqlite": SQLITE_VERSION})
     else:
-        click.echo(f"batchjobs {ours} (Python {python}, SQLite {sqlite3.sqlite_version})")
+        click.echo(f"batchjobs {ours} (Python {python}, SQLite {SQLITE_VERSION})")

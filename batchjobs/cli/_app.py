@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from ..app import DEFAULT_DB, BatchJobs
-from ..errors import BatchJobError
+from ..errors import BatchJobError, StoreError
 from ..strategy import BatchJobStrategy
 
 #: A watched or run job ended ``failed`` or ``canceled`` (or did not rest in time).
@@ -56,8 +55,8 @@ class _Session:
             return jobs
         try:
             jobs = BatchJobs(self.db, redis_url=self.redis_url)
-        except sqlite3.Error as error:
-            raise CommandError(f"Cannot open the database {self.db}: {error}") from None
+        except StoreError as error:
+            raise CommandError(error.message) from None
         except ValueError as error:
             # The one value BatchJobs checks among these options: the Redis URL.
             raise click.BadParameter(str(error), param_hint="'--redis'") from None

@@ -1,0 +1,194 @@
+"""The SQLite store's connections: one per thread, write transactions, errors at the boundary.
+
+Also what ``batchjobs.testing`` drives: a read-only switch, a lock held
+elsewhere, commits that fail. Each is applied the way SQLite itself would
+fail (``PRAGMA query_only``, another connection's lock, a rolled-back commit).
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from ..errors import (
+    StoreClosedError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreReadOnlyError,
+    StoreUnreachableError,
+)
+
+
+class _ThreadConnection:
+    """One thread's connection, closed when the thread ends (its thread-local goes)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        #: The fault settings as last applied to this connection.
+        self.settings: tuple[bool, float] = (False, 0.0)
+
+    def close(self) -> None:
+        with suppress(sqlite3.ProgrammingError):
+            self.db.conn.close()
+
+    def __del__(self) -> None:
+        try:  # noqa: SIM105 - may run at interpreter exit, when contextlib is gone
+            self.db.conn.close()
+        except Exception:
+            pass
+
+
+class Connections:
+    """The connections of one store to one file, one per thread, opened on first use."""
+
+    def __init__(self, path: str, *, synchronous: str, busy_timeout: float) -> None:
+        self.path = path
+        self.uri = path.startswith("file:")
+        #: The file, for messages.
+        self.location = path.removeprefix("file:").split("?", 1)[0]
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.closed = False
+        self._local = threading.local()
+        self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        # Fault injection, applied to each connection when it is next used.
+        self.read_only = False
+        self.fault_timeout = 0.0
+        self.failing_commits = 0
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection."""
+        held = getattr(self._local, "held", None)
+        if held is None:
+            if self.closed:
+                raise StoreClosedError(f"The database {self.location} is closed")
+            # isolation_level=None: we open every transaction ourselves.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=self.uri,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            held = _ThreadConnection(sqlite_utils.Database(conn, execute_plugins=False))
+            with self._lock:
+                self._open.add(held)
+            self._local.held = held
+        settings = (self.read_only, self.fault_timeout)
+        if held.settings != settings:
+            conn = held.db.conn
+            conn.execute(f"PRAGMA query_only={int(self.read_only)}")
+            timeout = self.fault_timeout or self.busy_timeout
+            conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            held.settings = settings
+        return held.db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, its lock taken up front (``BEGIN IMMEDIATE``).
+
+        Inside an open transaction it joins that one.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            if self.failing_commits:
+                self.failing_commits -= 1
+                raise sqlite3.OperationalError("disk I/O error (injected by batchjobs.testing)")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection; later use raises ``StoreClosedError``."""
+        with self._lock:
+            self.closed = True
+            held = list(self._open)
+            self._open = weakref.WeakSet()
+        for connection in held:
+            connection.close()
+        self._local = threading.local()
+
+    @property
+    def count(self) -> int:
+        """How many connections are open."""
+        with self._lock:
+            return len(self._open)
+
+    @contextmanager
+    def lock_held(self, timeout: float) -> Iterator[None]:
+        """Hold the write lock from another connection; ours wait ``timeout`` seconds for it."""
+        other = sqlite3.connect(self.path, isolation_level=None, uri=self.uri)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            self.fault_timeout = timeout
+            yield
+        finally:
+            self.fault_timeout = 0.0
+            other.close()
+
+    def error(self, error: sqlite3.Error) -> StoreError:
+        """The ``StoreError`` for ``error``, naming the file and the problem."""
+        where = self.location
+        name = getattr(error, "sqlite_errorname", "") or ""
+        text = str(error)
+        if self.closed or "closed database" in text:
+            return StoreClosedError(f"The database {where} is closed", location=where)
+        if name.startswith("SQLITE_READONLY") or "readonly" in text:
+            return StoreReadOnlyError(
+                f"Cannot write to the database {where}: it is read-only", location=where
+            )
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            return StoreLockedError(
+                f"The database {where} is locked: another connection held it for more than "
+                f"{self.fault_timeout or self.busy_timeout:g} seconds",
+                location=where,
+            )
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "not a database" in text:
+            return StoreCorruptError(
+                f"The database {where} is damaged or is not a database: {text}", location=where
+            )
+        if name.startswith("SQLITE_FULL"):
+            return StoreError(
+                f"Cannot write to the database {where}: the disk is full", location=where
+            )
+        if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_PERM")) or "open" in text:
+            return StoreUnreachableError(
+                f"Cannot open the database {where}: {text}", location=where
+            )
+        return StoreError(f"The database {where} failed: {text}", location=where)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def boundary(method: F) -> F:
+    """Turn ``sqlite3`` errors raised by a store's ``method`` into ``StoreError``s."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise self._connections.error(error) from error
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,95 @@
+"""The SQLite store's schema: its tables, indexes and triggers, as sqlite-utils migrations."""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS
+
+TABLE = "batch_jobs"
+ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
+#: The runnable index's condition, written exactly so in claims: SQLite uses a
+#: partial index only for a query that states its condition.
+RUNNABLE = f"(status IN {ACTIVE_SQL} OR cleanup = 1)"
+
+migrations = Migrations("batchjobs")
+
+
+@migrations()
+def m001_batch_jobs(db: sqlite_utils.Database) -> None:
+    db[TABLE].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "type": str,
+            "status": str,
+            "created_by": str,
+            "dry_run": int,
+            "context": str,
+            "result": str,
+            **{name: str for name in TIMESTAMP_FIELDS},
+            # Claim state: who runs the job and until when nobody else may.
+            "owner": str,
+            "available_at": str,
+            "attempts": int,
+            "cursor": str,
+        },
+        pk="id",
+        not_null={"type", "status", "dry_run", "context", "result", "created_at", "attempts"},
+        defaults={"attempts": 0, "dry_run": 0, "context": "{}", "result": "{}"},
+    )
+    db.execute(
+        f"CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) WHERE status IN {ACTIVE_SQL}"
+    )
+    for columns in (
+        ["created_at"],
+        ["status", "created_at"],
+        ["type", "created_at"],
+        ["created_by", "created_at"],
+    ):
+        db[TABLE].create_index(columns)  # type: ignore[union-attr]
+
+
+COUNTS = "batch_job_counts"
+#: Filters whose count the counts table answers without reading the jobs.
+COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
+
+
+@migrations()
+def m002_batch_job_counts(db: sqlite_utils.Database) -> None:
+    # Jobs per (type, status, creator), kept by triggers, so that counting a
+    # page's matches costs the same with 100 or 100,000 jobs in the file.
+    db.execute(
+        f"CREATE TABLE {COUNTS} (type TEXT NOT NULL, status TEXT NOT NULL, "
+        "created_by TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, status, created_by))"
+    )
+    db.execute(
+        f"INSERT INTO {COUNTS} SELECT type, status, ifnull(created_by, ''), count(*) "
+        f"FROM {TABLE} GROUP BY 1, 2, 3"
+    )
+    add = (
+        f"INSERT INTO {COUNTS} VALUES (new.type, new.status, ifnull(new.created_by, ''), 1) "
+        "ON CONFLICT DO UPDATE SET n = n + 1;"
+    )
+    remove = (
+        f"UPDATE {COUNTS} SET n = n - 1 WHERE type = old.type AND status = old.status "
+        "AND created_by = ifnull(old.created_by, '');"
+    )
+    db.execute(f"CREATE TRIGGER {COUNTS}_insert AFTER INSERT ON {TABLE} BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER {COUNTS}_delete AFTER DELETE ON {TABLE} BEGIN {remove} END")
+    db.execute(
+        f"CREATE TRIGGER {COUNTS}_update AFTER UPDATE OF status ON {TABLE} "
+        f"WHEN old.status != new.status BEGIN {remove} {add} END"
+    )
+
+
+@migrations()
+def m003_lease_tokens_and_cleanups(db: sqlite_utils.Database) -> None:
+    # A token per claim guards a running job's writes; ``cleanup`` marks a
+    # canceled job whose on_cancel has not run yet (claimable like a runnable job).
+    db.execute(f"ALTER TABLE {TABLE} ADD COLUMN lease TEXT")
+    db.execute(f"ALTER TABLE {TABLE} ADD COLUMN cleanup INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP INDEX batch_jobs_runnable")
+    db.execute(f"CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) WHERE {RUNNABLE}")
+    # Leased rows only (a handful): finds an expired lease before any free job.
+    db.execute(f"CREATE INDEX batch_jobs_leased ON {TABLE} (available_at) WHERE owner IS NOT NULL")

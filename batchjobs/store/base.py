@@ -1,0 +1,356 @@
+"""The store protocol: what any database behind ``BatchJobs`` must do, and the records it speaks.
+
+A store keeps batch jobs and their leases. Its methods take and return
+records (``BatchJob``, ``Claim``, ``Lease``, ``Checkpoint``, plain dicts and
+datetimes), never SQL or JSON text, so the layers above work the same on
+every backend. Each method's docstring is its contract: what it does
+atomically, which guard decides it, what it returns, what it raises.
+
+Every method may raise a ``StoreError`` subclass (``errors.py``) when the
+database itself fails: ``StoreReadOnlyError``, ``StoreUnreachableError``,
+``StoreCorruptError``, ``StoreLockedError``, ``StoreClosedError``. No driver
+error (``sqlite3.Error``, ``psycopg.Error``) crosses the boundary.
+
+Leases. A claim leases a job to an ``owner`` (the worker's identity) under a
+fresh ``token``, unique to that claim. Every write on behalf of a running
+job is guarded by its token: a worker whose lease expired and was taken over
+by another claim can no longer write, even if it is the same process. A lease
+ends in one of two ways: a checkpoint with ``release=True`` (the job ends or
+is handed over), or ``release``.
+
+Cleanups. A job canceled after its processing began owes its strategy's
+``on_cancel`` a run. The cancel (``transition`` to ``canceled``) marks such a
+job for cleanup; ``claim`` offers marked jobs to workers like runnable ones
+(their claims carry a ``canceled`` job); ``claim_cleanup`` takes the cleanup
+directly; ``finish_cleanup`` unmarks it. Taking a cleanup is one guarded
+write, so one process runs ``on_cancel``; one that dies while running it
+leaves the mark, and the cleanup is claimed again when its lease expires.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
+
+__all__ = [
+    "DATE_OPERATORS",
+    "FILTER_NAMES",
+    "ORDER_FIELDS",
+    "Checkpoint",
+    "Claim",
+    "ClaimRequest",
+    "Holder",
+    "Lease",
+    "Store",
+]
+
+#: Columns ``list_and_count`` may order by.
+ORDER_FIELDS = ("id", "type", "status", "created_by", *TIMESTAMP_FIELDS)
+#: Operators of a date filter.
+DATE_OPERATORS = ("gt", "gte", "lt", "lte")
+#: What ``list_and_count`` and ``count`` filter on.
+FILTER_NAMES = ("id", "status", "type", "created_by", *TIMESTAMP_FIELDS)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claim's hold on job ``id``: ``token`` proves it, and is never reused."""
+
+    id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job leased to a worker, with what it needs to run or resume it.
+
+    ``job.status`` is ``canceled`` for a claimed cleanup (run ``on_cancel``,
+    then ``finish_cleanup``).
+    """
+
+    job: BatchJob
+    lease: Lease
+    #: Until when nobody else may claim the job (unless the lease is renewed).
+    expires_at: datetime
+    #: The cursor saved with the last checkpoint (``{}`` before the first).
+    cursor: dict[str, Any] = field(default_factory=dict)
+    #: How many times the job was taken over from a lease that expired unreleased.
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a job's lease, and until when."""
+
+    owner: str
+    token: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What a worker asks ``claim`` for."""
+
+    #: The worker's identity, recorded on each lease.
+    owner: str
+    #: Only jobs of these types (the worker has their strategies).
+    types: tuple[str, ...]
+    #: The time the claim is made at: leases that expired by then are free.
+    now: datetime
+    #: When the new leases expire.
+    lease_until: datetime
+    #: Only jobs in these (active) statuses.
+    statuses: tuple[Status, ...] = ACTIVE_STATUSES
+    #: Only these jobs (``batchjobs run`` claims its own), or any.
+    ids: tuple[str, ...] | None = None
+    #: Jobs to claim at most.
+    limit: int = 1
+    #: Whether canceled jobs owing a cleanup are offered too.
+    cleanups: bool = True
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One guarded write of a running job's progress (``Store.save``).
+
+    Applies only while the job's status is ``expect`` and ``lease`` still
+    holds it. ``steps`` are the transitions since the last checkpoint, each
+    with its time: the job takes the last one's status and each one's
+    timestamp. ``result`` and ``context`` merge shallowly (top-level keys);
+    ``cursor``, when given, replaces the saved one. The lease is renewed
+    until ``until``; with ``release`` it is given up instead, and ``until``
+    (if given) is when the job may be claimed again (a retry's backoff).
+    """
+
+    lease: Lease
+    expect: Status
+    now: datetime
+    steps: tuple[tuple[Status, datetime], ...] = ()
+    result: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    cursor: Mapping[str, Any] | None = None
+    until: datetime | None = None
+    release: bool = False
+
+
+class Store(abc.ABC):
+    """The store protocol. Implementations: ``sqlite.SQLiteStore`` (``open_store``).
+
+    Safe to share between threads. Times passed in are timezone-aware UTC;
+    records come back with timezone-aware UTC datetimes.
+    """
+
+    #: A name for messages: the file, or the URL without credentials.
+    location: str = ""
+
+    # -- the store itself ------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every connection. Later calls raise ``StoreClosedError``; idempotent."""
+
+    # -- jobs ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def insert(self, job: BatchJob) -> None:
+        """Write a new job, as given (no lease, no cleanup due).
+
+        Atomic. ``StoreError`` if a job with its id exists.
+        """
+
+    @abc.abstractmethod
+    def get(self, id: str) -> BatchJob | None:
+        """The job ``id`` as last committed, or ``None``."""
+
+    @abc.abstractmethod
+    def status_of(self, id: str) -> Status | None:
+        """Just the status of job ``id`` (cheaper than ``get``), or ``None``."""
+
+    @abc.abstractmethod
+    def list_and_count(
+        self,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        order: str = "-created_at",
+    ) -> tuple[list[BatchJob], int]:
+        """A page of jobs matching ``filters``, and how many match in all, from one snapshot.
+
+        ``filters`` (already checked by the caller): ``id``/``status``/
+        ``type``/``created_by`` → a value or a list (an empty list matches
+        nothing; ``created_by=None`` matches jobs without one); a timestamp
+        field → ``None`` (is null) or ``{"gt"|"gte"|"lt"|"lte": datetime}``.
+        ``order``: one of ``ORDER_FIELDS``, ``-`` first for descending; ties
+        are broken by id in the same direction. ``InvalidDataError`` for an
+        unknown order.
+        """
+
+    @abc.abstractmethod
+    def count(self, *, filters: Mapping[str, Any] | None = None) -> int:
+        """How many jobs match ``filters`` (as ``list_and_count``)."""
+
+    @abc.abstractmethod
+    def transition(
+        self,
+        id: str,
+        *,
+        from_statuses: Iterable[Status],
+        to: Status,
+        now: datetime,
+        clear: Iterable[str] = (),
+        reset_claim: bool = False,
+    ) -> BatchJob | None:
+        """Move job ``id`` to ``to`` if its status is one of ``from_statuses``: one guarded write.
+
+        Sets ``to``'s timestamp and ``updated_at`` to ``now``; ``clear`` names
+        timestamp fields set back to null; ``reset_claim`` drops any lease,
+        backoff and attempt count. A move to ``canceled`` of a job whose
+        processing began (``processing_at`` set) marks it for cleanup; its
+        lease, if any, stays (its worker finds the cancel at its checkpoint).
+        Returns the new record, or ``None`` when the guard did not match
+        (unknown id included): zero rows changed means someone else moved it.
+        """
+
+    @abc.abstractmethod
+    def merge(
+        self,
+        id: str,
+        *,
+        now: datetime,
+        context: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> BatchJob | None:
+        """Shallowly merge ``context`` and ``result`` into job ``id``, atomically.
+
+        Whatever its status or lease. Returns the new record, or ``None`` if
+        there is no such job.
+        """
+
+    @abc.abstractmethod
+    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
+        """Delete jobs ``ids`` (only those still in ``statuses``, if given), atomically.
+
+        Returns the ids actually deleted: a job that moved meanwhile stays.
+        """
+
+    # -- claims, checkpoints, leases ---------------------------------------------
+
+    @abc.abstractmethod
+    def claim(self, request: ClaimRequest) -> list[Claim]:
+        """Lease up to ``request.limit`` jobs to ``request.owner``, oldest first; atomic.
+
+        A job is claimable when its type is one of ``request.types`` and its
+        status one of ``request.statuses`` (or it is a canceled job owing a
+        cleanup, with ``request.cleanups``), and it has no lease that is live
+        at ``request.now`` nor a backoff after it. A job whose lease expired
+        unreleased (its worker died) comes first, before any free job, and
+        alone: its claim counts one more ``attempts``. Each claim gets a new
+        token. Two concurrent claims never lease one job twice (any process,
+        any connection). Returns ``[]`` when nothing is claimable.
+        """
+
+    @abc.abstractmethod
+    def save(self, checkpoint: Checkpoint) -> BatchJob | None:
+        """Apply ``checkpoint``: one guarded write (status ``expect`` and the lease's token).
+
+        Returns the job as committed, or ``None`` when the guard failed: the
+        job was canceled (or otherwise moved), or its lease was lost.
+        """
+
+    @abc.abstractmethod
+    def commit(
+        self,
+        checkpoints: Sequence[Checkpoint],
+        *,
+        release: Iterable[Lease] = (),
+        claim: ClaimRequest | None = None,
+    ) -> tuple[list[BatchJob | None], list[Claim]]:
+        """In one transaction: ``save`` each checkpoint, ``release`` leases, then ``claim``.
+
+        All or nothing: if it raises, none of it happened. Returns each
+        checkpoint's outcome (as ``save``) and the new claims (``[]`` without
+        ``claim``).
+        """
+
+    @abc.abstractmethod
+    def renew(self, leases: Iterable[Lease], until: datetime) -> list[str]:
+        """Extend ``leases`` until ``until``; returns the ids of the jobs still held."""
+
+    @abc.abstractmethod
+    def release(self, leases: Iterable[Lease]) -> int:
+        """Give up ``leases`` (each job is claimable at once); returns how many were held."""
+
+    @abc.abstractmethod
+    def release_all(self, owner: str) -> int:
+        """Give up every lease ``owner`` holds; returns how many."""
+
+    @abc.abstractmethod
+    def holds(self, lease: Lease) -> Status | None:
+        """The job's status if ``lease`` still holds it, else ``None``."""
+
+    @abc.abstractmethod
+    def holder(self, id: str) -> Holder | None:
+        """Who holds job ``id``'s lease (live or expired), or ``None`` when nobody does."""
+
+    @abc.abstractmethod
+    def claim_cleanup(
+        self,
+        id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        lease: Lease | None = None,
+    ) -> Claim | None:
+        """Take the cleanup of canceled job ``id``: one guarded write decides who cleans up.
+
+        Without ``lease``: succeeds only if the job is canceled, marked for
+        cleanup and has no live lease; leases it to ``owner`` under a new
+        token. With ``lease`` (the worker that ran the job found the cancel
+        at its checkpoint): succeeds only while that lease still holds the
+        canceled job, marks the cleanup (the job may not have been marked,
+        if its processing began after the last checkpoint) and keeps the
+        token. Returns the claim, or ``None`` if someone else has it or
+        nothing is owed.
+        """
+
+    @abc.abstractmethod
+    def finish_cleanup(self, lease: Lease) -> bool:
+        """Unmark job ``lease.id``'s cleanup and give its lease up, if ``lease`` still holds it."""
+
+    @abc.abstractmethod
+    def pending(self, types: Sequence[str]) -> tuple[int, datetime | None]:
+        """How many jobs of ``types`` are active or owe a cleanup, and the earliest
+        time one of them has no lease nor backoff (``None``: one is free now)."""
+
+    # -- fault injection: what batchjobs.testing drives ------------------------
+
+    @abc.abstractmethod
+    def set_read_only(self, read_only: bool) -> None:
+        """Make the database refuse writes, as a read-only disk does (or stop).
+
+        While set, every write raises ``StoreReadOnlyError`` and reads work.
+        """
+
+    @abc.abstractmethod
+    def lock_held(self, timeout: float = 0.05) -> AbstractContextManager[None]:
+        """While the context lasts, another connection holds the database's write lock.
+
+        This store waits ``timeout`` seconds for it (instead of its usual
+        patience), then raises ``StoreLockedError``.
+        """
+
+    @abc.abstractmethod
+    def fail_commits(self, times: int) -> None:
+        """Make the next ``times`` write transactions fail at their commit.
+
+        Each raises a ``StoreError`` and is rolled back whole, as when the
+        disk fails under a commit.
+        """

@@ -1,0 +1,541 @@
+"""The SQLite store: one file, WAL, one connection per thread, sqlite-utils migrations.
+
+Every write runs in a transaction that takes the write lock up front
+(``BEGIN IMMEDIATE``), so two writers never both pass a guard. A guarded
+write reads its row and writes it back inside that one transaction; results
+and contexts are merged in Python (shallowly, as the protocol says).
+``sqlite3`` errors become ``StoreError`` subclasses here, and only here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from ..errors import InvalidDataError
+from ..models import TIMESTAMP_FIELDS, BatchJob, Status
+from ._sqlite_connections import Connections, boundary
+from ._sqlite_schema import COUNTED_FILTERS, COUNTS, RUNNABLE, TABLE, migrations
+from .base import (
+    ORDER_FIELDS,
+    Checkpoint,
+    Claim,
+    ClaimRequest,
+    Holder,
+    Lease,
+    Store,
+)
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "DURABILITY_LEVELS", "SQLITE_VERSION", "SQLiteStore"]
+
+#: Seconds a writer waits for the write lock before the store gives up.
+DEFAULT_BUSY_TIMEOUT = 60.0
+#: ``durability`` → ``PRAGMA synchronous``; both run in WAL mode.
+DURABILITY_LEVELS = {"normal": "NORMAL", "full": "FULL"}
+#: The SQLite library's version (``batchjobs version`` prints it).
+SQLITE_VERSION = sqlite3.sqlite_version
+_SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _record(row: sqlite3.Row) -> BatchJob:
+    return BatchJob(
+        id=row["id"],
+        type=row["type"],
+        status=Status(row["status"]),
+        created_by=row["created_by"],
+        dry_run=bool(row["dry_run"]),
+        context=json.loads(row["context"]),
+        result=json.loads(row["result"]),
+        **{name: _parse_ts(row[name]) for name in TIMESTAMP_FIELDS},
+    )
+
+
+def _claim(row: sqlite3.Row) -> Claim:
+    return Claim(
+        job=_record(row),
+        lease=Lease(row["id"], row["lease"]),
+        expires_at=datetime.fromisoformat(row["available_at"]),
+        cursor=json.loads(row["cursor"] or "{}"),
+        attempts=row["attempts"],
+    )
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+class SQLiteStore(Store):
+    """Batch jobs in one SQLite file, safe across threads and processes.
+
+    ``path`` may be ``file:…?mode=ro`` style (``uri=True`` is implied by a
+    ``file:`` prefix): a read-only store reads, and every write raises
+    ``StoreReadOnlyError``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(
+                f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}"
+            )
+        self.path = str(path)
+        self._connections = Connections(
+            self.path, synchronous=DURABILITY_LEVELS[durability], busy_timeout=busy_timeout
+        )
+        self.location = self._connections.location
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.location!r}>"
+
+    @boundary
+    def _open(self) -> None:
+        db = self.db
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+        if migrations.pending(db):
+            with self.write():
+                migrations.apply(db)
+
+    # -- connections and transactions ------------------------------------
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, opened on first use."""
+        return self._connections.db
+
+    def write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction, its lock taken up front; inside one, it joins it."""
+        return self._connections.write()
+
+    def close(self) -> None:
+        self._connections.close()
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open: one per live thread that used the store."""
+        return self._connections.count
+
+    # -- fault injection (batchjobs.testing) --------------------------------
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Make every connection refuse writes (``PRAGMA query_only``), or allow them again."""
+        self._connections.read_only = read_only
+
+    def lock_held(self, timeout: float = 0.05) -> AbstractContextManager[None]:
+        """Hold the file's write lock from another connection; this store waits ``timeout``."""
+        return self._connections.lock_held(timeout)
+
+    def fail_commits(self, times: int) -> None:
+        """Make the next ``times`` write transactions fail at their commit (rolled back)."""
+        self._connections.failing_commits = times
+
+    # -- writes --------------------------------------------------------------
+
+    @boundary
+    def insert(self, job: BatchJob) -> None:
+        row = {
+            "id": job.id,
+            "type": job.type,
+            "status": job.status.value,
+            "created_by": job.created_by,
+            "dry_run": int(job.dry_run),
+            "context": json.dumps(job.context),
+            "result": json.dumps(job.result),
+            **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
+        }
+        with self.write() as conn:
+            conn.execute(
+                f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})",
+                list(row.values()),
+            )
+
+    @boundary
+    def transition(
+        self,
+        id: str,
+        *,
+        from_statuses: Iterable[Status],
+        to: Status,
+        now: datetime,
+        clear: Iterable[str] = (),
+        reset_claim: bool = False,
+    ) -> BatchJob | None:
+        sets = ["status = ?", f"{to.timestamp_field} = ?", "updated_at = ?"]
+        params: list[Any] = [to.value, _ts(now), _ts(now)]
+        for name in clear:
+            if name not in TIMESTAMP_FIELDS:
+                raise ValueError(f"{name!r} is not a timestamp field")
+            sets.append(f"{name} = NULL")
+        if reset_claim:
+            sets.append("owner = NULL, lease = NULL, available_at = NULL, attempts = 0")
+        if to == Status.CANCELED:
+            sets.append("cleanup = (processing_at IS NOT NULL)")
+        froms = [Status(s).value for s in from_statuses]
+        sql = (
+            f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? "
+            f"AND status IN ({_marks(froms)}) RETURNING *"
+        )
+        with self.write() as conn:
+            row = conn.execute(sql, [*params, id, *froms]).fetchone()
+        return None if row is None else _record(row)
+
+    @boundary
+    def merge(
+        self,
+        id: str,
+        *,
+        now: datetime,
+        context: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> BatchJob | None:
+        with self.write() as conn:
+            row = conn.execute(f"SELECT * FROM {TABLE} WHERE id = ?", [id]).fetchone()
+            if row is None:
+                return None
+            job = _record(row)
+            new_context = {**job.context, **(context or {})}
+            new_result = {**job.result, **(result or {})}
+            conn.execute(
+                f"UPDATE {TABLE} SET context = ?, result = ?, updated_at = ? WHERE id = ?",
+                [json.dumps(new_context), json.dumps(new_result), _ts(now), id],
+            )
+        return job.replace(context=new_context, result=new_result, updated_at=now)
+
+    @boundary
+    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
+        ids = list(ids)
+        if not ids:
+            return []
+        sql = f"DELETE FROM {TABLE} WHERE id IN ({_marks(ids)})"
+        params: list[Any] = list(ids)
+        if statuses is not None:
+            values = [Status(s).value for s in statuses]
+            sql += f" AND status IN ({_marks(values)})"
+            params.extend(values)
+        with self.write() as conn:
+            rows = conn.execute(f"{sql} RETURNING id", params).fetchall()
+        return [row[0] for row in rows]
+
+    # -- claims, checkpoints, leases -------------------------------------------
+
+    @boundary
+    def claim(self, request: ClaimRequest) -> list[Claim]:
+        with self.write():
+            return self._claim(request)
+
+    def _claim(self, request: ClaimRequest) -> list[Claim]:
+        if not request.types or request.limit < 1 or (request.ids is not None and not request.ids):
+            return []
+        wanted = ", ".join(f"'{Status(s).value}'" for s in request.statuses) or "NULL"
+        status_sql = f"status IN ({wanted})"
+        if request.cleanups:
+            status_sql = f"({status_sql} OR cleanup = 1)"
+        types, ids = list(request.types), list(request.ids or ())
+        id_sql = "" if request.ids is None else f" AND id IN ({_marks(ids)})"
+        where = f"{status_sql} AND type IN ({_marks(types)}){id_sql}"
+        now = _ts(request.now)
+        # An expired lease first, and alone: its worker died, and jobs waiting
+        # in a batch must not be charged an attempt if this one kills us too.
+        expired = (
+            f"SELECT id FROM {TABLE} INDEXED BY batch_jobs_leased WHERE owner IS NOT NULL "
+            f"AND available_at <= ? AND {RUNNABLE} AND {where} ORDER BY created_at, id LIMIT 1"
+        )
+        free = (
+            f"SELECT id FROM {TABLE} INDEXED BY batch_jobs_runnable WHERE {RUNNABLE} "
+            f"AND {where} AND owner IS NULL AND (available_at IS NULL OR available_at <= ?) "
+            "ORDER BY created_at, id LIMIT ?"
+        )
+        sql = (
+            f"UPDATE {TABLE} SET owner = ?, lease = lower(hex(randomblob(12))), "
+            "available_at = ?, attempts = attempts + (owner IS NOT NULL) "
+            f"WHERE id IN ({expired}) OR (id IN ({free}) AND NOT EXISTS ({expired})) RETURNING *"
+        )
+        expired_params = [now, *types, *ids]
+        params = [
+            request.owner,
+            _ts(request.lease_until),
+            *expired_params,
+            *types,
+            *ids,
+            now,
+            request.limit,
+            *expired_params,
+        ]
+        rows = self.db.conn.execute(sql, params).fetchall()
+        claims = [_claim(row) for row in rows]
+        claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
+        return claims
+
+    @boundary
+    def save(self, checkpoint: Checkpoint) -> BatchJob | None:
+        with self.write():
+            return self._save(checkpoint)
+
+    def _save(self, cp: Checkpoint) -> BatchJob | None:
+        conn = self.db.conn
+        row = conn.execute(
+            f"SELECT * FROM {TABLE} WHERE id = ? AND status = ? AND lease = ?",
+            [cp.lease.id, cp.expect.value, cp.lease.token],
+        ).fetchone()
+        if row is None:
+            return None
+        job = _record(row)
+        changes: dict[str, Any] = {"updated_at": cp.now}
+        for status, at in cp.steps:
+            changes["status"] = status
+            changes[status.timestamp_field] = at
+        if cp.result:
+            changes["result"] = {**job.result, **cp.result}
+        if cp.context:
+            changes["context"] = {**job.context, **cp.context}
+        job = job.replace(**changes)
+        cursor = row["cursor"] if cp.cursor is None else json.dumps(cp.cursor)
+        if cp.release:
+            owner, lease, until = None, None, cp.until
+        else:
+            owner, lease, until = row["owner"], cp.lease.token, cp.until
+        conn.execute(
+            f"UPDATE {TABLE} SET status = ?, context = ?, result = ?, cursor = ?, owner = ?, "
+            f"lease = ?, available_at = ?, {', '.join(f'{n} = ?' for n in TIMESTAMP_FIELDS)} "
+            "WHERE id = ?",
+            [
+                job.status.value,
+                json.dumps(job.context) if cp.context else row["context"],
+                json.dumps(job.result) if cp.result else row["result"],
+                cursor,
+                owner,
+                lease,
+                _ts(until),
+                *(_ts(getattr(job, name)) for name in TIMESTAMP_FIELDS),
+                job.id,
+            ],
+        )
+        return job
+
+    @boundary
+    def commit(
+        self,
+        checkpoints: Sequence[Checkpoint],
+        *,
+        release: Iterable[Lease] = (),
+        claim: ClaimRequest | None = None,
+    ) -> tuple[list[BatchJob | None], list[Claim]]:
+        with self.write():
+            saved = [self._save(cp) for cp in checkpoints]
+            self._release(list(release))
+            return saved, ([] if claim is None else self._claim(claim))
+
+    @boundary
+    def renew(self, leases: Iterable[Lease], until: datetime) -> list[str]:
+        leases = list(leases)
+        if not leases:
+            return []
+        with self.write() as conn:
+            rows = conn.execute(
+                f"UPDATE {TABLE} SET available_at = ? WHERE id IN ({_marks(leases)}) "
+                f"AND lease IN ({_marks(leases)}) RETURNING id",
+                [_ts(until), *(lease.id for lease in leases), *(lease.token for lease in leases)],
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    @boundary
+    def release(self, leases: Iterable[Lease]) -> int:
+        with self.write():
+            return self._release(list(leases))
+
+    def _release(self, leases: list[Lease]) -> int:
+        if not leases:
+            return 0
+        cur = self.db.conn.execute(
+            f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
+            f"WHERE id IN ({_marks(leases)}) AND lease IN ({_marks(leases)})",
+            [*(lease.id for lease in leases), *(lease.token for lease in leases)],
+        )
+        return cur.rowcount
+
+    @boundary
+    def release_all(self, owner: str) -> int:
+        with self.write() as conn:
+            cur = conn.execute(
+                f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
+                "WHERE owner = ?",
+                [owner],
+            )
+        return cur.rowcount
+
+    @boundary
+    def holds(self, lease: Lease) -> Status | None:
+        row = self.db.conn.execute(
+            f"SELECT status FROM {TABLE} WHERE id = ? AND lease = ?", [lease.id, lease.token]
+        ).fetchone()
+        return None if row is None else Status(row[0])
+
+    @boundary
+    def holder(self, id: str) -> Holder | None:
+        row = self.db.conn.execute(
+            f"SELECT owner, lease, available_at FROM {TABLE} WHERE id = ?", [id]
+        ).fetchone()
+        if row is None or row["owner"] is None:
+            return None
+        return Holder(row["owner"], row["lease"], _parse_ts(row["available_at"]))
+
+    @boundary
+    def claim_cleanup(
+        self,
+        id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        lease: Lease | None = None,
+    ) -> Claim | None:
+        canceled = Status.CANCELED.value
+        if lease is not None:
+            sql = (
+                f"UPDATE {TABLE} SET cleanup = 1, available_at = ? "
+                "WHERE id = ? AND status = ? AND lease = ? RETURNING *"
+            )
+            params: list[Any] = [_ts(lease_until), id, canceled, lease.token]
+        else:
+            sql = (
+                f"UPDATE {TABLE} SET owner = ?, lease = lower(hex(randomblob(12))), "
+                "available_at = ? WHERE id = ? AND status = ? AND cleanup = 1 "
+                "AND (owner IS NULL OR available_at <= ?) RETURNING *"
+            )
+            params = [owner, _ts(lease_until), id, canceled, _ts(now)]
+        with self.write() as conn:
+            row = conn.execute(sql, params).fetchone()
+        return None if row is None else _claim(row)
+
+    @boundary
+    def finish_cleanup(self, lease: Lease) -> bool:
+        with self.write() as conn:
+            cur = conn.execute(
+                f"UPDATE {TABLE} SET cleanup = 0, owner = NULL, lease = NULL, available_at = NULL "
+                "WHERE id = ? AND lease = ?",
+                [lease.id, lease.token],
+            )
+        return cur.rowcount == 1
+
+    # -- reads ---------------------------------------------------------------
+
+    @boundary
+    def get(self, id: str) -> BatchJob | None:
+        row = self.db.conn.execute(f"SELECT * FROM {TABLE} WHERE id = ?", [id]).fetchone()
+        return None if row is None else _record(row)
+
+    @boundary
+    def status_of(self, id: str) -> Status | None:
+        row = self.db.conn.execute(f"SELECT status FROM {TABLE} WHERE id = ?", [id]).fetchone()
+        return None if row is None else Status(row[0])
+
+    @boundary
+    def pending(self, types: Sequence[str]) -> tuple[int, datetime | None]:
+        if not types:
+            return 0, None
+        count, earliest = self.db.conn.execute(
+            f"SELECT count(*), min(coalesce(available_at, '')) FROM {TABLE} "
+            f"WHERE {RUNNABLE} AND type IN ({_marks(types)})",
+            list(types),
+        ).fetchone()
+        return count, (_parse_ts(earliest) if earliest else None)
+
+    @boundary
+    def list_and_count(
+        self,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        order: str = "-created_at",
+    ) -> tuple[list[BatchJob], int]:
+        filters = filters or {}
+        where, params = self._where(filters)
+        descending = order.startswith("-")
+        column = order.lstrip("-+")
+        if column not in ORDER_FIELDS:
+            raise InvalidDataError(
+                f"order must be one of {', '.join(ORDER_FIELDS)} (with - for descending), "
+                f"not {order!r}"
+            )
+        direction = "DESC" if descending else "ASC"
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        conn = self.db.conn
+        conn.execute("BEGIN")  # one snapshot for the page and the count
+        try:
+            rows = conn.execute(
+                f"SELECT * FROM {TABLE}{clause} ORDER BY {column} {direction}, id {direction} "
+                "LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            (count,) = conn.execute(self._count_sql(filters, clause), params).fetchone()
+        finally:
+            conn.execute("COMMIT")
+        return [_record(row) for row in rows], count
+
+    @boundary
+    def count(self, *, filters: Mapping[str, Any] | None = None) -> int:
+        filters = filters or {}
+        where, params = self._where(filters)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        (count,) = self.db.conn.execute(self._count_sql(filters, clause), params).fetchone()
+        return int(count)
+
+    @staticmethod
+    def _count_sql(filters: Mapping[str, Any], clause: str) -> str:
+        created_by = filters.get("created_by")
+        unnamed = (
+            created_by is None
+            and "created_by" in filters
+            or created_by == ""
+            or (isinstance(created_by, list) and ("" in created_by or None in created_by))
+        )
+        if filters.keys() <= COUNTED_FILTERS and not unnamed:
+            return f"SELECT coalesce(sum(n), 0) FROM {COUNTS}{clause}"
+        return f"SELECT count(*) FROM {TABLE}{clause}"
+
+    @staticmethod
+    def _where(filters: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for name, value in filters.items():
+            if name in ("id", "status", "type", "created_by"):
+                values = [value] if isinstance(value, (str, Status)) or value is None else value
+                values = [v.value if isinstance(v, Status) else v for v in values]
+                named = [v for v in values if v is not None]
+                terms = [f"{name} IN ({_marks(named)})"] if named else []
+                if len(named) < len(values):
+                    terms.append(f"{name} IS NULL")
+                where.append(f"({' OR '.join(terms)})" if terms else "0")
+                params.extend(named)
+            elif name in TIMESTAMP_FIELDS:
+                if value is None:
+                    where.append(f"{name} IS NULL")
+                    continue
+                for op, bound in value.items():
+                    where.append(f"{name} {_SQL_OPERATORS[op]} ?")
+                    params.append(_ts(bound))
+            else:
+                raise InvalidDataError(f"cannot filter on {name!r}")
+        return where, params
