@@ -86,7 +86,7 @@ class BatchJobs:
         self.store = open_store(db, durability=durability)
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
-        self.service = BatchJobService(self.store, self.registry, sender=self)
+        self.service = BatchJobService(self.store, self.registry, sender=self, files=self.files)
         self.runner = JobRunner(
             self.store,
             self.registry,

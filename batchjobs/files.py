@@ -1,8 +1,9 @@
-"""The local file store: files by key, in one directory they can never leave."""
+"""The local file store: files by key, in one directory they can never leave, each with an owner."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import secrets
@@ -12,14 +13,19 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
-from .errors import InvalidDataError
+from .errors import InvalidDataError, NotAllowedError
 
-__all__ = ["COPY_BUFFER_SIZE", "FileStore"]
+__all__ = ["COPY_BUFFER_SIZE", "NOT_OWNER_MESSAGE", "FileStore"]
 
 #: Bytes read or written at a time when a file is copied in or out.
 COPY_BUFFER_SIZE = 1 << 20
 MAX_KEY_LENGTH = 1024
 MAX_PART_LENGTH = 255
+#: What a user is told about a file another user (or the application) owns.
+NOT_OWNER_MESSAGE = "Cannot access a file that does not belong to the logged in user"
+#: The folder (under the root) where each file's owner is kept, at the file's key.
+#: Its name is no valid key part, so no key can reach it.
+_OWNERS = ".owners"
 
 # A part starts with a letter or digit: no "..", no hidden or temporary files.
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -52,18 +58,38 @@ class FileStore:
     elsewhere) are refused with ``InvalidDataError``. Writes stream: nothing
     holds a whole file in memory.
 
+    Every file has an owner: the user whose view of the store wrote it.
+    ``files.for_user("usr_1")`` is the store as that user sees it: it reads,
+    measures and deletes only the files ``usr_1`` owns (``NotAllowedError``
+    otherwise) and the files it writes are ``usr_1``'s. The store itself
+    (``user`` ``None``) is the application's view: it reaches every file, and
+    the files it writes belong to no user. A job's ``run.files`` is its
+    creator's view.
+
     >>> files = FileStore("app-files")
     >>> with files.open_write("exports/report.csv") as f:
     ...     f.write(b"id,name\\r\\n")
     >>> files.size("exports/report.csv")
     9
+    >>> files.for_user("usr_2").open_read("exports/report.csv")
+    Traceback (most recent call last):
+    NotAllowedError: Cannot access a file that does not belong to the logged in user
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, user: str | None = None) -> None:
+        if user is not None and not isinstance(user, str):
+            raise ValueError(f"user must be a user id (str) or None, not {user!r}")
         self.root = Path(root).resolve()
+        #: Whose view this is; ``None``: the application's, which reaches every file.
+        self.user = user
 
     def __repr__(self) -> str:
-        return f"<FileStore {str(self.root)!r}>"
+        who = "" if self.user is None else f" as {self.user!r}"
+        return f"<FileStore {str(self.root)!r}{who}>"
+
+    def for_user(self, user: str | None) -> FileStore:
+        """The same files as ``user`` sees them (``None``: the application, every file)."""
+        return FileStore(self.root, user=user)
 
     # -- keys ------------------------------------------------------------------
 
@@ -95,11 +121,18 @@ class FileStore:
     # -- opening ------------------------------------------------------------------
 
     @contextmanager
-    def _parent(self, key: str, *, create: bool) -> Iterator[tuple[int | None, str]]:
-        """The directory holding ``key`` (a descriptor, or None without dir_fd) and its name."""
+    def _parent(
+        self, key: str, *, create: bool, owners: bool = False
+    ) -> Iterator[tuple[int | None, str]]:
+        """The directory holding ``key`` (a descriptor, or None without dir_fd) and its name;
+        with ``owners``, the one holding the record of ``key``'s owner."""
         parts = self.check_key(key).split("/")
+        if owners:
+            parts.insert(0, _OWNERS)
         if not _SAFE_WALK:  # pragma: no cover - platforms without dir_fd
             path = self.path(key)
+            if owners:
+                path = self.root.joinpath(*parts)
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
             yield None, str(path)
@@ -150,19 +183,90 @@ class FileStore:
             raise
         return fd
 
+    # -- owners ---------------------------------------------------------------------
+
+    def owner(self, key: str) -> str | None:
+        """Who owns the file under ``key``: a user id, or ``None`` for the application.
+
+        A file written before files had owners, or whose record is unreadable,
+        is the application's.
+        """
+        try:
+            with self._parent(key, create=False, owners=True) as (dir_fd, name):
+                fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError, InvalidDataError):
+            return None
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return None
+            raise
+        with os.fdopen(fd, "rb") as record:
+            try:
+                owner = json.loads(record.read(MAX_KEY_LENGTH * 4)).get("owner")
+            except (ValueError, AttributeError):
+                return None
+        return owner if isinstance(owner, str) else None
+
+    def check_owner(self, key: str) -> None:
+        """``NotAllowedError`` unless this view may reach the file under ``key``: the
+        application's view reaches every file, a user's only those the user owns."""
+        if self.user is not None and self.owner(key) != self.user:
+            raise NotAllowedError(NOT_OWNER_MESSAGE)
+
+    def _record_owner(self, key: str) -> None:
+        """Record this view's user as the owner of ``key`` (written aside, then renamed)."""
+        data = json.dumps({"owner": self.user}).encode()
+        with self._parent(key, create=True, owners=True) as (dir_fd, name):
+            temp_name = f".{name}.{secrets.token_hex(6)}.part"
+            fd = os.open(
+                temp_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY,
+                0o666,
+                dir_fd=dir_fd,
+            )
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.replace(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with suppress(FileNotFoundError):
+                    os.unlink(temp_name, dir_fd=dir_fd)
+                raise
+
+    def _check_overwrite(self, key: str) -> None:
+        """``NotAllowedError`` if ``key`` holds a file this view may not replace."""
+        if self.user is not None and self.exists(key):
+            self.check_owner(key)
+
+    # -- reading --------------------------------------------------------------------
+
     def open_read(self, key: str) -> IO[bytes]:
-        """Open ``key`` for reading bytes; ``FileNotFoundError`` if there is none."""
-        return os.fdopen(self._open_fd(key, os.O_RDONLY), "rb")
+        """Open ``key`` for reading bytes; ``FileNotFoundError`` if there is none,
+        ``NotAllowedError`` if it is not this view's user's."""
+        fd = self._open_fd(key, os.O_RDONLY)
+        try:
+            self.check_owner(key)
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "rb")
 
     def open_write(self, key: str, *, offset: int = 0) -> IO[bytes]:
         """Open ``key`` for writing bytes at ``offset``, dropping whatever follows it.
 
-        ``offset=0`` starts an empty file (created with its folders). A larger
-        offset resumes a file written earlier: its first ``offset`` bytes are
-        kept, and ``ValueError`` says so if the file is shorter than that.
+        ``offset=0`` starts an empty file (created with its folders), owned by
+        this view's user. A larger offset resumes a file written earlier: its
+        first ``offset`` bytes are kept, and ``ValueError`` says so if the file
+        is shorter than that. Another user's file is ``NotAllowedError``.
         """
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+        if offset == 0:
+            self._check_overwrite(key)
+            # The owner first: a file is never there without its owner's record.
+            self._record_owner(key)
+        else:
+            self.check_owner(key)
         fd = self._open_fd(key, os.O_RDWR | os.O_CREAT, create=True)
         try:
             size = os.fstat(fd).st_size
@@ -183,8 +287,11 @@ class FileStore:
         """Store the bytes of ``source`` (a binary file or chunks) under ``key``; their size.
 
         The file appears whole or not at all: it is written aside, then
-        renamed over ``key``.
+        renamed over ``key``. It is owned by this view's user; replacing
+        another user's file is ``NotAllowedError``.
         """
+        self._check_overwrite(key)
+        self._record_owner(key)
         size = 0
         with self._parent(key, create=True) as (dir_fd, final_name):
             head, tail = os.path.split(final_name)
@@ -230,24 +337,38 @@ class FileStore:
         return True
 
     def size(self, key: str) -> int:
-        """The size in bytes of the file under ``key``."""
+        """The size in bytes of the file under ``key`` (``NotAllowedError`` if not the user's)."""
         fd = self._open_fd(key, os.O_RDONLY)
         try:
+            self.check_owner(key)
             return os.fstat(fd).st_size
         finally:
             os.close(fd)
 
     def delete(self, key: str) -> bool:
-        """Delete the file under ``key``; False if there was none."""
+        """Delete the file under ``key`` and its owner's record; False if there was none.
+
+        Another user's file is ``NotAllowedError``.
+        """
+        if self.user is not None:
+            if not self.exists(key):
+                return False
+            self.check_owner(key)
         try:
             with self._parent(key, create=False) as (dir_fd, name):
                 os.unlink(name, dir_fd=dir_fd)
         except (FileNotFoundError, NotADirectoryError):
             return False
+        # The record only once the file is gone: a file always has its owner.
+        with (
+            suppress(FileNotFoundError, NotADirectoryError),
+            self._parent(key, create=False, owners=True) as (dir_fd, name),
+        ):
+            os.unlink(name, dir_fd=dir_fd)
         return True
 
     def keys(self) -> Iterator[str]:
-        """Every stored key (files written aside or behind links are left out)."""
+        """Every key this view reaches (files written aside or behind links are left out)."""
         if not self.root.is_dir():
             return
         for dirpath, dirs, names in os.walk(self.root):
@@ -255,4 +376,6 @@ class FileStore:
             for name in sorted(names):
                 path = Path(dirpath, name)
                 if _KEY_PART.fullmatch(name) and path.is_file() and not path.is_symlink():
-                    yield path.relative_to(self.root).as_posix()
+                    key = path.relative_to(self.root).as_posix()
+                    if self.user is None or self.owner(key) == self.user:
+                        yield key

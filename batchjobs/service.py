@@ -13,6 +13,7 @@ from typing import Any
 
 from . import signals
 from .errors import InvalidDataError, NotAllowedError, NotFoundError
+from .files import FileStore
 from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
 from .store import DATE_OPERATORS, FILTER_NAMES, Store
 from .strategy import JobDraft, StrategyRegistry
@@ -55,9 +56,18 @@ def _check_draft(draft: JobDraft) -> JobDraft:
 class BatchJobService:
     """Lifecycle operations over one store; events go out with ``sender``."""
 
-    def __init__(self, store: Store, registry: StrategyRegistry, *, sender: Any = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: StrategyRegistry,
+        *,
+        sender: Any = None,
+        files: FileStore | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
+        #: The file store; ``prepare`` sees it as the job's creator does.
+        self.files = files
         self.sender = sender if sender is not None else self
         #: Called after a job becomes runnable here (created, confirmed,
         #: retried); the scheduler wakes on it instead of waiting for its poll.
@@ -88,6 +98,8 @@ class BatchJobService:
         draft = _check_draft(
             JobDraft(type, _check_json_object("context", context), dry_run, created_by)
         )
+        if self.files is not None:
+            draft.files = self.files.for_user(draft.created_by)
         # Checked again: prepare() may normalise the draft, not break it.
         draft = _check_draft(strategy.prepare(draft))
         if draft.type != type:

@@ -33,12 +33,18 @@ ENTRY_POINT_GROUP = "batchjobs.strategies"
 
 @dataclass
 class JobDraft:
-    """A job about to be created, as ``BatchJobStrategy.prepare`` sees it."""
+    """A job about to be created, as ``BatchJobStrategy.prepare`` sees it.
+
+    ``files`` is the file store as ``created_by`` sees it (``None`` without a
+    file store): ``prepare`` may check there that a ``file_key`` is the
+    creator's, as the run will.
+    """
 
     type: str
     context: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     created_by: str | None = None
+    files: Any = field(default=None, compare=False, repr=False)
 
 
 class JobRun:
@@ -49,6 +55,11 @@ class JobRun:
     ``state`` is this run's scratch space, never saved (an open file kept
     from one chunk to the next); ``closing`` closes such things when the run
     ends, however it ends.
+
+    ``files`` is the file store as the job's creator sees it
+    (``FileStore.for_user(job.created_by)``): the job reads only files its
+    creator owns, and what it writes is its creator's. A job the application
+    created (``created_by`` ``None``) reaches every file.
     """
 
     def __init__(
@@ -62,7 +73,7 @@ class JobRun:
         self.job = job
         self.result: dict[str, Any] = dict(job.result)
         self.cursor: dict[str, Any] = dict(cursor or {})
-        self.files = files
+        self.files = None if files is None else files.for_user(job.created_by)
         self.log = logging.getLogger(f"batchjobs.job.{job.type}")
         self.state: dict[str, Any] = {}
         self._is_canceled = is_canceled

@@ -167,9 +167,14 @@ class CsvImport(BatchJobStrategy):
     # -- hooks --------------------------------------------------------------------
 
     def prepare(self, draft: JobDraft) -> JobDraft:
-        """Refuse a context that names anything the application does not allow."""
+        """Refuse a context that names anything the application does not allow,
+        or a ``file_key`` of a file the job's creator does not own."""
         check_context_keys(self.batch_type, draft.context, CONTEXT_KEYS)
         plan = self._plan(draft.context)
+        files, key = draft.files, plan.file_key
+        # A missing file fails the job when it is read; another's is refused now.
+        if key is not None and files is not None and files.exists(key):
+            files.check_owner(key)
         context = {
             **draft.context,
             "database": plan.database.name,

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from batchjobs import BatchJob, BatchJobs, InvalidDataError, JobDraft, Status
+from batchjobs import BatchJob, BatchJobs, InvalidDataError, JobDraft, NotAllowedError, Status
+from batchjobs.files import NOT_OWNER_MESSAGE
 from batchjobs.strategies.csv_import import ENV_DATABASES, ENV_PATHS, CsvImport
 from tests.conftest import shop_rows
 from tests.test_builtin_strategies import _crash_after_chunk, shop_csv, table_rows
@@ -578,3 +579,49 @@ def test_a_nul_is_read_as_the_csv_module_reads_it(
     else:
         assert run_import(jobs, text).status == Status.COMPLETED
         assert table_rows(shop, "products_copy") == [(1, "SKU-1", "a\x00b", 1.0, 1, None)]
+
+
+# -- owners ------------------------------------------------------------------------------------
+
+
+def test_a_job_reads_only_files_its_creator_owns(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    shop = make_shop(rows=5)
+    jobs = csv_jobs(shop)
+    export = jobs.create("csv-export", {"table": "products"}, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    key = jobs.retrieve(export.id).result["file_key"]
+    assert jobs.files.owner(key) == "usr_1"  # an export is its creator's
+    context = {"table": "products_copy", "file_key": key}
+    before = jobs.list_and_count(limit=0)[1]
+    with pytest.raises(NotAllowedError) as refusal:
+        jobs.create("csv-import", context, created_by="usr_2")
+    assert (refusal.value.type, refusal.value.message) == ("not_allowed", NOT_OWNER_MESSAGE)
+    assert jobs.list_and_count(limit=0)[1] == before  # nothing was created
+    mine = jobs.create("csv-import", context, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    assert jobs.retrieve(mine.id).status == Status.COMPLETED
+    assert len(table_rows(shop, "products_copy")) == 5
+    # A job the application created reads any file.
+    app = jobs.create("csv-import", context)
+    jobs.run_until_idle(timeout=10)
+    assert jobs.retrieve(app.id).status == Status.COMPLETED
+
+
+def test_a_file_that_is_no_longer_the_creators_fails_the_job_when_read(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    shop = make_shop(rows=0)
+    jobs = csv_jobs(shop)
+    data = lines(HEADER, "1,SKU-1,a,1.5,1,")
+    jobs.files.for_user("usr_1").put("uploads/in.csv", [data.encode()])
+    job = jobs.create(
+        "csv-import", {"table": "products_copy", "file_key": "uploads/in.csv"}, created_by="usr_1"
+    )
+    jobs.files.put("uploads/in.csv", [data.encode()])  # replaced by the application
+    jobs.run_until_idle(timeout=10)
+    job = jobs.retrieve(job.id)
+    assert job.status == Status.FAILED
+    assert job.result["errors"][-1] == {"message": NOT_OWNER_MESSAGE, "code": "not_allowed"}
+    assert table_rows(shop, "products_copy") == []

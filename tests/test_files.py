@@ -1,16 +1,25 @@
-"""The file store: keys that never leave the directory, streaming and resumable writes."""
+"""The file store: keys that never leave the directory, streaming and resumable writes, owners."""
 
 from __future__ import annotations
 
 import io
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from batchjobs import BatchJobs, InvalidDataError
-from batchjobs.files import FileStore
+from batchjobs import (
+    BatchJobs,
+    BatchJobStrategy,
+    InvalidDataError,
+    JobDraft,
+    JobRun,
+    NotAllowedError,
+    Status,
+)
+from batchjobs.files import NOT_OWNER_MESSAGE, FileStore
 
 
 @pytest.fixture
@@ -176,3 +185,135 @@ def test_batchjobs_keeps_files_next_to_the_database_unless_told(
     assert make_jobs().files.root == (tmp_path / "jobs-files").resolve()
     other = make_jobs(tmp_path / "b.db", files_dir=tmp_path / "elsewhere")
     assert other.files.root == (tmp_path / "elsewhere").resolve()
+
+
+# -- owners ------------------------------------------------------------------------------------
+
+
+def refused(action: Callable[[], object]) -> None:
+    with pytest.raises(NotAllowedError) as refusal:
+        action()
+    assert refusal.value.type == "not_allowed"
+    assert refusal.value.message == NOT_OWNER_MESSAGE
+
+
+def test_a_file_belongs_to_the_user_whose_view_wrote_it(store: FileStore) -> None:
+    alice, bob = store.for_user("usr_1"), store.for_user("usr_2")
+    assert (alice.user, bob.user, store.user) == ("usr_1", "usr_2", None)
+    alice.put("uploads/a.csv", [b"alice's"])
+    write(bob, "exports/b.csv", b"bob's")
+    write(store, "exports/app.csv", b"the application's")
+    assert store.owner("uploads/a.csv") == "usr_1"
+    assert store.owner("exports/b.csv") == "usr_2"
+    assert store.owner("exports/app.csv") is None
+    assert read(alice, "uploads/a.csv") == b"alice's"
+    assert alice.size("uploads/a.csv") == 7
+    for key in ("exports/b.csv", "exports/app.csv"):
+        refused(partial(alice.open_read, key))
+        refused(partial(alice.size, key))
+        refused(partial(alice.delete, key))
+        refused(partial(alice.put, key, [b"mine now"]))
+        refused(partial(alice.open_write, key))
+        refused(partial(alice.copy_to, key, io.BytesIO()))
+    # Nothing was changed by the refusals.
+    assert read(store, "exports/b.csv") == b"bob's"
+    assert read(store, "exports/app.csv") == b"the application's"
+    assert store.owner("exports/b.csv") == "usr_2"
+    # The application reaches every file; each user lists only its own.
+    assert read(store, "uploads/a.csv") == b"alice's"
+    assert list(store.keys()) == ["exports/app.csv", "exports/b.csv", "uploads/a.csv"]
+    assert list(alice.keys()) == ["uploads/a.csv"]
+    assert list(bob.keys()) == ["exports/b.csv"]
+    assert repr(alice) == f"<FileStore {str(store.root)!r} as 'usr_1'>"
+
+
+def test_resuming_a_file_keeps_its_owner_and_refuses_another_user(store: FileStore) -> None:
+    alice, bob = store.for_user("usr_1"), store.for_user("usr_2")
+    write(alice, "exports/x.csv", b"head,")
+    with alice.open_write("exports/x.csv", offset=5) as out:
+        out.write(b"tail")
+    assert (read(alice, "exports/x.csv"), store.owner("exports/x.csv")) == (b"head,tail", "usr_1")
+    refused(lambda: bob.open_write("exports/x.csv", offset=5))
+    assert read(store, "exports/x.csv") == b"head,tail"
+
+
+def test_deleting_a_file_forgets_its_owner(store: FileStore) -> None:
+    alice = store.for_user("usr_1")
+    alice.put("uploads/a.csv", [b"x"])
+    assert alice.delete("uploads/a.csv") is True
+    assert alice.delete("uploads/a.csv") is False
+    assert store.owner("uploads/a.csv") is None
+    assert not (store.root / ".owners" / "uploads" / "a.csv").exists()
+    # Another user may now use the key.
+    store.for_user("usr_2").put("uploads/a.csv", [b"y"])
+    assert store.owner("uploads/a.csv") == "usr_2"
+
+
+def test_a_file_with_no_owner_record_is_the_applications(store: FileStore) -> None:
+    (store.root / "old").mkdir(parents=True)
+    (store.root / "old" / "file.csv").write_bytes(b"written before files had owners")
+    assert store.owner("old/file.csv") is None
+    assert read(store, "old/file.csv").startswith(b"written")
+    refused(lambda: store.for_user("usr_1").open_read("old/file.csv"))
+    # An unreadable record counts as none.
+    store.for_user("usr_1").put("a.csv", [b"x"])
+    (store.root / ".owners" / "a.csv").write_bytes(b"not json")
+    assert store.owner("a.csv") is None
+    (store.root / ".owners" / "a.csv").write_bytes(b'["usr_1"]')
+    assert store.owner("a.csv") is None
+    refused(lambda: store.for_user("usr_1").open_read("a.csv"))
+
+
+def test_owner_records_are_out_of_reach_of_keys(store: FileStore, tmp_path: Path) -> None:
+    store.for_user("usr_1").put("a.csv", [b"x"])
+    with pytest.raises(InvalidDataError, match="invalid file key"):
+        store.open_read(".owners/a.csv")
+    assert list(store.keys()) == ["a.csv"]
+    # A record replaced by a link is not followed: the file is nobody's.
+    record = store.root / ".owners" / "a.csv"
+    record.unlink()
+    (tmp_path / "forged").write_text('{"owner": "usr_2"}')
+    record.symlink_to(tmp_path / "forged")
+    assert store.owner("a.csv") is None
+
+
+def test_a_user_is_a_string(store: FileStore) -> None:
+    with pytest.raises(ValueError, match="user must be a user id"):
+        store.for_user(42)  # type: ignore[arg-type]
+
+
+class FileReader(BatchJobStrategy):
+    """Reads ``context["key"]`` through the files its run and its draft are given."""
+
+    batch_type = "read-file"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+
+    def prepare(self, draft: JobDraft) -> JobDraft:
+        self.seen.append(("prepare", draft.files.user))
+        return draft
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        self.seen.append(("run", run.files.user))
+        with run.files.open_read(run.job.context["key"]) as source:
+            run.result["read"] = source.read().decode()
+        return 0
+
+
+def test_a_job_sees_the_files_as_its_creator_does(make_jobs: Callable[..., BatchJobs]) -> None:
+    jobs = make_jobs()
+    reader = FileReader()
+    jobs.register(reader)
+    jobs.files.for_user("usr_1").put("a.txt", [b"usr_1's"])
+    mine = jobs.create("read-file", {"key": "a.txt"}, created_by="usr_1")
+    theirs = jobs.create("read-file", {"key": "a.txt"}, created_by="usr_2")
+    app = jobs.create("read-file", {"key": "a.txt"})
+    jobs.run_until_idle(timeout=10)
+    assert reader.seen[:3] == [("prepare", "usr_1"), ("prepare", "usr_2"), ("prepare", None)]
+    assert set(reader.seen[3:]) == {("run", None), ("run", "usr_1"), ("run", "usr_2")}
+    assert jobs.retrieve(mine.id).result["read"] == "usr_1's"
+    assert jobs.retrieve(app.id).result["read"] == "usr_1's"
+    failed = jobs.retrieve(theirs.id)
+    assert failed.status == Status.FAILED
+    assert failed.result["errors"][-1]["message"] == NOT_OWNER_MESSAGE

@@ -237,9 +237,7 @@ def test_every_medusa_list_filter_answers(api: Api, jobs: BatchJobs) -> None:
     assert listed(api, "order=completed_at&status[]=completed&expand=created_by_user") == [done.id]
 
 
-def test_fields_selects_the_fields_of_each_job_and_always_the_id(
-    api: Api, jobs: BatchJobs
-) -> None:
+def test_fields_selects_the_fields_of_each_job_and_always_the_id(api: Api, jobs: BatchJobs) -> None:
     job = jobs.create("uncounted", created_by="usr_1")
     body = api("GET", f"{URL}?fields=status,created_at").get_json()
     assert body["batch_jobs"] == [
