@@ -1249,7 +1249,8 @@ def run_csv_strategy(kind: str, args: list[str]) -> tuple[int, float, str]:
     else:
         empty_items(str(target))
         jobs = BatchJobs(target.with_name(f"{target.stem}-jobs.db"))
-        jobs.register(CsvImport(databases={"bench": target}, paths=[source.parent]))
+        every_table = {"bench": {"path": target, "tables": "*"}}
+        jobs.register(CsvImport(databases=every_table, paths=[source.parent]))
         context = {"table": "items", "path": str(source)}
     with jobs:
         start = time.perf_counter()

@@ -20,6 +20,7 @@ from batchjobs import InvalidDataError
 
 __all__ = [
     "ENGINE_CONTEXT_KEYS",
+    "EVERY_TABLE",
     "AllowedDatabase",
     "Column",
     "Table",
@@ -57,10 +58,14 @@ class AllowedDatabase:
         return self.tables is None or table.lower() in self.tables
 
 
-def _one_database(name: Any, value: Any) -> AllowedDatabase:
+#: ``"tables": "*"``: every table of the database, said explicitly.
+EVERY_TABLE = "*"
+
+
+def _one_database(name: Any, value: Any, *, require_tables: str | None) -> AllowedDatabase:
     if not isinstance(name, str) or not name:
         raise ValueError(f"database names must be non-empty strings, not {name!r}")
-    tables: Iterable[Any] | None = None
+    tables: Any = None
     if isinstance(value, Mapping):
         unknown = set(value) - {"path", "tables"}
         if unknown or "path" not in value:
@@ -70,20 +75,31 @@ def _one_database(name: Any, value: Any) -> AllowedDatabase:
         path = value
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"database {name!r}: the path must be a string, not {path!r}")
+    if tables is None and require_tables is not None:
+        raise ValueError(
+            f"database {name!r}: {require_tables} needs the tables it may write: "
+            f"{{'path': ..., 'tables': [...]}}, or 'tables': '*' for every table"
+        )
     allowed: frozenset[str] | None = None
-    if tables is not None:
+    if tables is not None and tables != EVERY_TABLE:
         if isinstance(tables, str) or not all(isinstance(t, str) and t for t in tables):
-            raise ValueError(f"database {name!r}: tables must be a list of table names")
+            raise ValueError(
+                f"database {name!r}: tables must be a list of table names, or '*' for every table"
+            )
         allowed = frozenset(t.lower() for t in tables)
     return AllowedDatabase(name=name, path=Path(path).resolve(), tables=allowed)
 
 
-def allowed_databases(spec: Mapping[str, Any] | None, env: str) -> dict[str, AllowedDatabase]:
+def allowed_databases(
+    spec: Mapping[str, Any] | None, env: str, *, require_tables: str | None = None
+) -> dict[str, AllowedDatabase]:
     """The allow-list from ``spec``, or from the JSON in environment variable ``env``.
 
-    ``spec`` maps the names job contexts use to a database path (every table
-    allowed) or to ``{"path": ..., "tables": [...]}``. Relative paths are
-    resolved now, against the current directory.
+    ``spec`` maps the names job contexts use to ``{"path": ..., "tables":
+    [...]}``, ``"tables": "*"`` for every table, or to a bare path, which
+    allows every table too: unless ``require_tables`` names the strategy that
+    refuses bare paths (``ValueError``), as one that writes does. Relative
+    paths are resolved now, against the current directory.
     """
     if spec is None:
         raw = os.environ.get(env, "").strip()
@@ -95,7 +111,10 @@ def allowed_databases(spec: Mapping[str, Any] | None, env: str) -> dict[str, All
             raise ValueError(f"{env} must be a JSON object: {error}") from None
         if not isinstance(spec, Mapping):
             raise ValueError(f"{env} must be a JSON object of database name -> path")
-    return {name: _one_database(name, value) for name, value in spec.items()}
+    return {
+        name: _one_database(name, value, require_tables=require_tables)
+        for name, value in spec.items()
+    }
 
 
 def check_context_keys(batch_type: str, context: Mapping[str, Any], known: Iterable[str]) -> None:

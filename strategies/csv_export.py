@@ -192,10 +192,12 @@ class _Output:
 class CsvExport(BatchJobStrategy):
     """Export a table of an allow-listed SQLite database to a CSV file (``csv-export``).
 
-    ``databases`` maps the names contexts use to a path (every table allowed)
-    or to ``{"path": ..., "tables": [...]}``; left out, it is read from the
-    JSON in ``BATCHJOBS_CSV_EXPORT_DATABASES``, and without that nothing may
-    be exported. Databases are opened read-only.
+    ``databases`` maps the names contexts use to ``{"path": ..., "tables":
+    [...]}`` (``"tables": "*"`` for every table) or to a bare path, which
+    allows every table of the database, those the application did not mean
+    to expose included; left out, it is read from the JSON in
+    ``BATCHJOBS_CSV_EXPORT_DATABASES``, and without that nothing may be
+    exported. Databases are opened read-only.
 
     Context: ``table``; ``database`` (optional when one is allowed);
     ``columns`` (a list, default all); ``filter`` (``{"column": value}``,

@@ -3,7 +3,8 @@
 The application says which databases (and tables) may be written and which
 directories files may be read from; a job's context only picks among them::
 
-    jobs.register(CsvImport(databases={"shop": "shop.db"}, paths=["uploads"]))
+    jobs.register(CsvImport(databases={"shop": {"path": "shop.db", "tables": ["products"]}},
+                            paths=["uploads"]))
     jobs.create("csv-import", {"table": "products", "path": "uploads/products.csv"},
                 dry_run=True)   # stops after the preview in stat_descriptors
 
@@ -17,6 +18,7 @@ after a crash writes the same rows again.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -55,17 +57,50 @@ ROW_ERRORS_KEPT = 50
 #: Rows validated (and keys looked up) at a time while pre-processing.
 VALIDATION_BATCH = 5000
 ROW_ERROR_CODE = "invalid_row"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _open_regular_file(path: Path, batch_type: str) -> IO[bytes]:
+    """``path`` open for reading, refused unless it is a regular file (checked on the
+    open descriptor, so nothing swapped in after a check is read instead).
+
+    Opened without blocking, then set back to blocking reads: opening a FIFO
+    swapped in for the file would otherwise wait for a writer, for ever.
+    """
+    flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC | _BINARY
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise InvalidDataError(f"{batch_type}: no file at path {str(path)!r}") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # the last part became a link
+            raise InvalidDataError(f"{batch_type}: {str(path)!r} is a link") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidDataError(f"{batch_type}: {str(path)!r} is not a regular file")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class CsvImport(BatchJobStrategy):
     """Import a CSV file into an allow-listed SQLite table (``csv-import``).
 
-    ``databases`` maps the names contexts use to a path (every table allowed)
-    or to ``{"path": ..., "tables": [...]}``; ``paths`` lists the directories
-    (or files) a context's ``path`` may read. Left out, they are read from
-    ``BATCHJOBS_CSV_IMPORT_DATABASES`` (JSON) and ``BATCHJOBS_CSV_IMPORT_PATHS``
-    (joined by ``os.pathsep``); without them nothing may be imported. Files
-    in the file store (``file_key``) may always be read.
+    ``databases`` maps the names contexts use to ``{"path": ..., "tables":
+    [...]}``, the tables jobs may write (``"tables": "*"``: every table, said
+    explicitly; a bare path is refused with ``ValueError``); ``paths`` lists
+    the directories (or files) a context's ``path`` may read. Left out, they
+    are read from ``BATCHJOBS_CSV_IMPORT_DATABASES`` (JSON) and
+    ``BATCHJOBS_CSV_IMPORT_PATHS`` (joined by ``os.pathsep``); without them
+    nothing may be imported. Files in the file store (``file_key``) may be
+    read when the job's creator owns them.
 
     Context: ``table``; ``database`` (optional when one is allowed);
     ``file_key`` or ``path``; ``key`` (a unique column, default the primary
@@ -84,7 +119,7 @@ class CsvImport(BatchJobStrategy):
         *,
         paths: Iterable[str | os.PathLike[str]] | None = None,
     ) -> None:
-        self.databases = allowed_databases(databases, ENV_DATABASES)
+        self.databases = allowed_databases(databases, ENV_DATABASES, require_tables=self.batch_type)
         if paths is None:
             paths = [p for p in os.environ.get(ENV_PATHS, "").split(os.pathsep) if p]
         elif isinstance(paths, (str, os.PathLike)):
@@ -93,7 +128,9 @@ class CsvImport(BatchJobStrategy):
 
     # -- the plan -----------------------------------------------------------------
 
-    def _plan(self, context: Mapping[str, Any]) -> _Plan:
+    def _plan(self, context: Mapping[str, Any], *, creating: bool = False) -> _Plan:
+        """What ``context`` imports, checked; ``creating``: also that its path is a
+        file now (while a job runs, opening the file checks that)."""
         kind = self.batch_type
         database, name = resolve_table(kind, self.databases, context)
         conn, table = open_table(kind, database, name)
@@ -126,10 +163,12 @@ class CsvImport(BatchJobStrategy):
             key=key,
             on_error=on_error,
             file_key=file_key,
-            path=None if path is None else self._allowed_path(path),
+            path=None if path is None else self._allowed_path(path, check_file=creating),
         )
 
-    def _allowed_path(self, raw: Any) -> Path:
+    def _allowed_path(self, raw: Any, *, check_file: bool) -> Path:
+        """``raw`` resolved, refused unless it is under an allowed directory (and,
+        with ``check_file``, a file now: the open checks again, on the descriptor)."""
         if not isinstance(raw, str) or not raw or "\x00" in raw:
             raise InvalidDataError(f"{self.batch_type}: context.path must be a file path")
         path = Path(raw).resolve()
@@ -138,7 +177,7 @@ class CsvImport(BatchJobStrategy):
                 f"{self.batch_type}: path {raw!r} is outside the directories the application "
                 "allows imports from"
             )
-        if not path.is_file():
+        if check_file and not path.is_file():
             raise InvalidDataError(f"{self.batch_type}: no file at path {raw!r}")
         return path
 
@@ -152,12 +191,8 @@ class CsvImport(BatchJobStrategy):
                 raise InvalidDataError(f"no file under key {plan.file_key!r}") from None
         assert plan.path is not None
         # Resolved again now: a link swapped in since the job was created is refused.
-        path = self._allowed_path(str(plan.path))
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise InvalidDataError(f"{self.batch_type}: {str(plan.path)!r} is not a file")
-        return os.fdopen(fd, "rb")
+        path = self._allowed_path(str(plan.path), check_file=False)
+        return _open_regular_file(path, self.batch_type)
 
     @staticmethod
     def _fingerprint(source: IO[bytes]) -> dict[str, int]:
@@ -170,7 +205,7 @@ class CsvImport(BatchJobStrategy):
         """Refuse a context that names anything the application does not allow,
         or a ``file_key`` of a file the job's creator does not own."""
         check_context_keys(self.batch_type, draft.context, CONTEXT_KEYS)
-        plan = self._plan(draft.context)
+        plan = self._plan(draft.context, creating=True)
         files, key = draft.files, plan.file_key
         # A missing file fails the job when it is read; another's is refused now.
         if key is not None and files is not None and files.exists(key):

@@ -139,7 +139,8 @@ def make_shop(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def csv_jobs(make_jobs: Callable[..., BatchJobs], tmp_path: Path) -> Callable[..., BatchJobs]:
-    """``BatchJobs`` whose csv-export and csv-import allow ``shop`` (a path) and ``incoming/``."""
+    """``BatchJobs`` whose csv-export and csv-import allow every table of ``shop``, and
+    ``incoming/``."""
     from batchjobs.strategies.csv_export import CsvExport
     from batchjobs.strategies.csv_import import CsvImport
 
@@ -147,7 +148,8 @@ def csv_jobs(make_jobs: Callable[..., BatchJobs], tmp_path: Path) -> Callable[..
         jobs = make_jobs(path, **kwargs)
         (tmp_path / "incoming").mkdir(exist_ok=True)
         jobs.register(CsvExport(databases={"shop": shop}))
-        jobs.register(CsvImport(databases={"shop": shop}, paths=[tmp_path / "incoming"]))
+        every_table = {"shop": {"path": shop, "tables": "*"}}
+        jobs.register(CsvImport(databases=every_table, paths=[tmp_path / "incoming"]))
         return jobs
 
     return make

@@ -109,7 +109,9 @@ CASES = [
     ),
     Case(
         type="csv-import",
-        build=lambda shop, incoming: CsvImport(databases={"shop": shop}, paths=[incoming]),
+        build=lambda shop, incoming: CsvImport(
+            databases={"shop": {"path": shop, "tables": "*"}}, paths=[incoming]
+        ),
         context=_import_context,
         outcome=lambda jobs, job, shop: table_rows(shop, "products_copy"),
         bad=[

@@ -190,6 +190,8 @@ def test_the_allow_list_can_name_tables(
     with pytest.raises(InvalidDataError, match="'products_copy' of database 'shop' is not allowed"):
         jobs.create("csv-export", {"table": "products_copy"})
     assert jobs.create("csv-export", {"table": "PRODUCTS"}).context["table"] == "products"
+    jobs.register(CsvExport(databases={"shop": {"path": str(shop), "tables": "*"}}))
+    assert jobs.create("csv-export", {"table": "products_copy"}).context["table"] == "products_copy"
 
 
 def test_the_default_instance_reads_its_allow_list_from_the_environment(

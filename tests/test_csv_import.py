@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import re
 import sqlite3
 import time
@@ -254,6 +256,68 @@ def test_imports_from_an_allowed_directory_and_never_through_a_link(
     assert len(table_rows(shop, "products_copy")) == 3
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.timeout(20)
+def test_a_fifo_swapped_in_for_the_file_fails_the_job_instead_of_blocking_it(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    shop = make_shop(rows=0)
+    jobs = csv_jobs(shop)
+    source = tmp_path / "incoming" / "products.csv"
+    source.write_bytes(shop_csv(shop_rows(3)))
+    job = jobs.create("csv-import", {"table": "products_copy", "path": str(source)})
+    source.unlink()
+    os.mkfifo(source)  # no writer will ever come: a blocking open would wait for ever
+    jobs.run_until_idle(timeout=10)
+    job = jobs.retrieve(job.id)
+    assert job.status == Status.FAILED
+    assert job.result["errors"][-1]["message"] == (
+        f"csv-import: {str(source.resolve())!r} is not a regular file"
+    )
+    assert table_rows(shop, "products_copy") == []
+
+
+def test_a_file_removed_after_create_fails_the_job(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path], tmp_path: Path
+) -> None:
+    jobs = csv_jobs(make_shop(rows=0))
+    source = tmp_path / "incoming" / "products.csv"
+    source.write_bytes(shop_csv(shop_rows(3)))
+    job = jobs.create("csv-import", {"table": "products_copy", "path": str(source)})
+    source.unlink()
+    jobs.run_until_idle(timeout=10)
+    job = jobs.retrieve(job.id)
+    assert job.status == Status.FAILED
+    assert job.result["errors"][-1]["message"] == (
+        f"csv-import: no file at path {str(source.resolve())!r}"
+    )
+
+
+def test_an_import_needs_the_tables_it_may_write(
+    make_shop: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = make_shop()
+    message = (
+        "database 'shop': csv-import needs the tables it may write: {'path': ..., "
+        "'tables': [...]}, or 'tables': '*' for every table"
+    )
+    for bare in ({"shop": shop}, {"shop": {"path": shop}}):
+        with pytest.raises(ValueError) as refusal:
+            CsvImport(databases=bare)
+        assert str(refusal.value) == message
+    monkeypatch.setenv(ENV_DATABASES, json.dumps({"shop": str(shop)}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CsvImport()
+    with pytest.raises(ValueError, match="tables must be a list of table names, or '\\*'"):
+        CsvImport(databases={"shop": {"path": shop, "tables": "products"}})
+    every = CsvImport(databases={"shop": {"path": shop, "tables": "*"}})
+    for table in ("products", "products_copy"):
+        assert every.prepare(JobDraft("csv-import", {"table": table, "file_key": "a.csv"}))
+    listed = CsvImport(databases={"shop": {"path": shop, "tables": ["Products_Copy"]}})
+    with pytest.raises(InvalidDataError, match="table 'products' of database 'shop' is not"):
+        listed.prepare(JobDraft("csv-import", {"table": "products", "file_key": "a.csv"}))
+
+
 def test_a_file_changed_after_validation_is_not_imported(
     csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
 ) -> None:
@@ -287,7 +351,7 @@ def test_the_template_is_the_tables_header(
     shop = make_shop()
     only = CsvImport(databases={"shop": {"path": shop, "tables": ["products_copy"]}})
     assert only.build_template() == HEADER + "\r\n"
-    both = CsvImport(databases={"shop": shop})
+    both = CsvImport(databases={"shop": {"path": shop, "tables": "*"}})
     with pytest.raises(InvalidDataError, match="shop.products, shop.products_copy"):
         both.build_template()
     assert both.build_template(table="products") == HEADER + "\r\n"
