@@ -2,7 +2,7 @@
 
 from .app import BatchJobs
 from .errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
-from .models import BatchJob, Status
+from .models import BatchJob, Schedule, Status
 from .strategy import BatchJobStrategy, JobDraft, JobRun
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __all__ = [
     "BatchJobs",
     # records
     "BatchJob",
+    "Schedule",
     "Status",
     # strategies
     "BatchJobStrategy",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import signals
 from .files import FileStore
-from .models import BatchJob
+from .models import BatchJob, Schedule
 from .runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, JobRunner
 from .scheduler import Scheduler
+from .schedules import RecurringJobs
 from .service import BatchJobService
 from .store import open_store, sqlite_path
 from .strategy import BatchJobStrategy, StrategyRegistry
@@ -96,6 +98,7 @@ class BatchJobs:
             max_attempts=max_attempts,
         )
         self.service.on_canceled = self.runner.clean_up_canceled
+        self.recurring = RecurringJobs(self.store, self.service, self.registry)
         self.scheduler: Scheduler | None = None
 
     def __repr__(self) -> str:
@@ -171,13 +174,78 @@ class BatchJobs:
         """Resume a failed job from its checkpoint."""
         return self.service.retry(id)
 
+    # -- recurring jobs ----------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        type: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str = "UTC",
+        dry_run: bool = False,
+        created_by: str | None = None,
+        misfire: str = "coalesce",
+    ) -> Schedule:
+        """Store a recurring job: each fire time creates one job of ``type``.
+
+        ``cron`` is a 5-field crontab read in ``timezone`` (``"0 2 * * *"``);
+        ``every`` an interval (a ``timedelta`` or seconds). Each job's context is
+        ``context`` plus ``scheduled_for``, its fire time (ISO 8601, in
+        ``timezone``). Fire times missed while no worker ran: ``misfire=
+        "coalesce"`` one job for the latest, ``"skip"`` none, ``"all"`` one each
+        (100 at most). Declaring ``name`` again replaces its definition.
+        Workers started with ``start()`` fire schedules, each fire once across
+        every process sharing the database.
+        """
+        return self.recurring.schedule(
+            name,
+            type,
+            context,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            dry_run=dry_run,
+            created_by=created_by,
+            misfire=misfire,
+        )
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return self.recurring.list_schedules()
+
+    def unschedule(self, name: str) -> Schedule:
+        """Remove the schedule ``name`` (the jobs it made stay); ``NotFoundError`` if none."""
+        return self.recurring.remove(name)
+
+    def pause_schedule(self, name: str) -> Schedule:
+        """Stop the schedule ``name`` from firing until ``resume_schedule``."""
+        return self.recurring.pause(name)
+
+    def resume_schedule(self, name: str) -> Schedule:
+        """Let a paused schedule fire again from its next fire time (none made up)."""
+        return self.recurring.resume(name)
+
+    def fire_schedules(self, now: datetime | None = None) -> list[BatchJob]:
+        """Create the jobs of every schedule due at ``now``; returns them.
+
+        The step the workers take every ``poll_interval``; call it yourself
+        to fire schedules without ``start()`` (scripts, tests).
+        """
+        return self.recurring.fire_due(now)
+
     # -- running ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Run jobs in background threads until ``shutdown``."""
+        """Run jobs, and fire due schedules, in background threads until ``shutdown``."""
         if self.scheduler is None:
             self.scheduler = Scheduler(
-                self.runner, concurrency=self.concurrency, poll_interval=self.poll_interval
+                self.runner,
+                concurrency=self.concurrency,
+                poll_interval=self.poll_interval,
+                fire_schedules=self.recurring.fire_due,
             )
         self.scheduler.start()
         self.service.on_runnable = self.scheduler.wake

@@ -7,7 +7,7 @@ import enum
 import json
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ulid import ULID
@@ -17,6 +17,7 @@ __all__ = [
     "RESTING_STATUSES",
     "TIMESTAMP_FIELDS",
     "BatchJob",
+    "Schedule",
     "iso_format",
     "Status",
     "new_job_id",
@@ -194,3 +195,64 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _new = object.__new__
 _set = object.__setattr__
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BatchJob))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring job, as stored: each of its fire times creates one batch job.
+
+    Exactly one of ``cron`` (a 5-field crontab, read in ``timezone``) and
+    ``every`` (a fixed interval) is set. ``next_fire_at`` is the fire time
+    the next job is due at (UTC); ``last_fired_at`` and ``last_job_id`` name
+    the latest job it created (``scheduled_for`` of that job and its id).
+    ``revision`` counts the writes to the schedule: a change guarded by it
+    applies only to the version it was computed from. Immutable.
+    """
+
+    name: str
+    type: str
+    context: dict[str, Any] = field(default_factory=dict)
+    cron: str | None = None
+    every: timedelta | None = None
+    timezone: str = "UTC"
+    dry_run: bool = False
+    created_by: str | None = None
+    misfire: str = "coalesce"
+    next_fire_at: datetime | None = None
+    last_fired_at: datetime | None = None
+    last_job_id: str | None = None
+    last_error: str | None = None
+    paused_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    revision: int = 0
+
+    @property
+    def is_paused(self) -> bool:
+        """True while ``pause_schedule`` holds it: no fire time creates a job."""
+        return self.paused_at is not None
+
+    def replace(self, **changes: Any) -> Schedule:
+        """A copy of this record with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: ISO 8601 timestamps, ``every`` in seconds."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "context": dict(self.context),
+            "cron": self.cron,
+            "every": None if self.every is None else self.every.total_seconds(),
+            "timezone": self.timezone,
+            "dry_run": self.dry_run,
+            "created_by": self.created_by,
+            "misfire": self.misfire,
+            "next_fire_at": _iso(self.next_fire_at),
+            "last_fired_at": _iso(self.last_fired_at),
+            "last_job_id": self.last_job_id,
+            "last_error": self.last_error,
+            "paused_at": _iso(self.paused_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -36,11 +37,18 @@ class Scheduler:
     """Runs a runner's jobs in background threads until ``shutdown``."""
 
     def __init__(
-        self, runner: JobRunner, *, concurrency: int = 2, poll_interval: float = 1.0
+        self,
+        runner: JobRunner,
+        *,
+        concurrency: int = 2,
+        poll_interval: float = 1.0,
+        fire_schedules: Callable[[], object] | None = None,
     ) -> None:
         self.runner = runner
         self.concurrency = concurrency
         self.poll_interval = poll_interval
+        #: Fires the recurring jobs that are due: at start, then every poll.
+        self.fire_schedules = fire_schedules
         self._lock = threading.Lock()
         self._drainers = 0
         self._pre_lane_busy = False
@@ -64,10 +72,13 @@ class Scheduler:
         aps.add_job(self.wake, "interval", seconds=self.poll_interval, id="poll")
         heartbeat = max(self.runner.lease.total_seconds() / 3, 0.05)
         aps.add_job(self._heartbeat, "interval", seconds=heartbeat, id="heartbeat")
+        if self.fire_schedules is not None:
+            aps.add_job(self._fire, "interval", seconds=self.poll_interval, id="schedules")
         aps.start()
         self._aps = aps
         self._started = True
         self.runner.on_runnable = self.wake
+        self._fire()  # schedules due while no worker ran: now, not a poll later
         self.wake()
 
     def shutdown(self, wait: bool = True) -> None:
@@ -151,6 +162,14 @@ class Scheduler:
             self._pre_lane_busy = False
         else:
             self._drainers -= 1
+
+    def _fire(self) -> None:
+        if self.fire_schedules is None:
+            return
+        try:
+            self.fire_schedules()
+        except Exception:
+            log.exception("could not fire the due schedules")
 
     def _heartbeat(self) -> None:
         try:

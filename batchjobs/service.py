@@ -18,10 +18,12 @@ from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
 from .store import DATE_OPERATORS, FILTER_NAMES, Store
 from .strategy import JobDraft, StrategyRegistry
 
-__all__ = ["FILTER_NAMES", "BatchJobService"]
+__all__ = ["FILTER_NAMES", "BatchJobService", "check_json_object"]
 
 
-def _check_json_object(name: str, value: Any, *, optional: bool = True) -> dict[str, Any]:
+def check_json_object(name: str, value: Any, *, optional: bool = True) -> dict[str, Any]:
+    """``value`` as a dict if it is a JSON object (``None``: empty, when ``optional``);
+    otherwise ``InvalidDataError`` naming the field ``name``."""
     if value is None and optional:
         return {}
     if not isinstance(value, Mapping):
@@ -45,7 +47,7 @@ def _as_datetime(name: str, value: Any) -> datetime:
 
 
 def _check_draft(draft: JobDraft) -> JobDraft:
-    draft.context = _check_json_object("context", draft.context, optional=False)
+    draft.context = check_json_object("context", draft.context, optional=False)
     if not isinstance(draft.dry_run, bool):
         raise InvalidDataError(f"dry_run must be a boolean, not {draft.dry_run!r}")
     if draft.created_by is not None and not isinstance(draft.created_by, str):
@@ -92,11 +94,28 @@ class BatchJobService:
         created_by: str | None = None,
     ) -> BatchJob:
         """Create a job of ``type``; it is pre-processed by the next worker."""
+        job = self.draft(type, context, dry_run=dry_run, created_by=created_by)
+        self.store.insert(job)
+        self.created(job)
+        return job
+
+    def draft(
+        self,
+        type: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+        created_by: str | None = None,
+        now: datetime | None = None,
+    ) -> BatchJob:
+        """The ``created`` record ``create`` would write (input checked, ``prepare`` run),
+        unwritten: for a caller that writes it in a transaction of its own, then
+        calls ``created``."""
         if not isinstance(type, str):
             raise InvalidDataError(f"type must be a string, not {type.__class__.__name__}")
         strategy = self.registry.get(type)
         draft = _check_draft(
-            JobDraft(type, _check_json_object("context", context), dry_run, created_by)
+            JobDraft(type, check_json_object("context", context), dry_run, created_by)
         )
         if self.files is not None:
             draft.files = self.files.for_user(draft.created_by)
@@ -104,23 +123,23 @@ class BatchJobService:
         draft = _check_draft(strategy.prepare(draft))
         if draft.type != type:
             raise InvalidDataError("prepare() may not change a job's type")
-        context = draft.context
-        now = utcnow()
-        job = BatchJob(
+        now = now or utcnow()
+        return BatchJob(
             id=new_job_id(now),
             type=type,
             status=Status.CREATED,
             created_by=draft.created_by,
             dry_run=draft.dry_run,
-            context=context,
+            context=draft.context,
             result={},
             created_at=now,
             updated_at=now,
         )
-        self.store.insert(job)
+
+    def created(self, job: BatchJob) -> None:
+        """After a new job's row is committed: its ``batch.created`` event, workers woken."""
         self._emit("batch.created", job)
         self._runnable()
-        return job
 
     def retrieve(self, id: str) -> BatchJob:
         """The job ``id``; ``NotFoundError`` if there is none."""
@@ -177,8 +196,8 @@ class BatchJobService:
         result: Mapping[str, Any] | None = None,
     ) -> BatchJob:
         """Merge ``context`` and ``result`` into the job, key by key (shallow)."""
-        context = _check_json_object("context", context)
-        result = _check_json_object("result", result)
+        context = check_json_object("context", context)
+        result = check_json_object("result", result)
         job = self.store.merge(self.retrieve(id).id, now=utcnow(), context=context, result=result)
         if job is None:
             raise NotFoundError.for_id(id)

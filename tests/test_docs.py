@@ -128,17 +128,35 @@ def test_the_readme_cli_transcript_gives_the_same_results(tmp_path: Path) -> Non
     check_transcript("Command line", tmp_path)
 
 
-def test_the_readme_library_example_runs_as_written(tmp_path: Path) -> None:
-    block = re.search(r"```python\n(.*?)```", section("At a glance"), re.S)
-    assert block, "the 'At a glance' section has no python example"
-    assert len([line for line in block.group(1).splitlines() if line.strip()]) <= 15
-    done = subprocess.run(
+def run_example(title: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the ```python example of README section ``title`` in ``cwd``."""
+    block = re.search(r"```python\n(.*?)```", section(title), re.S)
+    assert block, f"the {title} section has no python example"
+    return subprocess.run(
         [sys.executable, "-c", block.group(1)],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_the_readme_library_example_runs_as_written(tmp_path: Path) -> None:
+    block = re.search(r"```python\n(.*?)```", section("At a glance"), re.S)
+    assert block and len([line for line in block.group(1).splitlines() if line.strip()]) <= 15
+    done = run_example("At a glance", tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["A B", "completed"]
     assert (tmp_path / "app.db").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_recurring_jobs_transcript_gives_the_same_results(tmp_path: Path) -> None:
+    check_transcript("Recurring jobs", tmp_path)
+
+
+def test_the_readme_recurring_jobs_example_runs_as_written(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # as in the repository root
+    done = run_example("Recurring jobs", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["06:00", "1", "GOOD MORNING", "GOOD MORNING"]

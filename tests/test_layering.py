@@ -1,6 +1,6 @@
 """Imports point one way: errors ← models ← {signals, store, strategy, files} ←
-service ← {pubsub, scheduler} ← app ← http ← cli; each third-party library
-is imported by one module or package.
+service ← {pubsub, scheduler, schedules} ← app ← http ← cli; each third-party
+library is imported by one module or package (APScheduler by two, for two uses).
 
 A module of a package (``batchjobs/cli/_jobs.py``) has the package's layer
 (``cli``); it may import the modules of its own package, and what its layer may.
@@ -24,6 +24,7 @@ LAYERS = {
     "runner": 3,
     "pubsub": 4,
     "scheduler": 4,
+    "schedules": 4,
     "app": 5,
     "http": 6,
     "cli": 7,  # `batchjobs serve` serves the http app
@@ -34,7 +35,9 @@ THIRD_PARTY = {
     "sqlite3": {"store"},
     "sqlite_utils": {"store"},
     "blinker": {"signals"},
-    "apscheduler": {"scheduler"},
+    # Two uses of APScheduler: scheduler.py runs this process's timers, schedules.py
+    # asks its triggers for the fire times of recurring jobs (no scheduler there).
+    "apscheduler": {"scheduler", "schedules"},
     "click": {"cli"},
     "redis": {"pubsub"},
     "ulid": {"models"},

@@ -20,7 +20,7 @@ from batchjobs.errors import (
     StoreLockedError,
     StoreReadOnlyError,
 )
-from batchjobs.models import BatchJob, Status, new_job_id
+from batchjobs.models import BatchJob, Schedule, Status, new_job_id
 from batchjobs.store import Checkpoint, Claim, ClaimRequest, Lease, Store
 
 MakeStore = Callable[[], Store]
@@ -469,3 +469,130 @@ def test_a_closed_store_says_so(make_store: MakeStore) -> None:
     store.close()
     with pytest.raises(StoreClosedError, match="closed"):
         store.get("batch_x")
+
+
+# -- schedules -------------------------------------------------------------------
+
+
+def make_schedule(name: str = "s", type: str = "t", **fields: Any) -> Schedule:
+    defaults: dict[str, Any] = {"cron": "0 * * * *", "next_fire_at": T0, "created_at": T0}
+    return Schedule(name=name, type=type, **{**defaults, "updated_at": T0, **fields})
+
+
+def test_a_schedule_round_trips_and_its_name_is_taken_once(store: Store) -> None:
+    schedule = make_schedule(
+        context={"k": [1, "ü"]},
+        every=timedelta(seconds=1.5),
+        cron=None,
+        timezone="Europe/Paris",
+        dry_run=True,
+        created_by="usr_1",
+        misfire="all",
+        paused_at=T0 + timedelta(microseconds=1),
+    )
+    stored = store.save_schedule(schedule, expect_revision=None)
+    assert stored == schedule.replace(revision=1)
+    assert store.get_schedule("s") == stored and store.list_schedules() == [stored]
+    assert store.save_schedule(make_schedule(type="other"), expect_revision=None) is None
+    assert store.get_schedule("s") == stored  # the name was taken: nothing written
+    assert store.get_schedule("nope") is None
+
+
+def test_a_schedule_changes_only_from_the_revision_it_was_read_at(store: Store) -> None:
+    first = store.save_schedule(make_schedule(), expect_revision=None)
+    assert first is not None
+    changed = store.save_schedule(first.replace(misfire="all"), expect_revision=first.revision)
+    assert changed is not None and changed.revision == 2
+    stale = store.save_schedule(first.replace(misfire="skip"), expect_revision=first.revision)
+    assert stale is None and store.get_schedule("s") == changed
+    assert store.save_schedule(make_schedule("gone"), expect_revision=1) is None
+    assert [s.name for s in store.list_schedules()] == ["s"]
+
+
+def test_due_schedules_are_unpaused_past_due_and_of_the_given_types(store: Store) -> None:
+    for schedule in (
+        make_schedule("due", next_fire_at=T0 - timedelta(seconds=2)),
+        make_schedule("earlier", next_fire_at=T0 - timedelta(seconds=5)),
+        make_schedule("later", next_fire_at=T0 + timedelta(seconds=1)),
+        make_schedule("paused", paused_at=T0),
+        make_schedule("other", type="u"),
+        make_schedule("never", next_fire_at=None),
+    ):
+        store.save_schedule(schedule, expect_revision=None)
+    assert [s.name for s in store.due_schedules(T0, ["t"])] == ["earlier", "due"]
+    assert [s.name for s in store.due_schedules(T0, ["t", "u"])] == ["earlier", "due", "other"]
+    assert store.due_schedules(T0, []) == []
+
+
+def test_a_fire_is_claimed_once_with_its_jobs_in_one_transaction(store: Store) -> None:
+    read = store.save_schedule(make_schedule(), expect_revision=None)
+    assert read is not None
+    following = T0 + timedelta(hours=1)
+    jobs = [make_job(), make_job()]
+    fired = store.fire_schedule(read, next_fire_at=following, jobs=jobs, fired_at=T0, now=T0)
+    assert fired is not None and store.get_schedule("s") == fired
+    assert (fired.next_fire_at, fired.last_fired_at, fired.last_job_id) == (
+        following,
+        T0,
+        jobs[-1].id,
+    )
+    assert [store.get(job.id) for job in jobs] == jobs
+    again = store.fire_schedule(
+        read, next_fire_at=following, jobs=[make_job()], fired_at=T0, now=T0
+    )
+    assert again is None  # the same fire, read before the first claim: nothing written
+    assert store.count() == 2
+    refused = store.fire_schedule(
+        fired, next_fire_at=None, jobs=[], fired_at=None, now=T0, error="no"
+    )
+    assert refused is not None and refused.last_error == "no"
+    assert (refused.last_job_id, refused.last_fired_at) == (jobs[-1].id, T0)  # kept
+
+
+def test_threads_firing_one_schedule_make_its_jobs_once(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    read = stores[0].save_schedule(make_schedule(), expect_revision=None)
+    assert read is not None
+    start = threading.Barrier(len(stores))
+    won: list[Schedule | None] = []
+
+    def fire(store: Store) -> None:
+        start.wait()
+        won.append(
+            store.fire_schedule(
+                read, next_fire_at=T0 + LEASE, jobs=[make_job()], fired_at=T0, now=T0
+            )
+        )
+
+    threads = [threading.Thread(target=fire, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len([w for w in won if w is not None]) == 1
+    assert stores[0].count() == 1
+
+
+def test_a_paused_schedule_cannot_be_fired(store: Store) -> None:
+    read = store.save_schedule(make_schedule(paused_at=T0), expect_revision=None)
+    assert read is not None
+    fired = store.fire_schedule(read, next_fire_at=None, jobs=[make_job()], fired_at=T0, now=T0)
+    assert fired is None and store.count() == 0
+
+
+def test_a_fire_whose_job_cannot_be_written_claims_nothing(store: Store) -> None:
+    read = store.save_schedule(make_schedule(), expect_revision=None)
+    assert read is not None
+    (existing,) = insert(store, make_job())
+    with pytest.raises(StoreError):
+        store.fire_schedule(
+            read, next_fire_at=None, jobs=[make_job(), existing], fired_at=T0, now=T0
+        )
+    assert store.get_schedule("s") == read  # rolled back with the jobs
+    assert store.count() == 1
+
+
+def test_deleting_a_schedule_returns_it_once(store: Store) -> None:
+    stored = store.save_schedule(make_schedule(), expect_revision=None)
+    assert store.delete_schedule("s") == stored
+    assert store.delete_schedule("s") is None and store.list_schedules() == []

@@ -16,10 +16,10 @@ Its commands use, in this order: a ``BatchJobs`` the host keeps in ``ctx.obj``
 A new command is one function: ``@cli.command()`` above, ``@pass_jobs`` below.
 
 The group and its error boundary are in ``_app``; the commands in ``_jobs``
-(one job's lifecycle), ``_worker`` (long-running processes) and ``_admin``
-(everything around the jobs), each registered when imported here; what they
-read, print and show while following a job in ``_input``, ``_output`` and
-``_progress``.
+(one job's lifecycle), ``_schedules`` (recurring jobs), ``_worker``
+(long-running processes) and ``_admin`` (everything around the jobs), each
+registered when imported here; what they read, print and show while
+following a job in ``_input``, ``_output`` and ``_progress``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from ._progress import (  # noqa: F401
     RATE_WINDOW,
     _ProgressBar,
 )
+from ._schedules import schedule  # noqa: F401
 from ._worker import serve, worker  # noqa: F401
 
 __all__ = ["EXIT_JOB_FAILED", "EXIT_USAGE", "CommandError", "cli", "main", "pass_jobs"]

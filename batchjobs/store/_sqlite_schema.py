@@ -93,3 +93,39 @@ def m003_lease_tokens_and_cleanups(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) WHERE {RUNNABLE}")
     # Leased rows only (a handful): finds an expired lease before any free job.
     db.execute(f"CREATE INDEX batch_jobs_leased ON {TABLE} (available_at) WHERE owner IS NOT NULL")
+
+
+SCHEDULES = "batch_job_schedules"
+
+
+@migrations()
+def m004_batch_job_schedules(db: sqlite_utils.Database) -> None:
+    # Recurring jobs: a schedule's definition, its next fire time and the
+    # revision that guards every change to it (a fire included).
+    db[SCHEDULES].create(  # type: ignore[union-attr]
+        {
+            "name": str,
+            "type": str,
+            "context": str,
+            "cron": str,
+            "every": float,  # seconds
+            "timezone": str,
+            "dry_run": int,
+            "created_by": str,
+            "misfire": str,
+            "next_fire_at": str,
+            "last_fired_at": str,
+            "last_job_id": str,
+            "last_error": str,
+            "paused_at": str,
+            "created_at": str,
+            "updated_at": str,
+            "revision": int,
+        },
+        pk="name",
+        not_null={"type", "context", "timezone", "dry_run", "misfire", "created_at", "revision"},
+        defaults={"context": "{}", "dry_run": 0, "revision": 0},
+    )
+    db.execute(
+        f"CREATE INDEX {SCHEDULES}_due ON {SCHEDULES} (next_fire_at) WHERE paused_at IS NULL"
+    )

@@ -18,6 +18,12 @@ by another claim can no longer write, even if it is the same process. A lease
 ends in one of two ways: a checkpoint with ``release=True`` (the job ends or
 is handed over), or ``release``.
 
+Schedules. A recurring job's schedule is a ``Schedule`` record keyed by its
+name. Every change to one is guarded by the ``revision`` it was computed
+from and counts one more; firing one (``fire_schedule``) is a guarded write
+too, and inserts the fire's jobs in its transaction: a fire time makes its
+jobs once, however many processes try.
+
 Cleanups. A job canceled after its processing began owes its strategy's
 ``on_cancel`` a run. The cancel (``transition`` to ``canceled``) marks such a
 job for cleanup; ``claim`` offers marked jobs to workers like runnable ones
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
+from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Schedule, Status
 
 __all__ = [
     "DATE_OPERATORS",
@@ -329,6 +335,67 @@ class Store(abc.ABC):
     def pending(self, types: Sequence[str]) -> tuple[int, datetime | None]:
         """How many jobs of ``types`` are active or owe a cleanup, and the earliest
         time one of them has no lease nor backoff (``None``: one is free now)."""
+
+    # -- schedules -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_schedule(self, name: str) -> Schedule | None:
+        """The schedule ``name`` as last committed, or ``None``."""
+
+    @abc.abstractmethod
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+
+    @abc.abstractmethod
+    def due_schedules(self, now: datetime, types: Sequence[str]) -> list[Schedule]:
+        """The schedules of ``types``, not paused, whose ``next_fire_at`` is at or before
+        ``now``, the most overdue first. A read: firing one is ``fire_schedule``'s."""
+
+    @abc.abstractmethod
+    def save_schedule(self, schedule: Schedule, *, expect_revision: int | None) -> Schedule | None:
+        """Write ``schedule`` whole: one guarded write.
+
+        ``expect_revision=None`` inserts it, only if no schedule has its
+        name; otherwise it replaces the stored one only while that one's
+        revision is still ``expect_revision``. Returns the record as stored
+        (its ``revision`` one past the expected one, 1 for a new schedule), or
+        ``None`` when the guard failed: the name is taken, or the schedule was
+        changed, fired or removed since it was read (read it again, decide
+        again). Nothing is written then.
+        """
+
+    @abc.abstractmethod
+    def fire_schedule(
+        self,
+        schedule: Schedule,
+        *,
+        next_fire_at: datetime | None,
+        jobs: Sequence[BatchJob],
+        fired_at: datetime | None,
+        now: datetime,
+        error: str | None = None,
+    ) -> Schedule | None:
+        """Claim the fire due at ``schedule.next_fire_at`` and insert its ``jobs``, atomically.
+
+        One transaction: move ``next_fire_at`` on from the value read to
+        ``next_fire_at``, guarded by that value, the revision read and the
+        schedule's not being paused; then insert ``jobs`` (possibly none) as
+        ``insert`` does. ``fired_at`` (the fire time of the last job) and the
+        last job's id become ``last_fired_at`` and ``last_job_id`` when there
+        are jobs; ``error`` (why the fire made none) becomes ``last_error``.
+        Of several callers holding the same record, exactly one gets through.
+        Returns the schedule as stored, or ``None`` when the guard failed
+        (fired elsewhere, paused, changed or removed): nothing was written.
+        If a job cannot be inserted, it raises and nothing was written.
+        """
+
+    @abc.abstractmethod
+    def delete_schedule(self, name: str) -> Schedule | None:
+        """Remove the schedule ``name``, atomically; returns it as it was, or ``None``.
+
+        The jobs it made stay. A fire racing the removal either commits first
+        (its jobs stay) or finds the schedule gone and writes nothing.
+        """
 
     # -- fault injection: what batchjobs.testing drives ------------------------
 

@@ -22,6 +22,7 @@ import sqlite_utils
 from ..errors import InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Status
 from ._sqlite_connections import Connections, boundary
+from ._sqlite_schedules import SQLiteSchedules
 from ._sqlite_schema import COUNTED_FILTERS, COUNTS, RUNNABLE, TABLE, migrations
 from .base import (
     ORDER_FIELDS,
@@ -79,8 +80,8 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
-class SQLiteStore(Store):
-    """Batch jobs in one SQLite file, safe across threads and processes.
+class SQLiteStore(SQLiteSchedules, Store):
+    """Batch jobs (and schedules) in one SQLite file, safe across threads and processes.
 
     ``path`` may be ``file:…?mode=ro`` style (``uri=True`` is implied by a
     ``file:`` prefix): a read-only store reads, and every write raises
