@@ -19,6 +19,21 @@ __all__ = [
     "StoreUnreachableError",
 ]
 
+#: Longest id quoted whole in a message; longer ones (no id is) are cut.
+_ID_SHOWN = 64
+
+
+def _shown(id: object) -> str:
+    """An id as a message quotes it: printable as UTF-8, not longer than ``_ID_SHOWN``."""
+    text = str(id)
+    if len(text) > _ID_SHOWN:
+        text = f"{text[:_ID_SHOWN]}… ({len(text)} characters)"
+    # A command line argument that is not UTF-8 holds lone surrogates: show its bytes.
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 class BatchJobError(Exception):
     """Base class of every error batchjobs raises on purpose."""
@@ -42,7 +57,7 @@ class NotFoundError(BatchJobError):
     @classmethod
     def for_id(cls, id: str) -> NotFoundError:
         """The error for an unknown batch job id."""
-        return cls(f"Batch job with id {id} was not found", id=id)
+        return cls(f"Batch job with id {_shown(id)} was not found", id=id)
 
 
 class NotAllowedError(BatchJobError):

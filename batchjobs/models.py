@@ -191,7 +191,7 @@ class BatchJob:
         }
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _new = object.__new__
 _set = object.__setattr__
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BatchJob))

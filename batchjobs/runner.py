@@ -416,7 +416,7 @@ class JobRunner:
     ) -> _RunState:
         job = claim.job
         fingerprints = {k: _fingerprint(v) for k, v in job.result.items()}
-        cursor = json.dumps(claim.cursor)
+        cursor = json.dumps(claim.cursor, allow_nan=False)
         state = _RunState(
             job=job,
             lease=claim.lease,
@@ -513,7 +513,7 @@ class JobRunner:
         if state.pending:  # not saved yet: remember pre_process's output to roll back to
             state.good = (
                 {k: _fingerprint(v) for k, v in run.result.items()},
-                json.dumps(run.cursor),
+                json.dumps(run.cursor, allow_nan=False),
             )
         while True:
             done = run.result.get("advancement_count", 0)
@@ -638,7 +638,7 @@ class JobRunner:
         patch = {
             k: run.result[k] for k, f in fingerprints.items() if k not in saved or saved[k] != f
         }
-        cursor = json.dumps(run.cursor)
+        cursor = json.dumps(run.cursor, allow_nan=False)
         cursor_changed = cursor != state.saved_cursor
         checkpoint = Checkpoint(
             state.lease,

@@ -6,7 +6,7 @@ and emits each event after its commit. Running jobs is ``runner.JobRunner``'s.
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -14,11 +14,15 @@ from typing import Any
 from . import signals
 from .errors import InvalidDataError, NotAllowedError, NotFoundError
 from .files import FileStore
+from .limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT, check_text
+from .limits import check_json_object as _within_limits
 from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
 from .store import DATE_OPERATORS, FILTER_NAMES, Store
 from .strategy import JobDraft, StrategyRegistry
 
 __all__ = ["FILTER_NAMES", "BatchJobService", "check_json_object"]
+
+log = logging.getLogger("batchjobs")
 
 
 def check_json_object(name: str, value: Any, *, optional: bool = True) -> dict[str, Any]:
@@ -26,13 +30,9 @@ def check_json_object(name: str, value: Any, *, optional: bool = True) -> dict[s
     otherwise ``InvalidDataError`` naming the field ``name``."""
     if value is None and optional:
         return {}
-    if not isinstance(value, Mapping):
-        raise InvalidDataError(f"{name} must be a JSON object, not {type(value).__name__}")
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as error:
-        raise InvalidDataError(f"{name} must be JSON serialisable: {error}") from None
-    return dict(value)
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        value = dict(value)
+    return _within_limits(name, value)
 
 
 def _as_datetime(name: str, value: Any) -> datetime:
@@ -50,9 +50,14 @@ def _check_draft(draft: JobDraft) -> JobDraft:
     draft.context = check_json_object("context", draft.context, optional=False)
     if not isinstance(draft.dry_run, bool):
         raise InvalidDataError(f"dry_run must be a boolean, not {draft.dry_run!r}")
-    if draft.created_by is not None and not isinstance(draft.created_by, str):
-        raise InvalidDataError(f"created_by must be a string, not {draft.created_by!r}")
+    if draft.created_by is not None:
+        check_text("created_by", draft.created_by)
     return draft
+
+
+def _could_be_an_id(id: Any) -> bool:
+    """Whether ``id`` is worth a look in the store: ids are short ASCII text."""
+    return isinstance(id, str) and len(id) <= MAX_ID_LENGTH and id.isascii()
 
 
 class BatchJobService:
@@ -79,8 +84,13 @@ class BatchJobService:
         self.on_canceled: Callable[[BatchJob], Any] | None = None
 
     def _runnable(self) -> None:
+        # After a commit: the caller must learn that its write happened, so
+        # a failed wake-up is logged (polling finds the job), never raised.
         if self.on_runnable is not None:
-            self.on_runnable()
+            try:
+                self.on_runnable()
+            except Exception:
+                log.exception("could not wake the workers; they find the job at their next poll")
 
     def _emit(self, event: str, job: BatchJob) -> None:
         signals.emit(event, self.sender, job)
@@ -111,8 +121,7 @@ class BatchJobService:
         """The ``created`` record ``create`` would write (input checked, ``prepare`` run),
         unwritten: for a caller that writes it in a transaction of its own, then
         calls ``created``."""
-        if not isinstance(type, str):
-            raise InvalidDataError(f"type must be a string, not {type.__class__.__name__}")
+        check_text("type", type)
         strategy = self.registry.get(type)
         draft = _check_draft(
             JobDraft(type, check_json_object("context", context), dry_run, created_by)
@@ -143,7 +152,7 @@ class BatchJobService:
 
     def retrieve(self, id: str) -> BatchJob:
         """The job ``id``; ``NotFoundError`` if there is none."""
-        job = self.store.get(id) if isinstance(id, str) else None
+        job = self.store.get(id) if _could_be_an_id(id) else None
         if job is None:
             raise NotFoundError.for_id(id)
         return job
@@ -160,6 +169,12 @@ class BatchJobService:
         for name, number in (("limit", limit), ("offset", offset)):
             if not isinstance(number, int) or isinstance(number, bool) or number < 0:
                 raise InvalidDataError(f"{name} must be a non-negative integer, not {number!r}")
+            if number > MAX_INTEGER:
+                raise InvalidDataError(f"{name} must be at most {MAX_INTEGER}, not {number}")
+        if limit > MAX_LIST_LIMIT:
+            raise InvalidDataError(
+                f"limit must be at most {MAX_LIST_LIMIT}, not {limit}"
+            )
         checked: dict[str, Any] = {}
         value: Any
         for name, value in filters.items():
@@ -206,6 +221,8 @@ class BatchJobService:
 
     def confirm(self, id: str) -> BatchJob:
         """Confirm a pre-processed (dry run) job for processing."""
+        if not _could_be_an_id(id):
+            raise NotFoundError.for_id(id)
         job = self.store.transition(
             id, from_statuses=[Status.PRE_PROCESSED], to=Status.CONFIRMED, now=utcnow()
         )

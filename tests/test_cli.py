@@ -137,7 +137,10 @@ def test_create_json_prints_the_record_as_one_document(invoke: Invoke) -> None:
     ("args", "message"),
     [
         (["nope"], "Unknown batch job type 'nope'; registered types: broken, "),
-        (["words", "--context", "{bad"], "Invalid value for '--context': not valid JSON"),
+        (
+            ["words", "--context", "{bad"],
+            "Invalid value for '--context': the context is not valid JSON",
+        ),
         (["words", "--context", "[1]"], "must be a JSON object, not list"),
         (["words", "--context", "@missing.json"], "cannot read missing.json"),
         (["words", "--set", "words"], "'words' is not KEY=VALUE"),
@@ -588,7 +591,7 @@ def test_app_module_attr_uses_that_batchjobs_and_its_settings(
         ("no_such_module_here", "Invalid value for '--app': cannot import 'no_such_module_here'"),
         ("json", "module 'json' defines no BatchJobStrategy subclass"),
         ("tests.strategies:nothing", "module 'tests.strategies' has no attribute 'nothing'"),
-        ("tests.strategies:Words", "tests.strategies:Words is a Words, not a BatchJobs"),
+        ("tests.strategies:Words", "tests.strategies:Words returned a Words, not a BatchJobs"),
         (".relative", "'.relative' is not a module name"),
         (":jobs", "'' is not a module name"),
         ("tests.strategies:", "module 'tests.strategies' has no attribute ''"),

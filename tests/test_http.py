@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -27,13 +28,17 @@ from batchjobs import BatchJobs, BatchJobStrategy, JobDraft, JobRun, Status
 from batchjobs.cli import cli
 from batchjobs.http import (
     DEFAULT_LIMIT,
+    DEFAULT_STREAMS,
     DEFAULT_THREADS,
     MAX_BODY_BYTES,
     NOT_OWNER_MESSAGE,
+    OPENAPI_PATH,
     AdminServer,
     create_app,
     create_blueprint,
+    openapi_document,
 )
+from batchjobs.limits import MAX_JSON_DEPTH, MAX_LIST_LIMIT, MAX_URL_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"tok-1": "usr_1", "tok-2": "usr_2"}
@@ -440,10 +445,116 @@ def test_an_unexpected_error_is_a_500_without_details(
     api: Api, jobs: BatchJobs, caplog: pytest.LogCaptureFixture
 ) -> None:
     response = api("POST", json={"type": "crashing"})
-    assert error_of(response) == (500, "unknown_error", "An unknown error occurred.")
+    request_id = response.headers["X-Request-Id"]
+    assert error_of(response) == (
+        500,
+        "unknown_error",
+        f"An unknown error occurred (request {request_id}).",
+    )
     assert "a bug in prepare" not in response.get_data(as_text=True)
-    assert "POST /admin/batch-jobs failed" in caplog.text and "a bug in prepare" in caplog.text
+    assert f"POST /admin/batch-jobs failed (request {request_id})" in caplog.text
+    assert "a bug in prepare" in caplog.text
     assert count_jobs(jobs) == 0
+
+
+def deep_body(depth: int) -> bytes:
+    """A create request whose context nests ``depth`` levels."""
+    return b'{"type": "uncounted", "context": ' + b'{"a": ' * (depth - 1) + b"{}" + b"}" * depth
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (deep_body(MAX_JSON_DEPTH + 1), "context is nested more than 64 levels deep (at context"),
+        (deep_body(971), "is nested more than 64 levels deep"),  # the body or its context
+        (b"[" * 100_000, "the request body is nested more than 64 levels deep"),
+        (b'{"type": "uncounted", "context": {"x": 1e400}}', "context.x is inf: numbers must"),
+        (b'{"type": "uncounted", "context": {"x": NaN}}', "the request body is not valid JSON: "),
+        (b'{"type": "uncounted", "context": {"x": "\\udcff"}}', "context.x is not valid UTF-8"),
+    ],
+)
+def test_json_past_the_limits_is_invalid_data_and_writes_nothing(
+    api: Api, jobs: BatchJobs, body: bytes, message: str
+) -> None:
+    response = api("POST", data=body, headers={"Content-Type": "application/json"})
+    status, type, text = error_of(response)
+    assert (status, type) == (400, "invalid_data")
+    assert message in text and text.startswith(("context", "the request body")), text
+    assert count_jobs(jobs) == 0
+
+
+def test_a_context_at_the_depth_limit_is_saved_and_read_back(api: Api, jobs: BatchJobs) -> None:
+    created = api("POST", data=deep_body(MAX_JSON_DEPTH), content_type="application/json")
+    assert created.status_code == 201
+    job_id = created.get_json()["batch_job"]["id"]
+    assert api("GET", f"{URL}/{job_id}").status_code == 200
+    assert [job["id"] for job in api("GET", URL).get_json()["batch_jobs"]] == [job_id]
+    assert api("POST", f"{URL}/{job_id}/cancel").status_code == 200
+
+
+@pytest.mark.parametrize("limit", ["1001", "1000000000000", "9" * 5000])
+def test_a_page_larger_than_the_cap_is_refused_naming_the_cap(api: Api, limit: str) -> None:
+    status, type, message = error_of(api("GET", f"{URL}?limit={limit}"))
+    assert (status, type) == (400, "invalid_data")
+    assert message == f"limit must be at most {MAX_LIST_LIMIT}, not {limit[:40]}"
+    assert api("GET", f"{URL}?limit={MAX_LIST_LIMIT}").status_code == 200
+
+
+def test_an_id_longer_than_any_id_is_not_found(api: Api) -> None:
+    status, type, message = error_of(api("GET", f"{URL}/{'x' * 8000}"))
+    assert (status, type) == (404, "not_found")
+    assert message == f"Batch job with id {'x' * 64}… (8000 characters) was not found"
+
+
+def test_a_url_too_long_is_414_in_our_shape(api: Api) -> None:
+    assert error_of(api("GET", f"{URL}?type={'x' * MAX_URL_BYTES}")) == (
+        414,
+        "invalid_data",
+        f"the URL is longer than {MAX_URL_BYTES} bytes",
+    )
+
+
+def test_nothing_the_api_writes_is_invalid_json(api: Api, jobs: BatchJobs) -> None:
+    job = jobs.create("uncounted", {"x": 1.5}, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    for path in (URL, f"{URL}/{job.id}"):
+        response = api("GET", path)
+        text = response.get_data(as_text=True)
+        assert "NaN" not in text and "Infinity" not in text
+        json.loads(text, parse_constant=pytest.fail)  # NaN, Infinity: not JSON
+
+
+def test_a_write_that_committed_is_never_answered_500(
+    api: Api, jobs: BatchJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    def spoil(sender: Any, *, job: Any, **extra: Any) -> None:
+        job.context["spoiled"] = math.nan  # after the commit: the answer cannot encode it
+
+    jobs.subscribe("batch.created", spoil)
+    response = api("POST", json={"type": "uncounted"})
+    assert response.status_code == 201
+    job_id = response.get_json()["batch_job"]["id"]
+    assert response.get_json() == {"batch_job": {"id": job_id}}
+    assert jobs.retrieve(job_id).context == {}  # as saved
+    request_id = response.headers["X-Request-Id"]
+    assert f"failed after batch job {job_id} was saved (request {request_id})" in caplog.text
+
+
+def test_the_openapi_description_names_every_route(api: Api, jobs: BatchJobs) -> None:
+    response = api("GET", OPENAPI_PATH, as_user=None)
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document == openapi_document() and document["openapi"].startswith("3.")
+    app = create_app(jobs, tokens=TOKENS)
+    routes = {
+        (re.sub(r"<(\w+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    described = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert described == routes
 
 
 # -- who calls ---------------------------------------------------------------------------------
@@ -519,7 +630,9 @@ def test_an_authenticate_answer_that_is_no_user_id(
     answers: list[Any] = ["", 42]
     client = create_app(jobs, authenticate=lambda request: answers.pop(0)).test_client()
     assert error_of(client.get(URL)) == (401, "unauthorized", "Authentication required")
-    assert error_of(client.get(URL)) == (500, "unknown_error", "An unknown error occurred.")
+    status, type, message = error_of(client.get(URL))
+    assert (status, type) == (500, "unknown_error")
+    assert message.startswith("An unknown error occurred (request ")
     assert "authenticate() returned 42, not a user id (str) or None" in caplog.text
 
 
@@ -587,7 +700,7 @@ def test_the_server_answers_on_a_bounded_pool_of_threads(jobs: BatchJobs) -> Non
         serving.join(timeout=5)
     assert not serving.is_alive()
     # Each thread keeps a database connection: their number must stay bounded.
-    assert 1 <= len(threads) <= DEFAULT_THREADS
+    assert 1 <= len(threads) <= DEFAULT_THREADS + DEFAULT_STREAMS
     assert all(name.startswith("batchjobs-http") for name in threads)
     with pytest.raises(OSError):
         request_json(f"{server.url}{URL}")  # no longer listening

@@ -1,4 +1,4 @@
-"""Imports point one way: errors ← models ← {signals, store, strategy, files} ←
+"""Imports point one way: errors ← {models, limits} ← {signals, store, strategy, files} ←
 service ← {pubsub, scheduler, schedules} ← app ← http ← cli; each third-party
 library is imported by one module or package (APScheduler by two, for two uses).
 
@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "batchjobs"
 LAYERS = {
     "errors": 0,
     "models": 1,
+    "limits": 1,
     "signals": 2,
     "store": 2,
     "strategy": 2,
@@ -43,6 +44,7 @@ THIRD_PARTY = {
     "ulid": {"models"},
     "flask": {"http"},
     "werkzeug": {"http"},
+    "waitress": {"http"},
 }
 
 

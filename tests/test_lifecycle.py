@@ -169,7 +169,7 @@ def test_retry_refuses_a_job_that_is_not_failed(jobs: BatchJobs) -> None:
             "ledger, uncounted, words",
         ),
         (("words", ["a"]), {}, "context must be a JSON object, not list"),
-        (("words", {"words": [object()]}), {}, "context must be JSON serialisable"),
+        (("words", {"words": [object()]}), {}, "context.words[0] is of type object, which JSON"),
         (("words", {"words": []}), {"dry_run": "yes"}, "dry_run must be a boolean"),
         (("words", {"words": []}), {"created_by": 7}, "created_by must be a string"),
         (("words", {"words": "abc"}), {}, "context.words must be a list of strings"),

@@ -16,6 +16,7 @@ from ..store import SQLITE_VERSION
 from ._app import CommandError, cli, pass_jobs
 from ._input import _Duration, _json_option
 from ._output import _event_line, _print_json, _table, _when
+from ._validators import Count, Text
 
 #: Jobs fetched, deleted and forgotten at a time by ``prune``.
 PRUNE_PAGE = 500
@@ -48,7 +49,7 @@ def strategies(jobs: BatchJobs, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("batch_type", metavar="TYPE")
+@click.argument("batch_type", metavar="TYPE", type=Text())
 @pass_jobs
 def template(jobs: BatchJobs, batch_type: str) -> None:
     """Print the template file of TYPE's strategy.
@@ -71,11 +72,14 @@ def template(jobs: BatchJobs, batch_type: str) -> None:
     "--pattern",
     default="batch.*",
     show_default=True,
+    type=Text(),
     metavar="GLOB",
     help="Which events: a Redis glob over their names (batch.completed, batch.c*).",
 )
-@click.option("--prefix", help="The channel prefix [default: batchjobs, or the app's].")
-@click.option("--count", type=click.IntRange(min=1), help="Exit after this many events.")
+@click.option(
+    "--prefix", type=Text(), help="The channel prefix [default: batchjobs, or the app's]."
+)
+@click.option("--count", type=Count(min=1), help="Exit after this many events.")
 @click.option("--json", "as_json", is_flag=True, help="Print each message as JSON, one a line.")
 @pass_jobs
 def events(

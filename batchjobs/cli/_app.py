@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import click
 from ..app import DEFAULT_DB, BatchJobs
 from ..errors import BatchJobError, StoreError
 from ..strategy import BatchJobStrategy
+from ._validators import Text
 
 #: A watched or run job ended ``failed`` or ``canceled`` (or did not rest in time).
 EXIT_JOB_FAILED = 1
@@ -53,6 +55,12 @@ class _Session:
         if module is not None and attr is not None:
             jobs, self._owned = _load_instance(module, attr, self.app or "")
             return jobs
+        if not self.db.strip():
+            raise click.BadParameter("is empty: name a SQLite file", param_hint="'--db'")
+        try:
+            Text().convert(self.db, None, None)  # a path the database can open
+        except click.BadParameter as error:
+            raise click.BadParameter(error.message, param_hint="'--db'") from None
         try:
             jobs = BatchJobs(self.db, redis_url=self.redis_url)
         except StoreError as error:
@@ -164,10 +172,27 @@ def _load_instance(module: ModuleType, attr: str, spec: str) -> tuple[BatchJobs,
         ) from None
     made = callable(value) and not isinstance(value, BatchJobs)
     if made:
-        value = value()  # an application factory
+        what = f"{spec} is a {type(value).__name__}"
+        try:
+            inspect.signature(value).bind()
+        except TypeError:
+            raise click.BadParameter(
+                f"{what} that takes arguments: name a BatchJobs or a function that "
+                "returns one when called with none",
+                param_hint="'--app'",
+            ) from None
+        except ValueError:  # no signature to read (some built-ins): calling it tells
+            pass
+        try:
+            value = value()  # an application factory
+        except TypeError as error:
+            raise click.BadParameter(
+                f"{what}; calling it failed: {error}", param_hint="'--app'"
+            ) from None
     if not isinstance(value, BatchJobs):
+        verb = "returned" if made else "is"
         raise click.BadParameter(
-            f"{spec} is a {type(value).__name__}, not a BatchJobs", param_hint="'--app'"
+            f"{spec} {verb} a {type(value).__name__}, not a BatchJobs", param_hint="'--app'"
         )
     held = any(value is held for held in vars(module).values())
     return value, made and not held
@@ -225,12 +250,14 @@ class _Group(click.Group):
     "--redis",
     "redis_url",
     envvar="BATCHJOBS_REDIS_URL",
+    type=Text(),
     metavar="URL",
     help="Mirror events to Redis [env: BATCHJOBS_REDIS_URL].",
 )
 @click.option(
     "--app",
     envvar="BATCHJOBS_APP",
+    type=Text(),
     metavar="MODULE[:ATTR]",
     help="MODULE (or a path: app.py): register the strategies it defines; MODULE:ATTR: "
     "use that BatchJobs, or the one that function returns, and its settings "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from datetime import timedelta
@@ -11,7 +10,10 @@ from typing import Any
 
 import click
 
+from ..errors import InvalidDataError
+from ..limits import check_text, parse_json
 from ._app import F
+from ._validators import Text
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
@@ -35,9 +37,9 @@ class _JsonObject(click.ParamType):
             except OSError as error:
                 self.fail(f"cannot read {value[1:]}: {error.strerror}", param, ctx)
         try:
-            data = json.loads(text)
-        except ValueError as error:
-            self.fail(f"not valid JSON: {error}", param, ctx)
+            data = parse_json("the context", text)
+        except InvalidDataError as error:
+            self.fail(error.message, param, ctx)
         if not isinstance(data, dict):
             self.fail(f"must be a JSON object, not {type(data).__name__}", param, ctx)
         return data
@@ -49,13 +51,17 @@ class _Setting(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, Any]:
         if isinstance(value, tuple):
             return value
+        value = Text().convert(value, param, ctx)
         key, sep, text = value.partition("=")
         if not sep or not key:
-            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+            self.fail(f"{value[:80]!r} is not KEY=VALUE", param, ctx)
+        name = f"the value of {key[:80]}"
         try:
-            return key, json.loads(text)
-        except ValueError:
-            return key, text  # not JSON: a plain string
+            return key, parse_json(name, text)
+        except InvalidDataError as error:
+            if error.message.startswith(f"{name} is not valid JSON"):
+                return key, text  # not JSON: a plain string
+            self.fail(error.message, param, ctx)  # JSON, but past a limit
 
 
 class _DateFilter(click.ParamType):
@@ -135,7 +141,9 @@ def _job_input(f: F) -> F:
             click.option(
                 "--dry-run", is_flag=True, help="Stop after pre-processing, until confirmed."
             ),
-            click.option("--user", help="The user the job is created by (created_by)."),
+            click.option(
+                "--user", type=Text(), help="The user the job is created by (created_by)."
+            ),
         ]
     ):
         f = option(f)
@@ -153,6 +161,10 @@ class _TokenUser(click.ParamType):
         if isinstance(value, tuple):
             return value
         # At the last "=": a base64 token may end with "=" padding, a user id has none.
+        try:
+            check_text("a token", value)
+        except InvalidDataError:
+            self.fail("not UTF-8 text (the value is not shown: it holds a secret)", param, ctx)
         token, sep, user = value.rpartition("=")
         if not sep or not token or not user:
             self.fail("expected TOKEN=USER (the value is not shown: it holds a secret)", param, ctx)

@@ -15,6 +15,7 @@ from ._app import CommandError, _session, cli, pass_jobs
 from ._input import _date_filters, _DateFilter, _job_input, _json_option
 from ._output import _count_text, _describe, _print_json, _table, _when
 from ._progress import _end, _follow, _run_here
+from ._validators import Count, JobId, Seconds, Text
 
 
 def _create(
@@ -30,7 +31,7 @@ def _create(
 
 
 @cli.command()
-@click.argument("batch_type", metavar="TYPE")
+@click.argument("batch_type", metavar="TYPE", type=Text())
 @_job_input
 @click.option("--wait", is_flag=True, help="Follow the job until it rests (a worker runs it).")
 @_json_option
@@ -68,7 +69,7 @@ def create(
 
 
 @cli.command()
-@click.argument("batch_type", metavar="TYPE")
+@click.argument("batch_type", metavar="TYPE", type=Text())
 @_job_input
 @_json_option
 @pass_jobs
@@ -103,9 +104,9 @@ def run(
     type=click.Choice([s.value for s in Status]),
     help="Repeatable.",
 )
-@click.option("--type", "types", multiple=True, help="Repeatable.")
-@click.option("--user", "users", multiple=True, help="created_by; repeatable.")
-@click.option("--id", "ids", multiple=True, help="A job id; repeatable.")
+@click.option("--type", "types", multiple=True, type=Text(), help="Repeatable.")
+@click.option("--user", "users", multiple=True, type=Text(), help="created_by; repeatable.")
+@click.option("--id", "ids", multiple=True, type=JobId(), help="A job id; repeatable.")
 @click.option(
     "--filter",
     "dates",
@@ -118,10 +119,13 @@ def run(
     "--order",
     default="-created_at",
     show_default=True,
+    type=Text(),
     help="A field (id, type, status, created_by or any *_at); - first for descending.",
 )
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--limit", default=20, show_default=True, type=Count(), help="At most 1000; page with --offset."
+)
+@click.option("--offset", default=0, show_default=True, type=Count())
 @_json_option
 @pass_jobs
 def list_jobs(
@@ -179,7 +183,7 @@ def list_jobs(
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JobId())
 @_json_option
 @pass_jobs
 def show(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
@@ -204,7 +208,7 @@ def _changed(job: BatchJob, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JobId())
 @_json_option
 @pass_jobs
 def confirm(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
@@ -218,7 +222,7 @@ def confirm(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JobId())
 @_json_option
 @pass_jobs
 def cancel(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
@@ -232,7 +236,7 @@ def cancel(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JobId())
 @_json_option
 @pass_jobs
 def retry(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
@@ -246,10 +250,10 @@ def retry(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JobId())
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     metavar="SECONDS",
     help="Give up (exit 1) after this long.",
 )
@@ -270,7 +274,7 @@ def watch(jobs: BatchJobs, job_id: str, timeout: float | None, as_json: bool) ->
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JobId())
 @click.option(
     "-o",
     "--output",

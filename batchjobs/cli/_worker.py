@@ -19,15 +19,16 @@ from ._app import CommandError, cli, pass_jobs
 from ._input import _TokenUser
 from ._output import _count_text
 from ._progress import FOLLOW_INTERVAL
+from ._validators import PositiveInt, PositiveSeconds, Text
 
 
 @cli.command()
 @click.option(
-    "--concurrency", type=click.IntRange(min=1), help="Jobs run at once [default: 2, or the app's]."
+    "--concurrency", type=PositiveInt(), help="Jobs run at once [default: 2, or the app's]."
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PositiveSeconds(),
     metavar="SECONDS",
     help="How often to look for jobs [default: 1, or the app's].",
 )
@@ -159,6 +160,7 @@ def _echo_log(name: str) -> Callable[[], None]:
     "--host",
     default="127.0.0.1",
     show_default=True,
+    type=Text(),
     help="The address to listen on; 0.0.0.0 for every interface.",
 )
 @click.option(
@@ -177,19 +179,48 @@ def _echo_log(name: str) -> Callable[[], None]:
 @click.option(
     "--no-worker", is_flag=True, help="Serve the API only; a `batchjobs worker` runs the jobs."
 )
+@click.option(
+    "--threads",
+    type=PositiveInt(),
+    help="Threads answering API requests [default: 8].",
+)
+@click.option(
+    "--streams",
+    type=PositiveInt(),
+    help="Event streams (SSE) open at once, on threads of their own [default: 4].",
+)
+@click.option(
+    "--request-timeout",
+    type=PositiveSeconds(),
+    metavar="SECONDS",
+    help="Time a client has to send a whole request; then 408 [default: 30].",
+)
+@click.option(
+    "--idle-timeout",
+    type=PositiveSeconds(),
+    metavar="SECONDS",
+    help="Time a keep-alive connection may wait for its next request [default: 60].",
+)
 @pass_jobs
 def serve(
-    jobs: BatchJobs, host: str, port: int, tokens: tuple[tuple[str, str], ...], no_worker: bool
+    jobs: BatchJobs,
+    host: str,
+    port: int,
+    tokens: tuple[tuple[str, str], ...],
+    no_worker: bool,
+    threads: int | None,
+    streams: int | None,
+    request_timeout: float | None,
+    idle_timeout: float | None,
 ) -> None:
     """Serve the admin HTTP API, and run jobs, until SIGINT or SIGTERM.
 
     Medusa's routes under /admin/batch-jobs; a request sends "Authorization:
     Bearer TOKEN" and sees only the jobs of that token's user. The server is
-    werkzeug's with a fixed pool of threads: enough for an admin API that a
-    few clients call; for public traffic, serve batchjobs.http.create_app
-    with gunicorn (see the README). On the signal the server stops taking
-    requests, those in progress finish, and running jobs save a checkpoint
-    and hand over.
+    waitress: it reads each request whole before a thread answers it, so
+    slow and idle clients hold no thread; one log line per request on
+    stderr. On the signal the server stops taking requests, those in
+    progress finish, and running jobs save a checkpoint and hand over.
 
     \b
     Examples:
@@ -198,11 +229,13 @@ def serve(
       curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:9000/admin/batch-jobs
     """
     try:
-        from ..http import PREFIX, AdminServer, create_app
+        from ..http import PREFIX, AdminServer, ServerLimits, create_app
     except ImportError as error:
-        if error.name not in ("flask", "werkzeug"):
+        if error.name not in ("flask", "werkzeug", "waitress"):
             raise
-        raise CommandError("serve needs Flask: pip install 'batchjobs[http]'") from None
+        raise CommandError(
+            "serve needs Flask and waitress: pip install 'batchjobs[http]'"
+        ) from None
     users: dict[str, str] = {}
     for token, user in tokens:
         if users.setdefault(token, user) != user:
@@ -211,8 +244,15 @@ def serve(
         raise CommandError(
             "Name the API's users: --token TOKEN=USER (repeatable) or BATCHJOBS_TOKENS"
         )
+    given: dict[str, Any] = {
+        "threads": threads,
+        "streams": streams,
+        "request_seconds": request_timeout,
+        "idle_seconds": idle_timeout,
+    }
+    limits = ServerLimits(**{name: value for name, value in given.items() if value is not None})
     try:
-        server = AdminServer(create_app(jobs, tokens=users), host=host, port=port)
+        server = AdminServer(create_app(jobs, tokens=users), host=host, port=port, limits=limits)
     except OSError as error:
         raise CommandError(f"Cannot listen on {host}:{port}: {error.strerror or error}") from None
     stop = threading.Event()
@@ -232,7 +272,8 @@ def serve(
         )
         click.echo(
             f"Admin API on {server.url}{PREFIX} ({len(users)} token(s); {work}; "
-            f"{jobs.db_path}); stop it with Ctrl-C.",
+            f"{jobs.db_path}; waitress, {limits.threads} threads and {limits.streams} "
+            "streams); stop it with Ctrl-C.",
             err=True,
         )
         while not stop.wait(0.5) and thread.is_alive():
@@ -247,3 +288,4 @@ def serve(
     if not stop.is_set():
         raise click.ClickException("The HTTP server stopped unexpectedly")
     click.echo("Stopped.", err=True)
+

@@ -1,29 +1,40 @@
 """The admin HTTP API (Medusa's routes and shapes) and the server behind ``batchjobs serve``."""
 
 from .api import (
-    DEFAULT_HOST,
     DEFAULT_LIMIT,
-    DEFAULT_PORT,
-    DEFAULT_THREADS,
     MAX_BODY_BYTES,
     NOT_OWNER_MESSAGE,
     PREFIX,
-    AdminServer,
     Authenticate,
     create_app,
     create_blueprint,
+)
+from .openapi import OPENAPI_PATH, openapi_document
+from .server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_STREAMS,
+    DEFAULT_THREADS,
+    STREAM_CONTENT_TYPE,
+    AdminServer,
+    ServerLimits,
 )
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_LIMIT",
     "DEFAULT_PORT",
+    "DEFAULT_STREAMS",
     "DEFAULT_THREADS",
     "MAX_BODY_BYTES",
     "NOT_OWNER_MESSAGE",
+    "OPENAPI_PATH",
     "PREFIX",
+    "STREAM_CONTENT_TYPE",
     "AdminServer",
     "Authenticate",
+    "ServerLimits",
     "create_app",
     "create_blueprint",
+    "openapi_document",
 ]

@@ -22,42 +22,40 @@ Errors are ``{"type", "message"}``: ``not_found`` 404, ``not_allowed`` and
 >>> from batchjobs.http import create_app
 >>> app = create_app(jobs, tokens={"s3cret": "usr_1"})     # a WSGI app
 
-``AdminServer`` serves such an app on werkzeug's server with a pool of
-threads, as ``batchjobs serve`` does; any WSGI server (gunicorn...) can serve
-it too.
+``AdminServer`` (``server`` module) serves such an app on waitress, as
+``batchjobs serve`` does; any WSGI server can serve it too.
+
+Input is checked against ``batchjobs.limits`` (the library checks it again);
+every answer is JSON that ``JSON.parse`` reads (no ``NaN``); an unexpected
+error is a 500 ``unknown_error`` naming a request id that the log line names
+too, and never the answer to a write that committed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import logging
 import re
-import socket
-import threading
+import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from flask import Blueprint, Flask, Request, Response, g, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 from ..app import BatchJobs
 from ..errors import BatchJobError, InvalidDataError, NotAllowedError
+from ..limits import MAX_BODY_BYTES, MAX_INTEGER, MAX_LIST_LIMIT, MAX_URL_BYTES, dumps, parse_json
 from ..models import TIMESTAMP_FIELDS, BatchJob
+from .openapi import OPENAPI_PATH, openapi_document
 
 __all__ = [
-    "DEFAULT_HOST",
     "DEFAULT_LIMIT",
-    "DEFAULT_PORT",
-    "DEFAULT_THREADS",
     "MAX_BODY_BYTES",
     "NOT_OWNER_MESSAGE",
     "PREFIX",
-    "AdminServer",
     "Authenticate",
     "create_app",
     "create_blueprint",
@@ -65,18 +63,8 @@ __all__ = [
 
 log = logging.getLogger("batchjobs.http")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9000
 #: Page size of ``GET /admin/batch-jobs`` when ``limit`` is not given (Medusa's).
 DEFAULT_LIMIT = 10
-#: Larger request bodies are refused (413) before they are read.
-MAX_BODY_BYTES = 1024 * 1024
-#: Threads ``AdminServer`` answers requests on (each keeps one SQLite connection).
-DEFAULT_THREADS = 8
-#: Seconds a client may take to send its request or read the answer.
-REQUEST_TIMEOUT = 30.0
-#: Seconds ``AdminServer.shutdown`` waits for requests in progress to finish.
-SHUTDOWN_GRACE = 10.0
 NOT_OWNER_MESSAGE = "Cannot access a batch job that does not belong to the logged in user"
 #: Where the routes are.
 PREFIX = "/admin/batch-jobs"
@@ -85,7 +73,14 @@ PREFIX = "/admin/batch-jobs"
 Authenticate = Callable[[Request], str | None]
 
 _STATUS_OF = {"not_found": 404, "not_allowed": 400, "invalid_data": 400}
-_HTTP_TYPES = {401: "unauthorized", 404: "not_found", 405: "not_allowed", 413: "invalid_data"}
+_HTTP_TYPES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "not_allowed",
+    413: "invalid_data",
+    414: "invalid_data",
+    431: "invalid_data",
+}
 _CREATE_FIELDS = ("type", "context", "dry_run")
 #: Query parameters filtering on a value or a list of values (``type=a``, ``type[]=a``).
 _LIST_FILTERS = ("id", "status", "type")
@@ -95,7 +90,6 @@ _IGNORED_PARAMS = ("expand", "fields")
 _NULL = "null"
 #: The fields of a record, in Medusa's order: what ``fields=`` may name.
 _RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(BatchJob))
-_SQL_INTEGER_MAX = 2**63 - 1
 _PARAM = re.compile(r"^([a-z_]+)(?:\[([a-z0-9]*)\])?$")
 # "+" in a query string means a space: "…T10:00:00+00:00" unencoded arrives as "… 00:00".
 _SPACED_OFFSET = re.compile(r" (\d\d:?\d\d)$")
@@ -113,12 +107,13 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _json(data: Any, status: int = 200) -> Response:
+    """A JSON response, encoded without NaN (whatever JSON provider the host app has)."""
+    return Response(dumps(data), status=status, mimetype="application/json")
+
+
 def _error(status: int, type: str, message: str) -> tuple[Response, int]:
-    return jsonify({"type": type, "message": message}), status
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    return _json({"type": type, "message": message}, status), status
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -132,10 +127,7 @@ def _json_object_body() -> dict[str, Any]:
     # site without asking first (CORS), which keeps cookie-based logins safe.
     if not request.is_json:
         raise InvalidDataError("the request body must be sent as Content-Type: application/json")
-    try:
-        body = json.loads(data, parse_constant=_refuse_constant)
-    except ValueError as error:  # UnicodeDecodeError included
-        raise InvalidDataError(f"the request body is not valid JSON: {error}") from None
+    body = parse_json("the request body", data, max_bytes=MAX_BODY_BYTES)
     if not isinstance(body, dict):
         raise InvalidDataError(f"the request body must be a JSON object, not {_json_type(body)}")
     return body
@@ -162,7 +154,7 @@ def _create_input(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
     return batch_type, context, dry_run
 
 
-def _count(name: str, args: MultiDict[str, str], default: int) -> int:
+def _count(name: str, args: MultiDict[str, str], default: int, most: int = MAX_INTEGER) -> int:
     values = args.getlist(name)
     if not values:
         return default
@@ -171,8 +163,9 @@ def _count(name: str, args: MultiDict[str, str], default: int) -> int:
     text = values[0]
     if not (text.isascii() and text.isdigit()):
         raise InvalidDataError(f"{name} must be a non-negative integer, not {text!r}")
-    if int(text) > _SQL_INTEGER_MAX:
-        raise InvalidDataError(f"{name} must be at most {_SQL_INTEGER_MAX}, not {text}")
+    # Compared as text first: int() of a 5,000-digit string raises ValueError.
+    if len(text.lstrip("0")) > len(str(most)) or int(text) > most:
+        raise InvalidDataError(f"{name} must be at most {most}, not {text[:40]}")
     return int(text)
 
 
@@ -184,7 +177,7 @@ def _list_query(args: MultiDict[str, str]) -> tuple[int, int, str, dict[str, Any
     (``gt``/``gte``/``lt``/``lte``) or ``completed_at=null`` for each ``*_at``
     field. ``fields`` and ``expand`` are read by ``_list_fields``.
     """
-    limit = _count("limit", args, DEFAULT_LIMIT)
+    limit = _count("limit", args, DEFAULT_LIMIT, MAX_LIST_LIMIT)
     offset = _count("offset", args, 0)
     orders = args.getlist("order")
     if len(orders) > 1:
@@ -311,10 +304,12 @@ def create_blueprint(
         return job
 
     @api.post(PREFIX)
-    def create_job() -> tuple[Response, int, dict[str, str]]:
+    def create_job() -> Response:
         batch_type, context, dry_run = _create_input(_json_object_body())
         job = jobs.create(batch_type, context, dry_run=dry_run, created_by=caller())
-        return jsonify({"batch_job": job.to_dict()}), 201, {"Location": f"{PREFIX}/{job.id}"}
+        response = _written(job, 201)
+        response.headers["Location"] = f"{PREFIX}/{job.id}"
+        return response
 
     @api.get(PREFIX)
     def list_jobs() -> Response:
@@ -326,7 +321,7 @@ def create_blueprint(
         records = [job.to_dict() for job in page]
         if fields is not None:
             records = [{name: record[name] for name in fields} for record in records]
-        return jsonify(
+        return _json(
             {
                 "batch_jobs": records,
                 "count": count,
@@ -337,18 +332,29 @@ def create_blueprint(
 
     @api.get(f"{PREFIX}/<id>")
     def retrieve_job(id: str) -> Response:
-        return jsonify({"batch_job": own(id).to_dict()})
+        return _json({"batch_job": own(id).to_dict()})
 
     @api.post(f"{PREFIX}/<id>/confirm")
     def confirm_job(id: str) -> Response:
-        return jsonify({"batch_job": jobs.confirm(own(id).id).to_dict()})
+        return _written(jobs.confirm(own(id).id))
 
     @api.post(f"{PREFIX}/<id>/cancel")
     def cancel_job(id: str) -> Response:
-        return jsonify({"batch_job": jobs.cancel(own(id).id).to_dict()})
+        return _written(jobs.cancel(own(id).id))
 
     api.register_error_handler(BatchJobError, _batch_job_error)
+    api.register_error_handler(Exception, _route_error)
     return api
+
+
+def _written(job: BatchJob, status: int = 200) -> Response:
+    """The answer to a write that committed: ``{"batch_job"}``.
+
+    Noted first, so that should the answer itself fail, the error handler
+    still says the write was done (``_unexpected_error``), never 500.
+    """
+    g.batchjobs_written = (job.id, status)
+    return _json({"batch_job": job.to_dict()}, status)
 
 
 def _unauthorized(message: str) -> tuple[Response, int]:
@@ -368,18 +374,60 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
     elif status == 405:
         message = f"{request.method} is not allowed on {request.path}"
     elif status == 413:
-        message = f"the request body is larger than {MAX_BODY_BYTES} bytes"
+        limit = current_app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY_BYTES
+        message = f"the request body is larger than {limit} bytes"
     else:
         message = error.description or error.name
-    response, status = _error(status, _HTTP_TYPES.get(status, "unknown_error"), message)
+    type = _HTTP_TYPES.get(status, "invalid_data" if status < 500 else "unknown_error")
+    response, status = _error(status, type, message)
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response, status
 
 
 def _unexpected_error(error: Exception) -> tuple[Response, int]:
-    log.error("%s %s failed", request.method, request.path, exc_info=error)
-    return _error(500, "unknown_error", "An unknown error occurred.")
+    """500 ``unknown_error`` with a request id that the log line names too.
+
+    After a write that committed, the write's own status instead, with the
+    job's id: a client that retried a 500 would do the write twice.
+    """
+    request_id = uuid.uuid4().hex[:12]
+    written = g.get("batchjobs_written")
+    done = f" after batch job {written[0]} was saved" if written else ""
+    log.error(
+        "%s %s failed%s (request %s)",
+        request.method,
+        request.path,
+        done,
+        request_id,
+        exc_info=error,
+    )
+    if written:
+        id, status = written
+        response = _json({"batch_job": {"id": id}}, status)
+    else:
+        message = f"An unknown error occurred (request {request_id})."
+        response, status = _error(500, "unknown_error", message)
+    response.headers["X-Request-Id"] = request_id
+    return response, status
+
+
+def _route_error(error: Exception) -> tuple[Response, int]:
+    """Any error of the blueprint's routes, in the API's shape, also in a host app."""
+    if isinstance(error, HTTPException):
+        return _http_error(error)
+    return _unexpected_error(error)
+
+
+def _bounded_url() -> tuple[Response, int] | None:
+    size = len(request.environ.get("PATH_INFO", "")) + len(request.query_string)
+    if size > MAX_URL_BYTES:
+        return _error(414, "invalid_data", f"the URL is longer than {MAX_URL_BYTES} bytes")
+    return None
+
+
+def _openapi() -> Response:
+    return _json(openapi_document())
 
 
 def create_app(
@@ -396,133 +444,11 @@ def create_app(
     worker`` beside it.
     """
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # Medusa's field order
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["batchjobs"] = jobs
+    app.before_request(_bounded_url)
+    app.add_url_rule(OPENAPI_PATH, "openapi", _openapi, methods=["GET"])
     app.register_blueprint(create_blueprint(jobs, authenticate=authenticate, tokens=tokens))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
-
-
-# -- serving ----------------------------------------------------------------------------------
-
-
-# A request line is the client's text: escaped, it can carry no terminal codes into a log.
-_CONTROL_CHARACTERS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-
-
-class _RequestHandler(WSGIRequestHandler):
-    # One request per connection (no keep-alive), and a bound on how long a
-    # slow client may hold a thread: the pool is small and fixed.
-    protocol_version = "HTTP/1.0"
-    timeout = REQUEST_TIMEOUT
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # Our own line on our logger: werkzeug's colours its text whatever the stream is.
-        line = f"{getattr(self, 'command', None) or '-'} {getattr(self, 'path', '-')}"
-        log.info("%s %s", line.translate(_CONTROL_CHARACTERS), code)
-
-
-class _PooledWSGIServer(BaseWSGIServer):
-    """werkzeug's WSGI server, answering on a fixed pool of threads.
-
-    A thread per request, as werkzeug's threaded server does, would give
-    every request a new thread and so a new SQLite connection; a pool keeps
-    both to ``threads``.
-    """
-
-    multithread = True
-
-    def __init__(self, *args: Any, threads: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="batchjobs-http")
-        self.pending = 0
-        self.idle = threading.Condition()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.idle:
-            self.pending += 1
-        self.pool.submit(self._answer, request, client_address)
-
-    def _answer(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            with self.idle:
-                self.pending -= 1
-                self.idle.notify_all()
-
-
-class AdminServer:
-    """A WSGI app on werkzeug's server with a pool of threads, stopped from another thread.
-
-    Enough for an admin API that a few clients call, next to the workers of
-    an embedded ``BatchJobs``; for public or heavy traffic, serve
-    ``create_app(...)`` with a production WSGI server such as gunicorn.
-
-    >>> server = AdminServer(create_app(jobs, tokens=tokens), port=0)
-    >>> threading.Thread(target=server.serve_forever).start()
-    >>> server.url
-    'http://127.0.0.1:40213'
-    >>> server.shutdown()          # stop listening, let requests in progress finish
-
-    Binding happens here: ``OSError`` if the address is taken or unknown.
-    """
-
-    def __init__(
-        self,
-        app: Callable[..., Any],
-        *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        threads: int = DEFAULT_THREADS,
-    ) -> None:
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, not {threads!r}")
-        self.host = host
-        self._serving = threading.Event()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # Bind here, so that a taken port is an OSError for the caller to
-        # report (werkzeug's own binding prints and exits).
-        listener = socket.create_server((host, port), family=family)
-        try:
-            self._server = _PooledWSGIServer(
-                host, port, app, handler=_RequestHandler, fd=listener.fileno(), threads=threads
-            )
-        finally:
-            listener.close()  # the server holds its own duplicate of the socket
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the one the system chose when given 0)."""
-        return int(self._server.port)
-
-    @property
-    def url(self) -> str:
-        """The server's base URL, e.g. ``http://127.0.0.1:9000``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def serve_forever(self) -> None:
-        """Answer requests until ``shutdown``."""
-        self._serving.set()
-        self._server.serve_forever(poll_interval=0.2)
-
-    def shutdown(self, grace: float = SHUTDOWN_GRACE) -> bool:
-        """Stop accepting requests; wait up to ``grace`` seconds for those accepted.
-
-        Returns ``False`` if some were still unanswered when the grace ran out.
-        """
-        server = self._server
-        if self._serving.is_set():
-            server.shutdown()  # returns once serve_forever has, the socket closed
-        else:
-            server.server_close()
-        with server.idle:
-            answered = server.idle.wait_for(lambda: server.pending == 0, timeout=grace)
-        server.pool.shutdown(wait=False, cancel_futures=not answered)
-        return answered

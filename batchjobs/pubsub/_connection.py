@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,14 +38,18 @@ def _client(url: str) -> redis.Redis:
     """A client for ``url`` (no connection yet); ``ValueError`` naming a malformed URL."""
     # redis-py retries a failed command ten times with backoff by default: far too
     # long for an observer. Reconnecting is this package's job, paced by _Backoff.
+    options: dict[str, Any] = {}
+    # TCP keepalive is a TCP option: a unix:// socket's connection takes none.
+    if not url.lower().startswith("unix:"):
+        options["socket_keepalive"] = True
     try:
         return redis.Redis.from_url(
             url,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
-            socket_keepalive=True,
             health_check_interval=HEALTH_CHECK_INTERVAL,
             retry=Retry(NoBackoff(), 0),
+            **options,
         )
     except ValueError as error:
         raise ValueError(f"{_display(url)!r} is not a Redis URL: {error}") from error

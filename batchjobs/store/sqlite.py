@@ -161,8 +161,8 @@ class SQLiteStore(SQLiteSchedules, Store):
             "status": job.status.value,
             "created_by": job.created_by,
             "dry_run": int(job.dry_run),
-            "context": json.dumps(job.context),
-            "result": json.dumps(job.result),
+            "context": json.dumps(job.context, allow_nan=False),
+            "result": json.dumps(job.result, allow_nan=False),
             **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
         }
         with self.write() as conn:
@@ -219,7 +219,7 @@ class SQLiteStore(SQLiteSchedules, Store):
             new_result = {**job.result, **(result or {})}
             conn.execute(
                 f"UPDATE {TABLE} SET context = ?, result = ?, updated_at = ? WHERE id = ?",
-                [json.dumps(new_context), json.dumps(new_result), _ts(now), id],
+                [json.dumps(new_context, allow_nan=False), json.dumps(new_result, allow_nan=False), _ts(now), id],
             )
         return job.replace(context=new_context, result=new_result, updated_at=now)
 
@@ -311,7 +311,7 @@ class SQLiteStore(SQLiteSchedules, Store):
         if cp.context:
             changes["context"] = {**job.context, **cp.context}
         job = job.replace(**changes)
-        cursor = row["cursor"] if cp.cursor is None else json.dumps(cp.cursor)
+        cursor = row["cursor"] if cp.cursor is None else json.dumps(cp.cursor, allow_nan=False)
         if cp.release:
             owner, lease, until = None, None, cp.until
         else:
@@ -322,8 +322,8 @@ class SQLiteStore(SQLiteSchedules, Store):
             "WHERE id = ?",
             [
                 job.status.value,
-                json.dumps(job.context) if cp.context else row["context"],
-                json.dumps(job.result) if cp.result else row["result"],
+                json.dumps(job.context, allow_nan=False) if cp.context else row["context"],
+                json.dumps(job.result, allow_nan=False) if cp.result else row["result"],
                 cursor,
                 owner,
                 lease,

@@ -1,0 +1,258 @@
+"""The OpenAPI 3.1 description of the admin API, served at ``/admin/openapi.json``.
+
+Written by hand, kept true by the tests: they compare its paths with the
+app's routes and fuzz the app against it (schemathesis), checking that
+every answer matches it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT
+from ..models import TIMESTAMP_FIELDS, Status
+
+__all__ = ["OPENAPI_PATH", "openapi_document"]
+
+OPENAPI_PATH = "/admin/openapi.json"
+_PREFIX = "/admin/batch-jobs"
+_DATE_OPERATORS = ("gt", "gte", "lt", "lte")
+
+_ERROR = {
+    "type": "object",
+    "description": "Every error: a Medusa error type and a message for people.",
+    "required": ["type", "message"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": [
+                "invalid_data",
+                "not_allowed",
+                "not_found",
+                "unauthorized",
+                "unavailable",
+                "unknown_error",
+            ],
+        },
+        "message": {"type": "string"},
+    },
+}
+
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+_BATCH_JOB = {
+    "type": "object",
+    "required": [
+        "id",
+        "type",
+        "status",
+        "created_by",
+        "dry_run",
+        "context",
+        "result",
+        *TIMESTAMP_FIELDS,
+    ],
+    "properties": {
+        "id": {"type": "string", "pattern": "^batch_[0-9A-Z]{26}$"},
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in Status]},
+        "created_by": {"type": ["string", "null"]},
+        "dry_run": {"type": "boolean"},
+        "context": {"type": "object"},
+        "result": {"type": "object"},
+        **{name: _NULLABLE_TIME for name in TIMESTAMP_FIELDS},
+    },
+}
+
+_ONE_JOB = {
+    "type": "object",
+    "required": ["batch_job"],
+    "additionalProperties": False,
+    "properties": {"batch_job": {"$ref": "#/components/schemas/BatchJob"}},
+}
+
+_PAGE = {
+    "type": "object",
+    "required": ["batch_jobs", "count", "offset", "limit"],
+    "additionalProperties": False,
+    "properties": {
+        "batch_jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchJob"}},
+        "count": {"type": "integer", "minimum": 0},
+        "offset": {"type": "integer", "minimum": 0},
+        "limit": {"type": "integer", "minimum": 0, "maximum": MAX_LIST_LIMIT},
+    },
+}
+
+_CREATE = {
+    "type": "object",
+    "required": ["type"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"type": "string", "description": "A registered batch type."},
+        "context": {
+            "type": ["object", "null"],
+            "description": "The strategy's configuration; at most 64 levels deep, 512 KiB.",
+        },
+        "dry_run": {"type": "boolean", "default": False},
+    },
+}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERRORS = {"default": {"description": "An error", "content": _json_content(_ref("Error"))}}
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": f"A batch job id (batch_ and a ULID, {MAX_ID_LENGTH} characters).",
+    "schema": {"type": "string"},
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
+def _list_parameters() -> list[dict[str, Any]]:
+    parameters = [
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 0, "maximum": MAX_LIST_LIMIT, "default": 10},
+            f"Page size, at most {MAX_LIST_LIMIT}.",
+        ),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER, "default": 0}),
+        _query(
+            "order",
+            {"type": "string", "default": "-created_at"},
+            "A field to order by; a leading - for descending.",
+        ),
+        _query("expand", {"type": "string"}, "Accepted for Medusa's clients; ignored."),
+        _query("fields", {"type": "string"}, "Accepted for Medusa's clients; ignored."),
+    ]
+    for name in ("id", "type", "status"):
+        values: dict[str, Any] = {"type": "string"}
+        if name == "status":
+            values = {"type": "string", "enum": [s.value for s in Status]}
+        parameters.append(_query(name, values))
+        parameters.append(
+            {
+                "name": f"{name}[]",
+                "in": "query",
+                "schema": {"type": "array", "items": values},
+                "style": "form",
+                "explode": True,
+            }
+        )
+    for field in TIMESTAMP_FIELDS:
+        for operator in _DATE_OPERATORS:
+            parameters.append(
+                _query(f"{field}[{operator}]", {"type": "string", "format": "date-time"})
+            )
+    return parameters
+
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "batchjobs admin API",
+        "version": "1",
+        "description": "Medusa's batch-job routes. Each caller sees and changes only its own jobs.",
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        _PREFIX: {
+            "post": {
+                "operationId": "createBatchJob",
+                "summary": "Create a batch job, created_by the caller.",
+                "requestBody": {"required": True, "content": _json_content(_ref("CreateBatchJob"))},
+                "responses": {
+                    "201": {
+                        "description": "Created",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": _json_content(_ref("OneBatchJob")),
+                    },
+                    **_ERRORS,
+                },
+            },
+            "get": {
+                "operationId": "listBatchJobs",
+                "summary": "A page of the caller's batch jobs, and how many match.",
+                "parameters": _list_parameters(),
+                "responses": {
+                    "200": {"description": "A page", "content": _json_content(_ref("Page"))},
+                    **_ERRORS,
+                },
+            },
+        },
+        f"{_PREFIX}/{{id}}": {
+            "get": {
+                "operationId": "getBatchJob",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "The job",
+                        "content": _json_content(_ref("OneBatchJob")),
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
+        **{
+            f"{_PREFIX}/{{id}}/{action}": {
+                "post": {
+                    "operationId": f"{action}BatchJob",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": {
+                            "description": "The job",
+                            "content": _json_content(_ref("OneBatchJob")),
+                        },
+                        **_ERRORS,
+                    },
+                }
+            }
+            for action in ("confirm", "cancel")
+        },
+        OPENAPI_PATH: {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This description.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": _json_content({"type": "object"}),
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": _ERROR,
+            "BatchJob": _BATCH_JOB,
+            "OneBatchJob": _ONE_JOB,
+            "Page": _PAGE,
+            "CreateBatchJob": _CREATE,
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The description, as a new dict (JSON-ready) each call."""
+    return copy.deepcopy(_DOCUMENT)
