@@ -328,6 +328,10 @@ def test_each_request_is_one_log_line(jobs: BatchJobs, caplog: pytest.LogCapture
     with serving(jobs) as server:
         assert get(server, f"{URL}?limit=1")[0] == 200
         exchange(server, b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")
+        exchange(server, b"GET /\x1b[31mred HTTP/1.1\r\n\r\n")
+        exchange(server, POST + b"Content-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1))
     lines = [r.getMessage() for r in caplog.records if r.name == "batchjobs.http"]
-    assert any(f'"GET {URL}?limit=1 HTTP/1.1" 200 ' in line for line in lines), lines
-    assert any('"URI Too Long" 414 (answered by the server)' in line for line in lines), lines
+    assert f"GET {URL}?limit=1 200" in lines
+    assert "- (URI Too Long, answered by the server) 414" in lines
+    assert "GET /\\x1b[31mred 404" in lines  # a client's terminal codes, escaped
+    assert f"POST {URL} (Request Entity Too Large, answered by the server) 413" in lines

@@ -78,7 +78,7 @@ _PAGE = {
     "required": ["batch_jobs", "count", "offset", "limit"],
     "additionalProperties": False,
     "properties": {
-        "batch_jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchJob"}},
+        "batch_jobs": {"type": "array", "items": {"$ref": "#/components/schemas/ListedBatchJob"}},
         "count": {"type": "integer", "minimum": 0},
         "offset": {"type": "integer", "minimum": 0},
         "limit": {"type": "integer", "minimum": 0, "maximum": MAX_LIST_LIMIT},
@@ -139,7 +139,11 @@ def _list_parameters() -> list[dict[str, Any]]:
             "A field to order by; a leading - for descending.",
         ),
         _query("expand", {"type": "string"}, "Accepted for Medusa's clients; ignored."),
-        _query("fields", {"type": "string"}, "Accepted for Medusa's clients; ignored."),
+        _query(
+            "fields",
+            {"type": "string"},
+            "Comma-separated record fields: each job holds only those, and its id.",
+        ),
     ]
     for name in ("id", "type", "status"):
         values: dict[str, Any] = {"type": "string"}
@@ -156,6 +160,7 @@ def _list_parameters() -> list[dict[str, Any]]:
             }
         )
     for field in TIMESTAMP_FIELDS:
+        parameters.append(_query(field, {"type": "string", "enum": ["null"]}, "Only if null."))
         for operator in _DATE_OPERATORS:
             parameters.append(
                 _query(f"{field}[{operator}]", {"type": "string", "format": "date-time"})
@@ -245,6 +250,7 @@ _DOCUMENT: dict[str, Any] = {
         "schemas": {
             "Error": _ERROR,
             "BatchJob": _BATCH_JOB,
+            "ListedBatchJob": {**_BATCH_JOB, "required": ["id"]},  # fields= keeps only some
             "OneBatchJob": _ONE_JOB,
             "Page": _PAGE,
             "CreateBatchJob": _CREATE,

@@ -175,10 +175,10 @@ class _ErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
-        addr = self.channel.addr
-        log.info(
-            '%s "%s" %d (answered by the server)', addr[0] if addr else "-", error.reason, code
-        )
+        request = self.request
+        method, path = getattr(request, "command", None), getattr(request, "path", None)
+        line = f"{method} {path}" if request.headers_finished and method else "-"
+        _log_request(f"{line} ({error.reason}, answered by the server)", code)
 
 
 class _Channel(HTTPChannel):
@@ -351,15 +351,20 @@ class _Logged:
             query = env.get("QUERY_STRING")
             target = env.get("PATH_INFO", "") + (f"?{query}" if query else "")
             status = str(self._seen.get("status", "-")).split(" ", 1)[0]
-            log.info(
-                '%s "%s %s %s" %s %.1f ms',
-                env.get("REMOTE_ADDR", "-"),
-                env.get("REQUEST_METHOD"),
-                target[:200],
-                env.get("SERVER_PROTOCOL"),
-                status,
-                (time.monotonic() - self._started) * 1000,
-            )
+            _log_request(f"{env.get('REQUEST_METHOD') or '-'} {target}", status)
+
+
+# A request line is the client's text: escaped, it can carry no terminal codes into a log.
+_CONTROL_CHARACTERS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+#: The longest part of a request line a log line quotes.
+_LOGGED_CHARS = 500
+
+
+def _log_request(line: str, status: object) -> None:
+    """One line per request: ``METHOD PATH STATUS``, escaped and cut to a sane length."""
+    if len(line) > _LOGGED_CHARS:
+        line = f"{line[:_LOGGED_CHARS]}… ({len(line)} characters)"
+    log.info("%s %s", line.translate(_CONTROL_CHARACTERS), status)
 
 
 # -- the server -------------------------------------------------------------------------------

@@ -219,7 +219,12 @@ class SQLiteStore(SQLiteSchedules, Store):
             new_result = {**job.result, **(result or {})}
             conn.execute(
                 f"UPDATE {TABLE} SET context = ?, result = ?, updated_at = ? WHERE id = ?",
-                [json.dumps(new_context, allow_nan=False), json.dumps(new_result, allow_nan=False), _ts(now), id],
+                [
+                    json.dumps(new_context, allow_nan=False),
+                    json.dumps(new_result, allow_nan=False),
+                    _ts(now),
+                    id,
+                ],
             )
         return job.replace(context=new_context, result=new_result, updated_at=now)
 
