@@ -16,6 +16,7 @@ import pytest
 from freezegun import freeze_time
 
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, NotFoundError, Schedule
+from batchjobs.limits import MAX_LIST_LIMIT
 from batchjobs.schedules import MAX_CATCH_UP, fire_times
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def scheduled_for(jobs: list[BatchJob]) -> list[str]:
 
 
 def every_job(jobs: BatchJobs) -> list[BatchJob]:
-    return jobs.list_and_count(limit=10_000, order="created_at")[0]
+    return jobs.list_and_count(limit=MAX_LIST_LIMIT, order="created_at")[0]
 
 
 # -- storing a schedule -------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _row(schedule: Schedule) -> list[Any]:
     return [
         schedule.name,
         schedule.type,
-        json.dumps(schedule.context),
+        json.dumps(schedule.context, allow_nan=False),
         schedule.cron,
         None if schedule.every is None else schedule.every.total_seconds(),
         schedule.timezone,
