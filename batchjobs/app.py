@@ -100,6 +100,8 @@ class BatchJobs:
         self.service.on_canceled = self.runner.clean_up_canceled
         self.recurring = RecurringJobs(self.store, self.service, self.registry)
         self.scheduler: Scheduler | None = None
+        #: Schedulers shut down without waiting, whose workers may still be handing over.
+        self._stopping: list[Scheduler] = []
 
     def __repr__(self) -> str:
         return f"<BatchJobs {self.store.location!r}>"
@@ -240,6 +242,7 @@ class BatchJobs:
 
     def start(self) -> None:
         """Run jobs, and fire due schedules, in background threads until ``shutdown``."""
+        self._join_stopping()
         if self.scheduler is None:
             self.scheduler = Scheduler(
                 self.runner,
@@ -256,17 +259,28 @@ class BatchJobs:
         """Stop the background workers.
 
         Running jobs finish their current chunk, checkpoint and release their
-        lease, so another process can resume them at once.
+        lease, so another process can resume them at once. With ``wait``
+        (the default) this returns once they have; without, at once (``close``
+        still waits for them before it closes the database).
         """
         if self.mirror is not None:
             self.mirror.stop_listening()
         self.service.on_runnable = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=wait)
+            if not wait:
+                self._stopping.append(self.scheduler)
             self.scheduler = None
+        if wait:
+            self._join_stopping()
+
+    def _join_stopping(self) -> None:
+        while self._stopping:
+            self._stopping.pop().join()
 
     def close(self) -> None:
-        """Shut down, stop mirroring events, close the database connections."""
+        """Shut down (waiting for running jobs to hand over), stop mirroring events,
+        close the database connections."""
         self.shutdown()
         if self.mirror is not None:
             self.mirror.close()

@@ -22,15 +22,69 @@ from concurrent.futures import ThreadPoolExecutor
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from .errors import StoreError
 from .models import Status
 from .runner import JobRunner
 
-__all__ = ["Scheduler"]
+__all__ = ["DatabaseOutage", "Scheduler"]
 
 log = logging.getLogger("batchjobs.scheduler")
 
 #: The pre-processing lane opens once every worker has been on its job this long.
 PRE_LANE_AFTER = 0.25
+#: After the database failed, workers look again after this many seconds, doubling...
+OUTAGE_FIRST = 0.5
+#: ...up to this many.
+OUTAGE_MAX = 30.0
+
+
+class DatabaseOutage:
+    """Whether the workers' database is failing: a backoff, and one log line per outage."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        #: The last error while the outage lasts, else ``None``.
+        self.error: StoreError | None = None
+        #: When the outage began (``clock``), while it lasts.
+        self.since = 0.0
+        #: How many outages there were, and how many failed calls in all.
+        self.count = 0
+        self.failures = 0
+        self._delay = 0.0
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, error: StoreError) -> None:
+        """A database call failed: back off (longer each time) and say so, once."""
+        with self._lock:
+            first = self.error is None
+            now = self.clock()
+            self.failures += 1
+            if first:
+                self.count += 1
+                self.since = now
+                self._delay = OUTAGE_FIRST
+            else:
+                self._delay = min(self._delay * 2, OUTAGE_MAX)
+            self.error = error
+            self._retry_at = now + self._delay
+        if first:
+            log.warning("%s; the workers retry with a backoff until it works", error.message)
+
+    def recovered(self) -> None:
+        """A database call worked: the outage, if any, is over (one line says so)."""
+        if self.error is None:
+            return
+        with self._lock:
+            if self.error is None:
+                return
+            self.error = None
+            lasted = self.clock() - self.since
+        log.warning("the database works again, after %.1f s; the workers go on", lasted)
+
+    def backing_off(self) -> bool:
+        """Whether the next look must wait (an outage, and its backoff not over)."""
+        return self.error is not None and self.clock() < self._retry_at
 
 
 class Scheduler:
@@ -56,6 +110,8 @@ class Scheduler:
         self._started = False
         self._aps: BackgroundScheduler | None = None
         self._pool: ThreadPoolExecutor | None = None
+        #: The database's failures, as the workers met them.
+        self.outage = DatabaseOutage()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -82,7 +138,10 @@ class Scheduler:
         self.wake()
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop claiming; running jobs checkpoint and release their lease at their next chunk."""
+        """Stop claiming; running jobs checkpoint and release their lease at their next chunk.
+
+        With ``wait``, returns once they have (``join``); without, at once.
+        """
         if not self._started or self._aps is None:
             return
         self.runner.on_runnable = None
@@ -90,16 +149,33 @@ class Scheduler:
             self._started = False
         self.runner.stopping.set()
         self._aps.shutdown(wait=wait)
+        self._aps = None
         assert self._pool is not None
-        self._pool.shutdown(wait=wait)
+        self._pool.shutdown(wait=False)
         if wait:
-            self.runner.store.release_all(self.runner.owner)
-        self._aps = self._pool = None
+            self.join()
+
+    def join(self) -> None:
+        """Wait until the workers of a scheduler that was shut down have stopped.
+
+        Then every lease left is given back: a job is never left leased to a
+        process that no longer runs it.
+        """
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True)
+        self._pool = None
+        try:
+            self.runner.release_all()
+        except StoreError as error:
+            log.warning("could not give back the leases left (%s); they expire", error.message)
 
     # -- dispatch --------------------------------------------------------------
 
     def wake(self) -> None:
         """Look for runnable jobs now instead of at the next poll."""
+        if self.outage.backing_off():
+            return
         with self._lock:
             if not self._started:
                 return
@@ -144,6 +220,7 @@ class Scheduler:
                     ran = runner.drain(statuses=[Status.CREATED], stop_after_pre_process=True)
                 else:
                     ran = runner.drain()
+                self.outage.recovered()
                 if ran:
                     continue
                 with self._lock:
@@ -152,6 +229,8 @@ class Scheduler:
                         continue
                     self._release_lane(pre_only)
                     return
+        except StoreError as error:
+            self.outage.failed(error)  # the next poll after the backoff looks again
         except Exception:
             log.exception("worker stopped by an unexpected error")
         with self._lock:
@@ -164,15 +243,19 @@ class Scheduler:
             self._drainers -= 1
 
     def _fire(self) -> None:
-        if self.fire_schedules is None:
+        if self.fire_schedules is None or self.outage.backing_off():
             return
         try:
             self.fire_schedules()
+        except StoreError as error:
+            self.outage.failed(error)
         except Exception:
             log.exception("could not fire the due schedules")
 
     def _heartbeat(self) -> None:
         try:
             self.runner.renew_leases()
+        except StoreError as error:
+            self.outage.failed(error)
         except Exception:
             log.exception("could not renew leases")

@@ -28,6 +28,7 @@ LAYERS = {
     "schedules": 4,
     "app": 5,
     "http": 6,
+    "testing": 6,  # the testing kit: fault injection, crashes
     "cli": 7,  # `batchjobs serve` serves the http app
     "__main__": 8,  # python -m batchjobs
 }
@@ -102,3 +103,24 @@ def test_relative_imports_resolve_from_a_package() -> None:
     assert {"batchjobs.app.BatchJobs", "batchjobs.cli._app.cli", "click"} <= names
     init = PACKAGE / "cli" / "__init__.py"
     assert "batchjobs.cli._app.cli" in imported_names(init, ("batchjobs", "cli"))
+
+
+def test_no_class_of_the_runner_is_over_300_lines() -> None:
+    for path in sorted((PACKAGE / "runner").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                assert lines <= 300, f"{path.name}: {node.name} has {lines} lines"
+
+
+def test_the_runner_s_modules_import_one_way() -> None:
+    # claims → job → leases: leases.py imports neither, job.py not claims.py.
+    allowed = {"claims": {"job", "leases"}, "job": {"leases"}, "leases": set()}
+    for name, may in allowed.items():
+        path = PACKAGE / "runner" / f"{name}.py"
+        siblings = {
+            imported.split(".")[2]
+            for imported in imported_names(path, ("batchjobs", "runner", name))
+            if imported.startswith("batchjobs.runner.")
+        }
+        assert siblings <= may, f"runner/{name}.py imports {siblings - may}"

@@ -218,7 +218,7 @@ def test_lease_is_renewed_by_the_heartbeat(make_jobs: Any) -> None:
     job = jobs.create("ledger", {"n": 10})
     claim = jobs.runner.claim_next()
     assert claim is not None and claim.job.id == job.id
-    jobs.runner._leases[job.id] = claim.lease  # as run_claim does
+    jobs.runner.leases.hold(claim.lease)  # as run_claim does
     later = utcnow() + timedelta(seconds=20)
     assert jobs.runner.renew_leases(now=later) == 1
     other = make_jobs(lease_seconds=30)
@@ -308,7 +308,7 @@ def commits_of(statements: list[str]) -> int:
 @pytest.fixture
 def short_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every job counts as short, however loaded the machine is."""
-    monkeypatch.setattr("batchjobs.runner.SHORT_JOB", 60.0)
+    monkeypatch.setattr("batchjobs.runner.claims.SHORT_JOB", 60.0)
 
 
 @pytest.mark.usefixtures("short_jobs")
@@ -490,7 +490,7 @@ def test_the_heartbeat_renews_jobs_waiting_in_a_batch(make_jobs: Any) -> None:
 def test_slow_jobs_are_claimed_one_at_a_time(
     jobs: BatchJobs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("batchjobs.runner.SHORT_JOB", 0.0)  # every job counts as slow
+    monkeypatch.setattr("batchjobs.runner.claims.SHORT_JOB", 0.0)  # every job counts as slow
     for _ in range(5):
         jobs.create("ledger", {"n": 5})
     statements: list[str] = []

@@ -125,3 +125,31 @@ def test_wait_times_out_with_the_status(jobs: BatchJobs) -> None:
         assert str(error) == f"batch job {job.id} is still created after 0.05 seconds"
     else:  # pragma: no cover
         raise AssertionError("wait did not time out")
+
+
+def test_a_database_that_turns_read_only_is_one_warning_and_a_backoff(
+    make_jobs: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    import logging
+
+    from batchjobs.testing import Faults
+
+    monkeypatch.setattr("batchjobs.scheduler.OUTAGE_FIRST", 0.02)
+    jobs = make_jobs(poll_interval=0.01)
+    job = jobs.create("words", {"words": ["a"]})
+    caplog.set_level(logging.WARNING, logger="batchjobs")
+    with Faults(jobs).read_only():
+        jobs.start()
+        assert jobs.scheduler is not None
+        outage = jobs.scheduler.outage
+        deadline = time.monotonic() + 10
+        while outage.failures < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert outage.failures >= 4 and outage.count == 1
+        assert outage.backing_off() or outage.error is not None
+    assert jobs.wait(job.id, timeout=10).status == Status.COMPLETED
+    jobs.shutdown()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith(f"Cannot write to the database {jobs.store.location}: it is read")
+    assert len(lines) == 2 and lines[1].startswith("the database works again")
+    assert not any(r.exc_info for r in caplog.records)

@@ -1,0 +1,373 @@
+"""Claiming jobs and running them one after another, short ones in batches that share commits.
+
+``JobRunner`` claims runnable jobs of its registered types under a lease and
+runs each with a ``JobExecution``. ``drain`` claims short jobs several at a
+time: the final checkpoints of a batch wait (``DEFERRED``), and one commit
+writes them all, gives back what was not started and claims the next batch.
+Whatever happens, every lease of a batch ends committed or given back: the
+batch is settled in an ``except`` before the error goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..errors import StoreError
+from ..models import ACTIVE_STATUSES, BatchJob, Status, utcnow
+from ..store import Checkpoint, Claim, ClaimRequest, Store
+from ..strategy import StrategyRegistry
+from .job import DEFERRED, DirectSaver, JobExecution, RunContext, _Deferred
+from .leases import Heartbeat, HeldLease, Leases, LeaseState
+
+__all__ = ["CLAIM_BATCH", "DEFAULT_LEASE_SECONDS", "DEFAULT_MAX_ATTEMPTS", "SHORT_JOB", "JobRunner"]
+
+log = logging.getLogger("batchjobs.runner")
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+#: Jobs ``drain`` claims in one commit at most.
+CLAIM_BATCH = 8
+#: A job that takes longer than this (seconds) is not short: the jobs claimed
+#: with it are given back at once and the next claim is of one job.
+SHORT_JOB = 0.005
+#: Seconds ``run_until_idle`` waits between two looks when nothing is runnable.
+IDLE_PAUSE = 0.05
+IDLE_PAUSE_MAX = 0.5
+
+
+class _Batch:
+    """Jobs one ``drain`` claimed together, and the final checkpoints waiting for one commit.
+
+    It is the ``Saver`` of the jobs it runs: a job's last checkpoint waits
+    for the batch's commit; any other checkpoint takes the waiting ones with it.
+    """
+
+    def __init__(self, ctx: RunContext, request: Callable[[_Batch], ClaimRequest]) -> None:
+        self.ctx = ctx
+        self._request = request
+        #: How many jobs the next claim takes: doubles while jobs are short.
+        self.limit = 1
+        #: Claimed, not started yet; given back when a job of the batch turns out long.
+        self.waiting: list[tuple[Claim, HeldLease]] = []
+        self.deferred: list[JobExecution] = []
+
+    def hold(self, claims: list[Claim]) -> list[tuple[Claim, HeldLease]]:
+        held = [(claim, self.ctx.leases.hold(claim.lease)) for claim in claims]
+        self.waiting.extend(held)
+        return held
+
+    def start(self, held: HeldLease) -> bool:
+        """Take ``held`` out of the waiting jobs to run it; False if it was given back."""
+        for i, (_, waiting) in enumerate(self.waiting):
+            if waiting is held:
+                del self.waiting[i]
+                return True
+        return False
+
+    def save(
+        self, execution: JobExecution, checkpoint: Checkpoint, *, ends: bool
+    ) -> BatchJob | None | _Deferred:
+        if not (self.deferred or self.waiting or ends):
+            return self.ctx.store.save(checkpoint)
+        if ends:
+            self.deferred.append(execution)
+            return DEFERRED
+        _, stored = self.commit(claim_next=False, also=checkpoint)
+        return stored
+
+    def commit(
+        self, *, claim_next: bool, also: Checkpoint | None = None
+    ) -> tuple[list[Claim], BatchJob | None]:
+        """One commit: the waiting checkpoints (and ``also``), the unstarted jobs given
+        back, and with ``claim_next`` the next batch claimed. Returns the new claims
+        and what ``also`` stored.
+
+        If the commit fails, nothing of it happened: the finished jobs' runs are
+        closed and their leases given back (another worker redoes their last
+        chunk at once), the unstarted ones too, and the error goes on.
+        """
+        deferred, self.deferred = self.deferred, []
+        waiting, self.waiting = self.waiting, []
+        checkpoints = [execution.waiting for execution in deferred]
+        if also is not None:
+            checkpoints.append(also)
+        request = self._request(self) if claim_next else None
+        if not checkpoints and not waiting and request is None:
+            return [], None
+        try:
+            stored, claims = self.ctx.store.commit(
+                [cp for cp in checkpoints if cp is not None],
+                release=[held.lease for _, held in waiting],
+                claim=request,
+            )
+        except BaseException:
+            try:
+                for execution in deferred:
+                    execution.close()
+            finally:
+                self.ctx.leases.release(held for _, held in waiting)
+            raise
+        for _, held in waiting:
+            self.ctx.leases.move(held, LeaseState.RELEASED)
+        for execution, result in zip(deferred, stored, strict=False):
+            try:
+                assert execution.waiting is not None
+                execution.committed(execution.waiting, result)
+            finally:
+                execution.close()
+        return claims, (stored[-1] if also is not None else None)
+
+    def settle(self) -> None:
+        """Commit what waits and give back what was not started; never raises (logs)."""
+        if not (self.deferred or self.waiting):
+            return
+        try:
+            self.commit(claim_next=False)
+        except Exception as error:
+            message = error.message if isinstance(error, StoreError) else repr(error)
+            log.error("could not commit the end of a batch of jobs: %s", message)
+
+
+class JobRunner:
+    """Claims and runs jobs of registered types; one per ``BatchJobs``."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: StrategyRegistry,
+        *,
+        sender: Any = None,
+        files: Any = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.lease = timedelta(seconds=lease_seconds)
+        #: Names this runner on its leases: host, process, and a token of its own.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.leases = Leases(store, self.lease)
+        self.ctx = RunContext(
+            store=store,
+            registry=registry,
+            leases=self.leases,
+            owner=self.owner,
+            sender=sender if sender is not None else self,
+            files=files,
+            max_attempts=max_attempts,
+            stopping=threading.Event(),
+        )
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set to stop running jobs at their next checkpoint and hand them over."""
+        return self.ctx.stopping
+
+    @property
+    def on_runnable(self) -> Callable[[], None] | None:
+        """Called when this runner leaves a job for another worker (the scheduler wakes)."""
+        return self.ctx.on_runnable
+
+    @on_runnable.setter
+    def on_runnable(self, callback: Callable[[], None] | None) -> None:
+        self.ctx.on_runnable = callback
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs this runner is running now."""
+        return self.leases.running()
+
+    def newest_start(self) -> float | None:
+        """When the most recently started of the jobs running here started (monotonic)."""
+        return self.leases.newest_start()
+
+    def renew_leases(self, now: datetime | None = None) -> int:
+        """Extend the leases of every job held here (the heartbeat); returns how many."""
+        return self.leases.renew(now)
+
+    def release_all(self) -> int:
+        """Give up every lease this runner holds in the store (after its workers stopped)."""
+        return self.store.release_all(self.owner)
+
+    # -- claiming ----------------------------------------------------------------
+
+    def _request(
+        self,
+        now: datetime,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        ids: Iterable[str] | None = None,
+        limit: int = 1,
+    ) -> ClaimRequest:
+        statuses = tuple(statuses)
+        return ClaimRequest(
+            self.owner,
+            tuple(self.registry.types),
+            now,
+            now + self.lease,
+            statuses=statuses,
+            ids=None if ids is None else tuple(ids),
+            limit=limit,
+            cleanups=statuses == ACTIVE_STATUSES,
+        )
+
+    def claim_next(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        ids: Iterable[str] | None = None,
+    ) -> Claim | None:
+        """Lease the oldest runnable job of a registered type (among ``ids``), or ``None``."""
+        claims = self.store.claim(self._request(now or utcnow(), statuses=statuses, ids=ids))
+        return claims[0] if claims else None
+
+    def run_claim(self, claim: Claim, *, stop_after_pre_process: bool = False) -> BatchJob:
+        """Run a claimed job until it rests or is handed over; returns it as last committed."""
+        execution = JobExecution(
+            self.ctx, claim, self.leases.hold(claim.lease), DirectSaver(self.store)
+        )
+        execution.execute(stop_after_pre_process=stop_after_pre_process)
+        return execution.job
+
+    def run_next(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        stop_after_pre_process: bool = False,
+        ids: Iterable[str] | None = None,
+    ) -> BatchJob | None:
+        """Claim one runnable job and run it; ``None`` when nothing was runnable at ``now``."""
+        claim = self.claim_next(now, statuses=statuses, ids=ids)
+        if claim is None:
+            return None
+        return self.run_claim(claim, stop_after_pre_process=stop_after_pre_process)
+
+    def clean_up_canceled(self, job: BatchJob, now: datetime | None = None) -> bool:
+        """Run ``on_cancel`` for a canceled job if its cleanup is owed and nobody has it.
+
+        A worker running the job cleans up at its next checkpoint; a job
+        canceled while handed over, backing off or left by a dead worker is
+        cleaned up by whoever takes the cleanup first (one guarded write):
+        here, or any worker with its strategy. Returns whether it ran here.
+        """
+        if job.status != Status.CANCELED or job.type not in self.registry:
+            return False
+        now = now or utcnow()
+        claim = self.store.claim_cleanup(
+            job.id, owner=self.owner, now=now, lease_until=now + self.lease
+        )
+        if claim is None:
+            return False
+        self.run_claim(claim)
+        return True
+
+    # -- draining ------------------------------------------------------------------
+
+    def drain(
+        self,
+        now: datetime | None = None,
+        *,
+        statuses: Iterable[Status] = ACTIVE_STATUSES,
+        stop_after_pre_process: bool = False,
+        ids: Iterable[str] | None = None,
+    ) -> int:
+        """Run runnable jobs one after another until none is left; returns how many ran.
+
+        While jobs are short they are claimed several at a time (up to
+        ``CLAIM_BATCH``) and one commit ends them all and claims the next
+        batch (their events follow that commit). A job that needs a
+        checkpoint, or takes longer than ``SHORT_JOB``, commits the waiting
+        ones and gives the batch's unstarted jobs back, so a long job holds up
+        no one. Stops early once ``stopping`` is set.
+        """
+        statuses, ids = tuple(statuses), None if ids is None else tuple(ids)
+
+        def request(batch: _Batch) -> ClaimRequest:
+            return self._request(utcnow(), statuses=statuses, ids=ids, limit=batch.limit)
+
+        batch = _Batch(self.ctx, request)
+        claims = self.store.claim(self._request(now or utcnow(), statuses=statuses, ids=ids))
+        ran = 0
+        try:
+            while claims:
+                short = True
+                for n, (claim, held) in enumerate(batch.hold(claims)):
+                    if self.stopping.is_set():
+                        break
+                    if not batch.start(held):
+                        continue  # given back with a long job's checkpoint
+                    if n > 0 and not self._still_ours(claim, held):
+                        continue
+                    ran += 1
+                    started = time.monotonic()
+                    execution = JobExecution(self.ctx, claim, held, batch)
+                    execution.execute(stop_after_pre_process=stop_after_pre_process)
+                    if time.monotonic() - started > SHORT_JOB:
+                        short = False
+                        if batch.waiting:  # slow jobs: let other workers have the rest
+                            batch.commit(claim_next=False)
+                # Short jobs: claim twice as many next time; otherwise one.
+                batch.limit = min(batch.limit * 2, CLAIM_BATCH) if short else 1
+                claims, _ = batch.commit(claim_next=not self.stopping.is_set())
+                if stop_after_pre_process and self.on_runnable is not None:
+                    self.on_runnable()  # now committed as confirmed: a worker may take them
+        except BaseException:
+            batch.settle()
+            raise
+        return ran
+
+    def _still_ours(self, claim: Claim, held: HeldLease) -> bool:
+        """Whether a job that waited in its batch may start: still ours, not moved."""
+        status = self.store.holds(claim.lease)
+        if status == claim.job.status:
+            return True
+        job = self.store.get(claim.job.id) if status == Status.CANCELED else None
+        if job is not None and job.processing_at is not None:  # canceled, cleanup owed
+            now = utcnow()
+            cleanup = self.store.claim_cleanup(
+                job.id, owner=self.owner, now=now, lease_until=now + self.lease, lease=claim.lease
+            )
+            if cleanup is not None:
+                JobExecution(self.ctx, cleanup, held, DirectSaver(self.store)).execute()
+                return False
+        if status is None:
+            self.leases.move(held, LeaseState.LOST)  # taken over, or gone
+        else:
+            self.leases.release([held])  # moved (canceled): give it back
+        return False
+
+    def run_until_idle(
+        self, timeout: float | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Run jobs in this thread until every job of a registered type rests.
+
+        Waits out leases held by other (possibly dead) workers and retry
+        backoffs; raises ``TimeoutError`` once ``timeout`` seconds have passed.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        with Heartbeat(self.renew_leases, self.lease.total_seconds() / 3):
+            while True:
+                if self.drain():
+                    continue
+                count, earliest = self.store.pending(self.registry.types)
+                if count == 0:
+                    return
+                remaining = None if deadline is None else deadline - clock()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{count} batch job(s) still active after {timeout} seconds")
+                pause = IDLE_PAUSE
+                if earliest is not None:
+                    pause = max((earliest - utcnow()).total_seconds(), 0.005)
+                pause = min(pause, IDLE_PAUSE_MAX, remaining if remaining is not None else pause)
+                time.sleep(pause)

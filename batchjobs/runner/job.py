@@ -1,0 +1,423 @@
+"""Running one claimed job: pre-process, confirm, chunks with a checkpoint after each, complete.
+
+``JobExecution`` holds one claim and runs it in the calling thread. Transitions
+it makes in a row (pre-processed → confirmed → processing) share the commit of
+the first checkpoint, or of the completion when the job fits in one chunk;
+each still gets its own timestamp and event, sent after that commit. After
+every commit ``run.job`` is the job as committed, whoever listens.
+
+A checkpoint whose guard fails means the job moved under us: canceled (its
+cleanup is taken by one guarded write, and run here), or its lease taken over.
+A status added later (a pause) is found the same way, at the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from .. import signals
+from ..models import BatchJob, Status, utcnow
+from ..store import Checkpoint, Claim, Store
+from ..strategy import BatchJobStrategy, JobRun, StrategyRegistry
+from .leases import HeldLease, Leases, LeaseState
+
+__all__ = [
+    "DEFAULT_MAX_RETRY",
+    "DEFERRED",
+    "JobExecution",
+    "RunContext",
+    "Saver",
+    "retry_backoff",
+]
+
+log = logging.getLogger("batchjobs.runner")
+
+#: ``context["max_retry"]`` when the job does not set it.
+DEFAULT_MAX_RETRY = 3
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+
+
+def retry_backoff(retry_count: int) -> float:
+    """Seconds to wait before automatic retry number ``retry_count + 1``."""
+    return min(BACKOFF_FIRST * 2**retry_count, BACKOFF_MAX)
+
+
+@dataclass
+class RunContext:
+    """What running a job needs from its runner: handed down, never reached back for."""
+
+    store: Store
+    registry: StrategyRegistry
+    leases: Leases
+    owner: str
+    sender: Any
+    files: Any
+    max_attempts: int
+    #: Set to stop running jobs at their next checkpoint and hand them over.
+    stopping: threading.Event
+    #: Called when a job is left for another worker (confirmed by the pre-processing lane).
+    on_runnable: Callable[[], None] | None = None
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a lease lasts."""
+        return self.leases.duration
+
+
+class _Deferred:
+    """The answer of a saver that keeps a final checkpoint for its batch's commit."""
+
+
+#: A ``Saver`` keeps the checkpoint for later: its batch commits it and calls ``committed``.
+DEFERRED = _Deferred()
+
+
+class Saver(Protocol):
+    """Commits a running job's checkpoints: at once, or with the other jobs of its batch."""
+
+    def save(
+        self, execution: JobExecution, checkpoint: Checkpoint, *, ends: bool
+    ) -> BatchJob | None | _Deferred:
+        """Commit ``checkpoint`` (``ends``: the job's last); as ``Store.save``, or ``DEFERRED``."""
+
+
+class DirectSaver:
+    """Each checkpoint is its own commit."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def save(
+        self, execution: JobExecution, checkpoint: Checkpoint, *, ends: bool
+    ) -> BatchJob | None | _Deferred:
+        return self.store.save(checkpoint)
+
+
+def _error_entry(error: BaseException) -> dict[str, Any]:
+    code = getattr(error, "code", None) or getattr(error, "type", None)
+    return {
+        "message": str(error) or type(error).__name__,
+        "code": code if isinstance(code, str) else type(error).__name__,
+    }
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _fingerprint(value: Any) -> Any:
+    # Scalars compare as they are; containers by their JSON, since a strategy
+    # may change a list or dict in place between two checkpoints.
+    return (type(value), value) if type(value) in _SCALARS else json.dumps(value)
+
+
+def _emit_events(sender: Any, before: BatchJob, stored: BatchJob, checkpoint: Checkpoint) -> None:
+    """Send the events of a committed checkpoint: one per step, and ``batch.updated``
+    when it changed the result, context or cursor (before a final step's event).
+
+    Each step's event carries the job as at that step, its result as committed.
+    """
+    steps = list(checkpoint.steps)
+    events = [signals.event_for_status(status) for status, _ in steps]
+    if checkpoint.result or checkpoint.context or checkpoint.cursor is not None:
+        final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
+        events.insert(len(events) - final, "batch.updated")
+    earlier = {s.timestamp_field: getattr(before, s.timestamp_field) for s, _ in steps}
+    job = stored.replace(status=before.status, **earlier)
+    for event in events:
+        if event != "batch.updated":
+            status, at = steps.pop(0)
+            job = job.replace(status=status, **{status.timestamp_field: at})
+        signals.emit(event, sender, job)
+
+
+class JobExecution:
+    """One claimed job, run in the calling thread until it rests, is handed over or lost."""
+
+    def __init__(self, ctx: RunContext, claim: Claim, held: HeldLease, saver: Saver) -> None:
+        self.ctx = ctx
+        self.claim = claim
+        self.held = held
+        self.saver = saver
+        #: The job as last committed.
+        self.job = claim.job
+        self.strategy: BatchJobStrategy | None = None
+        self.run: JobRun | None = None
+        #: Transitions made since the last commit, each with its time.
+        self.pending: list[tuple[Status, datetime]] = []
+        #: ``run.result`` fingerprints and ``run.cursor`` JSON as last committed:
+        #: what the next checkpoint compares with, and what a failed chunk rolls back to.
+        self.saved_result = {k: _fingerprint(v) for k, v in claim.job.result.items()}
+        self.saved_cursor = json.dumps(claim.cursor, allow_nan=False)
+        #: What the checkpoint waiting for its batch's commit writes.
+        self.waiting: Checkpoint | None = None
+
+    # -- the walk ----------------------------------------------------------------
+
+    def execute(self, *, stop_after_pre_process: bool = False) -> None:
+        """Run the job; its lease is committed, deferred, lost or released when this returns."""
+        ctx = self.ctx
+        job = self.job
+        ctx.leases.move(self.held, LeaseState.RUNNING)
+        try:
+            self.strategy = ctx.registry.get(job.type)
+            self.run = JobRun(
+                job,
+                cursor=self.claim.cursor,
+                files=ctx.files,
+                is_canceled=lambda: ctx.store.status_of(job.id) == Status.CANCELED,
+            )
+            if job.status == Status.CANCELED:  # a cleanup owed since a cancel
+                self._clean_up()
+            elif self.claim.attempts > ctx.max_attempts:
+                self._fail(
+                    {
+                        "message": f"Batch job was taken over {self.claim.attempts} times after "
+                        f"its worker stopped without releasing it (max_attempts is "
+                        f"{ctx.max_attempts}); it is failed so that it cannot kill more workers",
+                        "code": "max_attempts_exceeded",
+                    }
+                )
+            else:
+                self._walk(stop_after_pre_process)
+        except BaseException as error:
+            if not isinstance(error, Exception) and self.held.live:
+                ctx.leases.move(self.held, LeaseState.ABANDONED)  # the worker is dying
+            raise
+        finally:
+            if self.held.state != LeaseState.DEFERRED:
+                self.close()
+
+    def close(self) -> None:
+        """End the run: what it opened is closed, its lease given back if still ours."""
+        try:
+            if self.run is not None:
+                self.run.close()
+        finally:
+            self.ctx.leases.release([self.held])
+
+    def _walk(self, stop_after_pre_process: bool) -> None:
+        run, strategy = self._parts()
+        if self.job.status == Status.CREATED:
+            try:
+                strategy.pre_process(run)
+            except Exception as error:
+                log.exception("pre_process of batch job %s failed", self.job.id)
+                self._fail(_error_entry(error))
+                return
+            self.pending.append((Status.PRE_PROCESSED, utcnow()))
+            if self.job.dry_run:
+                self._save(release=True)
+                return
+            self.pending.append((Status.CONFIRMED, utcnow()))
+            if stop_after_pre_process:
+                if self._save(release=True) and self.ctx.on_runnable is not None:
+                    self.ctx.on_runnable()  # confirmed: a processing worker may take it now
+                return
+        if self.job.status != Status.PROCESSING:
+            self.pending.append((Status.PROCESSING, utcnow()))
+        self._process()
+
+    def _parts(self) -> tuple[JobRun, BatchJobStrategy]:
+        assert self.run is not None and self.strategy is not None
+        return self.run, self.strategy
+
+    def _process(self) -> None:
+        run, strategy = self._parts()
+        size = self.job.context.get("chunk_size") or strategy.chunk_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            self._fail(
+                {
+                    "message": f"chunk_size must be a positive integer, not {size!r}",
+                    "code": "invalid_data",
+                }
+            )
+            return
+        count, done = run.result.get("count"), run.result.get("advancement_count", 0)
+        # Show the job as processing before a chunk that may take long; only a
+        # job that fits in one chunk saves its transitions with its completion.
+        if self.pending and (count is None or count - done > size) and not self._save():
+            return
+        good = self._snapshot()  # what a failed chunk rolls back to
+        while True:
+            done = run.result.get("advancement_count", 0)
+            count = run.result.get("count")
+            if count is not None and done >= count:
+                break
+            if self.ctx.stopping.is_set():
+                self._save(release=True)  # hand over at once
+                return
+            try:
+                advanced = strategy.process_chunk(run, done, size)
+            except Exception as error:
+                self._roll_back(good)
+                self._chunk_failed(error)
+                return
+            if not advanced:
+                break
+            done += advanced
+            run.result["advancement_count"] = done
+            count = run.result.get("count")  # the chunk may have changed it (set_count)
+            if count:
+                run.result["progress"] = min(done / count, 1.0)
+            if count is not None and done >= count:
+                break
+            if not self._save():
+                return
+            good = self._snapshot()
+        try:
+            strategy.finalize(run)
+        except Exception as error:
+            log.exception("finalize of batch job %s failed", self.job.id)
+            self._fail(_error_entry(error))
+            return
+        if run.result.get("count") is None:
+            run.result["count"] = run.result.get("advancement_count", 0)
+        run.result["progress"] = 1.0
+        run.result.setdefault("advancement_count", 0)
+        self.pending.append((Status.COMPLETED, utcnow()))
+        self._save(release=True)
+
+    def _snapshot(self) -> tuple[str, str]:
+        run, _ = self._parts()
+        return json.dumps(run.result), json.dumps(run.cursor, allow_nan=False)
+
+    def _roll_back(self, good: tuple[str, str]) -> None:
+        """Undo what a failed chunk did to ``run.result`` and ``run.cursor``."""
+        run, _ = self._parts()
+        run.result, run.cursor = json.loads(good[0]), json.loads(good[1])
+
+    def _chunk_failed(self, error: Exception) -> None:
+        run, strategy = self._parts()
+        context = self.job.context
+        retry_count = context.get("retry_count", 0)
+        max_retry = context.get("max_retry", DEFAULT_MAX_RETRY)
+        try:
+            retry = bool(strategy.should_retry(run, error)) and retry_count < max_retry
+        except Exception:
+            log.exception("should_retry of batch job %s failed", self.job.id)
+            retry = False
+        entry = _error_entry(error)
+        if not retry:
+            log.error("batch job %s failed: %s", self.job.id, entry["message"], exc_info=error)
+            self._fail(entry)
+            return
+        log.warning(
+            "batch job %s: chunk failed (%s); retry %d of %d",
+            self.job.id,
+            entry["message"],
+            retry_count + 1,
+            max_retry,
+        )
+        run.add_error(entry["message"], entry["code"])
+        self._save(
+            release=True,
+            context={"retry_count": retry_count + 1},
+            until=utcnow() + timedelta(seconds=retry_backoff(retry_count)),
+        )
+
+    def _fail(self, entry: dict[str, Any]) -> None:
+        run, _ = self._parts()
+        run.add_error(entry["message"], entry["code"])
+        self.pending.append((Status.FAILED, utcnow()))
+        self._save(release=True)
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def _save(
+        self,
+        *,
+        release: bool = False,
+        context: dict[str, Any] | None = None,
+        until: datetime | None = None,
+    ) -> bool:
+        """Commit the run's progress and pending transitions; False if the job was lost."""
+        run, _ = self._parts()
+        now = utcnow()
+        result = {k: _fingerprint(v) for k, v in run.result.items()}
+        cursor = json.dumps(run.cursor, allow_nan=False)
+        checkpoint = Checkpoint(
+            self.held.lease,
+            self.job.status,
+            now,
+            steps=tuple(self.pending),
+            result={
+                k: run.result[k]
+                for k, f in result.items()
+                if k not in self.saved_result or self.saved_result[k] != f
+            },
+            context=context or {},
+            cursor=None if cursor == self.saved_cursor else dict(run.cursor),
+            until=until if release else now + self.ctx.lease,
+            release=release,
+        )
+        ends = release and not self.ctx.stopping.is_set()
+        stored = self.saver.save(self, checkpoint, ends=ends)
+        if stored is DEFERRED:
+            self.waiting = checkpoint
+            self.ctx.leases.move(self.held, LeaseState.DEFERRED)
+            self.saved_result, self.saved_cursor = result, cursor
+            return True
+        assert not isinstance(stored, _Deferred)
+        self.saved_result, self.saved_cursor = result, cursor
+        return self.committed(checkpoint, stored)
+
+    def committed(self, checkpoint: Checkpoint, stored: BatchJob | None) -> bool:
+        """After ``checkpoint``'s commit: note the job as committed and send its events.
+
+        ``stored`` is what the store answered: ``None`` when its guard failed.
+        """
+        if stored is None:
+            self._lost()
+            return False
+        if checkpoint.release and self.held.live:
+            self.ctx.leases.move(self.held, LeaseState.COMMITTED)
+        before = self.job
+        self.job = stored
+        if self.run is not None:
+            self.run.job = stored
+        del self.pending[: len(checkpoint.steps)]
+        _emit_events(self.ctx.sender, before, stored, checkpoint)
+        return True
+
+    def _lost(self) -> None:
+        """A checkpoint's guard failed: the job moved (canceled), or the lease was taken over."""
+        ctx = self.ctx
+        current = ctx.store.get(self.job.id)
+        if current is not None:
+            self.job = current
+            if self.run is not None:
+                self.run.job = current
+        if current is not None and current.status == Status.CANCELED:
+            log.info("batch job %s was canceled; stopping", current.id)
+            now = utcnow()
+            cleanup = ctx.store.claim_cleanup(
+                current.id,
+                owner=ctx.owner,
+                now=now,
+                lease_until=now + ctx.lease,
+                lease=self.held.lease,
+            )
+            if cleanup is not None:
+                self._clean_up()
+                return
+        else:
+            log.warning("batch job %s: lease lost to another worker; stopping", self.job.id)
+        if self.held.live:
+            ctx.leases.move(self.held, LeaseState.LOST)
+
+    def _clean_up(self) -> None:
+        """Run ``on_cancel`` (the cleanup is ours: taken by a guarded write), then mark it done."""
+        run, strategy = self._parts()
+        try:
+            strategy.on_cancel(run)
+        except Exception:
+            log.exception("on_cancel of batch job %s failed", self.job.id)
+        if self.ctx.store.finish_cleanup(self.held.lease):
+            self.ctx.leases.move(self.held, LeaseState.COMMITTED)

@@ -1,0 +1,212 @@
+"""The runner's guarantees where they were found broken: each test failed before the fix.
+
+Leases end committed or given back whatever fails; ``run.job`` is the job as
+last committed; a close after ``shutdown(wait=False)`` hands jobs over;
+``on_cancel`` runs exactly once; a dead worker's job goes before new ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+from batchjobs import BatchJobs, JobRun, Status
+from batchjobs.errors import StoreError
+from batchjobs.testing import Faults
+from tests.strategies import Ledger
+
+
+@pytest.fixture
+def short_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job counts as short, however loaded the machine is."""
+    monkeypatch.setattr("batchjobs.runner.claims.SHORT_JOB", 60.0)
+
+
+class Resource:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_failed_batch_commit_leaves_no_job_leased(make_jobs: Any) -> None:
+    jobs = make_jobs(lease_seconds=60)
+    opened: list[Resource] = []
+    faults = Faults(jobs)
+
+    class Arms(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            opened.append(run.closing(Resource()))
+            if len(opened) == 3:  # the last job of the second batch: its commit fails
+                jobs.store.fail_commits(1)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Arms)
+    created = [jobs.create("ledger", {"n": 5}) for _ in range(5)]
+    with pytest.raises(StoreError, match="disk I/O error"), faults.failing_commits(0):
+        jobs.runner.drain()
+    assert [r.closed for r in opened] == [True] * 3  # every run was closed
+    assert jobs.runner.leases.live() == []  # the heartbeat renews nothing
+    assert [jobs.store.holder(j.id) for j in created] == [None] * 5
+    # Nothing waits for a lease to expire: another worker runs the rest at once.
+    other = make_jobs(lease_seconds=60)
+    assert other.runner.drain() == 4
+    assert all(other.retrieve(j.id).status == Status.COMPLETED for j in created)
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_run_job_is_the_job_as_last_committed_whoever_listens(
+    jobs: BatchJobs, listening: bool
+) -> None:
+    seen: list[tuple[Status, Any]] = []
+
+    class Seeing(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            seen.append((run.job.status, run.job.result.get("advancement_count")))
+            return super().process_chunk(run, start, size)
+
+        def finalize(self, run: JobRun) -> None:
+            seen.append((run.job.status, run.job.result.get("advancement_count")))
+
+    jobs.register(Seeing)
+    if listening:
+        jobs.subscribe("batch.updated", lambda sender, **kw: None)
+    job = jobs.create("ledger", {"n": 30})
+    jobs.run_until_idle(timeout=10)
+    processing = Status.PROCESSING
+    assert seen == [(processing, None), (processing, 10), (processing, 20), (processing, 20)]
+    assert jobs.retrieve(job.id).status == Status.COMPLETED
+
+
+def test_close_after_shutdown_without_waiting_hands_running_jobs_over(
+    make_jobs: Any, db_path: Path
+) -> None:
+    jobs = make_jobs(lease_seconds=60)
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if start == 10:
+                started.set()
+                release.wait(5)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Slow)
+    job = jobs.create("ledger", {"n": 100})
+    jobs.start()
+    assert started.wait(5)
+    jobs.shutdown(wait=False)
+    closer = threading.Thread(target=jobs.close)
+    closer.start()
+    release.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    other = make_jobs(lease_seconds=60)
+    assert other.store.holder(job.id) is None  # handed over, not left leased for a minute
+    stopped = other.retrieve(job.id)
+    assert stopped.status == Status.PROCESSING and stopped.result["advancement_count"] == 20
+    other.run_until_idle(timeout=10)
+    assert other.retrieve(job.id).status == Status.COMPLETED
+
+
+class Tidy(Ledger):
+    """Counts its cleanups in ``cleaned`` (a list of job ids) on the class."""
+
+    cleaned: list[str] = []
+
+    def on_cancel(self, run: JobRun) -> None:
+        type(self).cleaned.append(run.job.id)
+
+
+@pytest.fixture
+def tidy(make_jobs: Any) -> BatchJobs:
+    Tidy.cleaned = []
+    jobs = make_jobs(lease_seconds=60)
+    jobs.register(Tidy)
+    return jobs
+
+
+def handed_over(jobs: BatchJobs, n: int = 100) -> str:
+    """A job left processing after its first checkpoint, its lease released."""
+    job = jobs.create("ledger", {"n": n})
+    jobs.runner.stopping.set()
+    jobs.runner.run_next(ids=[job.id])
+    jobs.runner.stopping.clear()
+    assert jobs.retrieve(job.id).status == Status.PROCESSING
+    return job.id
+
+
+def test_a_cancel_from_a_process_without_the_strategy_is_cleaned_up_by_a_worker(
+    tidy: BatchJobs, db_path: Path
+) -> None:
+    id = handed_over(tidy)
+    with BatchJobs(db_path) as bare:  # no strategy for "ledger" here
+        bare.cancel(id)
+    assert Tidy.cleaned == []
+    tidy.run_until_idle(timeout=10)
+    assert Tidy.cleaned == [id]
+    tidy.run_until_idle(timeout=10)
+    assert Tidy.cleaned == [id]
+
+
+def test_a_job_given_back_by_a_batch_and_canceled_then_is_cleaned_up_once(
+    tidy: BatchJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batchjobs.runner.claims.SHORT_JOB", 0.2)
+
+    class Slow(Tidy):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if run.job.context.get("slow"):
+                threading.Event().wait(0.3)
+            return super().process_chunk(run, start, size)
+
+    tidy.register(Slow)
+    first = tidy.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    slow = tidy.create("ledger", {"n": 1, "slow": True})
+    given = handed_over(tidy)  # waits in the slow job's batch, given back when it ends
+
+    def cancel_given(sender: Any, *, job: Any, **extra: Any) -> None:
+        if job.id == slow.id:  # sent after the commit that gave ``given`` back
+            tidy.cancel(given)
+
+    tidy.subscribe("batch.completed", cancel_given)
+    tidy.run_until_idle(timeout=10)
+    assert tidy.retrieve(first.id).status == Status.COMPLETED
+    assert tidy.retrieve(given).status == Status.CANCELED
+    assert Tidy.cleaned == [given]
+
+
+def test_a_running_job_canceled_is_cleaned_up_once_by_its_worker(tidy: BatchJobs) -> None:
+    class Cancels(Tidy):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if start == 20:
+                tidy.cancel(run.job.id)  # a canceller that has the strategy too
+            return super().process_chunk(run, start, size)
+
+    tidy.register(Cancels)
+    job = tidy.create("ledger", {"n": 50})
+    tidy.run_until_idle(timeout=10)
+    assert tidy.retrieve(job.id).status == Status.CANCELED
+    assert Tidy.cleaned == [job.id]
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_dead_workers_job_is_taken_over_before_newer_short_jobs(make_jobs: Any) -> None:
+    with freeze_time("2026-03-01 12:00:00") as clock:
+        jobs = make_jobs(lease_seconds=5)
+        for _ in range(20):
+            jobs.create("ledger", {"n": 1})
+        orphan = jobs.create("ledger", {"n": 1})
+        dead = make_jobs(lease_seconds=5)
+        assert dead.runner.claim_next(ids=[orphan.id]) is not None  # and never runs it
+        clock.tick(timedelta(seconds=6))
+        order: list[str] = []
+        jobs.subscribe("batch.completed", lambda sender, *, job, **kw: order.append(job.id))
+        assert jobs.runner.drain() == 21
+    assert order.index(orphan.id) == 0  # its expired lease goes before every free job
