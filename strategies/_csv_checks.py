@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchjobs import InvalidDataError
 
-from ._csv_lines import _Batch
+from ._csv_lines import QUOTED_EMPTY, _Batch
 from ._sqlite import Column, Table, quote
 
 _INT64 = (-(2**63), 2**63 - 1)
 # Patterns of the values SQLite's type affinity turns into numbers exactly, none
 # matching the empty value. Written so that no character can be matched two ways:
 # a value that fails takes time in proportion to its length, never its square.
+# Compiled with re.ASCII: SQLite reads no other digits than 0-9.
 _INTEGER = r"[+-]?\d{1,18}"
-_REAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# Infinities too: SQLite stores them, Python writes them "inf" and "-inf".
+_REAL = r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[iI][nN][fF])"
 _PATTERNS = {
     "INTEGER": _INTEGER,
     "REAL": _REAL,
@@ -24,7 +27,7 @@ _PATTERNS = {
     "HEX": r"(?:[0-9A-Fa-f]{2})+",
 }
 # Two dots in one value, when the values (joined by newlines) are digits and dots.
-_TWO_DOTS = re.compile(r"\.\d*\.")
+_TWO_DOTS = re.compile(r"\.\d*\.", re.ASCII)
 _EXPECTED = {
     "INTEGER": "an integer",
     "REAL": "a number",
@@ -54,8 +57,8 @@ class _FieldCheck:
         whole = one = None
         if kind is not None:
             item = f"(?:{_PATTERNS[kind]})" + ("?" if allow_empty else "")
-            whole = re.compile(f"{item}(?:\n{item})*")
-            one = re.compile(_PATTERNS[kind] if kind != "INTEGER" else r"[+-]?\d+")
+            whole = re.compile(f"{item}(?:\n{item})*", re.ASCII)
+            one = re.compile(_PATTERNS[kind] if kind != "INTEGER" else r"[+-]?\d+", re.ASCII)
         return cls(column, kind, allow_empty, whole, one)
 
     @property
@@ -73,25 +76,30 @@ class _FieldCheck:
             return self.allow_empty or all(values)
         if not (self.allow_empty or all(values)):
             return False
-        if self.kind == "INTEGER":
-            # Digits only (an empty value adds none), at most 18 to a value.
-            if "".join(values).isdecimal() and max(map(len, values)) <= 18:
+        digits = "".join(values)
+        # isdecimal() takes any script's digits; SQLite only 0-9.
+        if digits.isascii():
+            if self.kind == "INTEGER":
+                # Digits only (an empty value adds none), at most 18 to a value.
+                if digits.isdecimal() and max(map(len, values)) <= 18:
+                    return True
+            elif (
+                self.kind != "HEX"
+                # Digits and dots only, never a dot alone, at most one dot to a value.
+                and digits.replace(".", "").isdecimal()
+                and "." not in values
+                and not _TWO_DOTS.search("\n".join(values))
+            ):
                 return True
-        elif (
-            self.kind != "HEX"
-            # Digits and dots only, never a dot alone, at most one dot to a value.
-            and "".join(values).replace(".", "").isdecimal()
-            and "." not in values
-            and not _TWO_DOTS.search("\n".join(values))
-        ):
-            return True
         joined = "\n".join(values)
         return bool(self.whole.fullmatch(joined)) and joined.count("\n") == len(values) - 1
 
     def problem(self, value: str) -> str | None:
         """What is wrong with one value, or ``None``."""
         if value == "":
-            return None if self.allow_empty else "a value is required"
+            # An empty string ("") is a text key like any other; NULL never is.
+            text = self.kind is None and value is QUOTED_EMPTY
+            return None if self.allow_empty or text else "a value is required"
         if self.one is None or self.kind is None:
             return None
         if not self.one.fullmatch(value):
@@ -99,6 +107,61 @@ class _FieldCheck:
         if self.kind == "INTEGER" and not _INT64[0] <= int(value) <= _INT64[1]:
             return f"{value[:40]!r} is out of range for an integer"
         return None
+
+    def binding(self, n: int, *, maybe_empty: bool, quoted: bool) -> tuple[str, _Converter | None]:
+        """How value ``n`` of a row is written: its SQL parameter, and the function
+        that turns its text into the value to bind first (``None``: bound as text).
+
+        Text is bound as it is, an empty field made NULL by ``NULLIF`` (or left
+        ``''`` in a NOT NULL text column); with ``quoted`` (the file has fields
+        written ``""``), an empty field of a text column is NULL and a ``""`` one
+        is ``''``. Reals are parsed in Python, which rounds exactly where
+        SQLite's own text conversion may be one unit off; hex becomes bytes.
+        """
+        parameter = f"?{n}"
+        if self.kind == "HEX":
+            return parameter, (_hex_or_null if maybe_empty else bytes.fromhex)
+        if self.kind == "REAL":
+            return parameter, (_real_or_null if maybe_empty else float)
+        if self.kind == "NUMERIC":
+            return parameter, _numeric
+        if not maybe_empty or (self.kind is None and self.column.notnull):
+            return parameter, None
+        if self.kind is None and quoted:
+            return parameter, _text_or_null
+        return f"NULLIF({parameter}, '')", None
+
+
+#: Turns a field's text into the value bound for it.
+_Converter = Callable[[str], Any]
+
+
+def _hex_or_null(text: str) -> bytes | None:
+    if text:
+        return bytes.fromhex(text)
+    return b"" if text is QUOTED_EMPTY else None
+
+
+def _real_or_null(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def _numeric(text: str) -> int | float | None:
+    """A NUMERIC column's value: an integer as one (exact), any other number a float."""
+    if not text:
+        return None
+    if _NUMERIC_INTEGER.fullmatch(text):
+        number = int(text)
+        if _INT64[0] <= number <= _INT64[1]:
+            return number
+    return float(text)
+
+
+def _text_or_null(text: str) -> str | None:
+    return text if text or text is QUOTED_EMPTY else None
+
+
+_NUMERIC_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 
 
 @dataclass
@@ -181,18 +244,29 @@ class _Layout:
             if column.name not in known and not all(values):
                 known.add(column.name)
 
-    def upsert_sql(self, empty: Iterable[str] | None = None) -> str:
-        """The statement that writes one row: an upsert, or an update when a new row
-        could not be made (SQLite checks NOT NULL before it sees the conflict).
+    def bindings(
+        self, empty: Iterable[str] | None = None, *, quoted: bool = False
+    ) -> list[tuple[str, _Converter | None]]:
+        """Each value's SQL parameter and converter (see ``_FieldCheck.binding``).
 
-        ``empty`` names the columns that have empty values (``None``: any may).
+        ``empty`` names the columns that have empty values (``None``: any may);
+        ``quoted``: whether some fields are written ``""`` (``QUOTED_EMPTY``).
         """
-        table, key = quote(self.table.name), quote(self.columns[self.key_index].name)
         maybe_empty = None if empty is None else set(empty)
-        values = [
-            self._value(check, n, maybe_empty is None or check.column.name in maybe_empty)
+        return [
+            check.binding(
+                n,
+                maybe_empty=maybe_empty is None or check.column.name in maybe_empty,
+                quoted=quoted,
+            )
             for n, check in enumerate(self.checks, start=1)
         ]
+
+    def upsert_sql(self, bindings: Sequence[tuple[str, _Converter | None]]) -> str:
+        """The statement that writes one row: an upsert, or an update when a new row
+        could not be made (SQLite checks NOT NULL before it sees the conflict)."""
+        table, key = quote(self.table.name), quote(self.columns[self.key_index].name)
+        values = [parameter for parameter, _convert in bindings]
         others = [i for i in range(len(self.columns)) if i != self.key_index]
         if self.missing_required:
             sets = ", ".join(f"{quote(self.columns[i].name)} = {values[i]}" for i in others)
@@ -210,20 +284,9 @@ class _Layout:
             f"ON CONFLICT ({key}) DO {action}"
         )
 
-    @staticmethod
-    def _value(check: _FieldCheck, n: int, maybe_empty: bool) -> str:
-        """Parameter ``n`` as stored: hex is decoded first, '' stays in NOT NULL text."""
-        column = check.column
-        if not maybe_empty or check.kind == "HEX" or (column.affinity == "TEXT" and column.notnull):
-            return f"?{n}"
-        return f"NULLIF(?{n}, '')"
-
     def existing_keys_sql(self) -> str:
         key = quote(self.columns[self.key_index].name)
         return (
             "SELECT j.value FROM json_each(?) AS j WHERE EXISTS "
             f"(SELECT 1 FROM {quote(self.table.name)} WHERE {key} = j.value)"
         )
-
-    def hex_columns(self) -> tuple[int, ...]:
-        return tuple(i for i, check in enumerate(self.checks) if check.kind == "HEX")

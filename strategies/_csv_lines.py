@@ -1,4 +1,9 @@
-"""The data rows of a CSV file, read a batch at a time, with the line each starts on."""
+"""The data rows of a CSV file, read a batch at a time, with the line each starts on.
+
+A field written ``""`` (an empty string, in PostgreSQL's ``COPY … CSV``
+convention) can be told from an empty unquoted one (NULL): the reader marks
+it, when asked, as ``QUOTED_EMPTY``, an empty ``str`` that is that one object.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,60 @@ _BREAKS = ("\r\n", "\n", "\r")
 #: to be split in runs between those with one; a batch with more quotes is
 #: parsed whole (splitting short runs would save less than it costs).
 _SPLIT_RUN = 16
+
+
+class _QuotedEmpty(str):
+    """The type of ``QUOTED_EMPTY``: equal to ``""``, told apart by identity."""
+
+    __slots__ = ()
+
+
+#: A field written ``""``: an empty string, where an empty unquoted field is NULL.
+QUOTED_EMPTY = _QuotedEmpty()
+
+
+def _mark_quoted_empty(record: list[str], raw: str) -> int:
+    """Replace the empty values of ``record`` that ``raw`` (the text ``csv.reader``
+    parsed it from) quotes by ``QUOTED_EMPTY``; how many there were.
+
+    The text was parsed (strictly) already, so each field is known to be
+    either unquoted, its value as is, or quoted, its value between quotes
+    with each quote doubled; a separator follows each.
+    """
+    marked = 0
+    at = 0
+    for i, value in enumerate(record):
+        if raw.startswith('"', at):
+            if not value:
+                record[i] = QUOTED_EMPTY
+                marked += 1
+            at += 2 + len(value) + value.count('"')
+        else:
+            at += len(value)
+        at += 1
+    return marked
+
+
+class _Lines:
+    """The lines of ``source``, each kept from when it is read until ``take``."""
+
+    def __init__(self, source: Iterator[str]) -> None:
+        self.source = source
+        self.read: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.source)
+        self.read.append(line)
+        return line
+
+    def take(self) -> str:
+        """The lines read since the last ``take``, joined."""
+        text = "".join(self.read)
+        self.read.clear()
+        return text
 
 
 class _Batch:
@@ -76,7 +135,8 @@ def _failing(error: Exception) -> Iterator[str]:
 
 class _RowReader:
     """The data rows of CSV text, read a batch at a time: what ``csv.reader``
-    reads, blank lines left out, with the line each starts on.
+    reads, blank lines left out, with the line each starts on; with
+    ``mark_quoted``, fields written ``""`` as ``QUOTED_EMPTY``.
 
     Lines without a quote (most lines of most files) are split on commas a
     run at a time and their values sliced out by column, about twice as fast
@@ -86,13 +146,19 @@ class _RowReader:
     field size limit, so that the module raises the same errors.
     """
 
-    def __init__(self, text: IO[str], width: int, line_num: int) -> None:
+    def __init__(
+        self, text: IO[str], width: int, line_num: int, *, mark_quoted: bool = False
+    ) -> None:
         self.text = text
         self.width = width
         #: Lines read so far, the header's included (``csv.reader``'s ``line_num``).
         self.line_num = line_num
         #: Lines of them parsed by ``csv.reader`` (the others were split).
         self.parsed = 0
+        #: Whether fields written ``""`` are read as ``QUOTED_EMPTY``.
+        self.mark_quoted = mark_quoted
+        #: How many were.
+        self.quoted_empty = 0
 
     def read(self, size: int) -> _Batch | None:
         """The next ``size`` rows (fewer at the end), or ``None`` after the last."""
@@ -186,18 +252,22 @@ class _RowReader:
     def _parse(self, source: Iterator[str], count: int) -> _Batch:
         """The rows of the next ``count`` records ``csv.reader`` parses from ``source``
         (a blank line is a record without a row; a record may span lines)."""
-        reader = csv.reader(source, strict=True)
         first = self.line_num + 1
+        lines = _Lines(source) if self.mark_quoted else None
+        reader = csv.reader(source if lines is None else lines, strict=True)
         try:
-            records = list(islice(reader, count))
+            if lines is None:
+                records = list(islice(reader, count))
+            else:
+                records = self._marked(reader, lines, count)
         finally:
             self.line_num += reader.line_num
             self.parsed += reader.line_num
         numbers: Sequence[int]
         if reader.line_num == len(records):  # one line a record
             if all(records):
-                lines = range(first, first + len(records))
-                return _Batch(len(records), lines, self.width, rows=records)
+                starts = range(first, first + len(records))
+                return _Batch(len(records), starts, self.width, rows=records)
             numbers = list(compress(range(first, first + len(records)), records))
         else:  # a record with n line breaks in its fields spans n + 1 lines
             numbers = []
@@ -206,6 +276,17 @@ class _RowReader:
                     numbers.append(first)
                 first += 1 + sum(map(_line_breaks, record))
         return _Batch(len(numbers), numbers, self.width, rows=list(filter(None, records)))
+
+    def _marked(self, reader: Iterator[list[str]], lines: _Lines, count: int) -> list[list[str]]:
+        """The next ``count`` records of ``reader`` (reading ``lines``), their fields
+        written ``""`` as ``QUOTED_EMPTY``."""
+        records = []
+        for record in islice(reader, count):
+            raw = lines.take()
+            if "" in record and '""' in raw:
+                self.quoted_empty += _mark_quoted_empty(record, raw)
+            records.append(record)
+        return records
 
 
 def _has_long_line(block: str, limit: int) -> bool:

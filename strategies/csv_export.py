@@ -3,14 +3,16 @@
 The application says which databases (and tables) may be exported; a job's
 context only picks among them::
 
-    jobs.register(CsvExport(databases={"shop": "shop.db"}))
+    jobs.register(CsvExport(databases={"shop": {"path": "shop.db", "tables": ["products"]}}))
     jobs.create("csv-export", {"table": "products", "columns": ["id", "name"],
                                "filter": {"status": "active"}, "order_by": "-price"})
 
-The file is written in chunks read with a keyset cursor (never OFFSET); each
-checkpoint saves the file's length with the last key, and a resumed job cuts
-the file back to that length, so the finished file is byte for byte the one
-an uninterrupted run writes.
+The file follows PostgreSQL's ``COPY … CSV`` convention: NULL is an empty
+unquoted field and an empty string is ``""``, so that csv-import reads back
+exactly what was exported. It is written in chunks read with a keyset cursor
+(never OFFSET); each checkpoint saves the file's length with the last key,
+and a resumed job cuts the file back to that length, so the finished file is
+byte for byte the one an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -63,6 +65,37 @@ def _decode_key(value: Any) -> Any:
     if isinstance(value, dict):
         return bytes.fromhex(value["blob"]) if "blob" in value else float(value["real"])
     return value
+
+
+def _copy_csv(rows: Sequence[Sequence[Any]]) -> str:
+    """``rows`` as CSV in PostgreSQL's ``COPY … CSV`` convention: NULL is an empty
+    unquoted field, an empty string ``""``, everything else as ``csv.writer``
+    writes it (quoted only when it must be)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    # csv.writer writes '' and None alike: rows with an empty string are
+    # written a field at a time.
+    if not any("" in row for row in rows):
+        writer.writerows(rows)
+        return buffer.getvalue()
+    for row in rows:
+        if "" in row:
+            buffer.write(",".join(map(_copy_field, row)) + "\r\n")
+        else:
+            writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _copy_field(value: Any) -> str:
+    """One field of a row that holds an empty string, as ``_copy_csv`` writes it."""
+    if value is None:
+        return ""
+    if value == "":
+        return '""'
+    buffer = io.StringIO()
+    # The default line terminator: it is what makes csv quote line breaks.
+    csv.writer(buffer).writerow([value])
+    return buffer.getvalue()[:-2]
 
 
 def _hex_blobs(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
@@ -172,9 +205,7 @@ class _Output:
             self.write([plan.header])
 
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows(rows)
-        view = memoryview(buffer.getvalue().encode("utf-8"))
+        view = memoryview(_copy_csv(rows).encode("utf-8"))
         while view:
             written = self.file.write(view)
             view = view[written:]

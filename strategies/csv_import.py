@@ -43,15 +43,26 @@ from ._sqlite import (
     resolve_table,
 )
 
-__all__ = ["ENV_DATABASES", "ENV_PATHS", "ON_ERROR_POLICIES", "ROW_ERRORS_KEPT", "CsvImport"]
+__all__ = [
+    "EMPTY_AS",
+    "ENV_DATABASES",
+    "ENV_PATHS",
+    "ON_ERROR_POLICIES",
+    "ROW_ERRORS_KEPT",
+    "CsvImport",
+]
 
 #: The allow-list of the instance the entry point registers: a JSON object of
 #: name -> path, or name -> {"path": ..., "tables": [...]}.
 ENV_DATABASES = "BATCHJOBS_CSV_IMPORT_DATABASES"
 #: Directories (or files) a context's ``path`` may name, joined by ``os.pathsep``.
 ENV_PATHS = "BATCHJOBS_CSV_IMPORT_PATHS"
-CONTEXT_KEYS = ("database", "table", "file_key", "path", "key", "on_error")
+CONTEXT_KEYS = ("database", "table", "file_key", "path", "key", "on_error", "empty_as")
 ON_ERROR_POLICIES = ("fail", "skip")
+#: ``empty_as``: PostgreSQL's ``COPY … CSV`` convention (an empty unquoted field
+#: is NULL, ``""`` an empty string), or every empty field NULL (other tools' files).
+EMPTY_AS_COPY, EMPTY_AS_NULL = "copy", "null"
+EMPTY_AS = (EMPTY_AS_COPY, EMPTY_AS_NULL)
 #: Row errors kept in ``result.errors``; ``result.invalid_count`` counts them all.
 ROW_ERRORS_KEPT = 50
 #: Rows validated (and keys looked up) at a time while pre-processing.
@@ -105,9 +116,11 @@ class CsvImport(BatchJobStrategy):
     Context: ``table``; ``database`` (optional when one is allowed);
     ``file_key`` or ``path``; ``key`` (a unique column, default the primary
     key); ``on_error``: ``fail`` (default: an invalid row fails the job
-    before anything is written) or ``skip`` (invalid rows are left out).
-    Empty fields are NULL, except in NOT NULL text columns; BLOB columns take
-    hexadecimal.
+    before anything is written) or ``skip`` (invalid rows are left out);
+    ``empty_as``: ``copy`` (default, PostgreSQL's ``COPY … CSV``: an empty
+    unquoted field is NULL, ``""`` is an empty string, as ``csv-export``
+    writes them) or ``null`` (every empty field is NULL). An empty field in a
+    NOT NULL text column is ``''``; BLOB columns take hexadecimal.
     """
 
     batch_type = "csv-import"
@@ -152,6 +165,9 @@ class CsvImport(BatchJobStrategy):
         on_error = context.get("on_error", "fail")
         if on_error not in ON_ERROR_POLICIES:
             raise InvalidDataError(f"{kind}: context.on_error must be 'fail' or 'skip'")
+        empty_as = context.get("empty_as", EMPTY_AS_COPY)
+        if empty_as not in EMPTY_AS:
+            raise InvalidDataError(f"{kind}: context.empty_as must be 'copy' or 'null'")
         file_key, path = context.get("file_key"), context.get("path")
         if (file_key is None) == (path is None):
             raise InvalidDataError(f"{kind}: give exactly one of context.file_key and context.path")
@@ -162,6 +178,7 @@ class CsvImport(BatchJobStrategy):
             table=table,
             key=key,
             on_error=on_error,
+            empty_as=empty_as,
             file_key=file_key,
             path=None if path is None else self._allowed_path(path, check_file=creating),
         )
@@ -216,6 +233,7 @@ class CsvImport(BatchJobStrategy):
             "table": plan.table.name,
             "key": plan.key.name,
             "on_error": plan.on_error,
+            "empty_as": plan.empty_as,
         }
         if plan.path is not None:
             context["path"] = str(plan.path)
@@ -231,10 +249,8 @@ class CsvImport(BatchJobStrategy):
         """
         plan = self._plan(run.job.context)
         self._forget_row_errors(run)
-        rows, invalid, to_create, to_update, fingerprint, empty, split = self._validate(run, plan)
-        # What processing relies on: the file as validated, the columns with empty
-        # values, whether its lines can be split (none has a quote).
-        run.cursor.update({"source": fingerprint, "empty": empty, "split": split})
+        rows, invalid, to_create, to_update, saved = self._validate(run, plan)
+        run.cursor.update(saved)
         run.set_count(rows)
         run.result.update(
             {"invalid_count": invalid, "to_create": to_create, "to_update": to_update}
@@ -280,11 +296,11 @@ class CsvImport(BatchJobStrategy):
             run.result.pop("errors", None)
             run.result.pop("error_count", None)
 
-    def _validate(
-        self, run: JobRun, plan: _Plan
-    ) -> tuple[int, int, int, int, dict[str, int], list[str], bool]:
-        """Read the whole file: rows, invalid rows, to create, to update, its
-        fingerprint, the columns with empty values and whether no line was parsed."""
+    def _validate(self, run: JobRun, plan: _Plan) -> tuple[int, int, int, int, dict[str, Any]]:
+        """Read the whole file: rows, invalid rows, to create, to update, and what
+        processing relies on (for the run's cursor): the file's fingerprint, the
+        columns with empty values, whether its lines can be split (none has a
+        quote) and whether some fields are written ``""``."""
         source = self._open_source(run, plan)
         conn = connect(plan.database.path)
         rows = invalid = existing = 0
@@ -296,7 +312,12 @@ class CsvImport(BatchJobStrategy):
             reader: _RowReader | None = None
             try:
                 layout = _Layout.from_header(next(header, None), plan.table, plan.key)
-                reader = _RowReader(text, len(layout.columns), header.line_num)
+                reader = _RowReader(
+                    text,
+                    len(layout.columns),
+                    header.line_num,
+                    mark_quoted=plan.empty_as == EMPTY_AS_COPY,
+                )
                 lookup = layout.existing_keys_sql()
                 key_index = layout.key_index
                 # Into an empty table every row creates: no key to look up.
@@ -336,8 +357,13 @@ class CsvImport(BatchJobStrategy):
             source.close()
             conn.close()
         created = rows - invalid - existing
-        split = reader is not None and not reader.parsed
-        return rows, invalid, created, existing, fingerprint, sorted(empty), split
+        saved = {
+            "source": fingerprint,
+            "empty": sorted(empty),
+            "split": reader is not None and not reader.parsed,
+            "quoted": reader is not None and reader.quoted_empty > 0,
+        }
+        return rows, invalid, created, existing, saved
 
     def _row_error(
         self, run: JobRun, line: int, column: str | None, message: str, *, kept: int
@@ -356,18 +382,10 @@ class CsvImport(BatchJobStrategy):
             if batch is None:
                 return 0
             state.position += batch.count
-            rows: Iterable[Sequence[Any]] = batch.each_row()
             if state.plan.on_error == "skip" and run.result.get("invalid_count"):
-                rows = self._valid_rows(state, batch)
-            hex_columns = state.layout.hex_columns()
-            if hex_columns:
-                rows = [
-                    [
-                        (bytes.fromhex(v) if v else None) if i in hex_columns else v
-                        for i, v in enumerate(row)
-                    ]
-                    for row in rows
-                ]
+                rows = state.values(self._valid_columns(state, batch))
+            else:
+                rows = state.values(batch)
             conn = state.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -382,7 +400,8 @@ class CsvImport(BatchJobStrategy):
         return batch.count
 
     @staticmethod
-    def _valid_rows(state: _Input, batch: _Batch) -> Sequence[Sequence[str]]:
+    def _valid_columns(state: _Input, batch: _Batch) -> Sequence[Sequence[str]]:
+        """The values of the valid rows of ``batch``, by column."""
         layout = state.layout
         problems, columns = layout.check(batch)
         if layout.missing_required:
@@ -393,7 +412,7 @@ class CsvImport(BatchJobStrategy):
             for i, key in enumerate(columns[layout.key_index]):
                 if i not in problems and key not in found:
                     problems[i] = (None, "")
-        return [row for i, row in enumerate(batch.rows()) if i not in problems]
+        return layout.valid(columns, problems)
 
     def finalize(self, run: JobRun) -> None:
         """Close the file and the database; record how many rows were imported."""
@@ -458,7 +477,12 @@ class CsvImport(BatchJobStrategy):
         try:
             cursor = run.cursor
             state = _Input(
-                plan, source, conn, cursor.get("empty"), split=cursor.get("split", False)
+                plan,
+                source,
+                conn,
+                cursor.get("empty"),
+                split=cursor.get("split", False),
+                quoted=cursor.get("quoted", False),
             )
             state.skip_to(start, VALIDATION_BATCH)
         except BaseException:

@@ -8,11 +8,9 @@ bytes, the imported table's rows).
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +26,28 @@ ROWS = 40
 CHUNK = 7
 
 
+def copy_line(values: Sequence[Any]) -> str:
+    """One line of CSV in PostgreSQL's COPY CSV convention, written out by hand: NULL
+    is an empty unquoted field, a field quoted when it is empty or holds a comma,
+    a quote or a line break; BLOBs as hexadecimal."""
+
+    def field(value: Any) -> str:
+        if value is None:
+            return ""
+        text = value.hex() if isinstance(value, bytes) else str(value)
+        if text == "" or any(c in text for c in ',"\r\n'):
+            return '"' + text.replace('"', '""') + '"'
+        return text
+
+    return ",".join(map(field, values)) + "\r\n"
+
+
 def shop_csv(rows: list[tuple[Any, ...]], extra: list[str] | None = None) -> bytes:
     """The CSV of ``rows`` of the shop schema, as csv-export writes it."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "sku", "name", "price", "qty", "photo"])
-    for row in rows:
-        writer.writerow([v.hex() if isinstance(v, bytes) else v for v in row])
-    for line in extra or []:
-        buffer.write(line + "\r\n")
-    return buffer.getvalue().encode()
+    lines = [copy_line(["id", "sku", "name", "price", "qty", "photo"])]
+    lines.extend(copy_line(row) for row in rows)
+    lines.extend(line + "\r\n" for line in extra or [])
+    return "".join(lines).encode()
 
 
 def table_rows(shop: Path, table: str) -> list[tuple[Any, ...]]:

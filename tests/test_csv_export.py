@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import signal
 import sqlite3
@@ -20,7 +18,7 @@ import pytest
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, Status
 from batchjobs.strategies.csv_export import ENV_DATABASES, CsvExport
 from tests.conftest import shop_rows
-from tests.test_builtin_strategies import shop_csv
+from tests.test_builtin_strategies import copy_line, shop_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,14 +37,11 @@ def query_csv(shop: Path, sql: str) -> bytes:
     conn = sqlite3.connect(shop)
     try:
         cursor = conn.execute(sql)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow([d[0] for d in cursor.description])
-        for row in cursor:
-            writer.writerow([v.hex() if isinstance(v, bytes) else v for v in row])
+        lines = [copy_line([d[0] for d in cursor.description])]
+        lines.extend(map(copy_line, cursor))
     finally:
         conn.close()
-    return buffer.getvalue().encode()
+    return "".join(lines).encode()
 
 
 def test_exports_a_whole_table_with_its_awkward_values(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import sqlite3
+import struct
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -18,9 +21,10 @@ import pytest
 
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, JobDraft, NotAllowedError, Status
 from batchjobs.files import NOT_OWNER_MESSAGE
+from batchjobs.strategies.csv_export import CsvExport
 from batchjobs.strategies.csv_import import ENV_DATABASES, ENV_PATHS, CsvImport
 from tests.conftest import shop_rows
-from tests.test_builtin_strategies import _crash_after_chunk, shop_csv, table_rows
+from tests.test_builtin_strategies import _crash_after_chunk, copy_line, shop_csv, table_rows
 
 HEADER = "id,sku,name,price,qty,photo"
 
@@ -56,9 +60,8 @@ def test_an_export_imports_back_into_another_table(
     job = jobs.retrieve(job.id)
     assert job.status == Status.COMPLETED, job.result
     assert job.result["imported"] == job.result["count"] == 45
-    # CSV has one empty value: an empty name comes back as NULL.
-    expected = [(*r[:2], r[2] or None, *r[3:]) for r in table_rows(shop, "products")]
-    assert table_rows(shop, "products_copy") == expected
+    # NULL and '' both come back as they were (PostgreSQL's COPY CSV convention).
+    assert table_rows(shop, "products_copy") == table_rows(shop, "products")
     assert job.context == {
         "table": "products_copy",
         "file_key": key,
@@ -66,6 +69,7 @@ def test_an_export_imports_back_into_another_table(
         "database": "shop",
         "key": "id",
         "on_error": "fail",
+        "empty_as": "copy",
     }
 
 
@@ -402,8 +406,8 @@ def value_rows(column: str, values: list[str], first: int = 1) -> list[list[str]
     return rows
 
 
-PRICES = ["1", "+1", "-1", "1.", ".5", "-.5e-2", "1e3", "1E+3", "007.50", "\u0661\u0662", ""]
-QUANTITIES = ["0", "+1", "-1", "007", "\u0661\u0662\u0663", "9" * 18, str(2**63 - 1), str(-(2**63))]
+PRICES = ["1", "+1", "-1", "1.", ".5", "-.5e-2", "1e3", "1E+3", "007.50", "inf", "-Inf", ""]
+QUANTITIES = ["0", "+1", "-1", "007", "9" * 18, str(2**63 - 1), str(-(2**63))]
 QUANTITIES += ["0" * 25 + "42"]
 PHOTOS = ["", "0aff", "0AfF", "00"]
 
@@ -426,19 +430,21 @@ def test_the_values_numeric_and_blob_columns_accept(
     assert job.result["imported"] == len(rows)
     stored = {r[0]: r for r in table_rows(shop, "products_copy")}
     assert [stored[i][3] for i in range(1, len(PRICES) + 1)] == [
-        1.0, 1.0, -1.0, 1.0, 0.5, -0.005, 1000.0, 1000.0, 7.5, "\u0661\u0662", None
+        1.0, 1.0, -1.0, 1.0, 0.5, -0.005, 1000.0, 1000.0, 7.5, math.inf, -math.inf, None
     ]  # fmt: skip
     assert [stored[i][4] for i in range(101, 101 + len(QUANTITIES))] == [
-        0, 1, -1, 7, "\u0661\u0662\u0663", int("9" * 18), 2**63 - 1, -(2**63), 42
+        0, 1, -1, 7, int("9" * 18), 2**63 - 1, -(2**63), 42
     ]  # fmt: skip
     assert [stored[i][5] for i in range(201, 201 + len(PHOTOS))] == [
         None, b"\x0a\xff", b"\x0a\xff", b"\x00"
     ]  # fmt: skip
 
 
-NOT_NUMBERS = [" 1", "1 ", "1_000", "nan", "inf", "-Infinity", "1e", ".", "+", "-", "1.2.3"]
+NOT_NUMBERS = [" 1", "1 ", "1_000", "nan", "-Infinity", "1e", ".", "+", "-", "1.2.3"]
+NOT_NUMBERS += ["\u0661\u0662", "1\u0662.5", "\u0661e3", "infinity"]  # SQLite's digits are 0-9
 NOT_NUMBERS += ["0x10", "\u00bd", "\u00b2", "1e3.5", "\u00a01", "e3", "1,5", "\t1", "1\n"]
 NOT_INTEGERS = ["1.0", "1e3", " 1", "1_000", "+", "\u00bd", "\u00b2", "0x1", "1\r\n"]
+NOT_INTEGERS += ["\u0661\u0662\u0663", "1\u0662"]
 OUT_OF_RANGE = [str(2**63), str(-(2**63) - 1), "9" * 30]
 NOT_HEX = ["abc", "zz", " 0a", "0a ", "0x0a"]
 
@@ -689,3 +695,201 @@ def test_a_file_that_is_no_longer_the_creators_fails_the_job_when_read(
     assert job.status == Status.FAILED
     assert job.result["errors"][-1] == {"message": NOT_OWNER_MESSAGE, "code": "not_allowed"}
     assert table_rows(shop, "products_copy") == []
+
+
+# -- the round trip: export, then import into an identical table --------------------------------
+
+EVERYTHING = """
+CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY,
+    text TEXT,
+    required TEXT NOT NULL,
+    whole INTEGER,
+    real REAL,
+    numeric NUMERIC,
+    blob BLOB
+)
+"""
+TEXTS = [
+    None, "", " ", "plain", "with, comma", 'with "quotes"', '"', '""', 'a""b', "two\nlines",
+    "crlf\r\nline", "cr\ronly", "\n", "ünïcødé ☃ 𝄞", "NULL", "null", "\\N", "0x00", " padded ",
+    ",", ",,", "trailing,", "\t", "0", "-0", "1e3", "x" * 1000,
+]  # fmt: skip
+INTEGERS = [None, 0, 1, -1, 2**63 - 1, -(2**63), 2**53 + 1, -(2**31)]
+REALS = [
+    None, 0.0, 0.1, 1 / 3, -2.5, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
+    -1.6555319041809778e-304, 6.2529826009785826e-304, 123456789.12345679, math.inf, -math.inf,
+]  # fmt: skip
+NUMERICS = [None, 0, 7, -(2**63), 2**63 - 1, 1.5, -0.125, 1e300, 0.1]
+BLOBS = [None, b"", b"\x00", b"\x00\xff\x10", bytes(range(256))]
+
+
+def everything_rows(n: int) -> list[tuple[Any, ...]]:
+    """``n`` rows going through every value above, and random ones: random reals
+    (every bit pattern that is a finite double), integers and text."""
+    rng = Random(17)
+    rows = []
+    for i in range(1, n + 1):
+        real = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        rows.append(
+            (
+                i,
+                TEXTS[i % len(TEXTS)] if i % 5 else "".join(rng.choice('ab,"\n é') for _ in "xyz"),
+                rng.choice(["", "kept", 'a "quoted" one', "a,b", "☃"]),
+                INTEGERS[i % len(INTEGERS)] if i % 3 else rng.randrange(-(2**63), 2**63),
+                REALS[i % len(REALS)] if i % 2 or not math.isfinite(real) else real,
+                NUMERICS[i % len(NUMERICS)],
+                BLOBS[i % len(BLOBS)] if i % 4 else rng.randbytes(rng.randrange(40)),
+            )
+        )
+    return rows
+
+
+def typed_rows(path: Path, table: str) -> list[list[tuple[str, str]]]:
+    """Every value of ``table`` with its SQLite type, exactly (``repr``: -0.0, every digit)."""
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+    return [[(type(value).__name__, repr(value)) for value in row] for row in rows]
+
+
+@pytest.fixture
+def everything_jobs(
+    make_jobs: Callable[..., BatchJobs], tmp_path: Path
+) -> Callable[..., tuple[BatchJobs, Path]]:
+    """``make(rows)``: ``BatchJobs`` exporting and importing the tables of a database
+    holding ``everything`` (those rows) and an identical, empty ``everything_copy``."""
+
+    def make(rows: list[tuple[Any, ...]]) -> tuple[BatchJobs, Path]:
+        path = tmp_path / "everything.db"
+        with closing(sqlite3.connect(path)) as conn, conn:
+            for table in ("everything", "everything_copy"):
+                conn.execute(EVERYTHING.format(name=table))
+            conn.executemany("INSERT INTO everything VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        jobs = make_jobs()
+        every_table = {"db": {"path": path, "tables": "*"}}
+        jobs.register(CsvExport(databases=every_table))
+        jobs.register(CsvImport(databases=every_table))
+        return jobs, path
+
+    return make
+
+
+def export_then_import(jobs: BatchJobs, **context: Any) -> tuple[BatchJob, BatchJob]:
+    export = jobs.create("csv-export", {"table": "everything", "chunk_size": 7})
+    jobs.run_until_idle(timeout=30)
+    export = jobs.retrieve(export.id)
+    assert export.status == Status.COMPLETED, export.result
+    context = {"table": "everything_copy", "file_key": export.result["file_key"], **context}
+    job = jobs.create("csv-import", {"chunk_size": 11, **context})
+    jobs.run_until_idle(timeout=30)
+    return export, jobs.retrieve(job.id)
+
+
+@pytest.mark.parametrize("batch", [3, 5000])
+def test_an_export_imports_back_to_equal_rows_of_every_type(
+    everything_jobs: Callable[..., tuple[BatchJobs, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    monkeypatch.setattr("batchjobs.strategies.csv_import.VALIDATION_BATCH", batch)
+    rows = everything_rows(400)
+    jobs, path = everything_jobs(rows)
+    export, job = export_then_import(jobs)
+    assert job.status == Status.COMPLETED, job.result
+    assert job.result["imported"] == 400
+    original = typed_rows(path, "everything")
+    assert typed_rows(path, "everything_copy") == original
+    # Every kind of value was there to lose: NULL and '' in a nullable text
+    # column, 64-bit limits, every digit of a real, empty and binary BLOBs.
+    values = {value for row in original for value in row}
+    for kind, value in [
+        ("NoneType", "None"),
+        ("str", "''"),
+        ("int", repr(-(2**63))),
+        ("int", repr(2**63 - 1)),
+        ("float", repr(5e-324)),
+        ("float", repr(-1.6555319041809778e-304)),
+        ("float", "inf"),
+        ("bytes", "b''"),
+        ("str", repr("crlf\r\nline")),
+        ("str", repr("ünïcødé ☃ 𝄞")),
+    ]:
+        assert (kind, value) in values
+    # The file is PostgreSQL's COPY CSV: NULL an empty unquoted field, '' written "".
+    with closing(sqlite3.connect(path)) as conn:
+        cursor = conn.execute("SELECT * FROM everything ORDER BY id")
+        expected = [copy_line([d[0] for d in cursor.description]), *map(copy_line, cursor)]
+    with jobs.files.open_read(export.result["file_key"]) as source:
+        assert source.read().decode() == "".join(expected)
+
+
+def test_empty_as_null_reads_every_empty_field_as_null(
+    everything_jobs: Callable[..., tuple[BatchJobs, Path]],
+) -> None:
+    rows = [
+        (1, "", "", 1, 1.5, 1, b""),
+        (2, None, "x", None, None, None, None),
+        (3, "kept", "", 0, 0.0, 0, b"\x01"),
+    ]
+    jobs, path = everything_jobs(rows)
+    _export, job = export_then_import(jobs, empty_as="null")
+    assert job.status == Status.COMPLETED, job.result
+    assert job.context["empty_as"] == "null"
+    with closing(sqlite3.connect(path)) as conn:
+        copied = conn.execute("SELECT * FROM everything_copy ORDER BY id").fetchall()
+    # '' became NULL, except in the NOT NULL text column, where it stays ''.
+    assert copied == [
+        (1, None, "", 1, 1.5, 1, None),
+        (2, None, "x", None, None, None, None),
+        (3, "kept", "", 0, 0.0, 0, b"\x01"),
+    ]
+    with pytest.raises(InvalidDataError, match="context.empty_as must be 'copy' or 'null'"):
+        jobs.create("csv-import", {"table": "everything_copy", "file_key": "x.csv", "empty_as": ""})
+
+
+def test_a_file_quoting_every_field_reads_as_other_tools_mean_it(
+    everything_jobs: Callable[..., tuple[BatchJobs, Path]],
+) -> None:
+    jobs, path = everything_jobs([])
+    # csv.writer(quoting=QUOTE_ALL) writes None and '' alike, as "".
+    data = lines(
+        '"id","text","required","whole","real","numeric","blob"',
+        '"1","","","","","",""',
+        '"2","a","b","3","4.5","6","0aff"',
+    )
+    jobs.files.put("in.csv", [data.encode()])
+    for empty_as, text in [("copy", ""), ("null", None)]:
+        job = jobs.create(
+            "csv-import", {"table": "everything_copy", "file_key": "in.csv", "empty_as": empty_as}
+        )
+        jobs.run_until_idle(timeout=10)
+        assert jobs.retrieve(job.id).status == Status.COMPLETED
+        with closing(sqlite3.connect(path)) as conn:
+            copied = conn.execute("SELECT * FROM everything_copy ORDER BY id").fetchall()
+        # Numbers and BLOBs have no empty value: "" is NULL there either way.
+        assert copied == [(1, text, "", None, None, None, b"" if text == "" else None),
+                          (2, "a", "b", 3, 4.5, 6, b"\x0a\xff")]  # fmt: skip
+
+
+def test_an_empty_string_may_be_a_text_key(
+    make_jobs: Callable[..., BatchJobs], tmp_path: Path
+) -> None:
+    path = tmp_path / "words.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE words (word TEXT PRIMARY KEY, n INTEGER)")
+        conn.executemany("INSERT INTO words VALUES (?, ?)", [("", 1), ("a", None)])
+    jobs = make_jobs()
+    jobs.register(CsvImport(databases={"db": {"path": path, "tables": ["words"]}}))
+    jobs.files.put("in.csv", [lines("word,n", '"",2', "b,3", ",4").encode()])
+    job = jobs.create("csv-import", {"table": "words", "file_key": "in.csv", "on_error": "skip"})
+    jobs.run_until_idle(timeout=10)
+    job = jobs.retrieve(job.id)
+    assert job.status == Status.COMPLETED, job.result
+    assert (job.result["to_update"], job.result["to_create"]) == (1, 1)
+    assert row_errors(job) == [(4, "word", "a value is required")]  # NULL is no key
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT * FROM words ORDER BY word").fetchall() == [
+            ("", 2),
+            ("a", None),
+            ("b", 3),
+        ]
