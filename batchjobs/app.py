@@ -74,6 +74,8 @@ class BatchJobs:
         self.redis_url = redis_url
         self.concurrency = concurrency
         self.poll_interval = float(poll_interval)
+        #: Seconds a worker's claim on a job lasts without a checkpoint or heartbeat.
+        self.lease_seconds = float(lease_seconds)
         self.channel_prefix = channel_prefix
         if files_dir is None:
             if self.db_path is None:

@@ -769,8 +769,10 @@ def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None
     try:
         assert server.stderr is not None
         first = server.stderr.readline()
-        assert "Admin API on http://127.0.0.1:" in first, first
-        base = first.split(" on ", 1)[1].split()[0]  # http://127.0.0.1:PORT/admin/batch-jobs
+        assert "Dashboard on http://127.0.0.1:" in first, first
+        assert " and admin API on http://127.0.0.1:" in first, first
+        # http://127.0.0.1:PORT/admin/batch-jobs
+        base = first.split(" admin API on ", 1)[1].split()[0]
         status, body = request_json(
             base, method="POST", body={"type": "ledger", "context": {"n": 25}}
         )

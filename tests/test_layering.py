@@ -46,6 +46,7 @@ THIRD_PARTY = {
     "flask": {"http"},
     "werkzeug": {"http"},
     "waitress": {"http"},
+    "itsdangerous": {"http"},
 }
 
 

@@ -48,6 +48,13 @@ def test_the_wheel_ships_the_strategies_and_the_console_script(tmp_path: Path) -
     assert "batchjobs/py.typed" in names
     # Subpackages are listed in pyproject.toml.
     assert {"batchjobs/cli/__init__.py", "batchjobs/pubsub/__init__.py"} <= names
+    # The dashboard's templates and static files are package data.
+    assert {
+        "batchjobs/http/templates/batchjobs/base.html",
+        "batchjobs/http/templates/batchjobs/list.html",
+        "batchjobs/http/static/dashboard.js",
+        "batchjobs/http/static/dashboard.css",
+    } <= names
     assert not any(n.startswith(("strategies/", "tests/")) for n in names)
     assert "batchjobs = batchjobs.cli:main" in entry_points
     assert "[batchjobs.strategies]" in entry_points

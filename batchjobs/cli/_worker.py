@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Callable
@@ -201,6 +202,9 @@ def _echo_log(name: str) -> Callable[[], None]:
     metavar="SECONDS",
     help="Time a keep-alive connection may wait for its next request [default: 60].",
 )
+@click.option(
+    "--read-only", is_flag=True, help="The dashboard shows jobs but offers no action on them."
+)
 @pass_jobs
 def serve(
     jobs: BatchJobs,
@@ -212,13 +216,15 @@ def serve(
     streams: int | None,
     request_timeout: float | None,
     idle_timeout: float | None,
+    read_only: bool,
 ) -> None:
-    """Serve the admin HTTP API, and run jobs, until SIGINT or SIGTERM.
+    """Serve the dashboard and the admin HTTP API, and run jobs, until SIGINT or SIGTERM.
 
-    Medusa's routes under /admin/batch-jobs; a request sends "Authorization:
-    Bearer TOKEN" and sees only the jobs of that token's user. The server is
-    waitress: it reads each request whole before a thread answers it, so
-    slow and idle clients hold no thread; one log line per request on
+    The dashboard is at the URL printed (sign in with a token); Medusa's
+    routes are under /admin/batch-jobs, where a request sends "Authorization:
+    Bearer TOKEN". Either way a user sees only the jobs of that user. The
+    server is waitress: it reads each request whole before a thread answers
+    it, so slow and idle clients hold no thread; one log line per request on
     stderr. On the signal the server stops taking requests, those in
     progress finish, and running jobs save a checkpoint and hand over.
 
@@ -229,7 +235,7 @@ def serve(
       curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:9000/admin/batch-jobs
     """
     try:
-        from ..http import PREFIX, AdminServer, ServerLimits, create_app
+        from ..http import PREFIX, AdminServer, ServerLimits, create_app, dashboard
     except ImportError as error:
         if error.name not in ("flask", "werkzeug", "waitress"):
             raise
@@ -251,8 +257,17 @@ def serve(
         "idle_seconds": idle_timeout,
     }
     limits = ServerLimits(**{name: value for name, value in given.items() if value is not None})
+    app = create_app(jobs, tokens=users)
+    # A new key per run: signing in again after a restart is the price of keeping none on disk.
+    app.secret_key = secrets.token_bytes(32)
+    feed = dashboard.SignalFeed(jobs)
+    app.register_blueprint(
+        dashboard.create_blueprint(
+            jobs, tokens=users, read_only=read_only, feed=feed, max_streams=limits.streams
+        )
+    )
     try:
-        server = AdminServer(create_app(jobs, tokens=users), host=host, port=port, limits=limits)
+        server = AdminServer(app, host=host, port=port, limits=limits)
     except OSError as error:
         raise CommandError(f"Cannot listen on {host}:{port}: {error.strerror or error}") from None
     stop = threading.Event()
@@ -271,14 +286,15 @@ def serve(
             f"(concurrency {jobs.concurrency})"
         )
         click.echo(
-            f"Admin API on {server.url}{PREFIX} ({len(users)} token(s); {work}; "
-            f"{jobs.db_path}; waitress, {limits.threads} threads and {limits.streams} "
-            "streams); stop it with Ctrl-C.",
+            f"Dashboard on {server.url}/ and admin API on {server.url}{PREFIX} "
+            f"({len(users)} token(s); {work}; {jobs.db_path}; waitress, {limits.threads} "
+            f"threads and {limits.streams} streams); stop it with Ctrl-C.",
             err=True,
         )
         while not stop.wait(0.5) and thread.is_alive():
             pass
     finally:
+        feed.close()  # live pages end their streams, so the server can stop
         server.shutdown()
         jobs.shutdown()
         events()

@@ -443,7 +443,7 @@ def create_app(
     jobs: call ``jobs.start()`` in the same process, or run ``batchjobs
     worker`` beside it.
     """
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard's files are its blueprint's
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["batchjobs"] = jobs
     app.before_request(_bounded_url)
