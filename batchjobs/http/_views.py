@@ -129,6 +129,14 @@ def job_view(job: BatchJob, now: datetime, lease_seconds: float) -> dict[str, An
     eta = None
     if job.status == Status.PROCESSING and rate and progress.count is not None:
         eta = duration_text(max(0, progress.count - progress.done) / rate)
+    # The bar: indeterminate only while a job that has no count yet is moving.
+    bar: tuple[int, int | None]
+    if progress.count is not None:
+        bar = (progress.count or 1, progress.done if progress.count else 1)
+    elif job.is_resting:
+        bar = (1, 1 if job.status == Status.COMPLETED else 0)
+    else:
+        bar = (1, None)
     errors = job.result.get("errors")
     error_count = job.result.get("error_count")
     if not isinstance(error_count, int):
@@ -145,6 +153,8 @@ def job_view(job: BatchJob, now: datetime, lease_seconds: float) -> dict[str, An
         "count": progress.count,
         "percent": progress.percent,
         "progress_text": progress.text,
+        "bar_max": bar[0],
+        "bar_value": bar[1],
         "rate_text": f"{rate:,.1f} records/s" if rate else "-",
         "eta_text": eta or "-",
         "stalled": is_stalled(job, now, lease_seconds),

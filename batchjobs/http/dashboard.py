@@ -194,8 +194,8 @@ class _Dashboard:
     def csrf_token(self) -> str:
         return str(self.serializer("csrf").dumps(self.csrf_identity()))
 
-    def check_post(self) -> None:
-        """Refuse a cross-site POST, or one without this caller's CSRF token."""
+    def check_site(self) -> None:
+        """Refuse a POST that the browser says comes from another site."""
         if request.method in _SAFE_METHODS:
             return
         site = request.headers.get("Sec-Fetch-Site")
@@ -204,6 +204,11 @@ class _Dashboard:
             raise _Refused(403, "Cross-site request refused.")
         if site is None and origin and urlsplit(origin).netloc != request.host:
             raise _Refused(403, "Cross-site request refused.")
+
+    def check_token(self) -> None:
+        """Refuse a POST without this caller's CSRF token."""
+        if request.method in _SAFE_METHODS:
+            return
         token = request.form.get("csrf_token", "")
         try:
             identity = self.serializer("csrf").loads(token, max_age=SESSION_SECONDS)
@@ -318,7 +323,9 @@ class _Dashboard:
         try:
             getattr(self.jobs, action)(job.id)
         except NotAllowedError as refused:
-            return self.job_page(self.own(id), error=refused.message, code=409)
+            # The page again with the refusal, as 200: a browser logs an error status of a
+            # page as a console error, and this is an answer, not a failure of the page.
+            return self.job_page(self.own(id), error=refused.message)
         return redirect(url_for(".job", id=job.id, done=action), 303)
 
     def errors_csv(self, id: str) -> Response:
@@ -360,7 +367,6 @@ class _Dashboard:
         template_file = batch_type in types and _has_file_template(self.jobs, batch_type)
         return self.render(
             "new.html",
-            400 if error else 200,
             types=types,
             batch_type=batch_type,
             context_text=context_text,
@@ -401,7 +407,7 @@ class _Dashboard:
                 )
                 return response
             error = "That token is not known here." if token else "Enter your access token."
-        return self.render("login.html", 401 if error else 200, error=error, next_url=next_url)
+        return self.render("login.html", error=error, next_url=next_url)
 
     def logout(self) -> ResponseReturnValue:
         response = redirect(url_for(".login"), 303)
@@ -585,9 +591,10 @@ def create_blueprint(
 
     @bp.before_request
     def guard() -> ResponseReturnValue | None:
+        dashboard.check_site()  # first: a cross-site POST is refused whoever it claims to be
         answer = dashboard.identify()
         if answer is None:
-            dashboard.check_post()
+            dashboard.check_token()
         return answer
 
     @bp.context_processor

@@ -149,8 +149,8 @@
       setText(box, "rate_text", view.rate_text);
       setText(box, "eta_text", view.eta_text);
       each(box.querySelectorAll("progress[data-field=\"progress\"]"), function (bar) {
-        bar.max = view.count || 1;
-        if (view.count === null) { bar.removeAttribute("value"); } else { bar.value = view.count ? view.done : 1; }
+        bar.max = view.bar_max;
+        if (view.bar_value === null) { bar.removeAttribute("value"); } else { bar.value = view.bar_value; }
         if (bar.textContent !== view.progress_text) { bar.textContent = view.progress_text; }
       });
       each(box.querySelectorAll("[data-field=\"stalled\"]"), function (node) { node.hidden = !view.stalled; });
