@@ -285,7 +285,9 @@ def test_a_refused_action_shows_the_services_message(site: Site, page: Any) -> N
     site.jobs.cancel(job.id)
     page.get_by_role("button", name="Confirm").click()
     alert = page.get_by_role("alert")
-    expect(alert).to_have_text("Cannot confirm processing for a batch job that is not pre processed")
+    expect(alert).to_have_text(
+        "Cannot confirm processing for a batch job that is not pre processed"
+    )
     expect(alert).to_be_focused()
 
 
@@ -416,7 +418,7 @@ def test_a_cross_origin_post_is_refused(site: Site, page: Any, problems: list[st
         f'<form method="post" action="{site.url}/jobs/{job.id}/confirm">'
         '<input type="hidden" name="csrf_token" value="x"><button>Win</button></form>'
     )
-    page.route("http://evil.test/", lambda route: route.fulfill(body=evil, content_type="text/html"))
+    page.route("http://evil.test/", lambda r: r.fulfill(body=evil, content_type="text/html"))
     page.goto("http://evil.test/")
     with page.expect_response(f"{site.url}/jobs/{job.id}/confirm") as answer:
         page.get_by_role("button", name="Win").click()
@@ -446,7 +448,9 @@ def test_axe_finds_no_violation(site: Site, open_page: Callable[..., Any], schem
         assert results.violations_count == 0, (url, results.generate_report())
 
 
-def test_a_day_of_jobs_in_pictures(site: Site, open_page: Callable[..., Any], tmp_path: Path) -> None:
+def test_a_day_of_jobs_in_pictures(
+    site: Site, open_page: Callable[..., Any], tmp_path: Path
+) -> None:
     """The README's screenshots (saved in ``BATCHJOBS_SCREENSHOTS`` when it is set)."""
     jobs = site.jobs
     for words in (["batch", "jobs"], ["never", "lose", "work"]):
