@@ -572,7 +572,8 @@ T0 = datetime(2024, 11, 28, 9, 0, tzinfo=timezone.utc)
 
 
 def record(**fields: Any) -> BatchJob:
-    return BatchJob(id="batch_1", type="t", status=Status.PROCESSING, created_at=T0, **fields)
+    fields.setdefault("status", Status.PROCESSING)
+    return BatchJob(id="batch_1", type="t", created_at=T0, **fields)
 
 
 def test_progress_rate_eta_and_stalled() -> None:
