@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
 from batchjobs import BatchJob, BatchJobs, BatchJobStrategy, JobRun
-from batchjobs.http import AdminServer, create_app, dashboard
+from batchjobs.http import create_app, dashboard
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 axe_api = pytest.importorskip("axe_playwright_python.sync_playwright")
@@ -81,9 +82,11 @@ class Site:
             dashboard.create_blueprint(jobs, tokens=TOKENS, feed=self.feed),
             url_prefix=prefix or None,
         )
-        self.server = AdminServer(app, port=0)
-        self.url = f"{self.server.url}{prefix}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # werkzeug's threaded server: a thread per request is all a test needs.
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}{prefix}"
+        self.serving = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.serving.start()
         self.worker: threading.Thread | None = None
 
     def work(self) -> None:
@@ -100,8 +103,10 @@ class Site:
         self.step(100)
         if self.worker is not None:
             self.worker.join(timeout=30)
-        self.feed.close()
-        self.server.shutdown(grace=5)
+        self.feed.close()  # open streams end
+        self.server.shutdown()
+        self.server.server_close()
+        self.serving.join(timeout=10)
 
 
 @pytest.fixture
