@@ -58,6 +58,10 @@ BAD_UTF8 = "\udcff"  # how Python hands over the byte 0xff of a command line
         (["serve", "--token", "t=u", "--threads", "0"], "Invalid value for '--threads': 0 is not"),
         (["serve", "--token", f"t{BAD_UTF8}=u"], "not UTF-8 text (the value is not shown"),
         (["events", "--count", TOO_BIG], "Invalid value for '--count': "),
+        (["download", "batch_1", "-o", "\ud800"], "'\\ud800' is not a file name this system"),
+        (["template", "\ud800"], "Invalid value for 'TYPE': '\\ud800' is not valid UTF-8"),
+        (["schedule", "remove", BAD_UTF8], "Invalid value for 'NAME': '\\xff' is not valid"),
+        (["schedule", "add", "n", "words", "--tz", BAD_UTF8], "Invalid value for '--tz': "),
     ],
 )
 def test_a_bad_argument_exits_2_naming_it(db_path: Path, args: list[str], message: str) -> None:
@@ -77,6 +81,7 @@ def test_a_bad_argument_exits_2_naming_it(db_path: Path, args: list[str], messag
     [
         (["--db", ""], "Invalid value for '--db': is empty: name a SQLite file"),
         (["--db", BAD_UTF8], "Invalid value for '--db': '\\xff' is not valid UTF-8 text"),
+        (["--db", "a\x00b"], "Invalid value for '--db': 'a\\x00b' is not a file name"),
         (["--redis", BAD_UTF8], "Invalid value for '--redis': '\\xff' is not valid UTF-8 text"),
         (["--app", "json:loads"], "json:loads is a function that takes arguments: name a"),
         (["--app", "os:getcwd"], "os:getcwd returned a str, not a BatchJobs"),

@@ -544,7 +544,10 @@ def test_the_openapi_description_names_every_route(api: Api, jobs: BatchJobs) ->
     response = api("GET", OPENAPI_PATH, as_user=None)
     assert response.status_code == 200
     document = response.get_json()
-    assert document == openapi_document() and document["openapi"].startswith("3.")
+    assert document == openapi_document(jobs.registry.types)
+    assert document["openapi"].startswith("3.")
+    create = document["components"]["schemas"]["CreateBatchJob"]
+    assert create["properties"]["type"]["enum"] == sorted(jobs.registry.types)
     app = create_app(jobs, tokens=TOKENS)
     routes = {
         (re.sub(r"<(\w+)>", r"{\1}", rule.rule), method.lower())

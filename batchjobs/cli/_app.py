@@ -17,7 +17,7 @@ import click
 from ..app import DEFAULT_DB, BatchJobs
 from ..errors import BatchJobError, StoreError
 from ..strategy import BatchJobStrategy
-from ._validators import Text
+from ._validators import FilePath, Text
 
 #: A watched or run job ended ``failed`` or ``canceled`` (or did not rest in time).
 EXIT_JOB_FAILED = 1
@@ -243,7 +243,7 @@ class _Group(click.Group):
     envvar="BATCHJOBS_DB",
     default=f"./{DEFAULT_DB}",
     show_default=True,
-    type=click.Path(dir_okay=False),
+    type=FilePath(dir_okay=False),
     help="The SQLite file [env: BATCHJOBS_DB].",
 )
 @click.option(

@@ -15,7 +15,7 @@ from ._app import CommandError, _session, cli, pass_jobs
 from ._input import _date_filters, _DateFilter, _job_input, _json_option
 from ._output import _count_text, _describe, _print_json, _table, _when
 from ._progress import _end, _follow, _run_here
-from ._validators import Count, JobId, Seconds, Text
+from ._validators import Count, FilePath, JobId, Seconds, Text
 
 
 def _create(
@@ -278,7 +278,7 @@ def watch(jobs: BatchJobs, job_id: str, timeout: float | None, as_json: bool) ->
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=FilePath(dir_okay=False, allow_dash=True),
     help="Where to write it; - for stdout [default: the file's name, in this directory].",
 )
 @pass_jobs

@@ -14,6 +14,7 @@ from ..schedules import MISFIRE_POLICIES
 from ._app import cli, pass_jobs
 from ._input import _Duration, _job_input, _json_option
 from ._output import _print_json, _table, _when
+from ._validators import Text
 
 _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
@@ -65,15 +66,18 @@ def schedule() -> None:
 
 
 @schedule.command("add")
-@click.argument("name")
-@click.argument("batch_type", metavar="TYPE")
-@click.option("--cron", metavar="'M H DOM MON DOW'", help="A 5-field crontab, e.g. '0 2 * * *'.")
+@click.argument("name", type=Text())
+@click.argument("batch_type", metavar="TYPE", type=Text())
+@click.option(
+    "--cron", type=Text(), metavar="'M H DOM MON DOW'", help="A 5-field crontab, e.g. '0 2 * * *'."
+)
 @click.option("--every", type=_Duration(), help="An interval instead: 90s, 15m, 2h, 1d, 1w.")
 @click.option(
     "--tz",
     "timezone",
     default="UTC",
     show_default=True,
+    type=Text(),
     metavar="ZONE",
     help="The IANA time zone the crontab is read in, e.g. Europe/Paris.",
 )
@@ -177,7 +181,7 @@ def schedule_list(jobs: BatchJobs, as_json: bool) -> None:
 
 
 @schedule.command("remove")
-@click.argument("name")
+@click.argument("name", type=Text())
 @_json_option
 @pass_jobs
 def schedule_remove(jobs: BatchJobs, name: str, as_json: bool) -> None:
@@ -191,7 +195,7 @@ def schedule_remove(jobs: BatchJobs, name: str, as_json: bool) -> None:
 
 
 @schedule.command("pause")
-@click.argument("name")
+@click.argument("name", type=Text())
 @_json_option
 @pass_jobs
 def schedule_pause(jobs: BatchJobs, name: str, as_json: bool) -> None:
@@ -205,7 +209,7 @@ def schedule_pause(jobs: BatchJobs, name: str, as_json: bool) -> None:
 
 
 @schedule.command("resume")
-@click.argument("name")
+@click.argument("name", type=Text())
 @_json_option
 @pass_jobs
 def schedule_resume(jobs: BatchJobs, name: str, as_json: bool) -> None:

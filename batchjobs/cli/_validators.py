@@ -8,6 +8,7 @@ arrive as lone surrogates that neither SQLite nor a terminal can encode.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any
 
@@ -16,14 +17,17 @@ import click
 from ..errors import InvalidDataError
 from ..limits import MAX_INTEGER, check_text
 
-__all__ = ["Count", "JobId", "PositiveInt", "PositiveSeconds", "Seconds", "Text"]
+__all__ = ["Count", "FilePath", "JobId", "PositiveInt", "PositiveSeconds", "Seconds", "Text"]
 
 
 def _utf8(value: str, param: Any, ctx: Any, kind: click.ParamType) -> str:
     try:
         return check_text("the value", value)
     except InvalidDataError:
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:  # the bytes it came from, as the shell had them
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no byte decodes to
+            shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
         kind.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
 
 
@@ -36,6 +40,22 @@ class Text(click.ParamType):
         if not isinstance(value, str):
             value = str(value)
         return _utf8(value, param, ctx, self)
+
+
+class FilePath(click.Path):
+    """A file path that this system's file names can hold (``click.Path`` options)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                named = "\x00" not in os.fsencode(value).decode("latin-1")
+            except UnicodeEncodeError:
+                named = False
+            if not named:
+                shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
+                shown = shown.replace("\x00", "\\x00")
+                self.fail(f"'{shown}' is not a file name this system can hold", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class JobId(Text):

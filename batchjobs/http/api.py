@@ -427,7 +427,8 @@ def _bounded_url() -> tuple[Response, int] | None:
 
 
 def _openapi() -> Response:
-    return _json(openapi_document())
+    jobs: BatchJobs = current_app.extensions["batchjobs"]
+    return _json(openapi_document(jobs.registry.types))
 
 
 def create_app(

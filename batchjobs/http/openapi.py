@@ -8,6 +8,7 @@ every answer matches it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from ..limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT
@@ -259,6 +260,13 @@ _DOCUMENT: dict[str, Any] = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The description, as a new dict (JSON-ready) each call."""
-    return copy.deepcopy(_DOCUMENT)
+def openapi_document(types: Iterable[str] | None = None) -> dict[str, Any]:
+    """The description, as a new dict (JSON-ready) each call.
+
+    ``types``: the registered batch types, listed as the values ``type`` may take.
+    """
+    document = copy.deepcopy(_DOCUMENT)
+    if types is not None:
+        create = document["components"]["schemas"]["CreateBatchJob"]
+        create["properties"]["type"]["enum"] = sorted(types)
+    return document

@@ -1,0 +1,108 @@
+"""The OpenAPI description stays true: schemathesis fuzzes the real app against it.
+
+Bounded in examples per operation (and so in time): every answer is no 5xx,
+matches the description, errors are ``{"type", "message"}``, and a 4xx
+leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from batchjobs import BatchJobs
+from batchjobs.http import OPENAPI_PATH, create_app, openapi_document
+
+TOKENS = {"tok-1": "usr_1"}
+AUTH = {"Authorization": "Bearer tok-1"}
+#: Examples per operation and mode: enough to find the classic crashes, small enough for CI.
+EXAMPLES = 100
+#: The whole fuzz must end within this many seconds on a shared 2-core machine.
+BUDGET = 60.0
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+def snapshot(db_path: Path) -> list[tuple[Any, ...]]:
+    """Every row of every table: what a refused request must leave as it was."""
+    with sqlite3.connect(db_path) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        return [(t, *row) for t in sorted(tables) for row in conn.execute(f'SELECT * FROM "{t}"')]
+
+
+def test_the_description_is_valid_openapi_3_1() -> None:
+    document = openapi_document()
+    schema = schemathesis.openapi.from_dict(document)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} == {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method in item
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_the_app_answers_as_described_whatever_it_is_sent(
+    jobs: BatchJobs, db_path: Path, mode: GenerationMode
+) -> None:
+    jobs.create("words", {"words": ["a"]}, dry_run=True, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    app = create_app(jobs, tokens=TOKENS)
+    schema = schemathesis.openapi.from_wsgi(OPENAPI_PATH, app)
+    schema.config.generation.update(modes=[mode])
+    started = time.monotonic()
+    seen: dict[int, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def answers_as_described(case: Any) -> None:
+            before = snapshot(db_path)
+            case.headers = {**(case.headers or {}), **AUTH}  # 401s are tested elsewhere
+            response = case.call()
+            case.validate_response(response, checks=CHECKS)
+            status = response.status_code
+            seen[status] = seen.get(status, 0) + 1
+            if status >= 400:
+                body = response.json()
+                assert isinstance(body, dict) and set(body) == {"type", "message"}, body
+            if 400 <= status < 500:
+                assert snapshot(db_path) == before, f"a {status} wrote: {case.as_curl_command()}"
+
+        answers_as_described()
+    assert time.monotonic() - started < BUDGET
+    # Valid requests reach answers, invalid ones refusals.
+    if mode == GenerationMode.POSITIVE:
+        assert any(200 <= s < 300 for s in seen), seen
+    else:
+        assert any(400 <= s < 500 for s in seen), seen
