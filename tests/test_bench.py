@@ -21,6 +21,7 @@ SCENARIOS = [
     "pick-up by another process",
     "claim the next job",
     "list_and_count()",
+    "dashboard list page",
     "csv-export",
     "csv-import",
 ]
