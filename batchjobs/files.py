@@ -15,7 +15,7 @@ from typing import IO
 
 from .errors import InvalidDataError, NotAllowedError
 
-__all__ = ["COPY_BUFFER_SIZE", "NOT_OWNER_MESSAGE", "FileStore"]
+__all__ = ["COPY_BUFFER_SIZE", "NOT_OWNER_MESSAGE", "UPLOADS_FOLDER", "FileStore", "upload_name"]
 
 #: Bytes read or written at a time when a file is copied in or out.
 COPY_BUFFER_SIZE = 1 << 20
@@ -23,12 +23,18 @@ MAX_KEY_LENGTH = 1024
 MAX_PART_LENGTH = 255
 #: What a user is told about a file another user (or the application) owns.
 NOT_OWNER_MESSAGE = "Cannot access a file that does not belong to the logged in user"
+#: Where ``FileStore.upload`` puts files.
+UPLOADS_FOLDER = "uploads"
+#: The longest file name (before its extension) an upload's key keeps.
+MAX_UPLOAD_NAME = 100
 #: The folder (under the root) where each file's owner is kept, at the file's key.
 #: Its name is no valid key part, so no key can reach it.
 _OWNERS = ".owners"
 
 # A part starts with a letter or digit: no "..", no hidden or temporary files.
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NOT_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}$")
 # Walking with directory descriptors and O_NOFOLLOW closes the window between
 # checking a path and opening it; without them we check each part with lstat.
 _SAFE_WALK = (
@@ -43,6 +49,19 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+
+
+def upload_name(filename: object) -> str:
+    """A key's last part made of an uploaded file's name: ``Prix (été) 2024.CSV`` gives
+    ``Prix_t_2024.CSV``; ``upload`` when nothing of it is left."""
+    name = (
+        filename.replace("\\", "/").rsplit("/", 1)[-1].strip() if isinstance(filename, str) else ""
+    )
+    found = _EXTENSION.search(name)
+    extension = found.group(0) if found and found.start() > 0 else ""
+    stem = name[: len(name) - len(extension)]
+    stem = _NOT_KEY_CHARACTERS.sub("_", stem).lstrip("._-")[:MAX_UPLOAD_NAME] or "upload"
+    return stem + extension
 
 
 def _link_refused(key: str) -> InvalidDataError:
@@ -214,24 +233,8 @@ class FileStore:
             raise NotAllowedError(NOT_OWNER_MESSAGE)
 
     def _record_owner(self, key: str) -> None:
-        """Record this view's user as the owner of ``key`` (written aside, then renamed)."""
-        data = json.dumps({"owner": self.user}).encode()
-        with self._parent(key, create=True, owners=True) as (dir_fd, name):
-            temp_name = f".{name}.{secrets.token_hex(6)}.part"
-            fd = os.open(
-                temp_name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY,
-                0o666,
-                dir_fd=dir_fd,
-            )
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                os.replace(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except BaseException:
-                with suppress(FileNotFoundError):
-                    os.unlink(temp_name, dir_fd=dir_fd)
-                raise
+        """Record this view's user as the owner of ``key``."""
+        self._write_aside(key, [json.dumps({"owner": self.user}).encode()], owners=True)
 
     def _check_overwrite(self, key: str) -> None:
         """``NotAllowedError`` if ``key`` holds a file this view may not replace."""
@@ -292,8 +295,15 @@ class FileStore:
         """
         self._check_overwrite(key)
         self._record_owner(key)
+        return self._write_aside(key, source)
+
+    def _write_aside(
+        self, key: str, source: IO[bytes] | Iterable[bytes], *, owners: bool = False
+    ) -> int:
+        """Write ``source`` to a new file beside ``key`` (or its owner's record), then
+        rename it over; the size written."""
         size = 0
-        with self._parent(key, create=True) as (dir_fd, final_name):
+        with self._parent(key, create=True, owners=owners) as (dir_fd, final_name):
             head, tail = os.path.split(final_name)
             temp_name = os.path.join(head, f".{tail}.{secrets.token_hex(6)}.part")
             fd = os.open(
@@ -316,6 +326,22 @@ class FileStore:
                     os.unlink(temp_name, dir_fd=dir_fd)
                 raise
         return size
+
+    def upload(self, filename: str | None, source: IO[bytes] | Iterable[bytes]) -> str:
+        """Store ``source`` under a new key in ``uploads/``, made of ``filename``; the key.
+
+        The key is ``uploads/<name>-<random>.<ext>`` (``upload_name``), never one
+        taken; the file is this view's user's.
+        """
+        name = upload_name(filename)
+        found = _EXTENSION.search(name)
+        stem, extension = (name[: found.start()], found.group(0)) if found else (name, "")
+        while True:
+            key = f"{UPLOADS_FOLDER}/{stem}-{secrets.token_hex(6)}{extension}"
+            if not self.exists(key):
+                break
+        self.put(key, source)
+        return key
 
     def copy_to(self, key: str, target: IO[bytes]) -> int:
         """Write the file under ``key`` into the binary stream ``target``; its size."""

@@ -16,6 +16,8 @@ limit                value       what goes past it
                                  found, without a look in the store
 ``MAX_INTEGER``      2**63 - 1   an offset, a count, a CLI integer: refused
 ``MAX_BODY_BYTES``   1 MiB       an HTTP request body: 413
+``MAX_UPLOAD_BYTES`` 100 MiB     the body of an upload (``POST /admin/uploads``):
+                                 413
 ``MAX_URL_BYTES``    8 KiB       an HTTP request line: 414
 ``MAX_HEADER_BYTES`` 32 KiB      an HTTP request line and headers: 431
 ``REQUEST_SECONDS``  30          receiving one HTTP request: 408, closed
@@ -48,6 +50,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_LIST_LIMIT",
+    "MAX_UPLOAD_BYTES",
     "MAX_URL_BYTES",
     "REQUEST_SECONDS",
     "check_json_object",
@@ -69,6 +72,8 @@ MAX_INTEGER = 2**63 - 1
 
 #: The largest HTTP request body, in bytes (a request's JSON, with its context in it).
 MAX_BODY_BYTES = 1024 * 1024
+#: The largest body of an upload (``POST /admin/uploads``: its files, multipart), in bytes.
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 #: The longest HTTP request line (method, URL with its query, version), in bytes.
 MAX_URL_BYTES = 8 * 1024
 #: The largest HTTP request line and headers together, in bytes.

@@ -172,9 +172,7 @@ class BatchJobService:
             if number > MAX_INTEGER:
                 raise InvalidDataError(f"{name} must be at most {MAX_INTEGER}, not {number}")
         if limit > MAX_LIST_LIMIT:
-            raise InvalidDataError(
-                f"limit must be at most {MAX_LIST_LIMIT}, not {limit}"
-            )
+            raise InvalidDataError(f"limit must be at most {MAX_LIST_LIMIT}, not {limit}")
         checked: dict[str, Any] = {}
         value: Any
         for name, value in filters.items():

@@ -39,6 +39,7 @@ from batchjobs.http import (
     openapi_document,
 )
 from batchjobs.limits import MAX_JSON_DEPTH, MAX_LIST_LIMIT, MAX_URL_BYTES
+from tests.test_uploads import multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"tok-1": "usr_1", "tok-2": "usr_2"}
@@ -748,6 +749,17 @@ def serve_command(jobs: BatchJobs, *args: str, env: dict[str, str] | None = None
         (("--token", "=usr_1"), {}, "expected TOKEN=USER"),
         ((), {"BATCHJOBS_TOKENS": "a=usr_1 a=usr_2"}, "One --token is given for two users"),
         (("--port", "70000"), {}, "70000 is not in the range 0<=x<=65535"),
+        (
+            ("--token", "a=usr_1", "--secret-key", "s3cret"),
+            {},
+            "secret_key must be a string or bytes of 16 characters or more",
+        ),
+        (
+            ("--token", "a=usr_1"),
+            {"BATCHJOBS_SECRET_KEY": "s3cret"},
+            "secret_key must be a string or bytes of 16 characters or more",
+        ),
+        (("--token", "a=usr_1", "--max-upload", "0"), {}, "Invalid value for '--max-upload'"),
     ],
 )
 def test_serve_refuses_bad_options(
@@ -765,7 +777,7 @@ def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None
     env["BATCHJOBS_TOKENS"] = "tok-1=usr_1 tok-2=usr_2"
     # The checkout's code, whichever batchjobs is installed; --app from the repository root.
     command = [sys.executable, "-m", "batchjobs.cli", "--db", str(db_path)]
-    command += ["--app", "tests.strategies", "serve", "--port", "0"]
+    command += ["--app", "tests.strategies", "serve", "--port", "0", "--max-upload", "5000"]
     server = subprocess.Popen(
         command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -787,6 +799,20 @@ def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None
             time.sleep(0.05)
         assert job["result"]["advancement_count"] == 25 and job["created_by"] == "usr_1"
         assert request_json(base, token="tok-2")[1]["count"] == 0
+        # Uploads up to --max-upload, a JSON 413 past it.
+        uploads = base.replace("/batch-jobs", "/uploads")
+        for size, expected in [(1000, 200), (6000, 413)]:
+            body, content_type = multipart(("a.csv", b"x" * size))
+            headers = {"Authorization": "Bearer tok-1", "Content-Type": content_type}
+            sent = urllib.request.Request(uploads, data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(sent, timeout=10) as answer:
+                    status, payload = answer.status, json.load(answer)
+            except urllib.error.HTTPError as error:
+                with error:
+                    status, payload = error.code, json.load(error)
+            assert status == expected, payload
+        assert payload["message"] == "the request body is larger than 5000 bytes"
         # A client's terminal codes reach the log escaped.
         port = urllib.parse.urlsplit(base).port
         assert port is not None

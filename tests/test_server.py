@@ -335,3 +335,10 @@ def test_each_request_is_one_log_line(jobs: BatchJobs, caplog: pytest.LogCapture
     assert "- (URI Too Long, answered by the server) 414" in lines
     assert "GET /\\x1b[31mred 404" in lines  # a client's terminal codes, escaped
     assert f"POST {URL} (Request Entity Too Large, answered by the server) 413" in lines
+
+
+@pytest.mark.parametrize("name", ["body_bytes", "upload_bytes"])
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_body_limits_are_non_negative_integers(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a non-negative integer, not {value!r}"):
+        ServerLimits(**{name: value})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ import click
 
 from .. import signals
 from ..app import BatchJobs
+from ..limits import MAX_INTEGER
 from ..models import RESTING_STATUSES, BatchJob, Status
 from ._app import CommandError, cli, pass_jobs
 from ._input import _TokenUser
@@ -205,6 +207,20 @@ def _echo_log(name: str) -> Callable[[], None]:
 @click.option(
     "--read-only", is_flag=True, help="The dashboard shows jobs but offers no action on them."
 )
+@click.option(
+    "--max-upload",
+    type=PositiveInt(max=MAX_INTEGER),
+    metavar="BYTES",
+    help="The largest body of an upload (POST /admin/uploads); then 413 [default: 104857600, "
+    "100 MiB].",
+)
+@click.option(
+    "--secret-key",
+    envvar="BATCHJOBS_SECRET_KEY",
+    help="Signs download links, so that they outlive a restart (16 characters or more); "
+    "without it, a random key for this process. Prefer the environment "
+    "[env: BATCHJOBS_SECRET_KEY].",
+)
 @pass_jobs
 def serve(
     jobs: BatchJobs,
@@ -217,16 +233,19 @@ def serve(
     request_timeout: float | None,
     idle_timeout: float | None,
     read_only: bool,
+    max_upload: int | None,
+    secret_key: str | None,
 ) -> None:
     """Serve the dashboard and the admin HTTP API, and run jobs, until SIGINT or SIGTERM.
 
     The dashboard is at the URL printed (sign in with a token); Medusa's
-    routes are under /admin/batch-jobs, where a request sends "Authorization:
-    Bearer TOKEN". Either way a user sees only the jobs of that user. The
-    server is waitress: it reads each request whole before a thread answers
-    it, so slow and idle clients hold no thread; one log line per request on
-    stderr. On the signal the server stops taking requests, those in
-    progress finish, and running jobs save a checkpoint and hand over.
+    routes are under /admin/batch-jobs and /admin/uploads, where a request
+    sends "Authorization: Bearer TOKEN". Either way a user sees only the jobs
+    and files of that user. The server is waitress: it reads each request
+    whole before a thread answers it, so slow and idle clients hold no
+    thread; one log line per request on stderr. On the signal the server
+    stops taking requests, those in progress finish, and running jobs save a
+    checkpoint and hand over.
 
     \b
     Examples:
@@ -235,7 +254,14 @@ def serve(
       curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:9000/admin/batch-jobs
     """
     try:
-        from ..http import PREFIX, AdminServer, ServerLimits, create_app, dashboard
+        from ..http import (
+            PREFIX,
+            AdminServer,
+            ServerLimits,
+            UploadSettings,
+            create_app,
+            dashboard,
+        )
     except ImportError as error:
         if error.name not in ("flask", "werkzeug", "waitress"):
             raise
@@ -250,14 +276,20 @@ def serve(
         raise CommandError(
             "Name the API's users: --token TOKEN=USER (repeatable) or BATCHJOBS_TOKENS"
         )
+    try:
+        uploads = UploadSettings(secret_key=secret_key or None)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--secret-key'") from None
     given: dict[str, Any] = {
         "threads": threads,
         "streams": streams,
         "request_seconds": request_timeout,
         "idle_seconds": idle_timeout,
+        "upload_bytes": max_upload,
     }
     limits = ServerLimits(**{name: value for name, value in given.items() if value is not None})
-    app = create_app(jobs, tokens=users)
+    uploads = dataclasses.replace(uploads, max_bytes=limits.upload_bytes)
+    app = create_app(jobs, tokens=users, uploads=uploads)
     # A new key per run: signing in again after a restart is the price of keeping none on disk.
     app.secret_key = secrets.token_bytes(32)
     feed = dashboard.SignalFeed(jobs)
@@ -304,4 +336,3 @@ def serve(
     if not stop.is_set():
         raise click.ClickException("The HTTP server stopped unexpectedly")
     click.echo("Stopped.", err=True)
-

@@ -19,10 +19,12 @@ from .server import (
     AdminServer,
     ServerLimits,
 )
+from .uploads import DEFAULT_LINK_SECONDS, UPLOADS_PREFIX, UploadSettings
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_LIMIT",
+    "DEFAULT_LINK_SECONDS",
     "DEFAULT_PORT",
     "DEFAULT_STREAMS",
     "DEFAULT_THREADS",
@@ -31,9 +33,11 @@ __all__ = [
     "OPENAPI_PATH",
     "PREFIX",
     "STREAM_CONTENT_TYPE",
+    "UPLOADS_PREFIX",
     "AdminServer",
     "Authenticate",
     "ServerLimits",
+    "UploadSettings",
     "create_app",
     "create_blueprint",
     "openapi_document",

@@ -9,7 +9,8 @@ Routes (JSON in, JSON out)::
     POST /admin/batch-jobs/<id>/confirm  -> {"batch_job"}
     POST /admin/batch-jobs/<id>/cancel   -> {"batch_job"}
 
-The list holds the caller's jobs only.
+The list holds the caller's jobs only. The ``uploads`` module adds Medusa's
+``/admin/uploads`` routes (files in, download links out) to the same blueprint.
 
 Every request names its caller, a user id: the application's ``authenticate``
 callable answers from the request (a session, a proxy header...), else an
@@ -50,6 +51,7 @@ from ..errors import BatchJobError, InvalidDataError, NotAllowedError
 from ..limits import MAX_BODY_BYTES, MAX_INTEGER, MAX_LIST_LIMIT, MAX_URL_BYTES, dumps, parse_json
 from ..models import TIMESTAMP_FIELDS, BatchJob
 from .openapi import OPENAPI_PATH, openapi_document
+from .uploads import UploadSettings, add_upload_routes
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -258,12 +260,14 @@ def create_blueprint(
     *,
     authenticate: Authenticate | None = None,
     tokens: Mapping[str, str] | None = None,
+    uploads: UploadSettings | None = None,
 ) -> Blueprint:
     """The admin API's routes as a Flask blueprint, to register on your own app.
 
     ``authenticate(request)`` returns the caller's user id or ``None``;
     ``tokens`` maps bearer tokens to user ids. One of them is required; with
-    both, ``authenticate`` is asked first. An ``authenticate`` that trusts a
+    both, ``authenticate`` is asked first. ``uploads`` sets the upload
+    routes' size limit and how download links are signed. An ``authenticate`` that trusts a
     session cookie must also guard against cross-site requests (confirm and
     cancel take no body), e.g. by checking the ``Origin`` header. Errors raised
     by the routes become ``{"type", "message"}`` responses; unknown routes are
@@ -342,6 +346,7 @@ def create_blueprint(
     def cancel_job(id: str) -> Response:
         return _written(jobs.cancel(own(id).id))
 
+    add_upload_routes(api, jobs, caller, uploads or UploadSettings())
     api.register_error_handler(BatchJobError, _batch_job_error)
     api.register_error_handler(Exception, _route_error)
     return api
@@ -436,11 +441,13 @@ def create_app(
     *,
     authenticate: Authenticate | None = None,
     tokens: Mapping[str, str] | None = None,
+    uploads: UploadSettings | None = None,
 ) -> Flask:
     """A Flask (WSGI) app serving the admin API of ``jobs``; every error is JSON.
 
     ``authenticate(request) -> user id | None`` and ``tokens`` (bearer token
-    → user id) say who calls; see ``create_blueprint``. The app does not run
+    → user id) say who calls; ``uploads`` sets the upload routes' limit and
+    link signing; see ``create_blueprint``. The app does not run
     jobs: call ``jobs.start()`` in the same process, or run ``batchjobs
     worker`` beside it.
     """
@@ -449,7 +456,9 @@ def create_app(
     app.extensions["batchjobs"] = jobs
     app.before_request(_bounded_url)
     app.add_url_rule(OPENAPI_PATH, "openapi", _openapi, methods=["GET"])
-    app.register_blueprint(create_blueprint(jobs, authenticate=authenticate, tokens=tokens))
+    app.register_blueprint(
+        create_blueprint(jobs, authenticate=authenticate, tokens=tokens, uploads=uploads)
+    )
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app

@@ -11,13 +11,14 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-from ..limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT
+from ..limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT, MAX_UPLOAD_BYTES
 from ..models import TIMESTAMP_FIELDS, Status
 
 __all__ = ["OPENAPI_PATH", "openapi_document"]
 
 OPENAPI_PATH = "/admin/openapi.json"
 _PREFIX = "/admin/batch-jobs"
+_UPLOADS = "/admin/uploads"
 _DATE_OPERATORS = ("gt", "gte", "lt", "lte")
 
 _ERROR = {
@@ -169,12 +170,137 @@ def _list_parameters() -> list[dict[str, Any]]:
     return parameters
 
 
+_FILE_KEY = {
+    "type": "object",
+    "required": ["file_key"],
+    "additionalProperties": False,
+    "properties": {"file_key": {"type": "string", "description": "A key of the file store."}},
+}
+_UPLOADED = {
+    "type": "object",
+    "required": ["uploads"],
+    "additionalProperties": False,
+    "properties": {
+        "uploads": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["url", "key"],
+                "additionalProperties": False,
+                "properties": {
+                    "url": {"type": "string", "description": "A download link (expires)."},
+                    "key": {"type": "string", "description": "For context.file_key."},
+                },
+            },
+        }
+    },
+}
+_UPLOAD_PATHS: dict[str, Any] = {
+    _UPLOADS: {
+        "post": {
+            "operationId": "upload",
+            "summary": "Store files, owned by the caller: the body at most "
+            f"{MAX_UPLOAD_BYTES} bytes by default (413 past it).",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["files"],
+                            "properties": {
+                                "files": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {"description": "Stored", "content": _json_content(_ref("Uploaded"))},
+                **_ERRORS,
+            },
+        },
+        "delete": {
+            "operationId": "deleteUpload",
+            "summary": "Delete one of the caller's files.",
+            "requestBody": {"required": True, "content": _json_content(_ref("FileKey"))},
+            "responses": {
+                "200": {
+                    "description": "Deleted",
+                    "content": _json_content(
+                        {
+                            "type": "object",
+                            "required": ["id", "object", "deleted"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "file"},
+                                "deleted": {"const": True},
+                            },
+                        }
+                    ),
+                },
+                **_ERRORS,
+            },
+        },
+    },
+    f"{_UPLOADS}/download-url": {
+        "post": {
+            "operationId": "makeDownloadUrl",
+            "summary": "A signed link to one of the caller's files, good for the caller "
+            "until it expires.",
+            "requestBody": {"required": True, "content": _json_content(_ref("FileKey"))},
+            "responses": {
+                "200": {
+                    "description": "The link",
+                    "content": _json_content(
+                        {
+                            "type": "object",
+                            "required": ["download_url"],
+                            "additionalProperties": False,
+                            "properties": {"download_url": {"type": "string"}},
+                        }
+                    ),
+                },
+                **_ERRORS,
+            },
+        }
+    },
+    f"{_UPLOADS}/download/{{token}}": {
+        "get": {
+            "operationId": "download",
+            "summary": "The file of a download link, as an attachment.",
+            "parameters": [
+                {
+                    "name": "token",
+                    "in": "path",
+                    "required": True,
+                    "description": "The signed part of a download_url.",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "The file",
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_ERRORS,
+            },
+        }
+    },
+}
+
+
 _DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "batchjobs admin API",
         "version": "1",
-        "description": "Medusa's batch-job routes. Each caller sees and changes only its own jobs.",
+        "description": "Medusa's batch-job and upload routes. Each caller sees and changes "
+        "only its own jobs and files.",
     },
     "security": [{"bearer": []}],
     "paths": {
@@ -231,6 +357,7 @@ _DOCUMENT: dict[str, Any] = {
             }
             for action in ("confirm", "cancel")
         },
+        **_UPLOAD_PATHS,
         OPENAPI_PATH: {
             "get": {
                 "operationId": "getOpenApi",
@@ -255,6 +382,8 @@ _DOCUMENT: dict[str, Any] = {
             "OneBatchJob": _ONE_JOB,
             "Page": _PAGE,
             "CreateBatchJob": _CREATE,
+            "FileKey": _FILE_KEY,
+            "Uploaded": _UPLOADED,
         },
     },
 }

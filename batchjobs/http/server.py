@@ -8,6 +8,8 @@ keep-alive), this module adds:
 - a deadline for receiving a request (``request_seconds``): a client that
   sends one byte a second (slowloris) is answered 408 and closed;
 - a 414 for a request line longer than ``url_bytes``;
+- a larger body for uploads (``POST /admin/uploads``: ``upload_bytes``) than
+  for every other request (``body_bytes``);
 - every error the server answers itself (400, 408, 413, 414, 431, 500) in
   the API's JSON shape ``{"type", "message"}``;
 - a cap on long-lived responses (``text/event-stream``, SSE): at most
@@ -18,6 +20,7 @@ keep-alive), this module adds:
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -38,10 +41,12 @@ from ..limits import (
     IDLE_SECONDS,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
+    MAX_UPLOAD_BYTES,
     MAX_URL_BYTES,
     REQUEST_SECONDS,
     dumps,
 )
+from .uploads import UPLOADS_PREFIX
 
 __all__ = [
     "DEFAULT_CONNECTIONS",
@@ -96,6 +101,8 @@ class ServerLimits:
     url_bytes: int = MAX_URL_BYTES
     #: Body, in bytes, whether it comes with a Content-Length or chunked: 413 past it.
     body_bytes: int = MAX_BODY_BYTES
+    #: Body of an upload (``POST /admin/uploads``), in bytes: 413 past it.
+    upload_bytes: int = MAX_UPLOAD_BYTES
     #: Seconds a client may take to send one whole request: 408 and closed past it.
     request_seconds: float = REQUEST_SECONDS
     #: Seconds a keep-alive connection may wait with no request before it is closed.
@@ -106,8 +113,10 @@ class ServerLimits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if not isinstance(self.body_bytes, int) or self.body_bytes < 0:
-            raise ValueError(f"body_bytes must be a non-negative integer, not {self.body_bytes!r}")
+        for name in ("body_bytes", "upload_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
         for name in ("request_seconds", "idle_seconds"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
@@ -132,9 +141,19 @@ class _RequestTimeout(Error):
 
 
 class _Parser(HTTPRequestParser):
-    """waitress's parser, telling a request line too long (414) from headers too large (431)."""
+    """waitress's parser, telling a request line too long (414) from headers too large (431),
+    and taking uploads up to ``upload_bytes``."""
 
     url_bytes = MAX_URL_BYTES
+    upload_bytes = MAX_UPLOAD_BYTES
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.command == "POST" and self.path == UPLOADS_PREFIX:
+            # The body's limit is read from adj, once the headers are in.
+            adjustments: Any = copy.copy(self.adj)  # type: ignore[has-type]
+            adjustments.max_request_body_size = self.upload_bytes
+            self.adj = adjustments
 
     def received(self, data: bytes) -> int:
         before = self.header_plus
@@ -165,7 +184,7 @@ class _ErrorTask(ErrorTask):
             limit = self.channel.adj.max_request_header_size
             message = f"the request's headers are larger than {limit} bytes"
         elif code == 413:
-            limit = self.channel.adj.max_request_body_size
+            limit = self.request.adj.max_request_body_size  # an upload's, or any body's
             message = f"the request body is larger than {limit} bytes"
         else:
             message = f"the request is malformed: {error.body}"
@@ -416,7 +435,11 @@ class AdminServer:
             ident="batchjobs",
         )
         self._dispatcher = _Dispatcher()
-        parser = type("_Parser", (_Parser,), {"url_bytes": limits.url_bytes})
+        parser = type(
+            "_Parser",
+            (_Parser,),
+            {"url_bytes": limits.url_bytes, "upload_bytes": limits.upload_bytes},
+        )
         channel = type("_Channel", (_Channel,), {"parser_class": parser})
         server_class = type("_Server", (_Server,), {"channel_class": channel, "limits": limits})
         try:
