@@ -178,6 +178,18 @@ class BatchJobs:
         """Resume a failed job from its checkpoint."""
         return self.service.retry(id)
 
+    def pause(self, id: str) -> BatchJob:
+        """Pause a confirmed or processing job until ``resume``.
+
+        A worker running it commits the checkpoint of the chunk in progress,
+        stops there and gives the job up; ``paused`` rests (``wait`` returns).
+        """
+        return self.service.pause(id)
+
+    def resume(self, id: str) -> BatchJob:
+        """Send a paused job back to the workers, to continue from its checkpoint."""
+        return self.service.resume(id)
+
     # -- recurring jobs ----------------------------------------------------------
 
     def schedule(

@@ -35,6 +35,8 @@ class Status(str, enum.Enum):
     COMPLETED = "completed"
     CANCELED = "canceled"
     FAILED = "failed"
+    #: Stopped at a checkpoint until ``resume``: an extension Medusa lacks.
+    PAUSED = "paused"
 
     def __str__(self) -> str:
         return self.value
@@ -51,7 +53,7 @@ _STATUS_TIMESTAMP_FIELDS = {status: f"{status.value}_at" for status in Status}
 
 #: Statuses a job waits in until a person (or nothing) moves it on.
 RESTING_STATUSES = frozenset(
-    {Status.PRE_PROCESSED, Status.COMPLETED, Status.CANCELED, Status.FAILED}
+    {Status.PRE_PROCESSED, Status.COMPLETED, Status.CANCELED, Status.FAILED, Status.PAUSED}
 )
 #: Statuses in which a scheduler must pick the job up.
 ACTIVE_STATUSES = (Status.CREATED, Status.CONFIRMED, Status.PROCESSING)
@@ -66,6 +68,7 @@ TIMESTAMP_FIELDS = (
     "canceled_at",
     "failed_at",
     "deleted_at",
+    "paused_at",
 )
 
 
@@ -138,6 +141,7 @@ class BatchJob:
     canceled_at: datetime | None = None
     failed_at: datetime | None = None
     deleted_at: datetime | None = None
+    paused_at: datetime | None = None
 
     @property
     def is_resting(self) -> bool:

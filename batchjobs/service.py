@@ -20,7 +20,10 @@ from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
 from .store import DATE_OPERATORS, FILTER_NAMES, Store
 from .strategy import JobDraft, StrategyRegistry
 
-__all__ = ["FILTER_NAMES", "BatchJobService", "check_json_object"]
+__all__ = ["FILTER_NAMES", "PAUSABLE_STATUSES", "BatchJobService", "check_json_object"]
+
+#: Statuses ``pause`` takes a job from.
+PAUSABLE_STATUSES = (Status.CONFIRMED, Status.PROCESSING)
 
 log = logging.getLogger("batchjobs")
 
@@ -248,6 +251,7 @@ class BatchJobService:
                     Status.PRE_PROCESSED,
                     Status.CONFIRMED,
                     Status.PROCESSING,
+                    Status.PAUSED,
                 ],
                 to=Status.CANCELED,
                 now=utcnow(),
@@ -258,6 +262,42 @@ class BatchJobService:
                     self.on_canceled(job)
                 return job
             # The job moved between our read and our write: look again.
+
+    def pause(self, id: str) -> BatchJob:
+        """Pause a confirmed or processing job: a worker running it stops at its next
+        checkpoint, saves it and gives the job up, until ``resume``."""
+        while True:
+            job = self.store.transition(
+                id, from_statuses=PAUSABLE_STATUSES, to=Status.PAUSED, now=utcnow()
+            )
+            if job is not None:
+                self._emit("batch.paused", job)
+                return job
+            current = self.retrieve(id)
+            if current.status not in PAUSABLE_STATUSES:
+                raise NotAllowedError(
+                    f'Cannot pause a batch job with status "{current.status.value}"'
+                )
+            # It moved between our write and our read (confirmed → processing): again.
+
+    def resume(self, id: str) -> BatchJob:
+        """Send a paused job back to be processed from its checkpoint."""
+        job = self.store.transition(
+            id,
+            from_statuses=[Status.PAUSED],
+            to=Status.CONFIRMED,
+            now=utcnow(),
+            clear=["paused_at"],
+            reset_claim=True,
+        )
+        if job is None:
+            current = self.retrieve(id)
+            raise NotAllowedError(
+                f'Cannot resume a batch job with status "{current.status.value}"'
+            )
+        self._emit("batch.confirmed", job)
+        self._runnable()
+        return job
 
     def retry(self, id: str) -> BatchJob:
         """Send a failed job back to be resumed from its checkpoint."""

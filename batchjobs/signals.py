@@ -21,6 +21,7 @@ __all__ = [
     "batch_confirmed",
     "batch_created",
     "batch_failed",
+    "batch_paused",
     "batch_pre_processed",
     "batch_processing",
     "batch_updated",
@@ -44,6 +45,9 @@ batch_processing = namespace.signal("batch.processing", doc="Processing started.
 batch_completed = namespace.signal("batch.completed", doc="Processing finished.")
 batch_canceled = namespace.signal("batch.canceled", doc="The job was canceled.")
 batch_failed = namespace.signal("batch.failed", doc="The job failed.")
+batch_paused = namespace.signal(
+    "batch.paused", doc="The job was paused (its worker stops at its next checkpoint)."
+)
 
 #: Every event name, in lifecycle order.
 EVENTS = (
@@ -55,6 +59,7 @@ EVENTS = (
     "batch.completed",
     "batch.canceled",
     "batch.failed",
+    "batch.paused",
 )
 
 

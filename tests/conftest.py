@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,39 @@ def csv_jobs(make_jobs: Callable[..., BatchJobs], tmp_path: Path) -> Callable[..
         return jobs
 
     return make
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``tests.worker`` processes; after the test, none may have logged an error."""
+    procs: list[subprocess.Popen[str]] = []
+    logs = tmp_path / "workers.log"
+
+    def start(*args: str, ready: bool = True) -> subprocess.Popen[str]:
+        with logs.open("a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.worker", str(db_path), *args],
+                cwd=Path(__file__).resolve().parent.parent,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        procs.append(proc)
+        if ready:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    logged = logs.read_text() if logs.exists() else ""
+    assert "database is locked" not in logged
+    assert "Traceback" not in logged, logged

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +27,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20, what: str = "") 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what or condition}")
-
-
-@pytest.fixture
-def start_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start ``tests.worker`` processes; after the test, none may have logged an error."""
-    procs: list[subprocess.Popen[str]] = []
-    logs = tmp_path / "workers.log"
-
-    def start(*args: str, ready: bool = True) -> subprocess.Popen[str]:
-        with logs.open("a") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.worker", str(db_path), *args],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        procs.append(proc)
-        if ready:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-    logged = logs.read_text() if logs.exists() else ""
-    assert "database is locked" not in logged
-    assert "Traceback" not in logged, logged
 
 
 def progress(jobs: BatchJobs, id: str) -> int:

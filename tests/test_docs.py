@@ -160,3 +160,16 @@ def test_the_readme_recurring_jobs_example_runs_as_written(tmp_path: Path) -> No
     done = run_example("Recurring jobs", tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["06:00", "1", "GOOD MORNING", "GOOD MORNING"]
+
+
+def test_the_readme_pause_example_runs_as_written(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # as in the repository root
+    done = run_example("Pause and resume", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "ONE TWO",
+        "THREE FOUR",
+        "paused 4",
+        "FIVE SIX",
+        "completed",
+    ]

@@ -267,7 +267,8 @@ def test_fields_selects_the_fields_of_each_job_and_always_the_id(api: Api, jobs:
             "order=-password",
             "order must be one of id, type, status, created_by, created_at, "
             "updated_at, pre_processed_at, confirmed_at, processing_at, completed_at, "
-            "canceled_at, failed_at, deleted_at (with - for descending), not '-password'",
+            "canceled_at, failed_at, deleted_at, paused_at (with - for descending), "
+            "not '-password'",
         ),
         ("status[]=done", "unknown status 'done'"),
         (
@@ -287,7 +288,7 @@ def test_fields_selects_the_fields_of_each_job_and_always_the_id(api: Api, jobs:
             "fields=id,password",
             "unknown field 'password' in fields; a batch job has id, type, status, created_by, "
             "dry_run, context, result, created_at, updated_at, pre_processed_at, confirmed_at, "
-            "processing_at, completed_at, canceled_at, failed_at, deleted_at",
+            "processing_at, completed_at, canceled_at, failed_at, deleted_at, paused_at",
         ),
         (
             "created_at[after]=2024-01-01",

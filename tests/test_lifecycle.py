@@ -85,6 +85,7 @@ def test_to_dict_is_the_medusa_shape(jobs: BatchJobs) -> None:
         "canceled_at",
         "failed_at",
         "deleted_at",
+        "paused_at",  # an extension: Medusa has no pause
     ]
     assert data["status"] == "created" and data["dry_run"] is True
     assert data["created_at"] == "2026-01-02T03:04:05+00:00"

@@ -34,8 +34,10 @@ def test_status_is_a_str_enum_with_resting_statuses() -> None:
         "completed",
         "canceled",
         "failed",
+        "paused",
     }
     assert Status.PRE_PROCESSED.timestamp_field == "pre_processed_at"
+    assert Status.PAUSED.timestamp_field == "paused_at"
 
 
 def test_to_dict_gives_iso_timestamps() -> None:

@@ -41,6 +41,8 @@ from ._jobs import (  # noqa: F401
     create,
     download,
     list_jobs,
+    pause,
+    resume,
     retry,
     run,
     show,

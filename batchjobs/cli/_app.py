@@ -19,7 +19,7 @@ from ..errors import BatchJobError, StoreError
 from ..strategy import BatchJobStrategy
 from ._validators import FilePath, Text
 
-#: A watched or run job ended ``failed`` or ``canceled`` (or did not rest in time).
+#: A watched or run job ended ``failed``, ``canceled`` or ``paused`` (or did not rest in time).
 EXIT_JOB_FAILED = 1
 #: Bad input or a refused operation (every ``BatchJobError``).
 EXIT_USAGE = 2

@@ -1,4 +1,5 @@
-"""Commands on one job: create, run, list, show, confirm, cancel, retry, watch, download."""
+"""Commands on one job: create, run, list, show, confirm, cancel, retry, pause, resume,
+watch, download."""
 
 from __future__ import annotations
 
@@ -247,6 +248,34 @@ def retry(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
       batchjobs retry batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
     """
     _changed(jobs.retry(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID", type=JobId())
+@_json_option
+@pass_jobs
+def pause(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
+    """Pause a confirmed or processing job; its worker stops at the next checkpoint.
+
+    \b
+    Example:
+      batchjobs pause batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
+    """
+    _changed(jobs.pause(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID", type=JobId())
+@_json_option
+@pass_jobs
+def resume(jobs: BatchJobs, job_id: str, as_json: bool) -> None:
+    """Resume a paused job from its checkpoint (in a worker).
+
+    \b
+    Example:
+      batchjobs resume batch_01JD5Z2W4V7X8Y9Z0A1B2C3D4E
+    """
+    _changed(jobs.resume(job_id), as_json)
 
 
 @cli.command()

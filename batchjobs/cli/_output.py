@@ -116,6 +116,11 @@ def _report_end(job: BatchJob) -> None:
         click.echo(
             f"{job.id} failed; resume it from its checkpoint with: {prog} retry {job.id}", err=True
         )
+    elif job.status == Status.PAUSED:
+        click.echo(
+            f"{job.id} is paused at its checkpoint; continue it with: {prog} resume {job.id}",
+            err=True,
+        )
 
 
 def _event_line(event: Any) -> str:

@@ -127,13 +127,13 @@ def _follow(
 
 
 def _end(job: BatchJob, as_json: bool, stdout: str | None) -> None:
-    """Print a followed job's outcome; exit 1 if it failed or was canceled."""
+    """Print a followed job's outcome; exit 1 if it failed, was canceled or is paused."""
     if as_json:
         _print_json(job.to_dict())
     elif stdout is not None:
         click.echo(stdout)
     _report_end(job)
-    if job.status in (Status.FAILED, Status.CANCELED):
+    if job.status in (Status.FAILED, Status.CANCELED, Status.PAUSED):
         raise click.exceptions.Exit(EXIT_JOB_FAILED)
 
 

@@ -121,6 +121,7 @@ def _echo_events(jobs: BatchJobs) -> Callable[[], None]:
         "batch.completed",
         "batch.canceled",
         "batch.failed",
+        "batch.paused",
     ]
     for event in events:
         signals.signal_for(event).connect(echo, sender=jobs)

@@ -8,6 +8,8 @@ Routes (JSON in, JSON out)::
     GET  /admin/batch-jobs/<id>          -> {"batch_job"}
     POST /admin/batch-jobs/<id>/confirm  -> {"batch_job"}
     POST /admin/batch-jobs/<id>/cancel   -> {"batch_job"}
+    POST /admin/batch-jobs/<id>/pause    -> {"batch_job"}   (not Medusa's: an extension)
+    POST /admin/batch-jobs/<id>/resume   -> {"batch_job"}   (not Medusa's: an extension)
 
 The list holds the caller's jobs only. The ``uploads`` module adds Medusa's
 ``/admin/uploads`` routes (files in, download links out) to the same blueprint.
@@ -345,6 +347,14 @@ def create_blueprint(
     @api.post(f"{PREFIX}/<id>/cancel")
     def cancel_job(id: str) -> Response:
         return _written(jobs.cancel(own(id).id))
+
+    @api.post(f"{PREFIX}/<id>/pause")
+    def pause_job(id: str) -> Response:
+        return _written(jobs.pause(own(id).id))
+
+    @api.post(f"{PREFIX}/<id>/resume")
+    def resume_job(id: str) -> Response:
+        return _written(jobs.resume(own(id).id))
 
     add_upload_routes(api, jobs, caller, uploads or UploadSettings())
     api.register_error_handler(BatchJobError, _batch_job_error)

@@ -355,7 +355,7 @@ _DOCUMENT: dict[str, Any] = {
                     },
                 }
             }
-            for action in ("confirm", "cancel")
+            for action in ("confirm", "cancel", "pause", "resume")
         },
         **_UPLOAD_PATHS,
         OPENAPI_PATH: {

@@ -6,9 +6,10 @@ the first checkpoint, or of the completion when the job fits in one chunk;
 each still gets its own timestamp and event, sent after that commit. After
 every commit ``run.job`` is the job as committed, whoever listens.
 
-A checkpoint whose guard fails means the job moved under us: canceled (its
-cleanup is taken by one guarded write, and run here), or its lease taken over.
-A status added later (a pause) is found the same way, at the checkpoint.
+A checkpoint whose guard fails means the job moved under us: paused (the
+checkpoint is committed under ``paused`` and the lease given up), canceled
+(its cleanup is taken by one guarded write, and run here), or its lease
+taken over.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -135,6 +136,20 @@ def _emit_events(sender: Any, before: BatchJob, stored: BatchJob, checkpoint: Ch
             status, at = steps.pop(0)
             job = job.replace(status=status, **{status.timestamp_field: at})
         signals.emit(event, sender, job)
+
+
+def _paused(checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint a pause stopped, as it is committed once the job is ``paused``: under
+    that status, giving the lease up, so that ``resume`` repeats no record.
+
+    The transitions it carried are dropped (the job stays paused), unless the
+    job's work is over: a job whose last chunk is done still completes (or fails).
+    """
+    steps = checkpoint.steps
+    ends = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
+    return replace(
+        checkpoint, expect=Status.PAUSED, steps=steps if ends else (), until=None, release=True
+    )
 
 
 class JobExecution:
@@ -374,7 +389,7 @@ class JobExecution:
         ``stored`` is what the store answered: ``None`` when its guard failed.
         """
         if stored is None:
-            self._lost()
+            self._lost(checkpoint)
             return False
         if checkpoint.release and self.held.live:
             self.ctx.leases.move(self.held, LeaseState.COMMITTED)
@@ -386,14 +401,24 @@ class JobExecution:
         _emit_events(self.ctx.sender, before, stored, checkpoint)
         return True
 
-    def _lost(self) -> None:
-        """A checkpoint's guard failed: the job moved (canceled), or the lease was taken over."""
+    def _lost(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint's guard failed: the job moved (paused, canceled), or the lease
+        was taken over."""
         ctx = self.ctx
         current = ctx.store.get(self.job.id)
         if current is not None:
             self.job = current
             if self.run is not None:
                 self.run.job = current
+        if current is not None and current.status == Status.PAUSED:
+            paused = _paused(checkpoint)
+            stored = ctx.store.save(paused)  # guarded: paused, and our lease (a pause keeps it)
+            if stored is not None:
+                log.info("batch job %s was paused; stopped at its checkpoint", self.job.id)
+                self.pending.clear()
+                self.committed(paused, stored)
+                return
+            current = ctx.store.get(self.job.id)  # canceled or resumed meanwhile
         if current is not None and current.status == Status.CANCELED:
             log.info("batch job %s was canceled; stopping", current.id)
             now = utcnow()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS
+from ..models import ACTIVE_STATUSES
 
 TABLE = "batch_jobs"
 ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
@@ -14,6 +14,19 @@ ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
 RUNNABLE = f"(status IN {ACTIVE_SQL} OR cleanup = 1)"
 
 migrations = Migrations("batchjobs")
+
+#: The timestamp columns m001 made; later ones come with migrations of their own.
+_M001_TIMESTAMPS = (
+    "created_at",
+    "updated_at",
+    "pre_processed_at",
+    "confirmed_at",
+    "processing_at",
+    "completed_at",
+    "canceled_at",
+    "failed_at",
+    "deleted_at",
+)
 
 
 @migrations()
@@ -27,7 +40,7 @@ def m001_batch_jobs(db: sqlite_utils.Database) -> None:
             "dry_run": int,
             "context": str,
             "result": str,
-            **{name: str for name in TIMESTAMP_FIELDS},
+            **{name: str for name in _M001_TIMESTAMPS},
             # Claim state: who runs the job and until when nobody else may.
             "owner": str,
             "available_at": str,
@@ -129,3 +142,9 @@ def m004_batch_job_schedules(db: sqlite_utils.Database) -> None:
     db.execute(
         f"CREATE INDEX {SCHEDULES}_due ON {SCHEDULES} (next_fire_at) WHERE paused_at IS NULL"
     )
+
+
+@migrations()
+def m005_paused_at(db: sqlite_utils.Database) -> None:
+    # The paused status (an extension of Medusa's lifecycle) and its timestamp.
+    db.execute(f"ALTER TABLE {TABLE} ADD COLUMN paused_at TEXT")
