@@ -707,7 +707,7 @@ def mirror(b: Bench) -> list[Row]:
             big_ratio >= 0.8,
         ),
         Row(
-            f"lifecycle of {jobs_n:,} one-chunk jobs (7 events each), Redis mirror on",
+            f"lifecycle of {jobs_n:,} one-chunk jobs (6 events each), Redis mirror on",
             per_second(jobs_n, tiny_on, "jobs"),
             per_second(jobs_n, tiny_off, "jobs") + " (mirror off)",
             tiny_ratio,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,36 @@ def redis_url() -> str:
             pytest.fail(f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT} in CI")
         pytest.skip("Redis is not running (set CI=true to make this an error)")
     return REDIS_URL
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start a Redis server of the test's own on a unix socket (``own_redis(*options)``);
+    returns its ``unix://`` URL. For settings no test may change on the shared server."""
+    server = shutil.which("redis-server")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str) -> str:
+        if server is None:
+            if os.environ.get("CI"):
+                pytest.fail("redis-server is not installed in CI")
+            pytest.skip("redis-server is not installed (set CI=true to make this an error)")
+        path = tmp_path / f"redis-{len(started)}.sock"
+        process = subprocess.Popen(
+            [server, "--port", "0", "--unixsocket", str(path), "--save", "", *options],
+            stdout=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.02)
+        return f"unix://{path}"
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 # -- the built-in CSV strategies ----------------------------------------------------

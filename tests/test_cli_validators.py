@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,25 +97,9 @@ def test_the_group_options_are_blamed_by_name(
 
 
 @pytest.fixture
-def unix_redis(tmp_path: Path) -> Iterator[str]:
+def unix_redis(own_redis: Callable[..., str]) -> str:
     """A Redis server of the test's own, listening on a unix socket only."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    socket_path = tmp_path / "redis.sock"
-    process = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(socket_path), "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
-            time.sleep(0.02)
-        yield f"unix://{socket_path}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    return own_redis()
 
 
 @pytest.mark.redis

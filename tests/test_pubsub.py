@@ -650,3 +650,36 @@ def test_the_events_command_needs_a_reachable_redis(db_path: Path, unreachable_u
     result = runner.invoke(cli, ["--db", str(db_path), "--redis", unreachable_url, "events"])
     assert result.exit_code == 2
     assert f"Cannot reach Redis at {unreachable_url}" in result.output
+
+
+@pytest.mark.redis
+def test_a_subscriber_cut_off_for_falling_behind_says_so_and_resubscribes(
+    own_redis: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server of the test's own, with a small pub/sub buffer: the shared one's is 32 MB.
+    url = own_redis("--client-output-buffer-limit", "pubsub 64kb 32kb 60")
+    subscription = Subscription(url, pattern="batch.*")
+    publisher = redis.Redis.from_url(url)
+    try:
+        assert subscription.connect(report=False), subscription.last_error
+        message = json.dumps({"event": "batch.updated", "id": "batch_1", "x": "a" * 1000})
+        for _ in range(200):  # 200 kB that the subscriber does not read: past the limit
+            publisher.publish("batchjobs:batch.updated", message)
+        caplog.set_level(logging.WARNING, logger="batchjobs.pubsub")
+        deadline = time.monotonic() + 10
+        while subscription.lost == 0:  # what was buffered before the cut, then the cut
+            assert time.monotonic() < deadline, "Redis never cut the subscriber"
+            subscription.get(timeout=0.1)
+        assert "closed this subscriber for falling behind" in caplog.text
+        assert "events published until it is back are lost" in caplog.text
+        assert subscription.connected  # subscribed again at once
+        publisher.publish(
+            "batchjobs:batch.completed", json.dumps({"event": "batch.completed", "id": "batch_2"})
+        )
+        event = subscription.get(timeout=5)
+        while event is not None and event.id != "batch_2":
+            event = subscription.get(timeout=5)
+        assert event is not None and event.event == "batch.completed"
+    finally:
+        publisher.close()
+        subscription.close()

@@ -115,6 +115,8 @@ class Subscription:
         self.prefix = prefix
         #: Why the last connection attempt failed, if it did.
         self.last_error: BaseException | None = None
+        #: Times the subscription was cut (each losing what was published until it was back).
+        self.lost = 0
         names = list(events or ())
         for event in names:
             signals.signal_for(event)  # refuses unknown names
@@ -212,11 +214,20 @@ class Subscription:
                 return None
         try:
             message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        except _REDIS_ERRORS:
+        except _REDIS_ERRORS as error:
             self._close_pubsub(self._pubsub)
             self._pubsub = None
-            # Reconnect at once: if Redis merely restarted, nobody needs a warning.
-            self.connect()
+            # Pub/sub keeps nothing for a subscriber that is gone: say what was lost.
+            log.warning(
+                "the subscription to %s on Redis at %s was cut (%s): Redis restarted, or it "
+                "closed this subscriber for falling behind (client-output-buffer-limit pubsub, "
+                "32 MB by default); events published until it is back are lost",
+                self.pattern if not self.channels else ", ".join(self.channels),
+                self.where,
+                error,
+            )
+            self.lost += 1
+            self.connect()  # at once: Redis is most likely there
             return None
         return None if message is None else self._event(message)
 
