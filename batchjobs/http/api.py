@@ -271,7 +271,8 @@ def create_blueprint(
     both, ``authenticate`` is asked first. ``uploads`` sets the upload
     routes' size limit and how download links are signed. An ``authenticate`` that trusts a
     session cookie must also guard against cross-site requests (confirm and
-    cancel take no body), e.g. by checking the ``Origin`` header. Errors raised
+    cancel take no body, an upload is a form), e.g. by checking the
+    ``Origin`` header. Errors raised
     by the routes become ``{"type", "message"}`` responses; unknown routes are
     your app's (use ``create_app`` for JSON 404s everywhere).
     """
