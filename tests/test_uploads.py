@@ -159,7 +159,7 @@ def test_an_upload_over_the_limit_is_413_and_stores_nothing(
         "the upload is larger than 1000 bytes, the most it may be",
     )
     assert [key for key in list(shop_jobs.files.keys()) if "big" in key] == []
-    # The limit is the upload's: other routes keep theirs.
+    # Unless told, an upload may be 100 MiB.
     assert UploadSettings().max_bytes == MAX_UPLOAD_BYTES == 100 * 1024 * 1024
 
 
