@@ -368,6 +368,44 @@ def test_confirm_cancel_and_retry_are_posts_that_come_back_to_the_job(
     assert unknown.status_code == 404
 
 
+def test_pause_and_resume_are_posts_and_a_refusal_shows_the_services_message(
+    client: FlaskClient, jobs: BatchJobs
+) -> None:
+    log_in(client)
+    job = jobs.create("words", {"words": ["a", "b"]}, dry_run=True, created_by="usr_1")
+    page = f"/jobs/{job.id}"
+    refused = post_form(client, page, f"{page}/pause")
+    assert refused.status_code == 200
+    assert 'role="alert" tabindex="-1" data-focus-on-load>Cannot pause a batch job with status' in (
+        refused.text
+    )
+    assert jobs.retrieve(job.id).status == Status.CREATED
+    jobs.run_next()
+    jobs.confirm(job.id)
+    shown = client.get(page).text
+    assert re.search(r'data-action="pause">\s*<input[^>]*>\s*<button type="submit"', shown)
+    paused = post_form(client, page, f"{page}/pause")
+    assert paused.status_code == 303 and paused.headers["Location"] == f"{page}?done=pause"
+    shown = client.get(paused.headers["Location"]).text
+    assert "Job paused: it stops at its next checkpoint." in shown
+    assert '<span class="status status-paused" data-field="status_label">Paused</span>' in shown
+    assert "<span>Paused</span>" in shown  # the timeline
+    assert re.search(r'data-action="resume">\s*<input', shown)
+    assert re.search(r'data-action="pause" hidden>', shown)
+    assert re.search(r'data-action="cancel">\s*<input', shown)
+    assert 'status-paused"' in client.get("/").text and ">Paused <span" in client.get("/").text
+    resumed = post_form(client, page, f"{page}/resume")
+    assert resumed.status_code == 303 and resumed.headers["Location"] == f"{page}?done=resume"
+    assert jobs.retrieve(job.id).status == Status.CONFIRMED
+    assert "Job resumed: it continues from its last checkpoint." in client.get(
+        resumed.headers["Location"]
+    ).text
+    again = post_form(client, page, f"{page}/resume")
+    assert 'data-focus-on-load>Cannot resume a batch job with status' in again.text
+    jobs.run_until_idle()
+    assert jobs.retrieve(job.id).status == Status.COMPLETED
+
+
 def test_a_read_only_user_may_look_but_not_act(jobs: BatchJobs) -> None:
     client = app_with(jobs, read_only=lambda user: user == "usr_1").test_client()
     log_in(client)

@@ -268,6 +268,43 @@ def test_cancel_mid_run(site: Site, page: Any) -> None:
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
 
 
+def test_a_job_paused_mid_run_and_resumed_completes(site: Site, page: Any) -> None:
+    job = create_gated(site, n=30)
+    log_in(page, site)
+    site.work()
+    site.step()
+    page.get_by_role("link", name=job.id).click()
+    progress = page.locator('dd [data-field="progress_text"]')
+    expect(progress).to_have_text("10 of 30 (33%)")
+    page.get_by_role("button", name="Pause job").click()
+    notice = page.get_by_role("status")
+    expect(notice).to_have_text("Job paused: it stops at its next checkpoint.")
+    expect(notice).to_be_focused()
+    status = page.locator('[data-field="status_label"]')
+    expect(status).to_have_text("Paused")
+    expect(page.get_by_role("button", name="Pause job")).to_be_hidden()
+    site.step()  # the chunk under way ends at its checkpoint; the worker lets the job go
+    site.worker.join(timeout=30)  # type: ignore[union-attr]
+    assert site.jobs.retrieve(job.id).status.value == "paused"
+    page.reload()
+    expect(progress).to_have_text("20 of 30 (66%)")
+    expect(page.locator(".timeline").get_by_text("Paused")).to_be_visible()
+    stale = page.context.new_page()  # a second tab on the paused job: it rests, so it stays
+    stale.goto(page.url)
+    page.get_by_role("button", name="Resume job").click()
+    expect(notice).to_have_text("Job resumed: it continues from its last checkpoint.")
+    expect(status).to_have_text("Confirmed")
+    site.work()
+    site.step()
+    expect(status).to_have_text("Completed")
+    expect(progress).to_have_text("30 of 30 (100%)")
+    assert site.jobs.retrieve(job.id).result["advancement_count"] == 30
+    stale.get_by_role("button", name="Resume job").click()
+    alert = stale.get_by_role("alert")
+    expect(alert).to_have_text('Cannot resume a batch job with status "completed"')
+    expect(alert).to_be_focused()
+
+
 def test_a_double_click_on_confirm_sends_one_post(site: Site, page: Any) -> None:
     job = create_gated(site, n=10, dry_run=True)
     site.jobs.run_next()  # pre-processed, waiting for confirmation

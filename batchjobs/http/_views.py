@@ -22,6 +22,7 @@ STATUS_LABELS = {
     Status.COMPLETED: "Completed",
     Status.CANCELED: "Canceled",
     Status.FAILED: "Failed",
+    Status.PAUSED: "Paused",
 }
 
 #: The timeline's steps, in lifecycle order: (record field, label).
@@ -30,6 +31,7 @@ TIMELINE = (
     ("pre_processed_at", "Pre-processed"),
     ("confirmed_at", "Confirmed"),
     ("processing_at", "Processing started"),
+    ("paused_at", "Paused"),
     ("completed_at", "Completed"),
     ("canceled_at", "Canceled"),
     ("failed_at", "Failed"),
@@ -39,11 +41,12 @@ TIMELINE = (
 ACTIONS = {
     Status.CREATED: ("cancel",),
     Status.PRE_PROCESSED: ("confirm", "cancel"),
-    Status.CONFIRMED: ("cancel",),
-    Status.PROCESSING: ("cancel",),
+    Status.CONFIRMED: ("pause", "cancel"),
+    Status.PROCESSING: ("pause", "cancel"),
     Status.COMPLETED: (),
     Status.CANCELED: (),
     Status.FAILED: ("retry",),
+    Status.PAUSED: ("resume", "cancel"),
 }
 
 

@@ -6,7 +6,8 @@
 
 Pages: the job list (status chips with counts, a type filter, search by id,
 paging, newest first), a job's page (timeline, progress with rate and ETA,
-stat descriptors, errors with a CSV download, context, confirm/cancel/retry),
+stat descriptors, errors with a CSV download, context, confirm/cancel/retry/
+pause/resume),
 and a form creating a job of any registered type. Everything works with
 JavaScript off (plain forms and links); ``static/dashboard.js`` adds live
 updates (Server-Sent Events from ``live``, polling when those fail), a guard
@@ -77,7 +78,7 @@ SESSION_SECONDS = 12 * 3600
 DEFAULT_MAX_STREAMS = 4
 #: Jobs a page may ask live updates for.
 MAX_WATCHED = 100
-_ACTIONS = ("confirm", "cancel", "retry")
+_ACTIONS = ("confirm", "cancel", "retry", "pause", "resume")
 _READ_ONLY = "This dashboard is read-only for you: you may look but not act."
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _CSP = (
@@ -90,6 +91,8 @@ _DONE_MESSAGES = {
     "confirm": "Job confirmed: it will be processed.",
     "cancel": "Job canceled.",
     "retry": "Job sent back to be retried.",
+    "pause": "Job paused: it stops at its next checkpoint.",
+    "resume": "Job resumed: it continues from its last checkpoint.",
 }
 #: Error columns shown first, in this order; any other keys follow.
 _ERROR_COLUMNS = ("line", "record", "column", "code", "message")
