@@ -10,7 +10,9 @@ import csv
 import io
 import re
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -404,6 +406,57 @@ def test_pause_and_resume_are_posts_and_a_refusal_shows_the_services_message(
     assert 'data-focus-on-load>Cannot resume a batch job with status' in again.text
     jobs.run_until_idle()
     assert jobs.retrieve(job.id).status == Status.COMPLETED
+
+
+def test_a_finished_export_offers_its_file_to_its_owner_only(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    jobs = csv_jobs(make_shop(rows=30))
+    client = app_with(jobs).test_client()
+    log_in(client)
+    job = jobs.create("csv-export", {"table": "products"}, created_by="usr_1")
+    assert 'data-section="file" hidden>' in client.get(f"/jobs/{job.id}").text
+    early = client.get(f"/jobs/{job.id}/file")
+    assert early.status_code == 404
+    assert f"Batch job {job.id} has no file to download (yet)" in early.text
+    jobs.run_until_idle()
+    with jobs.files.open_read(f"exports/{job.id}.csv") as source:
+        data = source.read()
+    assert len(data) > 1000
+    shown = client.get(f"/jobs/{job.id}").text
+    assert (
+        f'<a href="/jobs/{job.id}/file" download="{job.id}.csv" data-download>'
+        f"Download {job.id}.csv</a>"
+    ) in shown
+    assert f"({len(data):,} bytes ({len(data) / 1000:.1f} KB))" in shown
+    response = client.get(f"/jobs/{job.id}/file")
+    assert response.status_code == 200 and response.data == data
+    assert response.headers["Content-Disposition"] == f"attachment; filename={job.id}.csv"
+    assert response.headers["Content-Length"] == str(len(data))
+    response.close()
+    other = app_with(jobs).test_client()
+    log_in(other, token="tok-2")
+    refused = other.get(f"/jobs/{job.id}/file")
+    assert refused.status_code == 403 and "does not belong" in refused.text
+    assert "Download" not in other.get(f"/jobs/{job.id}").text
+    jobs.files.delete(f"exports/{job.id}.csv")
+    gone = client.get(f"/jobs/{job.id}/file")
+    assert gone.status_code == 404 and f"The file of batch job {job.id} is gone" in gone.text
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 bytes"),
+        (1, "1 byte"),
+        (999, "999 bytes"),
+        (1234, "1,234 bytes (1.2 KB)"),
+        (5_600_000, "5,600,000 bytes (5.6 MB)"),
+        (3 * 10**9, "3,000,000,000 bytes (3.0 GB)"),
+    ],
+)
+def test_a_file_size_is_shown_exact_and_rounded(size: int, text: str) -> None:
+    assert views.size_text(size) == text
 
 
 def test_a_read_only_user_may_look_but_not_act(jobs: BatchJobs) -> None:

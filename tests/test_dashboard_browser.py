@@ -110,11 +110,12 @@ class Site:
 
 
 @pytest.fixture
-def make_site(jobs: BatchJobs) -> Iterator[Callable[..., Site]]:
+def make_site(make_jobs: Callable[..., BatchJobs]) -> Iterator[Callable[..., Site]]:
+    """``make_site(prefix="", jobs=None)``: a site over ``jobs`` (default: the test strategies)."""
     made: list[Site] = []
 
-    def make(prefix: str = "") -> Site:
-        made.append(Site(jobs, prefix))
+    def make(prefix: str = "", jobs: BatchJobs | None = None) -> Site:
+        made.append(Site(jobs or make_jobs(lease_seconds=5), prefix))
         return made[-1]
 
     yield make
@@ -303,6 +304,40 @@ def test_a_job_paused_mid_run_and_resumed_completes(site: Site, page: Any) -> No
     alert = stale.get_by_role("alert")
     expect(alert).to_have_text('Cannot resume a batch job with status "completed"')
     expect(alert).to_be_focused()
+
+
+@pytest.fixture
+def shop_site(
+    make_site: Callable[..., Site],
+    csv_jobs: Callable[..., BatchJobs],
+    make_shop: Callable[..., Path],
+) -> Site:
+    """A site whose csv-export and csv-import reach every table of a ``shop`` database."""
+    return make_site(jobs=csv_jobs(make_shop(rows=200)))
+
+
+def test_an_export_is_downloaded_byte_for_byte(shop_site: Site, page: Any) -> None:
+    site = shop_site
+    log_in(page, site)
+    page.get_by_role("link", name="New job").click()
+    page.get_by_label("Type").select_option("csv-export")
+    page.get_by_role("button", name="Choose").click()
+    page.get_by_label("Context of the csv-export job").fill('{"table": "products"}')
+    page.get_by_role("button", name="Create job").click()
+    expect(page.get_by_role("status")).to_have_text("Job created.")
+    (job,), _ = site.jobs.list_and_count()
+    site.work()
+    expect(page.locator('[data-field="status_label"]')).to_have_text("Completed")
+    with site.jobs.files.open_read(f"exports/{job.id}.csv") as source:
+        data = source.read()
+    link = page.get_by_role("link", name=f"Download {job.id}.csv")
+    expect(link).to_be_visible()  # the file section came with the status change
+    expect(page.get_by_text(f"({len(data):,} bytes")).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == f"{job.id}.csv"
+    assert Path(download.value.path()).read_bytes() == data
+    assert data.count(b"\r\n") == 201  # the header and every row
 
 
 def test_a_double_click_on_confirm_sends_one_post(site: Site, page: Any) -> None:

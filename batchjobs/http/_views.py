@@ -107,6 +107,15 @@ def duration_text(seconds: float) -> str:
     return f"{hours // 24} d"
 
 
+def size_text(size: int) -> str:
+    """``"812 bytes"``, ``"1,234 bytes (1.2 KB)"``: a file's size, exact and rounded."""
+    exact = f"{size:,} byte{'' if size == 1 else 's'}"
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= scale:
+            return f"{exact} ({size / scale:.1f} {unit})"
+    return exact
+
+
 def age_text(then: datetime | None, now: datetime) -> str:
     """``"5 min ago"``: how long ago ``then`` was."""
     if then is None:

@@ -6,7 +6,8 @@
 
 Pages: the job list (status chips with counts, a type filter, search by id,
 paging, newest first), a job's page (timeline, progress with rate and ETA,
-stat descriptors, errors with a CSV download, context, confirm/cancel/retry/
+stat descriptors, errors with a CSV download, the file a finished job made
+(an export) to download, context, confirm/cancel/retry/
 pause/resume),
 and a form creating a job of any registered type. Everything works with
 JavaScript off (plain forms and links); ``static/dashboard.js`` adds live
@@ -29,9 +30,10 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from flask import (
@@ -43,6 +45,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_file,
     stream_with_context,
     url_for,
 )
@@ -308,6 +311,7 @@ class _Dashboard:
             "job.html",
             code,
             job=job,
+            file=self.job_file(job),
             v=self.view(job),
             errors=errors,
             error_columns=_error_columns(errors),
@@ -316,6 +320,42 @@ class _Dashboard:
             message=message,
             error=error,
         )
+
+    def job_file(self, job: BatchJob) -> dict[str, Any] | None:
+        """The file a completed job made (``result.file_key``), its name and size, if any."""
+        key = job.result.get("file_key")
+        if job.status != Status.COMPLETED or not isinstance(key, str) or not key:
+            return None
+        size = job.result.get("file_size")
+        if not isinstance(size, int) or isinstance(size, bool):
+            try:
+                size = self.jobs.files.for_user(job.created_by).size(key)
+            except (FileNotFoundError, BatchJobError):
+                return None
+        return {"key": key, "name": key.rsplit("/", 1)[-1], "size": size}
+
+    def download(self, id: str) -> Response:
+        """The file a completed job made, as an attachment: for the job's owner only."""
+        job = self.own(id)
+        found = self.job_file(job)
+        if found is None:
+            raise NotFoundError(f"Batch job {job.id} has no file to download (yet)")
+        try:
+            # As the caller: the file must be theirs too, not only the job.
+            source: IO[bytes] = self.jobs.files.for_user(g.dashboard_user).open_read(found["key"])
+        except FileNotFoundError:
+            raise NotFoundError(f"The file of batch job {job.id} is gone") from None
+        try:
+            size = os.fstat(source.fileno()).st_size
+            response = send_file(
+                source, as_attachment=True, download_name=found["name"], conditional=False
+            )
+        except BaseException:
+            source.close()
+            raise
+        response.content_length = size
+        response.headers["Cache-Control"] = "private, no-store"
+        return response
 
     def act(self, id: str, action: str) -> Any:
         if action not in _ACTIONS:
@@ -608,6 +648,7 @@ def create_blueprint(
             "csrf_token": dashboard.csrf_token,
             "can_log_out": g.get("dashboard_login") == "cookie",
             "age_text": _views.age_text,
+            "size_text": _views.size_text,
         }
 
     @bp.after_request
@@ -633,6 +674,7 @@ def create_blueprint(
     bp.add_url_rule("/jobs/<id>", "job", dashboard.job)
     bp.add_url_rule("/jobs/<id>/<action>", "act", dashboard.act, methods=["POST"])
     bp.add_url_rule("/jobs/<id>/errors.csv", "errors_csv", dashboard.errors_csv)
+    bp.add_url_rule("/jobs/<id>/file", "download", dashboard.download)
     bp.add_url_rule("/new", "new", dashboard.new, methods=["GET", "POST"])
     bp.add_url_rule("/templates/<batch_type>", "template_file", dashboard.template_file)
     bp.add_url_rule("/login", "login", dashboard.login, methods=["GET", "POST"])

@@ -186,6 +186,7 @@
           if (next && !section.contains(document.activeElement) && section.innerHTML !== next.innerHTML) {
             section.innerHTML = next.innerHTML;
           }
+          if (next) { section.hidden = next.hidden; }
         });
       })
       .catch(function () { self.refreshing = false; });
