@@ -34,7 +34,6 @@ from ._csv_checks import _Layout
 from ._csv_input import _Input, _Plan
 from ._csv_lines import _Batch, _RowReader
 from ._sqlite import (
-    AllowedDatabase,
     allowed_databases,
     check_context_keys,
     connect,
@@ -423,13 +422,11 @@ class CsvImport(BatchJobStrategy):
         """Close the file and the database (chunks already committed stay)."""
         self._close(run)
 
-    def build_template(self, table: str | None = None, database: str | None = None) -> str:
-        """The header row of the table to import into (``table`` when several are allowed)."""
-        choices: list[tuple[AllowedDatabase, str]] = []
+    def tables(self) -> list[tuple[str, str]]:
+        """The ``(database, table)`` pairs a job may import into, for a chooser."""
+        choices: list[tuple[str, str]] = []
         for allowed in self.databases.values():
-            if database is not None and allowed.name != database:
-                continue
-            names: Iterable[str] = allowed.tables or ()
+            names: Iterable[str] = sorted(allowed.tables or ())
             if allowed.tables is None and allowed.path.is_file():
                 conn = connect(allowed.path)
                 try:
@@ -442,9 +439,16 @@ class CsvImport(BatchJobStrategy):
                     ]
                 finally:
                     conn.close()
-            choices.extend(
-                (allowed, name) for name in names if table is None or name.lower() == table.lower()
-            )
+            choices.extend((allowed.name, name) for name in names)
+        return choices
+
+    def build_template(self, table: str | None = None, database: str | None = None) -> str:
+        """The header row of the table to import into (``table`` when several are allowed)."""
+        choices = [
+            (self.databases[d], t)
+            for d, t in self.tables()
+            if (database is None or d == database) and (table is None or t.lower() == table.lower())
+        ]
         if len(choices) != 1:
             listed = ", ".join(f"{a.name}.{t}" for a, t in choices) or "none"
             raise InvalidDataError(

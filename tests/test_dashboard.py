@@ -459,6 +459,161 @@ def test_a_file_size_is_shown_exact_and_rounded(size: int, text: str) -> None:
     assert views.size_text(size) == text
 
 
+# -- the CSV import wizard ---------------------------------------------------------------------
+
+
+def upload_csv(client: FlaskClient, data: bytes, name: str = "prices.csv", **form: Any) -> Any:
+    """Post the import wizard's form with a file, as a browser would."""
+    token = csrf_of(client.get("/import"))
+    return client.post(
+        "/import",
+        data={"csrf_token": token, "file": (io.BytesIO(data), name), **form},
+        headers={"Sec-Fetch-Site": "same-origin"},
+        content_type="multipart/form-data",
+    )
+
+
+@pytest.fixture
+def shop_client(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> tuple[FlaskClient, BatchJobs]:
+    jobs = csv_jobs(make_shop(rows=30))
+    client = app_with(jobs).test_client()
+    log_in(client)
+    return client, jobs
+
+
+def test_an_upload_becomes_a_dry_run_import_whose_preview_is_confirmed(
+    shop_client: tuple[FlaskClient, BatchJobs],
+) -> None:
+    client, jobs = shop_client
+    form = client.get("/import").text
+    assert 'enctype="multipart/form-data"' in form and 'type="file" id="file" name="file"' in form
+    assert '<option value="shop.products">products (shop)</option>' in form
+    assert 'href="/import/template?table=shop.products" download' in form
+    assert 'href="/import">Import CSV</a>' in form
+    data = b"id,sku,name,price,qty\r\n1,SKU-00001,renamed,9.5,1\r\n100,NEW-1,new,2,3\r\n"
+    response = upload_csv(client, data, table="shop.products")
+    assert response.status_code == 303
+    (job,), _ = jobs.list_and_count()
+    assert response.headers["Location"] == f"/jobs/{job.id}?done=uploaded"
+    assert (job.type, job.dry_run, job.created_by) == ("csv-import", True, "usr_1")
+    key = job.context["file_key"]
+    assert key.startswith("uploads/prices-") and key.endswith(".csv")
+    assert job.context["table"] == "products" and job.context["on_error"] == "fail"
+    assert jobs.files.owner(key) == "usr_1"
+    with jobs.files.open_read(key) as source:
+        assert source.read() == data
+    shown = client.get(response.headers["Location"]).text
+    assert "File uploaded. A dry run is checking it" in shown and "data-focus-on-load" in shown
+    jobs.run_until_idle()
+    preview = client.get(f"/jobs/{job.id}").text
+    assert "<td>Rows to create</td><td>1 rows will be created in shop.products</td>" in preview
+    assert "<td>Rows to update</td><td>1 rows will be updated in shop.products</td>" in preview
+    assert "This is a preview: nothing has been written yet." in preview
+    confirmed = post_form(client, f"/jobs/{job.id}", f"/jobs/{job.id}/confirm")
+    assert confirmed.status_code == 303
+    jobs.run_until_idle()
+    assert jobs.retrieve(job.id).status == Status.COMPLETED
+    assert jobs.retrieve(job.id).result["imported"] == 2
+
+
+def test_invalid_rows_are_shown_with_line_and_column_and_skipped_when_asked(
+    shop_client: tuple[FlaskClient, BatchJobs],
+) -> None:
+    client, jobs = shop_client
+    data = b"id,sku,name,price,qty\r\n200,A,a,1,1\r\n201,B,b,cheap,1\r\n202,C,c,3,many\r\n"
+    upload_csv(client, data, table="shop.products_copy", skip_invalid="on")
+    (job,), _ = jobs.list_and_count()
+    assert job.context["on_error"] == "skip"
+    jobs.run_until_idle()
+    assert jobs.retrieve(job.id).status == Status.PRE_PROCESSED
+    page = client.get(f"/jobs/{job.id}").text
+    assert "<td>Invalid rows</td><td>2 invalid rows will be skipped</td>" in page
+    assert re.search(r"<tr><td>3</td><td>price</td><td>invalid_row</td><td>line 3", page)
+    assert re.search(r"<tr><td>4</td><td>qty</td><td>invalid_row</td><td>line 4", page)
+    rows = list(csv.reader(io.StringIO(client.get(f"/jobs/{job.id}/errors.csv").text)))
+    assert [r[:3] for r in rows] == [
+        ["line", "column", "code"],
+        ["3", "price", "invalid_row"],
+        ["4", "qty", "invalid_row"],
+    ]
+
+
+def test_the_wizard_refuses_a_bad_upload_and_writes_nothing(
+    shop_client: tuple[FlaskClient, BatchJobs],
+) -> None:
+    client, jobs = shop_client
+    cases = [
+        ({"table": "shop.products"}, b"", "", "Choose the CSV file to upload."),
+        ({"table": ""}, b"id\r\n1\r\n", "a.csv", "Choose the table to import into."),
+        (
+            {"table": "shop.secrets"},
+            b"id\r\n1\r\n",
+            "a.csv",
+            "&#39;shop.secrets&#39; is not a table this application lets you import into.",
+        ),
+    ]
+    for form, data, name, message in cases:
+        response = upload_csv(client, data, name, **form)
+        assert response.status_code == 200
+        assert f'role="alert" id="form-error" tabindex="-1" data-focus-on-load>{message}<' in (
+            response.text
+        )
+    assert jobs.list_and_count(limit=0)[1] == 0
+    assert list(jobs.files.keys()) == []
+
+
+def test_an_upload_over_the_limit_is_refused_with_413(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    jobs = csv_jobs(make_shop(rows=3))
+    client = app_with(jobs, max_upload_bytes=2000).test_client()
+    log_in(client)
+    response = upload_csv(client, b"id\r\n" + b"1\r\n" * 1000, table="shop.products")
+    assert response.status_code == 413
+    assert "The file is larger than 2,000 bytes (2.0 KB), the most an upload may be." in (
+        response.text
+    )
+    assert jobs.list_and_count(limit=0)[1] == 0 and list(jobs.files.keys()) == []
+    with pytest.raises(ValueError, match="max_upload_bytes must be a positive whole number"):
+        dashboard.create_blueprint(jobs, tokens=TOKENS, max_upload_bytes=0)
+
+
+def test_the_template_is_the_tables_header_row(
+    shop_client: tuple[FlaskClient, BatchJobs],
+) -> None:
+    client, _ = shop_client
+    response = client.get("/import/template?table=shop.products")
+    assert response.status_code == 200
+    assert response.text == "id,sku,name,price,qty,photo\r\n"
+    assert response.headers["Content-Disposition"] == (
+        'attachment; filename="shop.products-template.csv"'
+    )
+    assert client.get("/import/template?table=shop.nope").status_code == 400
+
+
+def test_where_csv_import_allows_no_table_the_wizard_says_so(client: FlaskClient) -> None:
+    log_in(client)  # the entry point's csv-import, with no allow-list in the environment
+    page = client.get("/import")
+    assert page.status_code == 200 and "The csv-import here allows no table" in page.text
+    assert 'type="file"' not in page.text
+    refused = client.get("/import/template?table=a.b")
+    assert refused.status_code == 400
+    assert "&#39;a.b&#39; is not a table this application lets you import into." in refused.text
+
+
+def test_a_read_only_user_cannot_upload(
+    csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    jobs = csv_jobs(make_shop(rows=3))
+    client = app_with(jobs, read_only=True).test_client()
+    log_in(client)
+    response = upload_csv(client, b"id\r\n1\r\n", table="shop.products")
+    assert response.status_code == 403 and "read-only" in response.text
+    assert list(jobs.files.keys()) == []
+
+
 def test_a_read_only_user_may_look_but_not_act(jobs: BatchJobs) -> None:
     client = app_with(jobs, read_only=lambda user: user == "usr_1").test_client()
     log_in(client)

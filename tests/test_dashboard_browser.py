@@ -9,7 +9,9 @@ console error. Skipped where Chromium is not installed, an error in CI.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sqlite3
 import statistics
 import threading
 import time
@@ -22,6 +24,7 @@ from werkzeug.serving import make_server
 
 from batchjobs import BatchJob, BatchJobs, BatchJobStrategy, JobRun
 from batchjobs.http import create_app, dashboard
+from batchjobs.strategies.csv_import import CsvImport
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 axe_api = pytest.importorskip("axe_playwright_python.sync_playwright")
@@ -53,6 +56,21 @@ class Gated(BatchJobStrategy):
         if not self.gate.acquire(timeout=30):
             raise TimeoutError("the test never let this chunk through")
         return min(size, run.job.context["n"] - start)
+
+
+class GatedImport(CsvImport):
+    """``csv-import`` 10 rows a chunk, each chunk waiting for ``gate`` to let it through."""
+
+    chunk_size = 10
+
+    def __init__(self, gate: threading.Semaphore, **options: Any) -> None:
+        super().__init__(**options)
+        self.gate = gate
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        if not self.gate.acquire(timeout=30):
+            raise TimeoutError("the test never let this chunk through")
+        return super().process_chunk(run, start, size)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +106,8 @@ class Site:
         self.serving = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.serving.start()
         self.worker: threading.Thread | None = None
+        #: The SQLite file csv-import and csv-export reach, when the site has one.
+        self.shop = Path()
 
     def work(self) -> None:
         """Run jobs in a background thread until every one rests."""
@@ -312,8 +332,112 @@ def shop_site(
     csv_jobs: Callable[..., BatchJobs],
     make_shop: Callable[..., Path],
 ) -> Site:
-    """A site whose csv-export and csv-import reach every table of a ``shop`` database."""
-    return make_site(jobs=csv_jobs(make_shop(rows=200)))
+    """A site whose csv-export and csv-import reach every table of a ``shop`` database;
+    the import's chunks are let through by ``site.step``."""
+    shop = make_shop(rows=200)
+    site = make_site(jobs=csv_jobs(shop))
+    site.shop = shop
+    tables = {"shop": {"path": shop, "tables": "*"}}
+    site.jobs.register(GatedImport(site.gated.gate, databases=tables, paths=[]))
+    return site
+
+
+def rows_of(path: Path, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_an_upload_is_previewed_confirmed_and_imported_step_by_step(
+    shop_site: Site, page: Any
+) -> None:
+    site = shop_site
+    log_in(page, site)
+    page.get_by_role("link", name="Import CSV").click()
+    page.get_by_label("Table to import into").select_option("shop.products_copy")
+    data = "id,sku,name,qty\r\n" + "".join(f"{i},S-{i},n{i},{i}\r\n" for i in range(1, 31))
+    # Keyboard only: the file input takes the focus and opens the file chooser with Space.
+    page.get_by_label("CSV file").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(
+        {"name": "copy.csv", "mimeType": "text/csv", "buffer": data.encode()}
+    )
+    page.get_by_role("button", name="Upload and preview").click()
+    notice = page.get_by_role("status")
+    expect(notice).to_contain_text("File uploaded. A dry run is checking it")
+    expect(notice).to_be_focused()
+    (job,), _ = site.jobs.list_and_count()
+    assert (job.type, job.dry_run, job.context["table"]) == ("csv-import", True, "products_copy")
+    site.work()  # the dry run: pre-processing is the preview
+    status = page.locator('[data-field="status_label"]')
+    expect(status).to_have_text("Pre-processed")
+    for text in ("30 rows will be created in", "0 rows will be updated in"):
+        expect(page.get_by_role("cell", name=f"{text} shop.products_copy")).to_be_visible()
+    expect(page.get_by_text("This is a preview: nothing has been written yet.")).to_be_visible()
+    page.get_by_role("button", name="Confirm").click()
+    expect(notice).to_have_text("Job confirmed: it will be processed.")
+    expect(notice).to_be_focused()
+    site.work()
+    progress = page.locator('dd [data-field="progress_text"]')
+    expect(progress).to_have_text("0 of 30 (0%)")
+    for text in ("10 of 30 (33%)", "20 of 30 (66%)"):
+        site.step()
+        expect(progress).to_have_text(text)
+    site.step()
+    expect(status).to_have_text("Completed")
+    expect(progress).to_have_text("30 of 30 (100%)")
+    expect(page.locator("#announcer")).to_have_text(f"{job.id} is now completed.")
+    assert rows_of(site.shop, "products_copy") == 30
+
+
+def test_invalid_rows_are_listed_and_their_errors_downloaded_as_csv(
+    shop_site: Site, page: Any
+) -> None:
+    site = shop_site
+    log_in(page, site)
+    page.get_by_role("link", name="Import CSV").click()
+    page.get_by_label("Table to import into").select_option("shop.products")
+    data = "id,sku,price,qty\r\n1,SKU-00001,1,3\r\n2,SKU-00002,2,lots\r\n9001,NEW,cheap,4\r\n"
+    # Dropped on the zone (drag and drop is an extra; the input takes it).
+    dropped = page.evaluate_handle(
+        """(text) => {
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([text], "bad.csv", {type: "text/csv"}));
+          return transfer;
+        }""",
+        data,
+    )
+    page.dispatch_event("[data-drop]", "drop", {"dataTransfer": dropped})
+    assert page.evaluate("document.getElementById('file').files[0].name") == "bad.csv"
+    expect(page.get_by_label("CSV file")).to_be_focused()
+    page.get_by_role("button", name="Upload and preview").click()
+    expect(page.get_by_role("status")).to_be_focused()
+    site.work()
+    expect(page.locator('[data-field="status_label"]')).to_have_text("Failed")
+    errors = page.locator("table.errors")
+    expect(errors.locator("tbody tr")).to_have_count(3)  # two rows, then why the job failed
+    expect(errors.locator("thead th")).to_have_text(["Line", "Column", "Code", "Message"])
+    expect(errors.locator("tbody tr").first.locator("td")).to_have_text(
+        ["3", "qty", "invalid_row", re.compile("^line 3, column 'qty': ")]
+    )
+    expect(errors.locator("tbody tr").nth(1).locator("td")).to_have_text(
+        ["4", "price", "invalid_row", "line 4, column 'price': 'cheap' is not a number"]
+    )
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download errors as CSV").click()
+    (job,), _ = site.jobs.list_and_count()
+    assert download.value.suggested_filename == f"{job.id}-errors.csv"
+    assert Path(download.value.path()).read_bytes() == (
+        b"line,column,code,message\r\n"
+        b"3,qty,invalid_row,\"line 3, column 'qty': 'lots' is not an integer\"\r\n"
+        b"4,price,invalid_row,\"line 4, column 'price': 'cheap' is not a number\"\r\n"
+        b",,invalid_data,2 invalid rows in the CSV file; nothing was imported "
+        b"(on_error is 'fail'; see result.errors)\r\n"
+    )
+    assert rows_of(site.shop, "products") == 200  # nothing imported
 
 
 def test_an_export_is_downloaded_byte_for_byte(shop_site: Site, page: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import secrets
 import threading
 import urllib.error
@@ -33,6 +34,7 @@ from batchjobs.http import (
     ServerLimits,
     UploadSettings,
     create_app,
+    dashboard,
 )
 from batchjobs.limits import MAX_UPLOAD_BYTES
 from tests.conftest import shop_rows
@@ -412,6 +414,12 @@ def test_export_then_download_the_file_byte_for_byte_over_http(
 @contextmanager
 def serving(jobs: BatchJobs, **limits: Any) -> Iterator[AdminServer]:
     app = create_app(jobs, tokens=TOKENS, uploads=UploadSettings(secret_key=SECRET))
+    app.secret_key = SECRET
+    upload_bytes = limits.get("upload_bytes", MAX_UPLOAD_BYTES)
+    # The dashboard at the root, as serve mounts it: its import wizard takes uploads too.
+    app.register_blueprint(
+        dashboard.create_blueprint(jobs, tokens=TOKENS, max_upload_bytes=upload_bytes)
+    )
     server = AdminServer(app, port=0, limits=ServerLimits(**limits))
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
@@ -546,4 +554,32 @@ def test_the_server_takes_uploads_up_to_their_own_limit(shop_jobs: BatchJobs) ->
             413,
             {"type": "invalid_data", "message": "the request body is larger than 100000 bytes"},
         )
+        # So does the dashboard's import wizard, a form posting the file.
+        _, _, page = call(f"{server.url}{dashboard.IMPORT_PATH}")
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', page)
+        assert token is not None
+        fields = {"csrf_token": token.group(1), "table": b"shop.products_copy"}
+        head = "".join(
+            f'--B\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value.decode()}\r\n'
+            for name, value in fields.items()
+        )
+        csv_file = b"id,sku,qty\r\n" + b"".join(b"%d,S%d,1\r\n" % (i, i) for i in range(5000))
+        assert 10_000 < len(csv_file) < 100_000
+        body = (
+            head.encode()
+            + b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n'
+            + b"Content-Type: text/csv\r\n\r\n"
+            + csv_file
+            + b"\r\n--B--\r\n"
+        )
+        status, _, answer = call(
+            f"{server.url}{dashboard.IMPORT_PATH}",
+            method="POST",
+            body=body,
+            content_type="multipart/form-data; boundary=B",
+        )
+        assert status == 200, answer  # the job's page, after the redirect
+        (job,), _ = shop_jobs.list_and_count(type="csv-import")
+        with shop_jobs.files.open_read(job.context["file_key"]) as source:
+            assert source.read() == csv_file
     assert [key for key in list(shop_jobs.files.keys()) if "huge" in key] == []

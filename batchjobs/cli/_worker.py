@@ -296,7 +296,12 @@ def serve(
     feed = dashboard.SignalFeed(jobs)
     app.register_blueprint(
         dashboard.create_blueprint(
-            jobs, tokens=users, read_only=read_only, feed=feed, max_streams=limits.streams
+            jobs,
+            tokens=users,
+            read_only=read_only,
+            feed=feed,
+            max_streams=limits.streams,
+            max_upload_bytes=limits.upload_bytes,
         )
     )
     try:

@@ -51,16 +51,19 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..app import BatchJobs
 from ..errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
+from ..limits import MAX_UPLOAD_BYTES
 from ..models import BatchJob, Status, utcnow
-from . import _live, _views
+from . import _imports, _live, _views
 from .api import NOT_OWNER_MESSAGE, Authenticate, _bearer_user
 
 __all__ = [
     "COOKIE_NAME",
     "DEFAULT_MAX_STREAMS",
+    "IMPORT_PATH",
     "PAGE_SIZE",
     "SESSION_SECONDS",
     "JobFeed",
@@ -81,6 +84,8 @@ SESSION_SECONDS = 12 * 3600
 DEFAULT_MAX_STREAMS = 4
 #: Jobs a page may ask live updates for.
 MAX_WATCHED = 100
+#: The import wizard's page (its form posts a file here), under the dashboard's prefix.
+IMPORT_PATH = "/import"
 _ACTIONS = ("confirm", "cancel", "retry", "pause", "resume")
 _READ_ONLY = "This dashboard is read-only for you: you may look but not act."
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -94,6 +99,10 @@ _DONE_MESSAGES = {
     "confirm": "Job confirmed: it will be processed.",
     "cancel": "Job canceled.",
     "retry": "Job sent back to be retried.",
+    "uploaded": (
+        "File uploaded. A dry run is checking it: its preview comes here, and nothing is "
+        "imported until you confirm."
+    ),
     "pause": "Job paused: it stops at its next checkpoint.",
     "resume": "Job resumed: it continues from its last checkpoint.",
 }
@@ -127,6 +136,7 @@ class _Dashboard:
         secret_key: str | bytes | None,
         feed: JobFeed,
         max_streams: int,
+        max_upload_bytes: int,
     ) -> None:
         self.jobs = jobs
         self.authenticate = authenticate
@@ -136,6 +146,7 @@ class _Dashboard:
         self.secret_key = secret_key
         self.feed = feed
         self.streams = threading.BoundedSemaphore(max_streams)
+        self.max_upload_bytes = max_upload_bytes
 
     # -- who calls ---------------------------------------------------------------------------
 
@@ -418,6 +429,61 @@ class _Dashboard:
             template_file=template_file,
         )
 
+    def import_csv(self) -> Any:
+        """The import wizard's first step: a table, a file, how to treat invalid rows."""
+        tables = _imports.import_tables(self.jobs)
+        chosen = request.values.get("table", "")
+        skip_invalid = request.form.get("skip_invalid") == "on"
+        error = None
+        if request.method == "POST":
+            if not self.may_act():
+                raise _Refused(403, _READ_ONLY)
+            upload = request.files.get("file")
+            try:
+                if tables is None:
+                    raise NotFoundError("No csv-import is registered here")
+                database, table = _imports.chosen_table(chosen, tables)
+                if upload is None or not upload.filename:
+                    raise InvalidDataError("Choose the CSV file to upload.")
+                job = _imports.start_import(
+                    self.jobs,
+                    g.dashboard_user,
+                    filename=upload.filename,
+                    source=upload.stream,
+                    database=database,
+                    table=table,
+                    skip_invalid=skip_invalid,
+                )
+            except InvalidDataError as invalid:
+                error = invalid.message
+            else:
+                return redirect(url_for(".job", id=job.id, done="uploaded"), 303)
+        return self.render(
+            "import.html",
+            tables=[(_imports.choice_value(*pair), *pair) for pair in tables or []],
+            registered=tables is not None,
+            chosen=chosen,
+            skip_invalid=skip_invalid,
+            error=error,
+            max_upload_text=_views.size_text(self.max_upload_bytes),
+        )
+
+    def import_template(self) -> Response:
+        """The header row of the chosen table, a CSV file to fill in."""
+        tables = _imports.import_tables(self.jobs)
+        if tables is None:
+            raise NotFoundError("No csv-import is registered here")
+        database, table = _imports.chosen_table(request.args.get("table", ""), tables)
+        text = self.jobs.strategy(_imports.IMPORT_TYPE).build_template(  # type: ignore[call-arg]
+            table=table, database=database
+        )
+        name = _imports.choice_value(database, table)
+        return Response(
+            text,
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}-template.csv"'},
+        )
+
     def template_file(self, batch_type: str) -> Response:
         text = self.jobs.strategy(batch_type).build_template()
         if text is None:
@@ -584,6 +650,7 @@ def create_blueprint(
     secret_key: str | bytes | None = None,
     feed: JobFeed | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
     name: str = "batchjobs_dashboard",
     url_prefix: str | None = None,
 ) -> Blueprint:
@@ -597,6 +664,7 @@ def create_blueprint(
     (default: this process's signals, ``SignalFeed(jobs)``); close it before
     stopping the server, so open streams end. At most ``max_streams`` live
     streams are open at once (each holds a server thread); pages poll past that.
+    A file uploaded to the import wizard may be ``max_upload_bytes`` long.
     """
     if authenticate is None and not tokens:
         raise ValueError("the dashboard needs authenticate or tokens to know who calls it")
@@ -605,6 +673,10 @@ def create_blueprint(
             raise ValueError("tokens map non-empty token strings to non-empty user ids")
     if not isinstance(max_streams, int) or max_streams < 0:
         raise ValueError(f"max_streams must be a whole number, not {max_streams!r}")
+    if not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
+        raise ValueError(
+            f"max_upload_bytes must be a positive whole number, not {max_upload_bytes!r}"
+        )
     dashboard = _Dashboard(
         jobs,
         authenticate=authenticate,
@@ -613,6 +685,7 @@ def create_blueprint(
         secret_key=secret_key,
         feed=feed or SignalFeed(jobs),
         max_streams=max_streams,
+        max_upload_bytes=max_upload_bytes,
     )
     bp = Blueprint(
         name,
@@ -634,6 +707,8 @@ def create_blueprint(
 
     @bp.before_request
     def guard() -> ResponseReturnValue | None:
+        if request.endpoint == f"{bp.name}.import_csv":  # before anything reads the form
+            request.max_content_length = max_upload_bytes
         dashboard.check_site()  # first: a cross-site POST is refused whoever it claims to be
         answer = dashboard.identify()
         if answer is None:
@@ -649,6 +724,7 @@ def create_blueprint(
             "can_log_out": g.get("dashboard_login") == "cookie",
             "age_text": _views.age_text,
             "size_text": _views.size_text,
+            "may_import": _imports.IMPORT_TYPE in dashboard.jobs.registry.types,
         }
 
     @bp.after_request
@@ -668,7 +744,15 @@ def create_blueprint(
         status = {"not_found": 404, "not_allowed": 403}.get(error.type, 400)
         return dashboard.render("error.html", status, message=error.message)
 
+    def too_large(error: RequestEntityTooLarge) -> tuple[str, int]:
+        message = (
+            f"The file is larger than {_views.size_text(max_upload_bytes)}, "
+            "the most an upload may be."
+        )
+        return dashboard.render("error.html", 413, message=message)
+
     bp.register_error_handler(_Refused, refused)
+    bp.register_error_handler(RequestEntityTooLarge, too_large)
     bp.register_error_handler(BatchJobError, batch_job_error)
     bp.add_url_rule("/", "index", dashboard.index)
     bp.add_url_rule("/jobs/<id>", "job", dashboard.job)
@@ -677,6 +761,8 @@ def create_blueprint(
     bp.add_url_rule("/jobs/<id>/file", "download", dashboard.download)
     bp.add_url_rule("/new", "new", dashboard.new, methods=["GET", "POST"])
     bp.add_url_rule("/templates/<batch_type>", "template_file", dashboard.template_file)
+    bp.add_url_rule(IMPORT_PATH, "import_csv", dashboard.import_csv, methods=["GET", "POST"])
+    bp.add_url_rule(f"{IMPORT_PATH}/template", "import_template", dashboard.import_template)
     bp.add_url_rule("/login", "login", dashboard.login, methods=["GET", "POST"])
     bp.add_url_rule("/logout", "logout", dashboard.logout, methods=["POST"])
     bp.add_url_rule("/live", "live", dashboard.live)

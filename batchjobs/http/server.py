@@ -8,8 +8,9 @@ keep-alive), this module adds:
 - a deadline for receiving a request (``request_seconds``): a client that
   sends one byte a second (slowloris) is answered 408 and closed;
 - a 414 for a request line longer than ``url_bytes``;
-- a larger body for uploads (``POST /admin/uploads``: ``upload_bytes``) than
-  for every other request (``body_bytes``);
+- a larger body for uploads (``POST /admin/uploads``, and the dashboard's
+  import wizard at ``POST /import``: ``upload_bytes``) than for every other
+  request (``body_bytes``);
 - every error the server answers itself (400, 408, 413, 414, 431, 500) in
   the API's JSON shape ``{"type", "message"}``;
 - a cap on long-lived responses (``text/event-stream``, SSE): at most
@@ -46,6 +47,7 @@ from ..limits import (
     REQUEST_SECONDS,
     dumps,
 )
+from .dashboard import IMPORT_PATH
 from .uploads import UPLOADS_PREFIX
 
 __all__ = [
@@ -101,7 +103,7 @@ class ServerLimits:
     url_bytes: int = MAX_URL_BYTES
     #: Body, in bytes, whether it comes with a Content-Length or chunked: 413 past it.
     body_bytes: int = MAX_BODY_BYTES
-    #: Body of an upload (``POST /admin/uploads``), in bytes: 413 past it.
+    #: Body of an upload (``POST /admin/uploads``, the dashboard's ``POST /import``), in bytes.
     upload_bytes: int = MAX_UPLOAD_BYTES
     #: Seconds a client may take to send one whole request: 408 and closed past it.
     request_seconds: float = REQUEST_SECONDS
@@ -140,6 +142,10 @@ class _RequestTimeout(Error):
     reason = "Request Timeout"
 
 
+#: Where a body may be an upload: the API's, and the dashboard's wizard as serve mounts it.
+_UPLOAD_PATHS = (UPLOADS_PREFIX, IMPORT_PATH)
+
+
 class _Parser(HTTPRequestParser):
     """waitress's parser, telling a request line too long (414) from headers too large (431),
     and taking uploads up to ``upload_bytes``."""
@@ -149,7 +155,7 @@ class _Parser(HTTPRequestParser):
 
     def parse_header(self, header_plus: bytes) -> None:
         super().parse_header(header_plus)
-        if self.command == "POST" and self.path == UPLOADS_PREFIX:
+        if self.command == "POST" and self.path in _UPLOAD_PATHS:
             # The body's limit is read from adj, once the headers are in.
             adjustments: Any = copy.copy(self.adj)  # type: ignore[has-type]
             adjustments.max_request_body_size = self.upload_bytes

@@ -192,9 +192,34 @@
       .catch(function () { self.refreshing = false; });
   };
 
+  // -- the import wizard: a file may also be dropped on its zone -------------------------
+  function dropZone(zone) {
+    var input = zone.querySelector("input[type=file]");
+    var hint = zone.querySelector("[data-drop-hint]");
+    if (!input || !window.DataTransfer) { return; }
+    if (hint) { hint.hidden = false; }
+    function over(event) { event.preventDefault(); zone.classList.add("dragging"); }
+    zone.addEventListener("dragenter", over);
+    zone.addEventListener("dragover", over);
+    zone.addEventListener("dragleave", function () { zone.classList.remove("dragging"); });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+      var files = event.dataTransfer && event.dataTransfer.files;
+      if (!files || !files.length) { return; }
+      var chosen = new window.DataTransfer();
+      chosen.items.add(files[0]);
+      input.files = chosen.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+      announce(files[0].name + " chosen.");
+      input.focus();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var target = document.querySelector("[data-focus-on-load]");
     if (target) { target.focus(); }
+    each(document.querySelectorAll("[data-drop]"), dropZone);
     var area = document.querySelector("textarea[data-json]");
     if (area) {
       area.addEventListener("input", function () { checkJson(area); });
