@@ -8,6 +8,7 @@ console error. Skipped where Chromium is not installed, an error in CI.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -631,18 +632,44 @@ def test_a_cross_origin_post_is_refused(site: Site, page: Any, problems: list[st
     assert site.jobs.retrieve(job.id).status.value == "pre_processed"
 
 
+def import_preview(site: Site) -> BatchJob:
+    """A dry-run import pre-processed into its preview: creates, updates, two invalid rows."""
+    data = "id,sku,price,qty\r\n" + "".join(
+        f"{i},SKU-{i:05d},{i * 1.5},{i % 7}\r\n" for i in range(190, 230)
+    )
+    data += "230,SKU-X1,cheap,1\r\n231,SKU-X2,2.5,lots\r\n"
+    key = site.jobs.files.for_user("usr_1").upload("prices.csv", io.BytesIO(data.encode()))
+    context = {"table": "products", "file_key": key, "on_error": "skip"}
+    job = site.jobs.create("csv-import", context, dry_run=True, created_by="usr_1")
+    site.jobs.run_until_idle(timeout=30)
+    return job
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_axe_finds_no_violation(site: Site, open_page: Callable[..., Any], scheme: str) -> None:
+def test_axe_finds_no_violation(
+    shop_site: Site, open_page: Callable[..., Any], scheme: str
+) -> None:
+    site = shop_site
     page = open_page(color_scheme=scheme, reduced_motion="reduce")
     job = site.jobs.create("gated", {"n": 10}, dry_run=True, created_by="usr_1")
     site.jobs.run_next()
     site.jobs.create("broken", created_by="usr_1")
     site.jobs.run_until_idle(timeout=30)
+    preview = import_preview(site)
+    export = site.jobs.create("csv-export", {"table": "products"}, created_by="usr_1")
+    site.jobs.run_until_idle(timeout=30)
+    paused = site.jobs.create("gated", {"n": 10}, dry_run=True, created_by="usr_1")
+    site.jobs.run_next()
+    site.jobs.confirm(paused.id)
+    site.jobs.pause(paused.id)
     axe = axe_api.Axe()
     page.goto(f"{site.url}/login")
     pages = [f"{site.url}/login"]
     log_in(page, site)
     pages += [f"{site.url}/", f"{site.url}/jobs/{job.id}", f"{site.url}/new?type=gated"]
+    pages += [f"{site.url}/import"] + [
+        f"{site.url}/jobs/{one.id}" for one in (preview, export, paused)
+    ]
     for url in pages:
         page.goto(url)
         results = axe.run(page)
@@ -677,3 +704,20 @@ def test_a_day_of_jobs_in_pictures(
     page.set_viewport_size({"width": 1100, "height": 900})
     page.screenshot(path=str(where / "dashboard-job.png"))
     assert (where / "dashboard-job.png").stat().st_size > 10_000
+
+
+def test_an_import_preview_in_pictures(
+    shop_site: Site, open_page: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The README's picture of an import's preview (in ``BATCHJOBS_SCREENSHOTS`` when set)."""
+    site = shop_site
+    job = import_preview(site)
+    where = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    page = open_page(viewport={"width": 1100, "height": 1000})
+    log_in(page, site)
+    page.goto(f"{site.url}/jobs/{job.id}")
+    expect(page.get_by_role("cell", name="2 invalid rows will be skipped")).to_be_visible()
+    expect(page.get_by_role("button", name="Confirm")).to_be_visible()
+    page.locator("#stats-title").scroll_into_view_if_needed()
+    page.screenshot(path=str(where / "dashboard-import-preview.png"), full_page=True)
+    assert (where / "dashboard-import-preview.png").stat().st_size > 10_000
