@@ -594,6 +594,37 @@ def test_every_action_works_with_javascript_off(site: Site, open_page: Callable[
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
 
 
+def test_the_import_wizard_works_with_javascript_off(
+    shop_site: Site, open_page: Callable[..., Any]
+) -> None:
+    site = shop_site
+    page = open_page(java_script_enabled=False)
+    log_in(page, site)
+    page.get_by_role("link", name="Import CSV").click()
+    with page.expect_download() as template:
+        page.get_by_role("link", name="products_copy (shop) template").click()
+    assert Path(template.value.path()).read_bytes() == b"id,sku,name,price,qty,photo\r\n"
+    page.get_by_label("Table to import into").select_option("shop.products_copy")
+    data = "id,sku,qty\r\n" + "".join(f"{i},S-{i},1\r\n" for i in range(1, 6))
+    page.get_by_label("CSV file").set_input_files(
+        {"name": "five.csv", "mimeType": "text/csv", "buffer": data.encode()}
+    )
+    page.get_by_role("button", name="Upload and preview").click()
+    expect(page.get_by_role("status")).to_contain_text("File uploaded.")
+    site.jobs.run_next()
+    page.reload()
+    created = page.get_by_role("cell", name="5 rows will be created in shop.products_copy")
+    expect(created).to_be_visible()
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("status")).to_have_text("Job confirmed: it will be processed.")
+    site.step()
+    site.jobs.run_until_idle(timeout=30)
+    page.reload()
+    expect(page.locator('[data-field="status_label"]')).to_have_text("Completed")
+    expect(page.locator('dd [data-field="progress_text"]')).to_have_text("5 of 5 (100%)")
+    assert rows_of(site.shop, "products_copy") == 5
+
+
 def test_mounted_under_a_prefix_nothing_is_missing(
     make_site: Callable[..., Site], page: Any
 ) -> None:
