@@ -7,12 +7,12 @@
 Pages: the job list (status chips with counts, a type filter, search by id,
 paging, newest first), a job's page (timeline, progress with rate and ETA,
 stat descriptors, errors with a CSV download, the file a finished job made
-(an export) to download, context, confirm/cancel/retry/
-pause/resume),
-and a form creating a job of any registered type. Everything works with
-JavaScript off (plain forms and links); ``static/dashboard.js`` adds live
+(an export) to download, context, confirm/cancel/retry/pause/resume), a form
+creating a job of any registered type, and the CSV import wizard (a file
+uploaded, previewed by a dry run, confirmed; ``_imports``). Everything works
+with JavaScript off (plain forms and links); ``static/dashboard.js`` adds live
 updates (Server-Sent Events from ``live``, polling when those fail), a guard
-against double submits and focus management.
+against double submits, focus management and dropping a file on the wizard.
 
 A caller is who the application's ``authenticate(request)`` says, else who a
 token typed into the login form names (kept in a signed, ``HttpOnly``,
