@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from batchjobs import BatchJobs
 from batchjobs.cli import cli
+from batchjobs.limits import MAX_BODY_BYTES
 from batchjobs.pubsub import Subscription
 
 ENV: dict[str, str | None] = {
@@ -71,6 +72,25 @@ def test_a_bad_argument_exits_2_naming_it(db_path: Path, args: list[str], messag
     if db_path.exists():
         with BatchJobs(db_path) as jobs:
             assert jobs.list_and_count(limit=0)[1] == 0
+
+
+@pytest.mark.parametrize("where", ["file", "stdin"])
+def test_a_context_that_is_not_utf8_or_too_large_exits_2(
+    db_path: Path, tmp_path: Path, where: str
+) -> None:
+    group = ["--db", str(db_path), "--app", "tests.strategies", "create", "words", "--context"]
+    for data, message in [
+        (b'{"words": ["\xff"]}', "the context is not valid JSON: 'utf-8' codec can't decode"),
+        (b" " * MAX_BODY_BYTES + b"{}", f"the context is larger than {MAX_BODY_BYTES} bytes"),
+    ]:
+        source = tmp_path / "context.json"
+        source.write_bytes(data)
+        args = [*group, "@-" if where == "stdin" else f"@{source}"]
+        result = CliRunner(env=ENV).invoke(cli, args, input=data if where == "stdin" else None)
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr, result.stderr
+    with BatchJobs(db_path) as jobs:
+        assert jobs.list_and_count(limit=0)[1] == 0
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import InvalidDataError
-from ..limits import check_text, parse_json
+from ..limits import MAX_BODY_BYTES, check_text, parse_json
 from ._app import F
 from ._validators import Text
 
@@ -26,18 +25,19 @@ class _JsonObject(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
-        text = value
+        text: str | bytes = value
         if value.startswith("@"):
+            # Bytes, and no more than a request body may hold: the parser tells
+            # what is not UTF-8, and a huge file is refused unread.
             try:
-                if value == "@-":
-                    with click.open_file("-", encoding="utf-8") as stdin:
-                        text = stdin.read()
-                else:
-                    text = Path(value[1:]).read_text(encoding="utf-8")
+                with click.open_file(value[1:], "rb") as source:
+                    text = source.read(MAX_BODY_BYTES + 1)
             except OSError as error:
                 self.fail(f"cannot read {value[1:]}: {error.strerror}", param, ctx)
+            if len(text) > MAX_BODY_BYTES:
+                self.fail(f"the context is larger than {MAX_BODY_BYTES} bytes", param, ctx)
         try:
-            data = parse_json("the context", text)
+            data = parse_json("the context", text, max_bytes=MAX_BODY_BYTES)
         except InvalidDataError as error:
             self.fail(error.message, param, ctx)
         if not isinstance(data, dict):
