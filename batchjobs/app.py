@@ -296,6 +296,7 @@ class BatchJobs:
         """Shut down (waiting for running jobs to hand over), stop mirroring events,
         close the database connections."""
         self.shutdown()
+        self.runner.close()
         if self.mirror is not None:
             self.mirror.close()
         self.store.close()

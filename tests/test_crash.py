@@ -115,3 +115,86 @@ def test_a_job_that_kills_every_worker_ends_failed_after_max_attempts(
     assert deaths == 3  # the first claim and two takeovers
     failed = jobs.retrieve(job.id)
     assert failed.result["errors"][-1]["code"] == "max_attempts_exceeded"
+
+
+# -- same-host takeover: a dead holder's lease is expired at once --------------------
+
+
+def test_kill_9_then_a_new_worker_on_this_host_resumes_at_once(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 300, "sleep": 0.02, "ledger": str(ledger), "cursor": True})
+    first = start_worker("--lease-seconds", "30")
+    wait_for(lambda: progress(jobs, job.id) >= 50, what="the first checkpoints")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    left_at = progress(jobs, job.id)
+    holder = jobs.store.holder(job.id)
+    assert holder is not None and holder.owner.split(":")[1] == str(first.pid)
+    # Its lease has 30 s to run; a worker of this host sees its holder died.
+    start_worker("--lease-seconds", "30")
+    started = time.monotonic()
+    wait_for(lambda: progress(jobs, job.id) > left_at, timeout=10, what="the resumed job")
+    resumed = time.monotonic() - started
+    assert jobs.wait(job.id, timeout=20).status == Status.COMPLETED
+    assert resumed < 5, f"resumed {resumed:.2f} s after the new worker started"
+    counts = Counter(read_ledger(ledger))
+    assert set(counts) == {str(i) for i in range(300)}
+    assert sum(counts.values()) - 300 <= 10  # at most one chunk twice
+    assert jobs.store.holder(job.id) is None
+
+
+def test_a_live_worker_s_lease_is_never_taken_by_a_worker_of_its_host(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 60, "sleep": 0.05, "ledger": str(ledger), "cursor": True})
+    first = start_worker("--lease-seconds", "30")
+    wait_for(lambda: progress(jobs, job.id) >= 10, what="the first checkpoints")
+    owner = jobs.store.holder(job.id)
+    assert owner is not None
+    second = start_worker("--lease-seconds", "30", "--poll-interval", "0.02")
+    # The second worker polls every 20 ms for the whole job: it never takes it.
+    assert jobs.wait(job.id, timeout=20).status == Status.COMPLETED
+    assert read_ledger(ledger) == [str(i) for i in range(60)]
+    assert first.poll() is None and second.poll() is None
+
+
+def _process_with_pid(pid: int) -> subprocess.Popen[bytes] | None:
+    """A live process that got ``pid`` (Linux, as root: ``ns_last_pid``), or ``None``."""
+    for _ in range(50):
+        try:
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        except OSError:
+            return None
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+def test_a_dead_holder_s_pid_reused_by_a_live_process_is_not_taken_for_it(
+    jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 200, "sleep": 0.02, "ledger": str(ledger), "cursor": True})
+    first = start_worker("--lease-seconds", "30")
+    wait_for(lambda: progress(jobs, job.id) >= 30, what="the first checkpoints")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    reused = _process_with_pid(first.pid)
+    if reused is None:
+        pytest.skip("cannot give a new process a chosen pid here (needs Linux and root)")
+    try:
+        left_at = progress(jobs, job.id)
+        start_worker("--lease-seconds", "30")
+        # The pid is alive again, but not as the holder: the lease is taken at once.
+        wait_for(lambda: progress(jobs, job.id) > left_at, timeout=10, what="the resumed job")
+        assert jobs.wait(job.id, timeout=20).status == Status.COMPLETED
+    finally:
+        reused.kill()
+        reused.wait()
+    assert sum(Counter(read_ledger(ledger)).values()) - 200 <= 10

@@ -278,6 +278,51 @@ def test_a_live_lease_blocks_claims_until_it_expires_or_is_renewed(make_store: M
     assert two.holder(job.id).token == taken.lease.token  # type: ignore[union-attr]
 
 
+def test_a_gone_owner_s_live_lease_is_expired_at_once_and_only_its(store: Store) -> None:
+    a, b, free = insert(store, *(make_job(at=T0 + timedelta(seconds=i)) for i in range(3)))
+    claim_one(store, owner="dead", ids=(a.id,))
+    claim_one(store, owner="alive", ids=(b.id,))
+    assert sorted(store.lease_owners(T0)) == ["alive", "dead"]
+    assert store.lease_owners(T0 + LEASE) == []  # expired ones are not live
+    # "dead" is gone: its lease is taken first and alone (an attempt), long before it expires.
+    claims = store.claim(request(T0 + timedelta(seconds=1), owner="w2", gone=("dead",), limit=5))
+    assert [(c.job.id, c.attempts) for c in claims] == [(a.id, 1)]
+    assert store.holder(a.id).owner == "w2"  # type: ignore[union-attr]
+    # A gone owner that is not the holder takes nothing; "alive"'s lease stays.
+    assert store.claim(request(T0, owner="w3", gone=("dead", "nobody"), ids=(a.id, b.id))) == []
+    assert [c.job.id for c in store.claim(request(T0, owner="w3", gone=("dead",)))] == [free.id]
+    assert store.holder(b.id).owner == "alive"  # type: ignore[union-attr]
+
+
+def test_of_many_claimers_of_a_gone_owner_s_lease_one_wins(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    (job,) = insert(stores[0], make_job())
+    claim_one(stores[0], owner="dead")
+    barrier = threading.Barrier(len(stores))
+    won: list[Claim] = []
+
+    def take(store: Store, owner: str) -> None:
+        barrier.wait()
+        won.extend(store.claim(request(owner=owner, gone=("dead",))))
+
+    threads = [threading.Thread(target=take, args=(s, f"w{i}")) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and won[0].attempts == 1
+    assert stores[1].holder(job.id).token == won[0].lease.token  # type: ignore[union-attr]
+
+
+def test_a_gone_owner_s_cleanup_is_taken_at_once(store: Store) -> None:
+    (job,) = insert(store, make_job(status=Status.PROCESSING, processing_at=T0))
+    store.transition(job.id, from_statuses=[Status.PROCESSING], to=Status.CANCELED, now=T0)
+    assert store.claim_cleanup(job.id, owner="dead", now=T0, lease_until=T0 + LEASE) is not None
+    assert store.claim_cleanup(job.id, owner="w2", now=T0, lease_until=T0 + LEASE) is None
+    taken = store.claim_cleanup(job.id, owner="w2", now=T0, lease_until=T0 + LEASE, gone=("dead",))
+    assert taken is not None and store.holder(job.id).owner == "w2"  # type: ignore[union-attr]
+
+
 def test_release_frees_a_job_at_once_and_release_all_frees_an_owners(store: Store) -> None:
     a, b, c = insert(store, *(make_job() for _ in range(3)))
     first = claim_one(store, ids=(a.id,))

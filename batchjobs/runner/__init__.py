@@ -1,6 +1,7 @@
-"""Running jobs: claiming them (``claims``), running one (``job``), their leases (``leases``).
+"""Running jobs: claiming them (``claims``), running one (``job``), their leases (``leases``),
+whether a lease's holder still lives (``holders``).
 
-Imports flow one way inside: ``claims`` → ``job`` → ``leases``.
+Imports flow one way inside: ``claims`` → ``job`` → ``leases``; ``claims`` → ``holders``.
 """
 
 from __future__ import annotations

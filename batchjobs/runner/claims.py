@@ -11,9 +11,6 @@ batch is settled in an ``except`` before the error goes on.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +21,7 @@ from ..errors import StoreError
 from ..models import ACTIVE_STATUSES, BatchJob, Status, utcnow
 from ..store import Checkpoint, Claim, ClaimRequest, Store
 from ..strategy import StrategyRegistry
+from .holders import Presence, this_process
 from .job import DEFERRED, DirectSaver, JobExecution, RunContext, _Deferred
 from .leases import Heartbeat, HeldLease, Leases, LeaseState
 
@@ -149,12 +147,16 @@ class JobRunner:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         owner: str | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.lease = timedelta(seconds=lease_seconds)
+        #: This process's sign of life on this host (``holders``).
+        self.presence = presence or this_process()
         #: Names this runner on its leases: host, process, and a token of its own.
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = owner or self.presence.owner()
+        self._present = False
         self.leases = Leases(store, self.lease)
         self.ctx = RunContext(
             store=store,
@@ -192,11 +194,38 @@ class JobRunner:
 
     def renew_leases(self, now: datetime | None = None) -> int:
         """Extend the leases of every job held here (the heartbeat); returns how many."""
+        self.presence.touch()
         return self.leases.renew(now)
 
     def release_all(self) -> int:
         """Give up every lease this runner holds in the store (after its workers stopped)."""
         return self.store.release_all(self.owner)
+
+    def close(self) -> None:
+        """Say this runner is done (its workers stopped). Never raises.
+
+        If it left no lease, its process may end without leaving a sign that
+        it died; if it did (a run interrupted by ``KeyboardInterrupt`` or
+        ``SystemExit``), that sign stays, so the lease is taken over, as
+        after a crash, as soon as the process ends.
+        """
+        if not self._present:
+            return
+        self._present = False
+        try:
+            left = self.owner in self.store.lease_owners(utcnow())
+        except StoreError:
+            return
+        if not left:
+            self.presence.done()
+
+    def gone(self, now: datetime) -> tuple[str, ...]:
+        """The owners of live leases that are dead processes of this host: their
+        leases are expired now (the claim that takes one decides it, guarded)."""
+        if not self._present:  # before the first claim: this process shows it lives
+            self._present = True
+            self.presence.hold()
+        return self.presence.gone(self.store.lease_owners(now))
 
     # -- claiming ----------------------------------------------------------------
 
@@ -218,6 +247,7 @@ class JobRunner:
             ids=None if ids is None else tuple(ids),
             limit=limit,
             cleanups=statuses == ACTIVE_STATUSES,
+            gone=self.gone(now),
         )
 
     def claim_next(
@@ -265,7 +295,7 @@ class JobRunner:
             return False
         now = now or utcnow()
         claim = self.store.claim_cleanup(
-            job.id, owner=self.owner, now=now, lease_until=now + self.lease
+            job.id, owner=self.owner, now=now, lease_until=now + self.lease, gone=self.gone(now)
         )
         if claim is None:
             return False

@@ -16,7 +16,10 @@ fresh ``token``, unique to that claim. Every write on behalf of a running
 job is guarded by its token: a worker whose lease expired and was taken over
 by another claim can no longer write, even if it is the same process. A lease
 ends in one of two ways: a checkpoint with ``release=True`` (the job ends or
-is handed over), or ``release``.
+is handed over), or ``release``. A lease expires at its time, or at once when
+its owner is one of a claim's ``gone`` owners: the runner found that process
+dead (it was on the runner's host), and the claim that takes its lease is the
+same guarded write as for an expired one, so of two claimers one wins.
 
 Schedules. A recurring job's schedule is a ``Schedule`` record keyed by its
 name. Every change to one is guarded by the ``revision`` it was computed
@@ -119,6 +122,9 @@ class ClaimRequest:
     limit: int = 1
     #: Whether canceled jobs owing a cleanup are offered too.
     cleanups: bool = True
+    #: Owners known to be dead (processes of this host that ended): their
+    #: leases count as expired at ``now``, however long they had to run.
+    gone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,9 +261,11 @@ class Store(abc.ABC):
         A job is claimable when its type is one of ``request.types`` and its
         status one of ``request.statuses`` (or it is a canceled job owing a
         cleanup, with ``request.cleanups``), and it has no lease that is live
-        at ``request.now`` nor a backoff after it. A job whose lease expired
-        unreleased (its worker died) comes first, before any free job, and
-        alone: its claim counts one more ``attempts``. Each claim gets a new
+        at ``request.now`` nor a backoff after it. A lease held by one of
+        ``request.gone`` is expired, whatever its time. A job whose lease
+        expired unreleased (its worker died) comes first, before any free job,
+        and alone: its claim counts one more ``attempts``. Whether a lease is
+        expired is decided inside the claim's guarded write. Each claim gets a new
         token. Two concurrent claims never lease one job twice (any process,
         any connection). Returns ``[]`` when nothing is claimable.
         """
@@ -302,6 +310,11 @@ class Store(abc.ABC):
         """The job's status if ``lease`` still holds it, else ``None``."""
 
     @abc.abstractmethod
+    def lease_owners(self, now: datetime) -> list[str]:
+        """The owners of the leases live at ``now``, each once (a read: whether one of
+        them is dead is the runner's to say, in a claim's ``gone``)."""
+
+    @abc.abstractmethod
     def holder(self, id: str) -> Holder | None:
         """Who holds job ``id``'s lease (live or expired), or ``None`` when nobody does."""
 
@@ -314,11 +327,13 @@ class Store(abc.ABC):
         now: datetime,
         lease_until: datetime,
         lease: Lease | None = None,
+        gone: tuple[str, ...] = (),
     ) -> Claim | None:
         """Take the cleanup of canceled job ``id``: one guarded write decides who cleans up.
 
         Without ``lease``: succeeds only if the job is canceled, marked for
-        cleanup and has no live lease; leases it to ``owner`` under a new
+        cleanup and has no live lease (one held by one of ``gone`` is not, as
+        in ``claim``); leases it to ``owner`` under a new
         token. With ``lease`` (the worker that ran the job found the cancel
         at its checkpoint): succeeds only while that lease still holds the
         canceled job, marks the cleanup (the job may not have been marked,

@@ -261,11 +261,18 @@ class SQLiteStore(SQLiteSchedules, Store):
         id_sql = "" if request.ids is None else f" AND id IN ({_marks(ids)})"
         where = f"{status_sql} AND type IN ({_marks(types)}){id_sql}"
         now = _ts(request.now)
+        gone = list(request.gone)
+        # A lease of a dead owner is expired now, whatever its time; decided
+        # here, in this guarded write: once one claim takes it, it is that
+        # claimer's lease and no other claim's condition matches it any more.
+        lapsed = "available_at <= ?"
+        if gone:
+            lapsed = f"({lapsed} OR owner IN ({_marks(gone)}))"
         # An expired lease first, and alone: its worker died, and jobs waiting
         # in a batch must not be charged an attempt if this one kills us too.
         expired = (
             f"SELECT id FROM {TABLE} INDEXED BY batch_jobs_leased WHERE owner IS NOT NULL "
-            f"AND available_at <= ? AND {RUNNABLE} AND {where} ORDER BY created_at, id LIMIT 1"
+            f"AND {lapsed} AND {RUNNABLE} AND {where} ORDER BY created_at, id LIMIT 1"
         )
         free = (
             f"SELECT id FROM {TABLE} INDEXED BY batch_jobs_runnable WHERE {RUNNABLE} "
@@ -277,7 +284,7 @@ class SQLiteStore(SQLiteSchedules, Store):
             "available_at = ?, attempts = attempts + (owner IS NOT NULL) "
             f"WHERE id IN ({expired}) OR (id IN ({free}) AND NOT EXISTS ({expired})) RETURNING *"
         )
-        expired_params = [now, *types, *ids]
+        expired_params = [now, *gone, *types, *ids]
         params = [
             request.owner,
             _ts(request.lease_until),
@@ -398,6 +405,15 @@ class SQLiteStore(SQLiteSchedules, Store):
         return None if row is None else Status(row[0])
 
     @boundary
+    def lease_owners(self, now: datetime) -> list[str]:
+        rows = self.db.conn.execute(
+            f"SELECT DISTINCT owner FROM {TABLE} INDEXED BY batch_jobs_leased "
+            "WHERE owner IS NOT NULL AND available_at > ?",
+            [_ts(now)],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    @boundary
     def holder(self, id: str) -> Holder | None:
         row = self.db.conn.execute(
             f"SELECT owner, lease, available_at FROM {TABLE} WHERE id = ?", [id]
@@ -415,6 +431,7 @@ class SQLiteStore(SQLiteSchedules, Store):
         now: datetime,
         lease_until: datetime,
         lease: Lease | None = None,
+        gone: tuple[str, ...] = (),
     ) -> Claim | None:
         canceled = Status.CANCELED.value
         if lease is not None:
@@ -427,9 +444,10 @@ class SQLiteStore(SQLiteSchedules, Store):
             sql = (
                 f"UPDATE {TABLE} SET owner = ?, lease = lower(hex(randomblob(12))), "
                 "available_at = ? WHERE id = ? AND status = ? AND cleanup = 1 "
-                "AND (owner IS NULL OR available_at <= ?) RETURNING *"
+                f"AND (owner IS NULL OR available_at <= ? OR owner IN ({_marks(gone)})) "
+                "RETURNING *"
             )
-            params = [owner, _ts(lease_until), id, canceled, _ts(now)]
+            params = [owner, _ts(lease_until), id, canceled, _ts(now), *gone]
         with self.write() as conn:
             row = conn.execute(sql, params).fetchone()
         return None if row is None else _claim(row)
