@@ -137,9 +137,19 @@ class BatchJobs:
         *,
         dry_run: bool = False,
         created_by: str | None = None,
+        key: str | None = None,
     ) -> BatchJob:
-        """Create a job of a registered ``type``; returns the ``created`` record."""
-        return self.service.create(type, context, dry_run=dry_run, created_by=created_by)
+        """Create a job of a registered ``type``; returns the ``created`` record.
+
+        ``key`` names the job for its creator (``created_by``), as an
+        idempotency key: if a job of theirs has that key already, that job is
+        returned as it is, whatever its status, and nothing is created (a
+        script run again resumes its job: ``key="nightly-2026-12-01"``).
+        ``InvalidDataError`` if that job is of another type.
+        """
+        return self.service.create(
+            type, context, dry_run=dry_run, created_by=created_by, key=key
+        )
 
     def retrieve(self, id: str) -> BatchJob:
         """The job ``id``; ``NotFoundError`` if there is none."""

@@ -15,6 +15,8 @@ limit                value       what goes past it
 ``MAX_ID_LENGTH``    32          an id longer than ``batch_`` + a ULID: not
                                  found, without a look in the store
 ``MAX_INTEGER``      2**63 - 1   an offset, a count, a CLI integer: refused
+``MAX_KEY_LENGTH``   255         a job's idempotency key (``create(key=)``):
+                                 refused
 ``MAX_BODY_BYTES``   1 MiB       an HTTP request body: 413
 ``MAX_UPLOAD_BYTES`` 100 MiB     the body of an upload (``POST /admin/uploads``):
                                  413
@@ -49,11 +51,13 @@ __all__ = [
     "MAX_INTEGER",
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_KEY_LENGTH",
     "MAX_LIST_LIMIT",
     "MAX_UPLOAD_BYTES",
     "MAX_URL_BYTES",
     "REQUEST_SECONDS",
     "check_json_object",
+    "check_key",
     "check_text",
     "dumps",
     "parse_json",
@@ -69,6 +73,8 @@ MAX_LIST_LIMIT = 1000
 MAX_ID_LENGTH = len("batch_") + 26
 #: The largest integer stored or taken as an option: SQLite's (a signed 64-bit integer).
 MAX_INTEGER = 2**63 - 1
+#: The longest idempotency key of a job, in characters (as Stripe's).
+MAX_KEY_LENGTH = 255
 
 #: The largest HTTP request body, in bytes (a request's JSON, with its context in it).
 MAX_BODY_BYTES = 1024 * 1024
@@ -108,6 +114,16 @@ def check_text(name: str, value: Any) -> str:
         except UnicodeEncodeError:
             raise InvalidDataError(f"{name} is not valid UTF-8 text") from None
     return value
+
+
+def check_key(value: Any) -> str:
+    """``value`` if it is a job's idempotency key: text, 1 to ``MAX_KEY_LENGTH`` characters."""
+    check_text("key", value)
+    if not value or len(value) > MAX_KEY_LENGTH:
+        raise InvalidDataError(
+            f"key must be 1 to {MAX_KEY_LENGTH} characters, not {len(value)}"
+        )
+    return str(value)
 
 
 def _where(path: tuple[Any, ...]) -> str:

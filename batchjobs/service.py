@@ -14,7 +14,7 @@ from typing import Any
 from . import signals
 from .errors import InvalidDataError, NotAllowedError, NotFoundError
 from .files import FileStore
-from .limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT, check_text
+from .limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT, check_key, check_text
 from .limits import check_json_object as _within_limits
 from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
 from .store import DATE_OPERATORS, FILTER_NAMES, Store
@@ -56,6 +56,15 @@ def _check_draft(draft: JobDraft) -> JobDraft:
     if draft.created_by is not None:
         check_text("created_by", draft.created_by)
     return draft
+
+
+def _same_type(job: BatchJob, type: str, key: str) -> BatchJob:
+    """``job``, found by ``key``, if it is of ``type``; else ``InvalidDataError``."""
+    if job.type != type:
+        raise InvalidDataError(
+            f"key {key!r} belongs to {job.id}, a {job.type} job, not a {type} job"[:300]
+        )
+    return job
 
 
 def _could_be_an_id(id: Any) -> bool:
@@ -105,10 +114,26 @@ class BatchJobService:
         *,
         dry_run: bool = False,
         created_by: str | None = None,
+        key: str | None = None,
     ) -> BatchJob:
-        """Create a job of ``type``; it is pre-processed by the next worker."""
+        """Create a job of ``type``; it is pre-processed by the next worker.
+
+        With ``key``: the job of ``created_by`` that has this key, if there is
+        one, is returned as it is (nothing written, ``prepare`` not run);
+        otherwise a new job gets it. ``InvalidDataError`` if that job is of
+        another type.
+        """
+        if key is not None:
+            check_key(key)
+            if created_by is not None:
+                check_text("created_by", created_by)
+            found = self.store.get_by_key(key, created_by=created_by)
+            if found is not None:
+                return _same_type(found, type, key)
         job = self.draft(type, context, dry_run=dry_run, created_by=created_by)
-        self.store.insert(job)
+        stored = self.store.insert(job, key=key)
+        if stored.id != job.id:  # another create with this key came first
+            return _same_type(stored, type, key)
         self.created(job)
         return job
 

@@ -211,6 +211,27 @@ def test_run_exits_1_when_the_job_fails(invoke: Invoke, jobs: BatchJobs) -> None
     assert "error: cannot count the records [ValueError]" in broken.stderr
 
 
+def test_create_and_run_with_a_key_use_the_job_that_has_it(invoke: Invoke, jobs: BatchJobs) -> None:
+    created = invoke("create", "ledger", "--set", "n=25", "--key", "nightly", "--user", "usr_1")
+    assert created.exit_code == 0, created.output
+    job_id = created.stdout.strip()
+    again = invoke("create", "ledger", "--set", "n=99", "--key", "nightly", "--user", "usr_1")
+    assert again.stdout.strip() == job_id
+    assert f"Found ledger job {job_id} by its key (created)." in again.stderr
+    ran = invoke("run", "ledger", "--set", "n=99", "--key", "nightly", "--user", "usr_1")
+    assert ran.exit_code == 0, ran.output
+    assert ran.stdout.strip() == job_id
+    done = jobs.retrieve(job_id)
+    assert done.status == Status.COMPLETED and done.result["count"] == 25
+    rerun = invoke("run", "ledger", "--key", "nightly", "--user", "usr_1", "--set", "n=1")
+    assert rerun.exit_code == 0 and rerun.stdout.strip() == job_id
+    assert "by its key (completed)" in rerun.stderr
+    assert count_jobs(jobs) == 1
+    refused(invoke("run", "words", "--key", "nightly", "--user", "usr_1"), "a ledger job, not")
+    refused(invoke("create", "words", "--key", ""), "key must be 1 to 255 characters")
+    assert count_jobs(jobs) == 1
+
+
 # -- list and show -------------------------------------------------------------------------
 
 

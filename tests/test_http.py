@@ -114,6 +114,19 @@ def test_create_needs_only_a_type(api: Api, jobs: BatchJobs) -> None:
     assert job["context"] == {}
 
 
+def test_create_with_a_key_answers_the_caller_s_job_that_has_it(api: Api, jobs: BatchJobs) -> None:
+    first = api("POST", json={"type": "uncounted", "key": "nightly"})
+    again = api("POST", json={"type": "uncounted", "key": "nightly", "context": {"x": 1}})
+    assert first.status_code == again.status_code == 201
+    assert again.get_json() == first.get_json()
+    assert again.headers["Location"] == first.headers["Location"]
+    theirs = api("POST", json={"type": "uncounted", "key": "nightly"}, as_user="usr_2")
+    assert theirs.get_json()["batch_job"]["id"] != first.get_json()["batch_job"]["id"]
+    other_type = api("POST", json={"type": "words", "key": "nightly", "context": {"words": []}})
+    assert error_of(other_type)[:2] == (400, "invalid_data")
+    assert count_jobs(jobs) == 2
+
+
 def test_retrieve_confirm_and_cancel_return_the_job(api: Api, jobs: BatchJobs) -> None:
     job = jobs.create("words", {"words": ["a"]}, dry_run=True, created_by="usr_1")
     retrieved = api("GET", f"{URL}/{job.id}")
@@ -383,8 +396,10 @@ def test_refused_transitions_are_not_allowed(api: Api, jobs: BatchJobs) -> None:
         (b'{"type": "uncounted", "dry_run": 1}', "dry_run must be a boolean, not number"),
         (
             b'{"type": "uncounted", "created_by": "usr_2"}',
-            "unknown field 'created_by'; a batch job takes type, context and dry_run",
+            "unknown field 'created_by'; a batch job takes type, context, dry_run and key",
         ),
+        (b'{"type": "uncounted", "key": 7}', "key must be a string, not number"),
+        (b'{"type": "uncounted", "key": ""}', "key must be 1 to 255 characters, not 0"),
         (b'{"type": "nope"}', "Unknown batch job type 'nope'; registered types: "),
         (
             b'{"type": "words", "context": {"words": "a"}}',

@@ -175,6 +175,10 @@ def test_retry_refuses_a_job_that_is_not_failed(jobs: BatchJobs) -> None:
         (("words", {"words": []}), {"created_by": 7}, "created_by must be a string"),
         (("words", {"words": "abc"}), {}, "context.words must be a list of strings"),
         ((42, {}), {}, "type must be a string"),
+        (("words", {"words": []}), {"key": ""}, "key must be 1 to 255 characters, not 0"),
+        (("words", {"words": []}), {"key": "k" * 256}, "key must be 1 to 255 characters, not 256"),
+        (("words", {"words": []}), {"key": 7}, "key must be a string, not int"),
+        (("words", {"words": []}), {"key": "k", "created_by": 7}, "created_by must be a string"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(
@@ -188,6 +192,35 @@ def test_bad_input_is_refused_and_writes_nothing(
     assert caught.value.type == "invalid_data"
     assert count_rows(db_path) == 0
     assert created == []
+
+
+def test_a_key_names_one_job_of_its_creator(jobs: BatchJobs, db_path: Path) -> None:
+    created: list[BatchJob] = []
+    jobs.subscribe("batch.created", lambda sender, job, **kw: created.append(job))
+    job = jobs.create("words", {"words": ["a"]}, key="nightly-2026-12-01", created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    # Run again (a script restarted): the same job, as it is now, and nothing new.
+    again = jobs.create("words", {"words": ["b"]}, key="nightly-2026-12-01", created_by="usr_1")
+    assert again == jobs.retrieve(job.id) and again.status == Status.COMPLETED
+    assert [j.id for j in created] == [job.id] and count_rows(db_path) == 1
+    # Another creator's key, and no key at all, are other jobs.
+    theirs = jobs.create("words", {"words": ["a"]}, key="nightly-2026-12-01", created_by="usr_2")
+    assert theirs.id != job.id and jobs.create("words", {"words": ["a"]}).id != job.id
+    assert count_rows(db_path) == 3
+
+
+def test_a_key_reused_for_another_type_is_refused(jobs: BatchJobs, db_path: Path) -> None:
+    job = jobs.create("words", {"words": ["a"]}, key="k1")
+    with pytest.raises(InvalidDataError) as caught:
+        jobs.create("ledger", {"n": 1}, key="k1")
+    assert caught.value.message == f"key 'k1' belongs to {job.id}, a words job, not a ledger job"
+    assert count_rows(db_path) == 1
+
+
+def test_a_found_key_returns_its_job_without_running_prepare(jobs: BatchJobs) -> None:
+    job = jobs.create("words", {"words": ["a"]}, key="k1")
+    # words' prepare() would refuse this context: it is not looked at.
+    assert jobs.create("words", {"words": "not a list"}, key="k1") == job
 
 
 def test_update_merges_context_and_result_shallowly(jobs: BatchJobs) -> None:

@@ -75,6 +75,42 @@ def test_a_job_comes_back_as_it_was_inserted(store: Store) -> None:
     assert store.get("batch_nope") is None and store.status_of("batch_nope") is None
 
 
+def test_a_key_is_inserted_once_per_creator(store: Store) -> None:
+    first = make_job(created_by="usr_1")
+    assert store.insert(first, key="nightly") == first
+    again = make_job(created_by="usr_1", type="other")
+    assert store.insert(again, key="nightly") == first  # nothing written
+    assert store.get(again.id) is None
+    theirs, apps = make_job(created_by="usr_2"), make_job()
+    assert store.insert(theirs, key="nightly") == theirs  # another creator's key
+    assert store.insert(apps, key="nightly") == apps  # None is a creator too
+    assert store.insert(make_job(), key="nightly") == apps
+    assert store.get_by_key("nightly", created_by="usr_1") == first
+    assert store.get_by_key("nightly", created_by=None) == apps
+    assert store.get_by_key("nope", created_by=None) is None
+    unkeyed = [make_job(), make_job()]
+    assert [store.insert(job) for job in unkeyed] == unkeyed  # no key: always written
+
+
+def test_of_concurrent_inserts_with_one_key_one_writes(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    got: list[BatchJob] = []
+
+    def insert_keyed(store: Store) -> None:
+        job = make_job()
+        barrier.wait()
+        got.append(store.insert(job, key="once"))
+
+    threads = [threading.Thread(target=insert_keyed, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({job.id for job in got}) == 1
+    assert stores[0].count() == 1
+
+
 def test_inserting_an_id_twice_is_a_store_error(store: Store) -> None:
     (job,) = insert(store, make_job())
     with pytest.raises(StoreError):

@@ -36,6 +36,7 @@ def test_schema_is_migrated_once_and_in_wal_mode(db_path: Path) -> None:
         ("m003_lease_tokens_and_cleanups",),
         ("m004_batch_job_schedules",),
         ("m005_paused_at",),
+        ("m006_job_keys",),
     ]
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     store.close()

@@ -150,6 +150,15 @@ def _job_input(f: F) -> F:
     return f
 
 
+def _key_option(f: F) -> F:
+    return click.option(
+        "--key",
+        type=Text(),
+        help="An idempotency key: if a job of --user has it, use that job instead of "
+        "creating one (e.g. nightly-2026-12-01).",
+    )(f)
+
+
 def _json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
 

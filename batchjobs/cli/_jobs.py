@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from ..app import BatchJobs
-from ..models import BatchJob, Status
+from ..models import BatchJob, Status, utcnow
 from ._app import CommandError, _session, cli, pass_jobs
-from ._input import _date_filters, _DateFilter, _job_input, _json_option
+from ._input import _date_filters, _DateFilter, _job_input, _json_option, _key_option
 from ._output import _count_text, _describe, _print_json, _table, _when
 from ._progress import _end, _follow, _run_here
 from ._validators import Count, FilePath, JobId, Seconds, Text
@@ -26,14 +26,22 @@ def _create(
     settings: tuple[tuple[str, Any], ...],
     dry_run: bool,
     user: str | None,
-) -> BatchJob:
+    key: str | None = None,
+) -> tuple[BatchJob, bool]:
+    """The job created, or found by ``key``; and whether it was found."""
     merged = {**(context or {}), **dict(settings)}
-    return jobs.create(batch_type, merged, dry_run=dry_run, created_by=user)
+    before = utcnow()
+    job = jobs.create(batch_type, merged, dry_run=dry_run, created_by=user, key=key)
+    found = key is not None and job.created_at is not None and job.created_at < before
+    if found:
+        click.echo(f"Found {job.type} job {job.id} by its key ({job.status.value}).", err=True)
+    return job, found
 
 
 @cli.command()
 @click.argument("batch_type", metavar="TYPE", type=Text())
 @_job_input
+@_key_option
 @click.option("--wait", is_flag=True, help="Follow the job until it rests (a worker runs it).")
 @_json_option
 @pass_jobs
@@ -44,27 +52,34 @@ def create(
     settings: tuple[tuple[str, Any], ...],
     dry_run: bool,
     user: str | None,
+    key: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
     """Create a job of TYPE; a worker processes it. Prints its id.
+
+    With --key, a job of --user that has that key already is printed
+    instead, whatever its status, and nothing is created.
 
     \b
     Examples:
       batchjobs create shout --set words='["a", "b"]'
       batchjobs create csv-import --context @import.json --dry-run --user usr_1
       ID=$(batchjobs create shout --context '{"words": ["a"]}')
+      batchjobs create csv-export --set table=products --key export-2026-12-01
     """
-    job = _create(jobs, batch_type, context, settings, dry_run, user)
+    job, found = _create(jobs, batch_type, context, settings, dry_run, user, key)
     if not wait:
         if as_json:
             _print_json(job.to_dict())
         else:
             click.echo(job.id)
-        click.echo(
-            f"Created {job.type} job {job.id}; a worker processes it ({_session().prog} worker).",
-            err=True,
-        )
+        if not found:
+            click.echo(
+                f"Created {job.type} job {job.id}; a worker processes it "
+                f"({_session().prog} worker).",
+                err=True,
+            )
         return
     _end(_follow(jobs, job.id), as_json, job.id)
 
@@ -72,6 +87,7 @@ def create(
 @cli.command()
 @click.argument("batch_type", metavar="TYPE", type=Text())
 @_job_input
+@_key_option
 @_json_option
 @pass_jobs
 def run(
@@ -81,20 +97,25 @@ def run(
     settings: tuple[tuple[str, Any], ...],
     dry_run: bool,
     user: str | None,
+    key: str | None,
     as_json: bool,
 ) -> None:
     """Create a job of TYPE and process it here, with a progress bar. Prints its id.
 
     A dry run stops once pre-processed and shows what would happen. Exits 1
     if the job fails or is canceled; Ctrl-C stops it at its next checkpoint.
+    With --key, a job of --user that has that key already is resumed here
+    instead (or, if it rests, reported), and nothing is created: run the same
+    command again after a crash and it goes on where the job stopped.
 
     \b
     Examples:
       batchjobs run shout --set words='["a", "b"]'
       batchjobs run csv-export --context @export.json --dry-run
+      batchjobs run csv-export --set table=products --key export-2026-12-01
     """
-    job = _create(jobs, batch_type, context, settings, dry_run, user)
-    _end(_run_here(jobs, job.id), as_json, job.id)
+    job, _ = _create(jobs, batch_type, context, settings, dry_run, user, key)
+    _end(job if job.is_resting else _run_here(jobs, job.id), as_json, job.id)
 
 
 @cli.command("list")

@@ -2,7 +2,7 @@
 
 Routes (JSON in, JSON out)::
 
-    POST /admin/batch-jobs               {"type", "context", "dry_run"} -> 201 {"batch_job"}
+    POST /admin/batch-jobs               {"type", "context", "dry_run", "key"} -> 201 {"batch_job"}
     GET  /admin/batch-jobs               -> {"batch_jobs", "count", "offset", "limit"}
                                          (filters: id, type, status, *_at[gt..lte], *_at=null)
     GET  /admin/batch-jobs/<id>          -> {"batch_job"}
@@ -85,7 +85,7 @@ _HTTP_TYPES = {
     414: "invalid_data",
     431: "invalid_data",
 }
-_CREATE_FIELDS = ("type", "context", "dry_run")
+_CREATE_FIELDS = ("type", "context", "dry_run", "key")
 #: Query parameters filtering on a value or a list of values (``type=a``, ``type[]=a``).
 _LIST_FILTERS = ("id", "status", "type")
 #: Read by ``_list_fields``, not filters.
@@ -137,12 +137,12 @@ def _json_object_body() -> dict[str, Any]:
     return body
 
 
-def _create_input(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
-    """``type``, ``context`` and ``dry_run`` from a create request, checked."""
+def _create_input(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool, str | None]:
+    """``type``, ``context``, ``dry_run`` and ``key`` from a create request, checked."""
     for name in body:
         if name not in _CREATE_FIELDS:
             raise InvalidDataError(
-                f"unknown field {name!r}; a batch job takes type, context and dry_run"
+                f"unknown field {name!r}; a batch job takes type, context, dry_run and key"
             )
     if "type" not in body:
         raise InvalidDataError("type is required")
@@ -155,7 +155,10 @@ def _create_input(body: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool]:
         raise InvalidDataError(f"context must be a JSON object, not {_json_type(context)}")
     if not isinstance(dry_run, bool):
         raise InvalidDataError(f"dry_run must be a boolean, not {_json_type(dry_run)}")
-    return batch_type, context, dry_run
+    key = body.get("key")
+    if key is not None and not isinstance(key, str):
+        raise InvalidDataError(f"key must be a string, not {_json_type(key)}")
+    return batch_type, context, dry_run, key
 
 
 def _count(name: str, args: MultiDict[str, str], default: int, most: int = MAX_INTEGER) -> int:
@@ -312,8 +315,9 @@ def create_blueprint(
 
     @api.post(PREFIX)
     def create_job() -> Response:
-        batch_type, context, dry_run = _create_input(_json_object_body())
-        job = jobs.create(batch_type, context, dry_run=dry_run, created_by=caller())
+        batch_type, context, dry_run, key = _create_input(_json_object_body())
+        # With a key the caller already used: that job, as a replay of its create.
+        job = jobs.create(batch_type, context, dry_run=dry_run, created_by=caller(), key=key)
         response = _written(job, 201)
         response.headers["Location"] = f"{PREFIX}/{job.id}"
         return response

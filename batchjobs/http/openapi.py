@@ -98,6 +98,13 @@ _CREATE = {
             "description": "The strategy's configuration; at most 64 levels deep, 512 KiB.",
         },
         "dry_run": {"type": "boolean", "default": False},
+        "key": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 255,
+            "description": "An idempotency key: if a job of the caller has it, that job is "
+            "answered (201, as its create was) and nothing is created.",
+        },
     },
 }
 

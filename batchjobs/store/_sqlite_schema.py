@@ -148,3 +148,14 @@ def m004_batch_job_schedules(db: sqlite_utils.Database) -> None:
 def m005_paused_at(db: sqlite_utils.Database) -> None:
     # The paused status (an extension of Medusa's lifecycle) and its timestamp.
     db.execute(f"ALTER TABLE {TABLE} ADD COLUMN paused_at TEXT")
+
+
+@migrations()
+def m006_job_keys(db: sqlite_utils.Database) -> None:
+    # A job's idempotency key, unique per creator: the index is the guard that
+    # makes one of two creates with one key insert, whatever else happens.
+    db.execute(f"ALTER TABLE {TABLE} ADD COLUMN key TEXT")
+    db.execute(
+        f"CREATE UNIQUE INDEX batch_jobs_key ON {TABLE} (ifnull(created_by, ''), key) "
+        "WHERE key IS NOT NULL"
+    )

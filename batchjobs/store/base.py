@@ -170,11 +170,20 @@ class Store(abc.ABC):
     # -- jobs ------------------------------------------------------------------
 
     @abc.abstractmethod
-    def insert(self, job: BatchJob) -> None:
-        """Write a new job, as given (no lease, no cleanup due).
+    def insert(self, job: BatchJob, *, key: str | None = None) -> BatchJob:
+        """Write a new job, as given (no lease, no cleanup due); returns it.
 
-        Atomic. ``StoreError`` if a job with its id exists.
+        Atomic. ``StoreError`` if a job with its id exists. With ``key`` (an
+        idempotency key, unique among the jobs of one ``created_by``, ``None``
+        being one creator too): if a job of ``job.created_by`` has that key,
+        nothing is written and that job is returned. One guarded insert
+        decides: of concurrent inserts with one key, one writes, the others
+        return its job.
         """
+
+    @abc.abstractmethod
+    def get_by_key(self, key: str, *, created_by: str | None) -> BatchJob | None:
+        """The job of ``created_by`` inserted with ``key``, or ``None``."""
 
     @abc.abstractmethod
     def get(self, id: str) -> BatchJob | None:

@@ -154,7 +154,7 @@ class SQLiteStore(SQLiteSchedules, Store):
     # -- writes --------------------------------------------------------------
 
     @boundary
-    def insert(self, job: BatchJob) -> None:
+    def insert(self, job: BatchJob, *, key: str | None = None) -> BatchJob:
         row = {
             "id": job.id,
             "type": job.type,
@@ -165,11 +165,32 @@ class SQLiteStore(SQLiteSchedules, Store):
             "result": json.dumps(job.result, allow_nan=False),
             **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
         }
+        if key is not None:
+            row["key"] = key
         with self.write() as conn:
+            # The write lock is taken up front: no insert can come between the
+            # look and the insert (and the unique index would refuse it).
+            if key is not None:
+                found = self._by_key(key, job.created_by)
+                if found is not None:
+                    return found
             conn.execute(
                 f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})",
                 list(row.values()),
             )
+        return job
+
+    def _by_key(self, key: str, created_by: str | None) -> BatchJob | None:
+        row = self.db.conn.execute(
+            f"SELECT * FROM {TABLE} INDEXED BY batch_jobs_key "
+            "WHERE ifnull(created_by, '') = ? AND key = ?",
+            [created_by or "", key],
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    @boundary
+    def get_by_key(self, key: str, *, created_by: str | None) -> BatchJob | None:
+        return self._by_key(key, created_by)
 
     @boundary
     def transition(
