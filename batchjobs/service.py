@@ -132,7 +132,7 @@ class BatchJobService:
                 return _same_type(found, type, key)
         job = self.draft(type, context, dry_run=dry_run, created_by=created_by)
         stored = self.store.insert(job, key=key)
-        if stored.id != job.id:  # another create with this key came first
+        if stored.id != job.id and key is not None:  # another create with it came first
             return _same_type(stored, type, key)
         self.created(job)
         return job
