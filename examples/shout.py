@@ -1,7 +1,11 @@
 """The smallest batch job: shout words, a chunk at a time.
 
 Run it with ``python examples/shout.py``; it keeps its state in ``shout.db``.
+A context's ``delay`` (seconds) waits before each chunk, to watch a job run,
+or kill it mid-job.
 """
+
+import time
 
 from batchjobs import BatchJobs, BatchJobStrategy
 
@@ -17,6 +21,7 @@ class Shout(BatchJobStrategy):
         ]
 
     def process_chunk(self, run, start, size):
+        time.sleep(run.job.context.get("delay", 0))
         words = run.job.context["words"][start : start + size]
         print(" ".join(word.upper() for word in words))
         return len(words)

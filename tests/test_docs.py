@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from batchjobs.cli import cli
+from batchjobs.runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -146,7 +148,7 @@ def test_the_readme_library_example_runs_as_written(tmp_path: Path) -> None:
     assert block and len([line for line in block.group(1).splitlines() if line.strip()]) <= 15
     done = run_example("At a glance", tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["A B", "completed"]
+    assert done.stdout.splitlines() == ["A B", "C", "completed"]
     assert (tmp_path / "app.db").exists()
 
 
@@ -173,3 +175,51 @@ def test_the_readme_pause_example_runs_as_written(tmp_path: Path) -> None:
         "FIVE SIX",
         "completed",
     ]
+
+
+NIGHTLY = ["GOOD NIGHT", "SLEEP TIGHT", "SEE YOU", "IN THE", "MORNING"]
+
+
+def test_the_readme_resuming_section_states_the_defaults() -> None:
+    text = " ".join(section("Resuming after a crash").split())
+    assert f"`lease_seconds` (default `{DEFAULT_LEASE_SECONDS:g}`:" in text
+    assert f"`max_attempts` times (default {DEFAULT_MAX_ATTEMPTS})" in text
+
+
+def test_the_readme_resume_example_runs_as_written_and_again(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # as in the repository root
+    done = run_example("Resuming after a crash", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [*NIGHTLY, "completed"]
+    again = run_example("Resuming after a crash", tmp_path)  # its key: the same job, done
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["completed"]
+
+
+@pytest.mark.slow
+def test_the_readme_resume_example_killed_mid_job_resumes_at_once(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    block = re.search(r"```python\n(.*?)```", section("Resuming after a crash"), re.S)
+    assert block
+    (tmp_path / "nightly.py").write_text(block.group(1))
+    command = [sys.executable, "nightly.py"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    ) as first:
+        assert first.stdout is not None
+        printed = [first.stdout.readline().strip(), first.stdout.readline().strip()]
+        first.kill()  # kill -9 after two chunks, its lease good for 30 s more
+    assert printed == NIGHTLY[:2]
+    started = time.monotonic()
+    second = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    took = time.monotonic() - started
+    assert second.returncode == 0, second.stderr
+    *rest, status = second.stdout.splitlines()
+    assert status == "completed"
+    # It resumed from a checkpoint (at most the chunk in progress again), long before
+    # the dead process's lease ran out.
+    assert rest in (NIGHTLY[2:], NIGHTLY[1:]), rest
+    assert took < DEFAULT_LEASE_SECONDS / 3, f"took {took:.1f} s"
