@@ -330,7 +330,11 @@ def test_each_request_is_one_log_line(jobs: BatchJobs, caplog: pytest.LogCapture
         exchange(server, b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")
         exchange(server, b"GET /\x1b[31mred HTTP/1.1\r\n\r\n")
         exchange(server, POST + b"Content-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1))
+        exchange(server, b"GET /admin/uploads/download/s3cret.t0ken?x=1 HTTP/1.1\r\n\r\n")
     lines = [r.getMessage() for r in caplog.records if r.name == "batchjobs.http"]
+    # A download link downloads by itself: its token is not logged.
+    assert "GET /admin/uploads/download/<token>?x=1 404" in lines
+    assert not [line for line in lines if "s3cret" in line]
     assert f"GET {URL}?limit=1 200" in lines
     assert "- (URI Too Long, answered by the server) 414" in lines
     assert "GET /\\x1b[31mred 404" in lines  # a client's terminal codes, escaped

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import secrets
 import threading
@@ -183,16 +184,43 @@ def test_a_download_link_streams_the_file_as_an_attachment(api: Api, shop_jobs: 
     assert response.headers["Content-Length"] == str(len(data))
     assert response.headers["Content-Type"].startswith("text/csv")
     assert response.headers["Cache-Control"] == "private, no-store"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_a_link_expires(api: Api) -> None:
+def test_a_link_alone_downloads_the_file_as_a_browser_opens_it(api: Api) -> None:
+    key = upload(api, ("report.csv", b"id\r\n1\r\n"))[0]["key"]
+    url = path_of(download_url(api, key))
+    # No Authorization header, no cookie: the signed link is the authority.
+    response = api("GET", url, as_user=None)
+    assert (response.status_code, response.data) == (200, b"id\r\n1\r\n")
+    name = key.rsplit("/", 1)[1]
+    assert response.headers["Content-Disposition"] == f"attachment; filename={name}"
+    assert response.headers["Cache-Control"] == "private, no-store"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    # The link's own user may send credentials too.
+    assert api("GET", url, as_user="usr_1").data == b"id\r\n1\r\n"
+    # Credentials that are sent must be valid.
+    assert error_of(api("GET", url, as_user=None, headers={"Authorization": "Bearer nope"})) == (
+        401,
+        "unauthorized",
+        "Invalid bearer token",
+    )
+
+
+def test_a_link_lasts_an_hour_unless_told(api: Api) -> None:
+    assert DEFAULT_LINK_SECONDS == UploadSettings().link_seconds == 3600
+
+
+@pytest.mark.parametrize("as_user", [None, "usr_1"])
+def test_a_link_expires(api: Api, as_user: str | None) -> None:
     key = upload(api, ("a.csv", b"x"))[0]["key"]
     with freeze_time("2026-03-01T12:00:00Z") as clock:
         url = download_url(api, key)
         clock.tick(timedelta(seconds=DEFAULT_LINK_SECONDS - 1))
-        assert api("GET", path_of(url)).status_code == 200
+        assert api("GET", path_of(url), as_user=as_user).status_code == 200
         clock.tick(timedelta(seconds=1))
-        assert error_of(api("GET", path_of(url))) == (
+        assert error_of(api("GET", path_of(url), as_user=as_user)) == (
             400,
             "not_allowed",
             "This download link expired at 2026-03-01T13:00:00+00:00; ask for a new one",
@@ -227,11 +255,13 @@ def test_an_altered_link_or_one_signed_with_another_key_is_not_found(
         payload,
         "nonsense",
     ):
-        assert error_of(api("GET", f"{UPLOADS_PREFIX}/download/{altered}")) == not_found
+        for as_user in ("usr_1", None):
+            path = f"{UPLOADS_PREFIX}/download/{altered}"
+            assert error_of(api("GET", path, as_user=as_user)) == not_found
     # Another key signs other links; the same key (another process) reads them.
     other = make_api(secret_key="another secret key, 32 characters")
-    assert error_of(other("GET", url)) == not_found
-    assert make_api()("GET", url).data == b"mine"
+    assert error_of(other("GET", url, as_user=None)) == not_found
+    assert make_api()("GET", url, as_user=None).data == b"mine"
 
 
 def test_without_a_secret_key_links_work_in_the_app_that_made_them(shop_jobs: BatchJobs) -> None:
@@ -240,8 +270,8 @@ def test_without_a_secret_key_links_work_in_the_app_that_made_them(shop_jobs: Ba
         UPLOADS_PREFIX, data={"files": [(_stream(b"x"), "a.csv")]}, headers=BEARER["usr_1"]
     )
     url = path_of(created.get_json()["uploads"][0]["url"])
-    assert apps[0].get(url, headers=BEARER["usr_1"], buffered=True).data == b"x"
-    assert apps[1].get(url, headers=BEARER["usr_1"], buffered=True).status_code == 404
+    assert apps[0].get(url, buffered=True).data == b"x"
+    assert apps[1].get(url, buffered=True).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -275,6 +305,7 @@ def test_deleting_a_file_answers_medusa_s_shape(api: Api, shop_jobs: BatchJobs) 
     gone = (404, "not_found", f"File with key {key} was not found")
     assert error_of(api("DELETE", UPLOADS_PREFIX, json={"file_key": key})) == gone
     assert error_of(api("GET", url)) == gone
+    assert error_of(api("GET", url, as_user=None)) == gone
     missing = {"file_key": key}
     assert error_of(api("POST", f"{UPLOADS_PREFIX}/download-url", json=missing)) == gone
 
@@ -332,6 +363,7 @@ def test_another_user_is_refused_on_each_of_a_users_keys_and_links(
         )
         assert error_of(created) == refused
         assert api("GET", link).status_code == 200  # still there, still usr_1's
+        assert api("GET", link, as_user=None).status_code == 200  # the link alone
     assert shop_jobs.list_and_count(limit=0)[1] == jobs_before  # no job was created
     assert (
         table_rows(shop_jobs.strategy("csv-import").databases["shop"].path, "products_copy") == []
@@ -344,7 +376,21 @@ def test_a_link_is_refused_once_its_file_is_no_longer_its_users(
     key = upload(api, ("a.csv", b"x"))[0]["key"]
     url = path_of(download_url(api, key))
     shop_jobs.files.put(key, [b"the application's now"])
-    assert error_of(api("GET", url)) == (400, "not_allowed", NOT_OWNER_MESSAGE)
+    for as_user in ("usr_1", None):
+        assert error_of(api("GET", url, as_user=as_user)) == (
+            400,
+            "not_allowed",
+            NOT_OWNER_MESSAGE,
+        )
+    # Nor once another user's: re-owned after the link was made.
+    shop_jobs.files.delete(key)
+    shop_jobs.files.for_user("usr_2").put(key, [b"usr_2's now"])
+    for as_user in ("usr_1", "usr_2", None):
+        assert error_of(api("GET", url, as_user=as_user)) == (
+            400,
+            "not_allowed",
+            NOT_OWNER_MESSAGE,
+        )
 
 
 @pytest.mark.parametrize(
@@ -352,17 +398,46 @@ def test_a_link_is_refused_once_its_file_is_no_longer_its_users(
     [
         ("POST", UPLOADS_PREFIX),
         ("POST", f"{UPLOADS_PREFIX}/download-url"),
-        ("GET", f"{UPLOADS_PREFIX}/download/anything"),
         ("DELETE", UPLOADS_PREFIX),
     ],
 )
-def test_every_upload_route_needs_a_caller(api: Api, method: str, path: str) -> None:
+def test_every_upload_route_but_the_download_needs_a_caller(
+    api: Api, method: str, path: str
+) -> None:
     response = api(method, path, as_user=None, json={"file_key": "a.csv"})
     assert error_of(response) == (
         401,
         "unauthorized",
         "Authentication required: send Authorization: Bearer <token>",
     )
+    # The download's link is its credential: without a good one, not found.
+    assert error_of(api("GET", f"{UPLOADS_PREFIX}/download/anything", as_user=None)) == (
+        404,
+        "not_found",
+        "Download link not found: it is not one this server made, or was altered",
+    )
+
+
+def test_an_application_s_own_authentication_is_optional_on_a_link_too(
+    shop_jobs: BatchJobs,
+) -> None:
+    def authenticate(request: Any) -> str | None:
+        user: str | None = request.headers.get("X-User")
+        return user
+
+    client = create_app(
+        shop_jobs, authenticate=authenticate, uploads=UploadSettings(secret_key=SECRET)
+    ).test_client()
+    created = client.post(
+        UPLOADS_PREFIX, data={"files": [(_stream(b"x"), "a.csv")]}, headers={"X-User": "usr_1"}
+    )
+    url = path_of(created.get_json()["uploads"][0]["url"])
+    assert client.get(url, buffered=True).data == b"x"
+    assert client.get(url, headers={"X-User": "usr_1"}, buffered=True).data == b"x"
+    refused = client.get(url, headers={"X-User": "usr_2"}, buffered=True)
+    assert error_of(refused) == (400, "not_allowed", NOT_OWNER_MESSAGE)
+    # Every other route still needs the caller.
+    assert client.get(JOBS).status_code == 401
 
 
 # -- the flows end to end, with Flask's client ---------------------------------------------------
@@ -436,13 +511,13 @@ def call(
     url: str,
     *,
     method: str = "GET",
-    user: str = "usr_1",
+    user: str | None = "usr_1",
     body: bytes | None = None,
     content_type: str | None = None,
     payload: Any = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One request with urllib; status, headers and body, errors included."""
-    headers = dict(BEARER[user])
+    headers = dict(BEARER[user]) if user else {}
     if payload is not None:
         body, content_type = json.dumps(payload).encode(), "application/json"
     if content_type:
@@ -471,7 +546,10 @@ def multipart(*files: tuple[str, bytes]) -> tuple[bytes, str]:
 
 
 @pytest.mark.slow
-def test_both_flows_through_a_real_server_and_client(shop_jobs: BatchJobs) -> None:
+def test_both_flows_through_a_real_server_and_client(
+    shop_jobs: BatchJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="batchjobs.http")
     with serving(shop_jobs) as server:
         base = server.url
         # Import: upload, dry run with the key, preview, confirm, completed.
@@ -508,11 +586,15 @@ def test_both_flows_through_a_real_server_and_client(shop_jobs: BatchJobs) -> No
         )
         link = json.loads(answer)["download_url"]
         assert link.startswith(f"{base}{UPLOADS_PREFIX}/download/")
-        status, headers, data = call(link)
+        # As a browser opens it: the link alone, no credentials.
+        status, headers, data = call(link, user=None)
         assert status == 200
         with shop_jobs.files.open_read(file_key) as source:
             assert data == source.read()
         assert headers["Content-Disposition"] == f"attachment; filename={export_id}.csv"
+        assert headers["Cache-Control"] == "private, no-store"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert call(link)[2] == data  # and with its user's credentials
         # Another user is refused on the link and the keys.
         uploads = f"{base}{UPLOADS_PREFIX}"
         for url, kwargs in [
@@ -525,6 +607,11 @@ def test_both_flows_through_a_real_server_and_client(shop_jobs: BatchJobs) -> No
                 400,
                 {"type": "not_allowed", "message": NOT_OWNER_MESSAGE},
             )
+    # The link is a secret: the request log names the route, never the token.
+    token = link.rsplit("/", 1)[1]
+    logged = [r.getMessage() for r in caplog.records if r.name == "batchjobs.http"]
+    assert f"GET {UPLOADS_PREFIX}/download/<token> 200" in logged
+    assert not [line for line in logged if token in line]
 
 
 @pytest.mark.slow

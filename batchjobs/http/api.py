@@ -18,6 +18,8 @@ Every request names its caller, a user id: the application's ``authenticate``
 callable answers from the request (a session, a proxy header...), else an
 ``Authorization: Bearer <token>`` header found in ``tokens``. Jobs are created
 ``created_by`` the caller, and a caller sees, confirms and cancels only its own.
+One route needs no caller: a signed download link authorizes itself, like a
+presigned URL (``uploads``).
 
 Errors are ``{"type", "message"}``: ``not_found`` 404, ``not_allowed`` and
 ``invalid_data`` 400, ``unauthorized`` 401.
@@ -53,7 +55,7 @@ from ..errors import BatchJobError, InvalidDataError, NotAllowedError
 from ..limits import MAX_BODY_BYTES, MAX_INTEGER, MAX_LIST_LIMIT, MAX_URL_BYTES, dumps, parse_json
 from ..models import TIMESTAMP_FIELDS, BatchJob
 from .openapi import OPENAPI_PATH, openapi_document
-from .uploads import UploadSettings, add_upload_routes
+from .uploads import DOWNLOAD_ENDPOINT, UploadSettings, add_upload_routes
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -291,6 +293,11 @@ def create_blueprint(
         user: str = g.batchjobs_user  # set by identify() before every route
         return user
 
+    def sender() -> str | None:
+        """The user the request's credentials name; ``None`` (a download link alone) if none."""
+        user: str | None = g.batchjobs_user
+        return user
+
     @api.before_request
     def identify() -> tuple[Response, int] | None:
         user = authenticate(request) if authenticate is not None else None
@@ -301,10 +308,13 @@ def create_blueprint(
             user = _bearer_user(known_tokens, header)
             if user is None:
                 return _unauthorized("Invalid bearer token")
-        if not user:
+        # A signed download link is its own authority (a presigned URL): a browser
+        # opens it with no credentials. The route checks any that are sent.
+        link = (request.endpoint or "").rpartition(".")[2] == DOWNLOAD_ENDPOINT
+        if not user and not link:
             hint = ": send Authorization: Bearer <token>" if known_tokens else ""
             return _unauthorized(f"Authentication required{hint}")
-        g.batchjobs_user = user
+        g.batchjobs_user = user or None
         return None
 
     def own(id: str) -> BatchJob:
@@ -361,7 +371,7 @@ def create_blueprint(
     def resume_job(id: str) -> Response:
         return _written(jobs.resume(own(id).id))
 
-    add_upload_routes(api, jobs, caller, uploads or UploadSettings())
+    add_upload_routes(api, jobs, caller, uploads or UploadSettings(), sender=sender)
     api.register_error_handler(BatchJobError, _batch_job_error)
     api.register_error_handler(Exception, _route_error)
     return api

@@ -257,8 +257,8 @@ _UPLOAD_PATHS: dict[str, Any] = {
     f"{_UPLOADS}/download-url": {
         "post": {
             "operationId": "makeDownloadUrl",
-            "summary": "A signed link to one of the caller's files, good for the caller "
-            "until it expires.",
+            "summary": "A signed link to one of the caller's files, which downloads it "
+            "until it expires (an hour by default), with or without credentials: a secret.",
             "requestBody": {"required": True, "content": _json_content(_ref("FileKey"))},
             "responses": {
                 "200": {
@@ -280,6 +280,12 @@ _UPLOAD_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "download",
             "summary": "The file of a download link, as an attachment.",
+            "description": "The signed link authorizes the download by itself (a presigned "
+            "URL): credentials are optional, and if sent must name the user the link was "
+            "made for (not_allowed otherwise). An altered link is not_found, an expired "
+            "one not_allowed, and so is a file no longer that user's.",
+            # No credentials, or the link's user's.
+            "security": [{}, {"bearer": []}],
             "parameters": [
                 {
                     "name": "token",
@@ -292,6 +298,14 @@ _UPLOAD_PATHS: dict[str, Any] = {
             "responses": {
                 "200": {
                     "description": "The file",
+                    "headers": {
+                        "Content-Disposition": {"required": True, "schema": {"type": "string"}},
+                        "Cache-Control": {
+                            "required": True,
+                            "schema": {"const": "private, no-store"},
+                        },
+                        "Referrer-Policy": {"required": True, "schema": {"const": "no-referrer"}},
+                    },
                     "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 **_ERRORS,

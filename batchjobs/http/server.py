@@ -16,13 +16,15 @@ keep-alive), this module adds:
 - a cap on long-lived responses (``text/event-stream``, SSE): at most
   ``streams`` at once, on threads of their own, so streams never starve the
   ``threads`` that answer API requests; one more is answered 503;
-- one log line per request on the ``batchjobs.http`` logger.
+- one log line per request on the ``batchjobs.http`` logger (a download
+  link's token left out: the link alone downloads the file).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 import time
 import uuid
@@ -385,8 +387,14 @@ _CONTROL_CHARACTERS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 _LOGGED_CHARS = 500
 
 
+# A download link downloads by itself (a presigned URL): its token stays out of the log.
+_DOWNLOAD_TOKEN = re.compile(rf"({re.escape(UPLOADS_PREFIX)}/download/)[^?\s]+")
+
+
 def _log_request(line: str, status: object) -> None:
-    """One line per request: ``METHOD PATH STATUS``, escaped and cut to a sane length."""
+    """One line per request: ``METHOD PATH STATUS``, escaped and cut to a sane length,
+    a download link's token left out."""
+    line = _DOWNLOAD_TOKEN.sub(r"\1<token>", line)
     if len(line) > _LOGGED_CHARS:
         line = f"{line[:_LOGGED_CHARS]}… ({len(line)} characters)"
     log.info("%s %s", line.translate(_CONTROL_CHARACTERS), status)

@@ -17,11 +17,16 @@ download link.
 
 A download link is signed (HMAC, with ``itsdangerous``) over the file's key,
 the user it was made for and when it expires (``UploadSettings.link_seconds``
-after it was made): a link altered in any way is not found, an expired one
-is refused, and it is good only for that user, in a request authenticated as
-that user like every other. The signing key is ``UploadSettings.secret_key``;
-left out, a random one is drawn, and links made by this app work only in
-this process.
+after it was made, an hour by default): a link altered in any way is not
+found, an expired one is refused. Like any presigned URL it is a capability:
+the link alone lets whoever holds it download the file until it expires, with
+no credentials (a browser opens it in a new window, as Medusa's admin does),
+so it is a secret. A request that does carry credentials must name the link's
+user (``not_allowed`` otherwise), and the file must still be that user's when
+the link is followed. The answer is never cached (``Cache-Control: private,
+no-store``) and the page it opens sends no ``Referer`` (``Referrer-Policy:
+no-referrer``). The signing key is ``UploadSettings.secret_key``; left out, a
+random one is drawn, and links made by this app work only in this process.
 
 The body of an upload may be at most ``UploadSettings.max_bytes`` (100 MiB by
 default; ``batchjobs.limits.MAX_UPLOAD_BYTES``): past it, 413 and a JSON error,
@@ -50,6 +55,7 @@ from ..models import utcnow
 
 __all__ = [
     "DEFAULT_LINK_SECONDS",
+    "DOWNLOAD_ENDPOINT",
     "UPLOADS_PREFIX",
     "DownloadLinks",
     "UploadSettings",
@@ -62,6 +68,9 @@ UPLOADS_PREFIX = "/admin/uploads"
 DEFAULT_LINK_SECONDS = 3600.0
 #: The multipart field that holds the files (Medusa's admin sends "files").
 FILES_FIELD = "files"
+#: The endpoint (in the blueprint) of ``GET .../download/<token>``: the one route whose
+#: URL carries its own authority, so that a caller is optional there.
+DOWNLOAD_ENDPOINT = "download_file"
 #: Keeps a link's signature apart from anything else signed with the same key.
 _SALT = "batchjobs.http.download-link"
 LINK_NOT_FOUND_MESSAGE = "Download link not found: it is not one this server made, or was altered"
@@ -147,9 +156,19 @@ def _not_found(key: str) -> NotFoundError:
 
 
 def add_upload_routes(
-    api: Blueprint, jobs: BatchJobs, caller: Callable[[], str], settings: UploadSettings
+    api: Blueprint,
+    jobs: BatchJobs,
+    caller: Callable[[], str],
+    settings: UploadSettings,
+    *,
+    sender: Callable[[], str | None],
 ) -> None:
-    """Add the upload routes to ``api``, whose requests ``caller()`` names the user of."""
+    """Add the upload routes to ``api``, whose requests ``caller()`` names the user of.
+
+    ``api`` must serve ``DOWNLOAD_ENDPOINT`` to requests without credentials
+    too (a signed link is enough there); ``sender()`` names the user of the
+    credentials a request carries, ``None`` when it carries none.
+    """
     links = DownloadLinks(settings.secret_key or secrets.token_bytes(32), settings.link_seconds)
 
     def files() -> FileStore:
@@ -157,7 +176,7 @@ def add_upload_routes(
 
     def link(key: str) -> str:
         token = links.make(key, caller(), utcnow())
-        return url_for(f"{api.name}.download_file", token=token, _external=True)
+        return url_for(f"{api.name}.{DOWNLOAD_ENDPOINT}", token=token, _external=True)
 
     @api.post(UPLOADS_PREFIX)
     def upload_files() -> Response:
@@ -191,14 +210,17 @@ def add_upload_routes(
             raise _not_found(key) from None
         return _json({"download_url": link(key)})
 
-    @api.get(f"{UPLOADS_PREFIX}/download/<token>")
+    @api.get(f"{UPLOADS_PREFIX}/download/<token>", endpoint=DOWNLOAD_ENDPOINT)
     def download_file(token: str) -> Response:
-        key, user = links.read(token, utcnow())
-        if user != caller():
+        # The signed link authorizes the download by itself (a presigned URL);
+        # credentials, when sent, must be its user's.
+        key, owner = links.read(token, utcnow())
+        credited = sender()
+        if credited is not None and credited != owner:
             raise NotAllowedError(NOT_OWNER_MESSAGE)
         try:
             # As the user the link was made for: still theirs, now.
-            source: IO[bytes] = jobs.files.for_user(user).open_read(key)
+            source: IO[bytes] = jobs.files.for_user(owner).open_read(key)
         except FileNotFoundError:
             raise _not_found(key) from None
         try:
@@ -210,7 +232,10 @@ def add_upload_routes(
             source.close()
             raise
         response.content_length = size
+        # A link is a secret: kept out of caches, and out of any Referer sent onwards.
         response.headers["Cache-Control"] = "private, no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     @api.delete(UPLOADS_PREFIX)
