@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import signals
+from .errors import NotFoundError
 from .files import FileStore
-from .models import BatchJob, Schedule
+from .models import BatchJob, Pruned, Schedule
 from .runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, JobRunner
 from .scheduler import Scheduler
 from .schedules import RecurringJobs
@@ -30,8 +31,24 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_CHANNEL_PREFIX = "batchjobs"
 #: How often ``wait`` looks at the store when no local event wakes it.
 WAIT_POLL_SECONDS = 0.05
+#: How often ``wait_until_idle`` counts the jobs left.
+IDLE_POLL_SECONDS = 0.1
+#: Seconds of database failures after which ``wait_until_idle`` gives up.
+DEFAULT_GIVE_UP_AFTER = 3.0
 
 StrategyT = TypeVar("StrategyT", bound="BatchJobStrategy | type[BatchJobStrategy]")
+
+
+def _check_settings(**settings: Any) -> Any:
+    """``ValueError`` for a setting out of range; returns the last one's value."""
+    value = None
+    for name, value in settings.items():
+        if name in ("concurrency", "max_attempts"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return value
 
 
 class BatchJobs:
@@ -63,12 +80,12 @@ class BatchJobs:
         durability: str = "normal",
         channel_prefix: str = DEFAULT_CHANNEL_PREFIX,
     ) -> None:
-        for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        for name, number in (("poll_interval", poll_interval), ("lease_seconds", lease_seconds)):
-            if not isinstance(number, (int, float)) or number <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, not {number!r}")
+        _check_settings(
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            poll_interval=poll_interval,
+            lease_seconds=lease_seconds,
+        )
         #: The SQLite file (``None`` for another database).
         self.db_path = sqlite_path(db)
         self.redis_url = redis_url
@@ -91,14 +108,9 @@ class BatchJobs:
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
         self.service = BatchJobService(self.store, self.registry, sender=self, files=self.files)
-        self.runner = JobRunner(
-            self.store,
-            self.registry,
-            sender=self,
-            files=self.files,
-            lease_seconds=lease_seconds,
-            max_attempts=max_attempts,
-        )
+        self.lease_seconds = float(lease_seconds)
+        self.max_attempts = max_attempts
+        self.runner = self._runner()
         self.service.on_canceled = self.runner.clean_up_canceled
         self.recurring = RecurringJobs(self.store, self.service, self.registry)
         self.scheduler: Scheduler | None = None
@@ -106,7 +118,23 @@ class BatchJobs:
         self._stopping: list[Scheduler] = []
 
     def __repr__(self) -> str:
-        return f"<BatchJobs {self.store.location!r}>"
+        return f"<BatchJobs {self.location!r}>"
+
+    @property
+    def location(self) -> str:
+        """The database, for messages: its file, or its URL without credentials."""
+        return self.store.location
+
+    def _runner(self, stopping: threading.Event | None = None) -> JobRunner:
+        return JobRunner(
+            self.store,
+            self.registry,
+            sender=self,
+            files=self.files,
+            lease_seconds=self.lease_seconds,
+            max_attempts=self.max_attempts,
+            stopping=stopping,
+        )
 
     def __enter__(self) -> BatchJobs:
         return self
@@ -264,9 +292,22 @@ class BatchJobs:
 
     # -- running ---------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run jobs, and fire due schedules, in background threads until ``shutdown``."""
+    def start(
+        self, *, concurrency: int | None = None, poll_interval: float | None = None
+    ) -> None:
+        """Run jobs, and fire due schedules, in background threads until ``shutdown``.
+
+        ``concurrency`` and ``poll_interval``, when given, replace this
+        instance's settings from now on (``batchjobs worker --concurrency``).
+        """
         self._join_stopping()
+        if concurrency is not None or poll_interval is not None:
+            if self.scheduler is not None:
+                raise RuntimeError("the workers run already: shutdown() before changing them")
+            if concurrency is not None:
+                self.concurrency = _check_settings(concurrency=concurrency)
+            if poll_interval is not None:
+                self.poll_interval = float(_check_settings(poll_interval=poll_interval))
         if self.scheduler is None:
             self.scheduler = Scheduler(
                 self.runner,
@@ -318,6 +359,83 @@ class BatchJobs:
     def run_next(self, now: Any = None) -> BatchJob | None:
         """Claim and run one job in the calling thread; ``None`` if none was runnable."""
         return self.runner.run_next(now)
+
+    def run(
+        self,
+        id: str,
+        *,
+        on_progress: Callable[[BatchJob], object] | None = None,
+        stop: threading.Event | None = None,
+    ) -> BatchJob:
+        """Run job ``id`` in the calling thread until it rests; returns it.
+
+        Claims it whenever it is runnable, waits while another worker holds it
+        or a retry backs off, and renews its lease while a chunk runs long.
+        ``on_progress(job)`` is called with the job after each of its commits,
+        and as it waits. Setting ``stop`` (a signal handler, another thread)
+        makes the job stop at its next checkpoint and hand over: it is then
+        returned as it is (not resting), and any worker resumes it.
+        """
+        self.retrieve(id)
+        runner = self._runner(stop)
+
+        def progress(sender: Any, *, job: BatchJob, **extra: Any) -> None:
+            if job.id == id and on_progress is not None:
+                on_progress(job)
+
+        receivers = [signals.signal_for(event) for event in signals.EVENTS]
+        for signal in receivers:
+            signal.connect(progress, sender=self)
+        try:
+            job = runner.run_job(id, on_wait=on_progress)
+        finally:
+            for signal in receivers:
+                signal.disconnect(progress, sender=self)
+        if job is None:
+            raise NotFoundError.for_id(id)
+        return job
+
+    def wait_until_idle(
+        self,
+        timeout: float | None = None,
+        *,
+        stop: threading.Event | None = None,
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+    ) -> bool:
+        """While the background workers run (``start``), wait until every job of a
+        registered type rests; True then, False if ``stop`` was set first.
+
+        Raises the database's ``StoreError`` once the workers have met it for
+        ``give_up_after`` seconds in a row (they cannot make progress: a
+        read-only or unreachable database), ``TimeoutError`` past ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = stop or threading.Event()
+        while True:
+            count, _ = self.store.pending(self.registry.types)
+            if count == 0:
+                return True
+            outage = None if self.scheduler is None else self.scheduler.outage
+            if outage is not None and outage.error is not None:
+                failing, since = outage.error, outage.since
+                if time.monotonic() - since >= give_up_after:
+                    raise failing
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{count} batch job(s) still active after {timeout} seconds")
+            if pause.wait(IDLE_POLL_SECONDS):
+                return False
+
+    def prune(
+        self,
+        older_than: timedelta,
+        *,
+        statuses: list[str] | None = None,
+        dry_run: bool = False,
+    ) -> Pruned:
+        """Delete the resting jobs unchanged (``updated_at``) for longer than ``older_than``,
+        and their files; ``statuses`` limits it to some resting statuses. Active jobs
+        are never pruned. ``dry_run``: delete nothing, say what would go."""
+        return self.service.prune(older_than, statuses=statuses, dry_run=dry_run)
 
     def wait(self, id: str, timeout: float | None = None) -> BatchJob:
         """Block until job ``id`` rests (pre-processed dry run, completed, canceled, failed).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -17,8 +16,8 @@ __all__ = [
     "RESTING_STATUSES",
     "TIMESTAMP_FIELDS",
     "BatchJob",
+    "Pruned",
     "Schedule",
-    "iso_format",
     "Status",
     "new_job_id",
     "utcnow",
@@ -93,29 +92,8 @@ def new_job_id(now: datetime | None = None) -> str:
     return f"batch_{ULID.from_int(value)}"
 
 
-#: ISO 8601 text of recent UTC timestamps: a save writes each of its timestamps
-#: and its events send the same ones, so each is formatted once, not twice.
-_iso_texts: dict[datetime, str] = {}
-_ISO_TEXTS_KEPT = 256
-
-
-def iso_format(value: datetime) -> str:
-    """``value.isoformat()``, remembered for a while when ``value`` is in UTC."""
-    # Only UTC, looked up as well as kept: an equal datetime in another zone
-    # (the same instant) formats differently.
-    if value.tzinfo is not timezone.utc:
-        return value.isoformat()
-    text = _iso_texts.get(value)
-    if text is None:
-        text = value.isoformat()
-        if len(_iso_texts) >= _ISO_TEXTS_KEPT:
-            _iso_texts.clear()
-        _iso_texts[value] = text
-    return text
-
-
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else iso_format(value)
+    return None if value is None else value.isoformat()
 
 
 @dataclass(frozen=True)
@@ -148,38 +126,20 @@ class BatchJob:
         """True when no scheduler will move the job on by itself."""
         return self.status in RESTING_STATUSES
 
+    @property
+    def is_retryable(self) -> bool:
+        """True for a failed job that ``retry`` may bring through: its failure was not
+        a refusal of its input (``invalid_data``), which only a new job with fixed
+        input gets past."""
+        if self.status != Status.FAILED:
+            return False
+        errors = self.result.get("errors") or [{}]
+        last = errors[-1] if isinstance(errors, list) and errors else {}
+        return not (isinstance(last, dict) and last.get("code") == "invalid_data")
+
     def replace(self, **changes: Any) -> BatchJob:
-        """A copy of this record with ``changes`` applied (field names are checked)."""
-        if not _FIELD_NAMES.issuperset(changes):
-            unknown = sorted(changes.keys() - _FIELD_NAMES)
-            raise TypeError(f"BatchJob has no field {', '.join(unknown)}")
-        # dataclasses.replace re-runs __init__; a record is replaced on every
-        # transition, so copy the instance dict instead.
-        if "result" in changes:
-            fields = {**self.__dict__, **changes}
-            fields.pop("_result_json", None)
-            return self._with(fields)
-        return self._with(self.__dict__ | changes)
-
-    def _with(self, fields: dict[str, Any]) -> BatchJob:
-        """A record holding ``fields`` as they are: no checks (for the runner's hot path)."""
-        copy = _new(BatchJob)
-        _set(copy, "__dict__", fields)
-        return copy
-
-    def with_status(self, status: Status, at: datetime) -> BatchJob:
-        """A copy that entered ``status`` at ``at`` (its status and that status's timestamp)."""
-        return self._with(self.__dict__ | {"status": status, _STATUS_TIMESTAMP_FIELDS[status]: at})
-
-    def result_json(self) -> str:
-        """``result`` as JSON text: the stored text itself when the record was built from it."""
-        text = self.__dict__.get("_result_json")
-        return text if text is not None else _COMPACT.encode(self.result)
-
-    def with_result_json(self, text: str) -> BatchJob:
-        """This record, noting ``text`` as the JSON of its ``result`` (as stored)."""
-        object.__setattr__(self, "_result_json", text)
-        return self
+        """A copy of this record with ``changes`` applied (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: ISO 8601 timestamps, plain values."""
@@ -195,10 +155,18 @@ class BatchJob:
         }
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_new = object.__new__
-_set = object.__setattr__
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(BatchJob))
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What ``BatchJobs.prune`` deleted (with ``dry_run``: would delete)."""
+
+    jobs: tuple[BatchJob, ...] = ()
+    #: Keys of the jobs' files deleted with them.
+    files: tuple[str, ...] = ()
+    #: Files left in place, each with why (a key the file store refuses).
+    kept_files: tuple[tuple[str, str], ...] = ()
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)

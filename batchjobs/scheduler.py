@@ -168,7 +168,8 @@ class Scheduler:
         try:
             self.runner.release_all()
         except StoreError as error:
-            log.warning("could not give back the leases left (%s); they expire", error.message)
+            if self.outage.error is None:  # else the outage was reported already
+                log.warning("could not give back the leases left (%s); they expire", error.message)
 
     # -- dispatch --------------------------------------------------------------
 

@@ -8,22 +8,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import signals
-from .errors import InvalidDataError, NotAllowedError, NotFoundError
+from .errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
 from .files import FileStore
 from .limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT, check_key, check_text
 from .limits import check_json_object as _within_limits
-from .models import TIMESTAMP_FIELDS, BatchJob, Status, new_job_id, utcnow
+from .models import (
+    RESTING_STATUSES,
+    TIMESTAMP_FIELDS,
+    BatchJob,
+    Pruned,
+    Status,
+    new_job_id,
+    utcnow,
+)
 from .store import DATE_OPERATORS, FILTER_NAMES, Store
 from .strategy import JobDraft, StrategyRegistry
 
-__all__ = ["FILTER_NAMES", "PAUSABLE_STATUSES", "BatchJobService", "check_json_object"]
+__all__ = [
+    "FILTER_NAMES",
+    "PAUSABLE_STATUSES",
+    "PRUNE_PAGE",
+    "BatchJobService",
+    "check_json_object",
+]
 
 #: Statuses ``pause`` takes a job from.
 PAUSABLE_STATUSES = (Status.CONFIRMED, Status.PROCESSING)
+#: Jobs fetched and deleted at a time by ``prune``.
+PRUNE_PAGE = 500
 
 log = logging.getLogger("batchjobs")
 
@@ -343,3 +359,58 @@ class BatchJobService:
         self._emit(signals.event_for_status(to), job)
         self._runnable()
         return job
+
+    def prune(
+        self,
+        older_than: timedelta,
+        *,
+        statuses: list[str] | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> Pruned:
+        """Delete the resting jobs unchanged for longer than ``older_than``, and their files.
+
+        Only resting statuses (``statuses``: some of them; default all) are
+        pruned, and a job that moved meanwhile (retried, confirmed) stays.
+        Rows go first: a crash in between leaves a stray file, never a job
+        without its file. ``dry_run`` deletes nothing and says what would go.
+        """
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise InvalidDataError(f"older_than must be a positive duration, not {older_than!r}")
+        resting = sorted(s.value for s in RESTING_STATUSES)
+        wanted = resting if statuses is None else list(statuses)
+        for status in wanted:
+            if status not in resting:
+                raise InvalidDataError(
+                    f"only resting jobs are pruned ({', '.join(resting)}), not {status!r}"
+                )
+        try:
+            cutoff = (now or utcnow()) - older_than
+        except OverflowError:  # before year 1: no job is that old
+            cutoff = datetime.min.replace(tzinfo=timezone.utc)
+        filters = {"status": wanted, "updated_at": {"lt": cutoff}}
+        deleted: list[BatchJob] = []
+        files: list[str] = []
+        kept: list[tuple[str, str]] = []
+        while True:
+            page, _ = self.store.list_and_count(
+                filters=filters,
+                limit=PRUNE_PAGE,
+                offset=len(deleted) if dry_run else 0,
+                order="created_at",
+            )
+            if not page:
+                break
+            if not dry_run:
+                gone = set(self.store.delete([j.id for j in page], statuses=RESTING_STATUSES))
+                page = [job for job in page if job.id in gone]
+                for job in page:
+                    key = job.result.get("file_key")
+                    if isinstance(key, str) and self.files is not None:
+                        try:
+                            if self.files.delete(key):
+                                files.append(key)
+                        except BatchJobError as error:  # a key the file store refuses
+                            kept.append((key, error.message))
+            deleted.extend(page)
+        return Pruned(tuple(deleted), tuple(files), tuple(kept), dry_run)

@@ -330,3 +330,38 @@ def test_prepare_only_sees_checked_input(jobs: BatchJobs) -> None:
     with pytest.raises(InvalidDataError, match="dry_run must be a boolean, not 'maybe'"):
         jobs.create("words", {"words": []})
     assert len(seen) == 1 and jobs.list_and_count()[1] == 0
+
+
+def test_prune_deletes_old_resting_jobs_and_says_what(jobs: BatchJobs) -> None:
+    from datetime import timedelta
+
+    from freezegun import freeze_time
+
+    with freeze_time("2026-01-01"):
+        old = jobs.create("words", {"words": ["a"]})
+        broken = jobs.create("broken")
+        active = jobs.create("ledger", {"n": 5})
+        jobs.runner.run_next(ids=[old.id])
+        jobs.runner.run_next(ids=[broken.id])
+    recent = jobs.create("words", {"words": ["b"]})
+    jobs.runner.run_next(ids=[recent.id])
+    would = jobs.prune(timedelta(days=1), dry_run=True)
+    assert would.dry_run and [j.id for j in would.jobs] == [old.id, broken.id]
+    assert jobs.list_and_count()[1] == 4
+    pruned = jobs.prune(timedelta(days=1), statuses=["failed"])
+    assert [j.id for j in pruned.jobs] == [broken.id] and pruned.files == ()
+    assert jobs.prune(timedelta(days=1)).jobs[0].id == old.id
+    assert {j.id for j in jobs.list_and_count()[0]} == {active.id, recent.id}
+
+
+def test_prune_refuses_active_statuses_and_negative_ages(jobs: BatchJobs) -> None:
+    from datetime import timedelta
+
+    from batchjobs import InvalidDataError
+
+    job = jobs.create("ledger", {"n": 5})
+    with pytest.raises(InvalidDataError, match="only resting jobs are pruned .* not 'created'"):
+        jobs.prune(timedelta(0), statuses=["created"])
+    with pytest.raises(InvalidDataError, match="older_than must be a positive duration"):
+        jobs.prune(timedelta(days=-1))
+    assert jobs.retrieve(job.id).status == Status.CREATED

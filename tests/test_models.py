@@ -47,23 +47,23 @@ def test_to_dict_gives_iso_timestamps() -> None:
     assert data["completed_at"] is None
 
 
-def test_result_json_is_the_stored_text_until_the_result_changes() -> None:
-    job = BatchJob(id="batch_1", type="t", status=Status.COMPLETED, result={"a": 1})
-    assert job.result_json() == '{"a":1}'
-    stored = job.with_result_json('{"a": 1}')
-    assert stored.result_json() == '{"a": 1}'
-    assert stored.replace(status=Status.FAILED).result_json() == '{"a": 1}'
-    assert stored.replace(result={"b": 2}).result_json() == '{"b":2}'
+def test_a_replaced_record_is_checked_as_a_new_one() -> None:
+    job = BatchJob(id="batch_1", type="t", status=Status.CREATED)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        job.replace(colour="red")
 
 
-def test_iso_format_gives_each_zone_its_own_text() -> None:
-    from datetime import timedelta
-
-    from batchjobs.models import iso_format
-
-    noon = datetime(2026, 11, 28, 12, 0, 0, 5, tzinfo=timezone.utc)
-    same_instant = noon.astimezone(timezone(timedelta(hours=2)))
-    assert noon == same_instant
-    assert iso_format(noon) == "2026-11-28T12:00:00.000005+00:00"  # now remembered
-    assert iso_format(same_instant) == "2026-11-28T14:00:00.000005+02:00"
-    assert iso_format(noon.replace(tzinfo=None)) == "2026-11-28T12:00:00.000005"
+@pytest.mark.parametrize(
+    ("status", "errors", "retryable"),
+    [
+        (Status.FAILED, [{"message": "down", "code": "ConnectionError"}], True),
+        (Status.FAILED, [], True),
+        (Status.FAILED, [{"message": "row 3: bad price", "code": "invalid_data"}], False),
+        (Status.COMPLETED, [], False),
+    ],
+)
+def test_a_failed_job_is_retryable_unless_its_input_was_refused(
+    status: Status, errors: list[dict[str, str]], retryable: bool
+) -> None:
+    job = BatchJob(id="batch_1", type="t", status=status, result={"errors": errors})
+    assert job.is_retryable is retryable

@@ -290,12 +290,14 @@ def test_an_event_caught_by_close_is_counted_once_and_starts_no_thread(
     app = App()
     mirror = RedisMirror(app, unreachable_url, prefix="closing")
 
-    class ClosedWhileEncoded(BatchJob):
-        def result_json(self) -> str:  # close() runs between the check and the append
-            mirror.close()
-            return "{}"
+    encode = mirror._message
 
-    job = ClosedWhileEncoded(id="batch_x", type="words", status=Status.PROCESSING)
+    def closed_while_encoded(*args: Any) -> str:  # close() runs between the check and the append
+        mirror.close()
+        return encode(*args)
+
+    mirror._message = closed_while_encoded  # type: ignore[method-assign]
+    job = BatchJob(id="batch_x", type="words", status=Status.PROCESSING)
     signals.emit("batch.processing", app, job)
     stats = mirror.stats
     assert (stats.queued, stats.dropped, stats.published) == (0, 1, 0)
@@ -434,29 +436,6 @@ def test_close_releases_the_connection_even_when_redis_does_not_answer(
     server.close()
     assert (server.accepted, mirror.stats.published, mirror.stats.queued) == (1, 0, 0)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-@pytest.mark.redis
-def test_a_server_that_refuses_scripts_gets_one_publish_per_event(
-    make_jobs: Callable[..., BatchJobs],
-    redis_server: Callable[..., RedisServer],
-    prefix: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="batchjobs.pubsub")
-    server = redis_server("--rename-command", "EVAL", "")
-    sub = Subscription(server.url, prefix=prefix)
-    assert sub.connect()
-    jobs = make_jobs(redis_url=server.url, channel_prefix=prefix)
-    local = _record_events(jobs)
-    job = jobs.create("words", {"words": list("abcde")})
-    jobs.run_until_idle(timeout=10)
-    received = [_next_event(sub, lambda e: True) for _ in local]
-    sub.close()
-    assert [(e.event, e.id) for e in received] == [(event, job.id) for event, _ in local]
-    assert jobs.mirror.stats.dropped == 0
-    assert not _mirror_warnings(caplog)
-    assert any("refused the publishing script" in r.getMessage() for r in caplog.records)
 
 
 # -- following -------------------------------------------------------------------

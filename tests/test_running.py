@@ -526,3 +526,67 @@ def test_a_job_canceled_while_waiting_in_a_batch_never_starts(
     assert canceled.status == Status.CANCELED and canceled.pre_processed_at is None
     assert all(line.startswith(later[0].id) for line in read_ledger(ledger))
     assert jobs.store.holder(later[1].id) is None  # not left leased
+
+
+def test_run_runs_one_job_here_and_reports_its_progress(jobs: BatchJobs) -> None:
+    other = jobs.create("ledger", {"n": 5})
+    job = jobs.create("ledger", {"n": 35})
+    seen: list[tuple[str, int]] = []
+    done = jobs.run(
+        job.id,
+        on_progress=lambda j: seen.append((j.status.value, j.result.get("advancement_count", 0))),
+    )
+    assert done.status == Status.COMPLETED and done == jobs.retrieve(job.id)
+    assert seen[-1] == ("completed", 35) and ("processing", 20) in seen
+    assert jobs.retrieve(other.id).status == Status.CREATED  # only its own job
+
+
+def test_run_stops_at_a_checkpoint_when_asked_and_hands_the_job_over(jobs: BatchJobs) -> None:
+    stop = threading.Event()
+    job = jobs.create("ledger", {"n": 100})
+
+    def progress(current: Any) -> None:
+        if current.result.get("advancement_count") == 20:
+            stop.set()
+
+    stopped = jobs.run(job.id, on_progress=progress, stop=stop)
+    assert stopped.status == Status.PROCESSING and stopped.result["advancement_count"] == 20
+    assert jobs.store.holder(job.id) is None
+    assert jobs.run(job.id).status == Status.COMPLETED  # resumed from the checkpoint
+
+
+def test_run_of_an_unknown_job_is_not_found(jobs: BatchJobs) -> None:
+    from batchjobs import NotFoundError
+
+    with pytest.raises(NotFoundError, match="batch_nope was not found"):
+        jobs.run("batch_nope")
+
+
+def test_wait_until_idle_gives_up_on_a_database_that_keeps_failing(make_jobs: Any) -> None:
+    from batchjobs.errors import StoreReadOnlyError
+    from batchjobs.testing import Faults
+
+    jobs = make_jobs(poll_interval=0.02)
+    job = jobs.create("ledger", {"n": 5})
+    with Faults(jobs).read_only():
+        jobs.start()
+        with pytest.raises(StoreReadOnlyError, match="read-only"):
+            jobs.wait_until_idle(timeout=10, give_up_after=0.2)
+    assert jobs.wait_until_idle(timeout=10)
+    assert jobs.retrieve(job.id).status == Status.COMPLETED
+    jobs.shutdown()
+    stop = threading.Event()
+    jobs.create("ledger", {"n": 5})
+    stop.set()
+    assert jobs.wait_until_idle(stop=stop) is False  # no worker runs: it stops when asked
+
+
+def test_start_takes_new_settings_and_checks_them(jobs: BatchJobs) -> None:
+    with pytest.raises(ValueError, match="concurrency must be a positive integer, not 0"):
+        jobs.start(concurrency=0)
+    assert jobs.scheduler is None and jobs.concurrency == 2
+    jobs.start(concurrency=3, poll_interval=0.5)
+    assert (jobs.concurrency, jobs.poll_interval) == (3, 0.5)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        jobs.start(concurrency=1)
+    jobs.shutdown()

@@ -187,3 +187,14 @@ def test_a_file_opened_read_only_reads_and_refuses_writes(db_path: Path) -> None
     ):
         read_only.insert(make_job())
     read_only.close()
+
+
+def test_a_sqlite_url_with_mode_ro_opens_the_file_read_only(db_path: Path) -> None:
+    SQLiteStore(db_path).close()
+    store = open_store(f"sqlite:///{db_path}?mode=ro")
+    assert store.location == str(db_path) and store.list_and_count()[1] == 0
+    with pytest.raises(StoreReadOnlyError, match=f"Cannot write to the database {db_path}"):
+        store.insert(make_job())
+    store.close()
+    with pytest.raises(ValueError, match="the only option of a SQLite URL is mode=ro"):
+        open_store(f"sqlite:///{db_path}?cache=shared")

@@ -27,7 +27,6 @@ from __future__ import annotations
 # Importing the command modules registers their commands on the group; the
 # names stay importable from here, as when the CLI was one module.
 from ._admin import (  # noqa: F401
-    PRUNE_PAGE,
     events,
     prune,
     show_version,

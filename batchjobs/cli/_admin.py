@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 
 import click
 
 from ..app import BatchJobs
-from ..errors import BatchJobError
-from ..models import RESTING_STATUSES, BatchJob, utcnow
+from ..models import RESTING_STATUSES
 from ..store import SQLITE_VERSION
 from ._app import CommandError, cli, pass_jobs
 from ._input import _Duration, _json_option
 from ._output import _event_line, _print_json, _table, _when
 from ._validators import Count, Text
-
-#: Jobs fetched, deleted and forgotten at a time by ``prune``.
-PRUNE_PAGE = 500
 
 
 @cli.command()
@@ -159,48 +155,17 @@ def prune(
       batchjobs prune --older-than 30d
       batchjobs prune --older-than 12h --status failed --status canceled --dry-run
     """
-    try:
-        cutoff = utcnow() - older_than
-    except OverflowError:  # before year 1: no job is that old
-        cutoff = datetime.min.replace(tzinfo=timezone.utc)
-    filters = {
-        "status": list(statuses) or [s.value for s in RESTING_STATUSES],
-        "updated_at": {"lt": cutoff},
-    }
-    deleted: list[BatchJob] = []
-    files: list[str] = []
-    while True:
-        offset = len(deleted) if dry_run else 0
-        page, _ = jobs.list_and_count(
-            limit=PRUNE_PAGE, offset=offset, order="created_at", **filters
-        )
-        if not page:
-            break
-        if not dry_run:
-            # Only jobs still resting go; rows first: a crash in between leaves
-            # a stray file, never a job without its file.
-            gone = set(jobs.store.delete([j.id for j in page], statuses=RESTING_STATUSES))
-            page = [job for job in page if job.id in gone]
-            for job in page:
-                key = job.result.get("file_key")
-                if isinstance(key, str) and _delete_file(jobs, key):
-                    files.append(key)
-        deleted.extend(page)
+    pruned = jobs.prune(older_than, statuses=list(statuses) or None, dry_run=dry_run)
+    for key, why in pruned.kept_files:
+        click.echo(f"warning: file {key!r} not deleted: {why}", err=True)
     if as_json:
-        _print_json({"deleted": [j.id for j in deleted], "files": files, "dry_run": dry_run})
-    elif dry_run and deleted:
-        rows = [[j.id, j.type, j.status.value, _when(j.updated_at)] for j in deleted]
+        deleted = [j.id for j in pruned.jobs]
+        _print_json({"deleted": deleted, "files": list(pruned.files), "dry_run": dry_run})
+    elif dry_run and pruned.jobs:
+        rows = [[j.id, j.type, j.status.value, _when(j.updated_at)] for j in pruned.jobs]
         click.echo(_table(["ID", "TYPE", "STATUS", "UPDATED"], rows))
     verb = "Would delete" if dry_run else "Deleted"
-    click.echo(f"{verb} {len(deleted)} job(s) and {len(files)} file(s).", err=True)
-
-
-def _delete_file(jobs: BatchJobs, key: str) -> bool:
-    try:
-        return jobs.files.delete(key)
-    except BatchJobError as error:  # a key the file store refuses: leave it, say so
-        click.echo(f"warning: file {key!r} not deleted: {error.message}", err=True)
-        return False
+    click.echo(f"{verb} {len(pruned.jobs)} job(s) and {len(pruned.files)} file(s).", err=True)
 
 
 @cli.command("version")

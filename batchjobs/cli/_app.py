@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +25,8 @@ from ._validators import FilePath, Text
 EXIT_JOB_FAILED = 1
 #: Bad input or a refused operation (every ``BatchJobError``).
 EXIT_USAGE = 2
+#: Interrupted (Ctrl-C): the job stopped at a checkpoint, a worker resumes it.
+EXIT_INTERRUPTED = 130
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -263,8 +267,16 @@ class _Group(click.Group):
     "use that BatchJobs, or the one that function returns, and its settings "
     "[env: BATCHJOBS_APP].",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log more, with tracebacks (of failed jobs too).",
+)
 @click.pass_context
-def cli(ctx: click.Context, db: str, redis_url: str | None, app: str | None) -> None:
+def cli(
+    ctx: click.Context, db: str, redis_url: str | None, app: str | None, verbose: bool
+) -> None:
     """Medusa-style batch jobs in one SQLite file.
 
     \b
@@ -280,6 +292,48 @@ def cli(ctx: click.Context, db: str, redis_url: str | None, app: str | None) -> 
     session.given = host_jobs
     ctx.obj = session
     ctx.call_on_close(session.close)
+    ctx.call_on_close(_log_to_stderr(verbose))
+
+
+class _LineHandler(logging.Handler):
+    """batchjobs' log records as lines on stderr: one line each, unless ``verbose``.
+
+    Without ``verbose``: warnings and errors, no traceback, and no record of
+    a job's failure (``batchjobs.jobs``: the command prints the job's errors).
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(logging.INFO if verbose else logging.WARNING)
+        self.verbose = verbose
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("batchjobs.http") and record.levelno < logging.WARNING:
+            return  # serve prints its request log itself
+        if not self.verbose and record.name == "batchjobs.jobs":
+            return
+        try:
+            line = f"{record.levelname.lower()}: {record.getMessage()}"
+            if self.verbose and record.exc_info:
+                line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            click.echo(line, err=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _log_to_stderr(verbose: bool) -> Callable[[], None]:
+    """Print batchjobs' log records on stderr while a command runs; returns the undo."""
+    logger = logging.getLogger("batchjobs")
+    handler = _LineHandler(verbose)
+    level = logger.level
+    logger.addHandler(handler)
+    if verbose:
+        logger.setLevel(logging.INFO)
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return undo
 
 
 def main() -> None:

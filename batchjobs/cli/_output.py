@@ -100,6 +100,10 @@ def _error_text(error: dict[str, Any]) -> str:
     return f"{error.get('message')} [{error.get('code')}]{extra}"
 
 
+#: A failed job's last errors printed when a command followed it to its end.
+ERRORS_SHOWN = 5
+
+
 def _report_end(job: BatchJob) -> None:
     """What a person needs to know once a followed job rests (stderr)."""
     prog = _session().prog
@@ -111,11 +115,17 @@ def _report_end(job: BatchJob) -> None:
         )
     elif job.status == Status.FAILED:
         errors = job.result.get("errors") or []
-        for error in errors[-3:]:
+        shown = errors[-ERRORS_SHOWN:]
+        more = job.result.get("error_count", len(errors)) - len(shown)
+        if more > 0:
+            click.echo(f"({more} earlier error(s): {prog} show {job.id})", err=True)
+        for error in shown:
             click.echo(f"error: {_error_text(error)}", err=True)
-        click.echo(
-            f"{job.id} failed; resume it from its checkpoint with: {prog} retry {job.id}", err=True
-        )
+        if job.is_retryable:
+            hint = f"resume it from its checkpoint with: {prog} retry {job.id}"
+        else:
+            hint = "its input was refused: fix the input and create a new job"
+        click.echo(f"{job.id} failed; {hint}", err=True)
     elif job.status == Status.PAUSED:
         click.echo(
             f"{job.id} is paused at its checkpoint; continue it with: {prog} resume {job.id}",

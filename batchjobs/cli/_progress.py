@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import click
 
 from ..app import BatchJobs
 from ..models import BatchJob, Status
-from ._app import EXIT_JOB_FAILED, _session
+from ._app import EXIT_INTERRUPTED, EXIT_JOB_FAILED, _session
 from ._output import _count_text, _print_json, _report_end
 
 #: Seconds between two looks at a followed job.
@@ -138,46 +140,47 @@ def _end(job: BatchJob, as_json: bool, stdout: str | None) -> None:
 
 
 def _run_here(jobs: BatchJobs, job_id: str) -> BatchJob:
-    """Run job ``job_id`` in this process, with a progress bar, until it rests."""
-    runner = jobs.runner
-    finished = threading.Event()
-    failure: list[BaseException] = []
+    """Run job ``job_id`` in this process, with a progress bar, until it rests.
 
-    def work() -> None:
-        try:
-            while not runner.stopping.is_set():
-                runner.run_next(ids=[job_id])
-                if jobs.retrieve(job_id).is_resting:
-                    return
-                # Leased by a worker elsewhere, or waiting out a retry backoff.
-                runner.stopping.wait(FOLLOW_INTERVAL)
-        except BaseException as error:  # re-raised in the calling thread
-            failure.append(error)
-        finally:
-            finished.set()
-
-    renew_every = runner.lease.total_seconds() / 3
-    renewed = [time.monotonic()]
-
-    def heartbeat() -> None:  # keep the lease while one chunk runs long
-        if time.monotonic() - renewed[0] >= renew_every:
-            renewed[0] = time.monotonic()
-            runner.renew_leases()
-
-    thread = threading.Thread(target=work, name="batchjobs-run", daemon=True)
-    thread.start()
+    Ctrl-C stops it at its next checkpoint (a second one at once): the
+    command then exits 130 with the job's id on stdout, so that a worker resumes it.
+    """
+    bar = _ProgressBar(tty=_stderr_is_tty())
+    stop = threading.Event()
+    restore = _trap_interrupt(stop)
     try:
-        job = _follow(jobs, job_id, finished=finished, tick=heartbeat)
-    except KeyboardInterrupt:
+        job = jobs.run(job_id, on_progress=bar.update, stop=stop)
+    except KeyboardInterrupt:  # the second Ctrl-C: the lease expires, the chunk is redone
+        job = jobs.retrieve(job_id)
+    finally:
+        restore()
+    bar.finish(job)
+    if not job.is_resting:
+        click.echo(job.id)
         click.echo(
-            f"\nStopping at the next checkpoint; {job_id} resumes from it "
-            f"in a worker: {_session().prog} worker",
+            f"Stopped; {job_id} resumes from its last checkpoint in a worker: "
+            f"{_session().prog} worker",
             err=True,
         )
-        runner.stopping.set()
-        thread.join()
-        raise click.exceptions.Exit(130) from None
-    thread.join()
-    if failure:
-        raise failure[0]
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     return job
+
+
+def _trap_interrupt(stop: threading.Event) -> Callable[[], None]:
+    """The first SIGINT sets ``stop``, the next raises ``KeyboardInterrupt``; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # mounted in a host that runs commands off the main thread
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        click.echo("\nStopping at the next checkpoint (Ctrl-C again: at once)...", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous)
+
+    return restore

@@ -17,11 +17,10 @@ import click
 from .. import signals
 from ..app import BatchJobs
 from ..limits import MAX_INTEGER
-from ..models import RESTING_STATUSES, BatchJob, Status
+from ..models import BatchJob, Status
 from ._app import CommandError, cli, pass_jobs
 from ._input import _TokenUser
 from ._output import _count_text
-from ._progress import FOLLOW_INTERVAL
 from ._validators import PositiveInt, PositiveSeconds, Text
 
 
@@ -57,25 +56,22 @@ def worker(
             "No strategies are registered: pass --app MODULE[:ATTR] "
             "or install a package with batchjobs.strategies entry points"
         )
-    if concurrency is not None:
-        jobs.concurrency = concurrency
-    if poll_interval is not None:
-        jobs.poll_interval = poll_interval
     stop = threading.Event()
     previous = _trap_signals(stop)
     events = _echo_events(jobs)
-    ending = "exits when no job is left" if until_idle else "stop it with Ctrl-C"
-    click.echo(
-        f"Worker on {jobs.db_path} (types: {', '.join(types)}; concurrency "
-        f"{jobs.concurrency}); {ending}.",
-        err=True,
-    )
     try:
-        jobs.start()
-        active = [s.value for s in Status if s not in RESTING_STATUSES]
-        while not stop.wait(FOLLOW_INTERVAL if until_idle else 0.5):
-            if until_idle and not jobs.list_and_count(status=active, type=types, limit=0)[1]:
-                break
+        jobs.start(concurrency=concurrency, poll_interval=poll_interval)
+        ending = "exits when no job is left" if until_idle else "stop it with Ctrl-C"
+        click.echo(
+            f"Worker on {jobs.location} (types: {', '.join(types)}; concurrency "
+            f"{jobs.concurrency}); {ending}.",
+            err=True,
+        )
+        if until_idle:
+            jobs.wait_until_idle(stop=stop)
+        else:
+            while not stop.wait(0.5):
+                pass
     finally:
         jobs.shutdown()
         events()
@@ -325,7 +321,7 @@ def serve(
         )
         click.echo(
             f"Dashboard on {server.url}/ and admin API on {server.url}{PREFIX} "
-            f"({len(users)} token(s); {work}; {jobs.db_path}; waitress, {limits.threads} "
+            f"({len(users)} token(s); {work}; {jobs.location}; waitress, {limits.threads} "
             f"threads and {limits.streams} streams); stop it with Ctrl-C.",
             err=True,
         )

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from .. import signals
-from ..models import BatchJob, Status, iso_format, utcnow
+from ..models import BatchJob, Status, utcnow
 from ._connection import (
     _REDIS_ERRORS,
     CLOSE_TIMEOUT,
@@ -41,47 +41,11 @@ PIPELINE_SIZE = 500
 #: spell goes out at once, a burst goes out in batches (one write per LINGER).
 LINGER = 0.01
 
-_quote = json.encoder.encode_basestring_ascii
-
-
 def _timestamp_field(event: str) -> str:
     """The record's field holding when ``event`` happened."""
     if event == "batch.updated":
         return "updated_at"
     return Status(event.removeprefix("batch.")).timestamp_field
-
-
-#: The keys ``RedisMirror._message`` writes, in its order: it formats them by
-#: hand (an f-string is several times faster than ``json.dumps`` or ``%``).
-_MESSAGE_ORDER = ("event", "id", "type", "status", "result", "at", "origin")
-if _MESSAGE_ORDER != MESSAGE_KEYS:
-    raise RuntimeError(f"the mirror writes {_MESSAGE_ORDER}, the listeners read {MESSAGE_KEYS}")
-
-#: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order: one reply per batch.
-_PUBLISH_SCRIPT = b"for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end return #KEYS"
-
-
-def _bulk(value: bytes) -> bytes:
-    """``value`` as a RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def _pack_publish(batch: list[tuple[bytes, bytes]], *, script: bool) -> bytes:
-    """The RESP commands publishing ``batch`` (bulk channel, bulk message pairs).
-
-    Packed by hand: redis-py spends tens of µs of CPU per command, under the
-    GIL that the job's thread needs. With ``script``, one EVAL of a loop of
-    PUBLISHes, answered by one reply instead of one per message.
-    """
-    if not script:
-        return b"".join(b"*3\r\n$7\r\nPUBLISH\r\n%s%s" % pair for pair in batch)
-    count = len(batch)
-    head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (
-        3 + 2 * count,
-        _bulk(_PUBLISH_SCRIPT),
-        _bulk(b"%d" % count),
-    )
-    return b"".join([head, *(channel for channel, _ in batch), *(msg for _, msg in batch)])
 
 
 @dataclass(frozen=True)
@@ -127,21 +91,14 @@ class RedisMirror:
         self.queue_size = queue_size
         #: Names this mirror's messages (``"origin"``), so its own listener skips them.
         self.origin: str = origin or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._origin_json = _quote(self.origin)
-        #: The id and type of the job ``_message`` last wrote, and their JSON.
-        self._last_job: tuple[str | None, str | None, str] = (None, None, "")
         self._client = _client(url)
-        # The publisher thread's own connection: its commands go out packed, in one write.
-        self._connection = self._client.connection_pool.make_connection()
         self._outages = _Outages("batch job events mirror", url)
         self._backoff = _Backoff()
-        #: (channel, message) as RESP bulk strings, ready to send.
-        self._queue: deque[tuple[bytes, bytes]] = deque()
-        #: The publisher's batch: (channel, message) as RESP bulk strings, sent
-        #: but not yet accepted by Redis (kept for the next attempt).
-        self._sending: list[tuple[bytes, bytes]] = []
-        #: False once Redis refused the publishing script (ACL, cluster): one command each.
-        self._scripting = True
+        #: (channel, message), ready to send.
+        self._queue: deque[tuple[str, str]] = deque()
+        #: The publisher's batch: (channel, message) sent but not yet accepted by
+        #: Redis (kept for the next attempt).
+        self._sending: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closing = threading.Event()
@@ -183,12 +140,11 @@ class RedisMirror:
         the publisher thread's turns with the GIL short: each turn it takes
         costs the job's thread a hand-over, whatever the thread does with it.
         """
-        channel = _bulk(f"{self.prefix}:{event}".encode())
+        channel = f"{self.prefix}:{event}"
         timestamp = _timestamp_field(event)
         queue = self._queue
         size = self.queue_size
         wakeup = self._wakeup
-        message = self._message
 
         def receive(sender: Any, *, job: BatchJob, remote: bool = False, **extra: Any) -> None:
             if remote:
@@ -199,7 +155,7 @@ class RedisMirror:
                 self._count_dropped()
                 return
             try:
-                item = (channel, _bulk(message(event, job, getattr(job, timestamp))))
+                item = (channel, self._message(event, job, getattr(job, timestamp)))
             except Exception:
                 log.exception("could not encode %s of batch job %s", event, job.id)
                 self._count_dropped()
@@ -219,7 +175,7 @@ class RedisMirror:
         with self._lock:
             self._dropped += 1
 
-    def _withdraw(self, item: tuple[bytes, bytes]) -> None:
+    def _withdraw(self, item: tuple[str, str]) -> None:
         """Count ``item`` dropped, unless the publisher has taken it already."""
         try:
             self._queue.remove(item)
@@ -235,24 +191,20 @@ class RedisMirror:
                 )
                 self._thread.start()
 
-    def _message(self, event: str, job: BatchJob, at: datetime | None) -> bytes:
-        """The JSON message for ``event``: keys in ``MESSAGE_KEYS``' order, built by hand.
+    def _message(self, event: str, job: BatchJob, at: datetime | None) -> str:
+        """The JSON message for ``event``, its keys in ``MESSAGE_KEYS``' order."""
+        values = (
+            event,
+            job.id,
+            job.type,
+            job.status.value,
+            job.result,
+            (at or utcnow()).isoformat(),
+            self.origin,
+        )
+        return json.dumps(dict(zip(MESSAGE_KEYS, values, strict=True)), separators=(",", ":"))
 
-        Event names, statuses and timestamps need no escaping; the id and type
-        are encoded as JSON once per job (a job's events come in a row).
-        """
-        last = self._last_job  # one read: receivers run in several threads
-        if last[0] is not job.id or last[1] is not job.type:
-            head = f'"id":{_quote(job.id)},"type":{_quote(job.type)},"status":"'
-            last = self._last_job = (job.id, job.type, head)
-        stamp = iso_format(at or utcnow())
-        return (
-            # _value_ (documented by enum) is the plain attribute behind .value.
-            f'{{"event":"{event}",{last[2]}{job.status._value_}",'
-            f'"result":{job.result_json()},"at":"{stamp}","origin":{self._origin_json}}}'
-        ).encode()
-
-    def _fill_batch(self) -> list[tuple[bytes, bytes]]:
+    def _fill_batch(self) -> list[tuple[str, str]]:
         """The batch to send: what the last attempt left, topped up from the queue."""
         batch = self._sending
         queue = self._queue
@@ -270,26 +222,21 @@ class RedisMirror:
         batch = self._fill_batch()
         if not batch:
             return True
-        scripting = self._scripting
-        packed = _pack_publish(batch, script=scripting)
-        connection = self._connection
         # A connection that went stale while idle (Redis restarted) fails once;
         # only a second failure in a row is an outage.
         attempts = 1 if self._outages.down else 2
         for attempt in range(attempts):
+            # One pipeline per batch: one write, one read of the replies.
+            pipeline = self._client.pipeline(transaction=False)
+            for channel, message in batch:
+                pipeline.publish(channel, message)
             try:
-                connection.send_packed_command([packed])
-                for _ in range(1 if scripting else len(batch)):
-                    connection.read_response()
+                pipeline.execute()
                 break
             except _REDIS_ERRORS as error:
                 if self._closed.is_set():
                     return False  # close() cut the connection: no outage, no retry
                 self._disconnect()
-                if scripting and isinstance(error, redis.ResponseError):
-                    log.info("Redis refused the publishing script (%s): one PUBLISH each", error)
-                    self._scripting = False
-                    return self.publish_pending()
                 if attempt + 1 == attempts or isinstance(error, redis.TimeoutError):
                     self._outages.failed("publish", error)
                     return False
@@ -302,7 +249,7 @@ class RedisMirror:
 
     def _disconnect(self) -> None:
         with self._connection_lock:
-            self._connection.disconnect()
+            self._client.connection_pool.disconnect()
 
     def _run(self) -> None:
         try:

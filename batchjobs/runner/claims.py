@@ -148,6 +148,7 @@ class JobRunner:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         owner: str | None = None,
         presence: Presence | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -166,7 +167,7 @@ class JobRunner:
             sender=sender if sender is not None else self,
             files=files,
             max_attempts=max_attempts,
-            stopping=threading.Event(),
+            stopping=stopping or threading.Event(),
         )
 
     @property
@@ -376,6 +377,26 @@ class JobRunner:
         else:
             self.leases.release([held])  # moved (canceled): give it back
         return False
+
+    def run_job(
+        self, id: str, *, on_wait: Callable[[BatchJob], object] | None = None
+    ) -> BatchJob | None:
+        """Run job ``id`` in this thread until it rests, or ``stopping`` is set.
+
+        Claims it whenever it is runnable, and waits while another worker
+        holds it or a retry backs off (calling ``on_wait`` with it each time it
+        looks). A heartbeat renews its lease while a chunk runs long. Returns
+        the job as last read (``None`` if it is gone).
+        """
+        with Heartbeat(self.renew_leases, self.lease.total_seconds() / 3):
+            while True:
+                self.run_next(ids=[id])
+                job = self.store.get(id)
+                if job is None or job.is_resting or self.stopping.is_set():
+                    return job
+                if on_wait is not None:
+                    on_wait(job)
+                self.stopping.wait(IDLE_PAUSE * 2)
 
     def run_until_idle(
         self, timeout: float | None = None, *, clock: Callable[[], float] = time.monotonic

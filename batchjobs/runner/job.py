@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("batchjobs.runner")
+#: How jobs end when they fail: the job's errors say it too (the CLI prints
+#: those, and these records' tracebacks only with --verbose).
+outcomes = logging.getLogger("batchjobs.jobs")
 
 #: ``context["max_retry"]`` when the job does not set it.
 DEFAULT_MAX_RETRY = 3
@@ -223,7 +226,7 @@ class JobExecution:
             try:
                 strategy.pre_process(run)
             except Exception as error:
-                log.exception("pre_process of batch job %s failed", self.job.id)
+                outcomes.exception("pre_process of batch job %s failed", self.job.id)
                 self._fail(_error_entry(error))
                 return
             self.pending.append((Status.PRE_PROCESSED, utcnow()))
@@ -289,7 +292,7 @@ class JobExecution:
         try:
             strategy.finalize(run)
         except Exception as error:
-            log.exception("finalize of batch job %s failed", self.job.id)
+            outcomes.exception("finalize of batch job %s failed", self.job.id)
             self._fail(_error_entry(error))
             return
         if run.result.get("count") is None:
@@ -320,10 +323,12 @@ class JobExecution:
             retry = False
         entry = _error_entry(error)
         if not retry:
-            log.error("batch job %s failed: %s", self.job.id, entry["message"], exc_info=error)
+            outcomes.error(
+                "batch job %s failed: %s", self.job.id, entry["message"], exc_info=error
+            )
             self._fail(entry)
             return
-        log.warning(
+        outcomes.warning(
             "batch job %s: chunk failed (%s); retry %d of %d",
             self.job.id,
             entry["message"],

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import sqlite_utils
 
@@ -53,7 +54,7 @@ class Connections:
         self.path = path
         self.uri = path.startswith("file:")
         #: The file, for messages.
-        self.location = path.removeprefix("file:").split("?", 1)[0]
+        self.location = unquote(path.removeprefix("file:").split("?", 1)[0]) if self.uri else path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.closed = False

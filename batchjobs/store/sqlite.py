@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -83,9 +84,8 @@ def _marks(values: Sequence[Any]) -> str:
 class SQLiteStore(SQLiteSchedules, Store):
     """Batch jobs (and schedules) in one SQLite file, safe across threads and processes.
 
-    ``path`` may be ``file:…?mode=ro`` style (``uri=True`` is implied by a
-    ``file:`` prefix): a read-only store reads, and every write raises
-    ``StoreReadOnlyError``.
+    With ``read_only`` (or a ``file:…?mode=ro`` URI for ``path``) the file is
+    opened read-only: reads work, and every write raises ``StoreReadOnlyError``.
     """
 
     def __init__(
@@ -94,14 +94,16 @@ class SQLiteStore(SQLiteSchedules, Store):
         *,
         durability: str = "normal",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        read_only: bool = False,
     ) -> None:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(
                 f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}"
             )
         self.path = str(path)
+        where = f"file:{quote(self.path)}?mode=ro" if read_only else self.path
         self._connections = Connections(
-            self.path, synchronous=DURABILITY_LEVELS[durability], busy_timeout=busy_timeout
+            where, synchronous=DURABILITY_LEVELS[durability], busy_timeout=busy_timeout
         )
         self.location = self._connections.location
         self._open()
