@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -108,7 +109,11 @@ class FileStore:
 
     def for_user(self, user: str | None) -> FileStore:
         """The same files as ``user`` sees them (``None``: the application, every file)."""
-        return FileStore(self.root, user=user)
+        if user is not None and not isinstance(user, str):
+            raise ValueError(f"user must be a user id (str) or None, not {user!r}")
+        view = copy.copy(self)  # the root is resolved already: no file system call per job
+        view.user = user
+        return view
 
     # -- keys ------------------------------------------------------------------
 

@@ -677,3 +677,12 @@ def test_deleting_a_schedule_returns_it_once(store: Store) -> None:
     stored = store.save_schedule(make_schedule(), expect_revision=None)
     assert store.delete_schedule("s") == stored
     assert store.delete_schedule("s") is None and store.list_schedules() == []
+
+
+def test_a_checkpoint_without_until_leaves_the_lease_as_it_is(store: Store) -> None:
+    (job,) = insert(store, make_job())
+    claim = claim_one(store)
+    later = T0 + timedelta(seconds=5)
+    saved = store.save(Checkpoint(claim.lease, Status.CREATED, later, result={"x": 1}))
+    assert saved is not None and saved.result == {"x": 1}
+    assert store.holder(job.id).expires_at == T0 + LEASE  # type: ignore[union-attr]

@@ -121,23 +121,41 @@ def _fingerprint(value: Any) -> Any:
     return (type(value), value) if type(value) in _SCALARS else json.dumps(value)
 
 
+def _fingerprints(run: JobRun) -> tuple[dict[str, Any], str]:
+    """``run.result`` by key (scalars as they are, containers as JSON) and ``run.cursor``
+    as JSON: what a checkpoint compares, and what a failed chunk rolls back to."""
+    result = {k: _fingerprint(v) for k, v in run.result.items()}
+    return result, json.dumps(run.cursor, allow_nan=False)
+
+
+def _roll_back(run: JobRun, good: tuple[dict[str, Any], str]) -> None:
+    """Undo what a failed chunk did to ``run.result`` and ``run.cursor``."""
+    result, cursor = good
+    run.result = {k: f[1] if isinstance(f, tuple) else json.loads(f) for k, f in result.items()}
+    run.cursor = json.loads(cursor)
+
+
 def _emit_events(sender: Any, before: BatchJob, stored: BatchJob, checkpoint: Checkpoint) -> None:
     """Send the events of a committed checkpoint: one per step, and ``batch.updated``
     when it changed the result, context or cursor (before a final step's event).
 
     Each step's event carries the job as at that step, its result as committed.
     """
-    steps = list(checkpoint.steps)
+    steps = checkpoint.steps
     events = [signals.event_for_status(status) for status, _ in steps]
     if checkpoint.result or checkpoint.context or checkpoint.cursor is not None:
         final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
         events.insert(len(events) - final, "batch.updated")
-    earlier = {s.timestamp_field: getattr(before, s.timestamp_field) for s, _ in steps}
-    job = stored.replace(status=before.status, **earlier)
+    done = 0
     for event in events:
         if event != "batch.updated":
-            status, at = steps.pop(0)
-            job = job.replace(status=status, **{status.timestamp_field: at})
+            done += 1
+        if not signals.has_receivers(event, sender):
+            continue  # no record to build for nobody
+        job = stored
+        if done < len(steps):  # as at this step: the later steps' timestamps not set yet
+            later = {s.timestamp_field: getattr(before, s.timestamp_field) for s, _ in steps[done:]}
+            job = stored.replace(status=steps[done - 1][0] if done else before.status, **later)
         signals.emit(event, sender, job)
 
 
@@ -175,6 +193,11 @@ class JobExecution:
         self.saved_cursor = json.dumps(claim.cursor, allow_nan=False)
         #: What the checkpoint waiting for its batch's commit writes.
         self.waiting: Checkpoint | None = None
+        #: Until when its lease runs, as far as its own checkpoints know.
+        self.expires = claim.expires_at
+        #: ``run.result`` fingerprints and ``run.cursor`` JSON after the last step
+        #: that succeeded: what a failed chunk is rolled back to.
+        self.good = (self.saved_result, self.saved_cursor)
 
     # -- the walk ----------------------------------------------------------------
 
@@ -262,7 +285,8 @@ class JobExecution:
         # job that fits in one chunk saves its transitions with its completion.
         if self.pending and (count is None or count - done > size) and not self._save():
             return
-        good = self._snapshot()  # what a failed chunk rolls back to
+        if self.pending:  # pre_process's output, not saved yet, is what to roll back to
+            self.good = _fingerprints(self._parts()[0])
         while True:
             done = run.result.get("advancement_count", 0)
             count = run.result.get("count")
@@ -274,7 +298,7 @@ class JobExecution:
             try:
                 advanced = strategy.process_chunk(run, done, size)
             except Exception as error:
-                self._roll_back(good)
+                _roll_back(run, self.good)  # the chunk did not happen
                 self._chunk_failed(error)
                 return
             if not advanced:
@@ -288,7 +312,6 @@ class JobExecution:
                 break
             if not self._save():
                 return
-            good = self._snapshot()
         try:
             strategy.finalize(run)
         except Exception as error:
@@ -301,15 +324,6 @@ class JobExecution:
         run.result.setdefault("advancement_count", 0)
         self.pending.append((Status.COMPLETED, utcnow()))
         self._save(release=True)
-
-    def _snapshot(self) -> tuple[str, str]:
-        run, _ = self._parts()
-        return json.dumps(run.result), json.dumps(run.cursor, allow_nan=False)
-
-    def _roll_back(self, good: tuple[str, str]) -> None:
-        """Undo what a failed chunk did to ``run.result`` and ``run.cursor``."""
-        run, _ = self._parts()
-        run.result, run.cursor = json.loads(good[0]), json.loads(good[1])
 
     def _chunk_failed(self, error: Exception) -> None:
         run, strategy = self._parts()
@@ -360,8 +374,7 @@ class JobExecution:
         """Commit the run's progress and pending transitions; False if the job was lost."""
         run, _ = self._parts()
         now = utcnow()
-        result = {k: _fingerprint(v) for k, v in run.result.items()}
-        cursor = json.dumps(run.cursor, allow_nan=False)
+        result, cursor = _fingerprints(run)
         checkpoint = Checkpoint(
             self.held.lease,
             self.job.status,
@@ -374,19 +387,27 @@ class JobExecution:
             },
             context=context or {},
             cursor=None if cursor == self.saved_cursor else dict(run.cursor),
-            until=until if release else now + self.ctx.lease,
+            until=until if release else self._renewal(now),
             release=release,
         )
         ends = release and not self.ctx.stopping.is_set()
         stored = self.saver.save(self, checkpoint, ends=ends)
+        self.saved_result, self.saved_cursor = result, cursor
+        self.good = (result, cursor)
         if stored is DEFERRED:
             self.waiting = checkpoint
             self.ctx.leases.move(self.held, LeaseState.DEFERRED)
-            self.saved_result, self.saved_cursor = result, cursor
             return True
         assert not isinstance(stored, _Deferred)
-        self.saved_result, self.saved_cursor = result, cursor
         return self.committed(checkpoint, stored)
+
+    def _renewal(self, now: datetime) -> datetime | None:
+        """Until when a checkpoint at ``now`` renews the lease: once a third of it has
+        passed (the heartbeat renews it too), else ``None`` (as it is)."""
+        if self.expires - now > self.ctx.lease * 2 / 3:
+            return None
+        self.expires = now + self.ctx.lease
+        return self.expires
 
     def committed(self, checkpoint: Checkpoint, stored: BatchJob | None) -> bool:
         """After ``checkpoint``'s commit: note the job as committed and send its events.

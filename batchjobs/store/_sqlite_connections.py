@@ -11,7 +11,7 @@ import functools
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -118,6 +118,21 @@ class Connections:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def statement(self, sql: str, params: Sequence[Any]) -> tuple[list[sqlite3.Row], int]:
+        """Run one writing statement; its rows (``RETURNING``) and how many rows it changed.
+
+        Alone it is its own transaction (a writing statement takes the write
+        lock before it reads: as guarded as ``BEGIN IMMEDIATE``, in one round
+        trip); inside an open transaction it is part of that one.
+        """
+        conn = self.db.conn
+        if not conn.in_transaction and self.failing_commits:
+            self.failing_commits -= 1
+            raise sqlite3.OperationalError("disk I/O error (injected by batchjobs.testing)")
+        cursor = conn.execute(sql, params)
+        rows = cursor.fetchall()  # all of them: the statement, and so its commit, ends here
+        return rows, cursor.rowcount
 
     def close(self) -> None:
         """Close every thread's connection; later use raises ``StoreClosedError``."""

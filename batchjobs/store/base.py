@@ -136,8 +136,9 @@ class Checkpoint:
     with its time: the job takes the last one's status and each one's
     timestamp. ``result`` and ``context`` merge shallowly (top-level keys);
     ``cursor``, when given, replaces the saved one. The lease is renewed
-    until ``until``; with ``release`` it is given up instead, and ``until``
-    (if given) is when the job may be claimed again (a retry's backoff).
+    until ``until`` (``None``: left as it is); with ``release`` it is given up
+    instead, and ``until`` (if given) is when the job may be claimed again (a
+    retry's backoff).
     """
 
     lease: Lease

@@ -54,17 +54,21 @@ def _parse_ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _record(row: sqlite3.Row) -> BatchJob:
-    return BatchJob(
-        id=row["id"],
-        type=row["type"],
-        status=Status(row["status"]),
-        created_by=row["created_by"],
-        dry_run=bool(row["dry_run"]),
-        context=json.loads(row["context"]),
-        result=json.loads(row["result"]),
+def _fields(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "status": Status(row["status"]),
+        "created_by": row["created_by"],
+        "dry_run": bool(row["dry_run"]),
+        "context": json.loads(row["context"]),
+        "result": json.loads(row["result"]),
         **{name: _parse_ts(row[name]) for name in TIMESTAMP_FIELDS},
-    )
+    }
+
+
+def _record(row: sqlite3.Row) -> BatchJob:
+    return BatchJob(**_fields(row))
 
 
 def _claim(row: sqlite3.Row) -> Claim:
@@ -167,19 +171,19 @@ class SQLiteStore(SQLiteSchedules, Store):
             "result": json.dumps(job.result, allow_nan=False),
             **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
         }
-        if key is not None:
-            row["key"] = key
+        insert = f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})"
+        if key is None:
+            self._connections.statement(insert, list(row.values()))
+            return job
+        row["key"] = key
+        insert = f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})"
         with self.write() as conn:
             # The write lock is taken up front: no insert can come between the
             # look and the insert (and the unique index would refuse it).
-            if key is not None:
-                found = self._by_key(key, job.created_by)
-                if found is not None:
-                    return found
-            conn.execute(
-                f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})",
-                list(row.values()),
-            )
+            found = self._by_key(key, job.created_by)
+            if found is not None:
+                return found
+            conn.execute(insert, list(row.values()))
         return job
 
     def _by_key(self, key: str, created_by: str | None) -> BatchJob | None:
@@ -220,9 +224,8 @@ class SQLiteStore(SQLiteSchedules, Store):
             f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? "
             f"AND status IN ({_marks(froms)}) RETURNING *"
         )
-        with self.write() as conn:
-            row = conn.execute(sql, [*params, id, *froms]).fetchone()
-        return None if row is None else _record(row)
+        rows, _ = self._connections.statement(sql, [*params, id, *froms])
+        return _record(rows[0]) if rows else None
 
     @boundary
     def merge(
@@ -262,16 +265,14 @@ class SQLiteStore(SQLiteSchedules, Store):
             values = [Status(s).value for s in statuses]
             sql += f" AND status IN ({_marks(values)})"
             params.extend(values)
-        with self.write() as conn:
-            rows = conn.execute(f"{sql} RETURNING id", params).fetchall()
+        rows, _ = self._connections.statement(f"{sql} RETURNING id", params)
         return [row[0] for row in rows]
 
     # -- claims, checkpoints, leases -------------------------------------------
 
     @boundary
     def claim(self, request: ClaimRequest) -> list[Claim]:
-        with self.write():
-            return self._claim(request)
+        return self._claim(request)
 
     def _claim(self, request: ClaimRequest) -> list[Claim]:
         if not request.types or request.limit < 1 or (request.ids is not None and not request.ids):
@@ -318,7 +319,7 @@ class SQLiteStore(SQLiteSchedules, Store):
             request.limit,
             *expired_params,
         ]
-        rows = self.db.conn.execute(sql, params).fetchall()
+        rows, _ = self._connections.statement(sql, params)
         claims = [_claim(row) for row in rows]
         claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
         return claims
@@ -336,38 +337,29 @@ class SQLiteStore(SQLiteSchedules, Store):
         ).fetchone()
         if row is None:
             return None
-        job = _record(row)
-        changes: dict[str, Any] = {"updated_at": cp.now}
+        fields = _fields(row)
+        sets = {"updated_at": _ts(cp.now)}
         for status, at in cp.steps:
-            changes["status"] = status
-            changes[status.timestamp_field] = at
+            fields["status"], fields[status.timestamp_field] = status, at
+            sets["status"], sets[status.timestamp_field] = status.value, _ts(at)
         if cp.result:
-            changes["result"] = {**job.result, **cp.result}
+            fields["result"] = {**fields["result"], **cp.result}
+            sets["result"] = json.dumps(fields["result"], allow_nan=False)
         if cp.context:
-            changes["context"] = {**job.context, **cp.context}
-        job = job.replace(**changes)
-        cursor = row["cursor"] if cp.cursor is None else json.dumps(cp.cursor, allow_nan=False)
+            fields["context"] = {**fields["context"], **cp.context}
+            sets["context"] = json.dumps(fields["context"], allow_nan=False)
+        if cp.cursor is not None:
+            sets["cursor"] = json.dumps(cp.cursor, allow_nan=False)
         if cp.release:
-            owner, lease, until = None, None, cp.until
-        else:
-            owner, lease, until = row["owner"], cp.lease.token, cp.until
+            sets.update(owner=None, lease=None, available_at=_ts(cp.until))
+        elif cp.until is not None:
+            sets["available_at"] = _ts(cp.until)
+        fields["updated_at"] = cp.now
         conn.execute(
-            f"UPDATE {TABLE} SET status = ?, context = ?, result = ?, cursor = ?, owner = ?, "
-            f"lease = ?, available_at = ?, {', '.join(f'{n} = ?' for n in TIMESTAMP_FIELDS)} "
-            "WHERE id = ?",
-            [
-                job.status.value,
-                json.dumps(job.context, allow_nan=False) if cp.context else row["context"],
-                json.dumps(job.result, allow_nan=False) if cp.result else row["result"],
-                cursor,
-                owner,
-                lease,
-                _ts(until),
-                *(_ts(getattr(job, name)) for name in TIMESTAMP_FIELDS),
-                job.id,
-            ],
+            f"UPDATE {TABLE} SET {', '.join(f'{name} = ?' for name in sets)} WHERE id = ?",
+            [*sets.values(), cp.lease.id],
         )
-        return job
+        return BatchJob(**fields)
 
     @boundary
     def commit(
@@ -387,38 +379,34 @@ class SQLiteStore(SQLiteSchedules, Store):
         leases = list(leases)
         if not leases:
             return []
-        with self.write() as conn:
-            rows = conn.execute(
-                f"UPDATE {TABLE} SET available_at = ? WHERE id IN ({_marks(leases)}) "
-                f"AND lease IN ({_marks(leases)}) RETURNING id",
-                [_ts(until), *(lease.id for lease in leases), *(lease.token for lease in leases)],
-            ).fetchall()
+        rows, _ = self._connections.statement(
+            f"UPDATE {TABLE} SET available_at = ? WHERE id IN ({_marks(leases)}) "
+            f"AND lease IN ({_marks(leases)}) RETURNING id",
+            [_ts(until), *(lease.id for lease in leases), *(lease.token for lease in leases)],
+        )
         return [row[0] for row in rows]
 
     @boundary
     def release(self, leases: Iterable[Lease]) -> int:
-        with self.write():
-            return self._release(list(leases))
+        return self._release(list(leases))
 
     def _release(self, leases: list[Lease]) -> int:
         if not leases:
             return 0
-        cur = self.db.conn.execute(
+        _, count = self._connections.statement(
             f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
             f"WHERE id IN ({_marks(leases)}) AND lease IN ({_marks(leases)})",
             [*(lease.id for lease in leases), *(lease.token for lease in leases)],
         )
-        return cur.rowcount
+        return count
 
     @boundary
     def release_all(self, owner: str) -> int:
-        with self.write() as conn:
-            cur = conn.execute(
-                f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
-                "WHERE owner = ?",
-                [owner],
-            )
-        return cur.rowcount
+        _, count = self._connections.statement(
+            f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL WHERE owner = ?",
+            [owner],
+        )
+        return count
 
     @boundary
     def holds(self, lease: Lease) -> Status | None:
@@ -471,19 +459,17 @@ class SQLiteStore(SQLiteSchedules, Store):
                 "RETURNING *"
             )
             params = [owner, _ts(lease_until), id, canceled, _ts(now), *gone]
-        with self.write() as conn:
-            row = conn.execute(sql, params).fetchone()
-        return None if row is None else _claim(row)
+        rows, _ = self._connections.statement(sql, params)
+        return _claim(rows[0]) if rows else None
 
     @boundary
     def finish_cleanup(self, lease: Lease) -> bool:
-        with self.write() as conn:
-            cur = conn.execute(
-                f"UPDATE {TABLE} SET cleanup = 0, owner = NULL, lease = NULL, available_at = NULL "
-                "WHERE id = ? AND lease = ?",
-                [lease.id, lease.token],
-            )
-        return cur.rowcount == 1
+        _, count = self._connections.statement(
+            f"UPDATE {TABLE} SET cleanup = 0, owner = NULL, lease = NULL, available_at = NULL "
+            "WHERE id = ? AND lease = ?",
+            [lease.id, lease.token],
+        )
+        return count == 1
 
     # -- reads ---------------------------------------------------------------
 
