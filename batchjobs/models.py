@@ -96,7 +96,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BatchJob:
     """One batch job, as stored. Immutable: operations return new records.
 

@@ -438,6 +438,29 @@ def test_close_releases_the_connection_even_when_redis_does_not_answer(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.redis
+def test_a_server_that_refuses_scripts_gets_a_pipeline_of_publishes(
+    make_jobs: Callable[..., BatchJobs],
+    redis_server: Callable[..., RedisServer],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="batchjobs.pubsub")
+    server = redis_server("--rename-command", "EVAL", "")
+    sub = Subscription(server.url, prefix=prefix)
+    assert sub.connect()
+    jobs = make_jobs(redis_url=server.url, channel_prefix=prefix)
+    local = _record_events(jobs)
+    job = jobs.create("words", {"words": list("abcde")})
+    jobs.run_until_idle(timeout=10)
+    received = [_next_event(sub, lambda e: True) for _ in local]
+    sub.close()
+    assert [(e.event, e.id) for e in received] == [(event, job.id) for event, _ in local]
+    assert jobs.mirror.stats.dropped == 0
+    assert not _mirror_warnings(caplog)
+    assert any("refused the publishing script" in r.getMessage() for r in caplog.records)
+
+
 # -- following -------------------------------------------------------------------
 
 

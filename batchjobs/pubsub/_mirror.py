@@ -48,6 +48,14 @@ def _timestamp_field(event: str) -> str:
     return Status(event.removeprefix("batch.")).timestamp_field
 
 
+#: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order. A batch is one
+#: command and one reply: a pipeline costs the publisher thread (and so the job's
+#: thread, through the GIL) a reply to parse per message (docs/benchmarks.md).
+_PUBLISH_SCRIPT = "for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end return #KEYS"
+#: One encoder for every message (``json.dumps`` with options makes one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 @dataclass(frozen=True)
 class MirrorStats:
     """Counters of a ``RedisMirror``."""
@@ -99,6 +107,8 @@ class RedisMirror:
         #: The publisher's batch: (channel, message) sent but not yet accepted by
         #: Redis (kept for the next attempt).
         self._sending: list[tuple[str, str]] = []
+        #: False once Redis refused the publishing script (ACL, cluster): a pipeline then.
+        self._scripting = True
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closing = threading.Event()
@@ -202,7 +212,7 @@ class RedisMirror:
             (at or utcnow()).isoformat(),
             self.origin,
         )
-        return json.dumps(dict(zip(MESSAGE_KEYS, values, strict=True)), separators=(",", ":"))
+        return _ENCODE(dict(zip(MESSAGE_KEYS, values, strict=True)))
 
     def _fill_batch(self) -> list[tuple[str, str]]:
         """The batch to send: what the last attempt left, topped up from the queue."""
@@ -226,16 +236,16 @@ class RedisMirror:
         # only a second failure in a row is an outage.
         attempts = 1 if self._outages.down else 2
         for attempt in range(attempts):
-            # One pipeline per batch: one write, one read of the replies.
-            pipeline = self._client.pipeline(transaction=False)
-            for channel, message in batch:
-                pipeline.publish(channel, message)
             try:
-                pipeline.execute()
+                self._send(batch)
                 break
             except _REDIS_ERRORS as error:
                 if self._closed.is_set():
                     return False  # close() cut the connection: no outage, no retry
+                if self._scripting and isinstance(error, redis.ResponseError):
+                    log.info("Redis refused the publishing script (%s): a pipeline instead", error)
+                    self._scripting = False
+                    return self.publish_pending()
                 self._disconnect()
                 if attempt + 1 == attempts or isinstance(error, redis.TimeoutError):
                     self._outages.failed("publish", error)
@@ -246,6 +256,18 @@ class RedisMirror:
         self._backoff.reset()
         self._outages.recovered("publish")
         return True
+
+    def _send(self, batch: list[tuple[str, str]]) -> None:
+        """Publish ``batch`` with redis-py: one EVAL of a loop of PUBLISHes (one
+        reply for the batch), or a pipeline of PUBLISHes where scripts are refused."""
+        if self._scripting:
+            channels, messages = zip(*batch, strict=True)
+            self._client.execute_command("EVAL", _PUBLISH_SCRIPT, len(batch), *channels, *messages)
+            return
+        pipeline = self._client.pipeline(transaction=False)
+        for channel, message in batch:
+            pipeline.publish(channel, message)
+        pipeline.execute()
 
     def _disconnect(self) -> None:
         with self._connection_lock:
