@@ -78,9 +78,10 @@ class DatabaseOutage:
         with self._lock:
             if self.error is None:
                 return
+            where = self.error.location
             self.error = None
             lasted = self.clock() - self.since
-        log.warning("the database works again, after %.1f s; the workers go on", lasted)
+        log.warning("the database %s works again, after %.1f s; the workers go on", where, lasted)
 
     def backing_off(self) -> bool:
         """Whether the next look must wait (an outage, and its backoff not over)."""
