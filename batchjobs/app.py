@@ -23,9 +23,18 @@ from .strategy import BatchJobStrategy, StrategyRegistry
 if TYPE_CHECKING:
     from .pubsub import RedisMirror
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_DB", "DEFAULT_POLL_INTERVAL", "BatchJobs"]
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_DB",
+    "DEFAULT_FILES_DIR",
+    "DEFAULT_POLL_INTERVAL",
+    "BatchJobs",
+]
 
 DEFAULT_DB = "batchjobs.db"
+#: The file store of a database that is not a file (PostgreSQL), in the working
+#: directory. Workers on several machines need one they all see: pass ``files_dir``.
+DEFAULT_FILES_DIR = "batchjobs-files"
 DEFAULT_CONCURRENCY = 2
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_CHANNEL_PREFIX = "batchjobs"
@@ -96,15 +105,16 @@ class BatchJobs:
         self.channel_prefix = channel_prefix
         if files_dir is None:
             if self.db_path is None:
-                raise ValueError("files_dir is needed with a database that is not a SQLite file")
-            files_dir = self.db_path.with_name(f"{self.db_path.stem}-files")
+                files_dir = Path(DEFAULT_FILES_DIR)
+            else:
+                files_dir = self.db_path.with_name(f"{self.db_path.stem}-files")
         self.files = FileStore(files_dir)
         self.mirror: RedisMirror | None = None
         if redis_url:  # first: a malformed URL must not leave a database file behind
             from .pubsub import RedisMirror
 
             self.mirror = RedisMirror(self, redis_url, prefix=channel_prefix)
-        self.store = open_store(db, durability=durability)
+        self.store = open_store(db, durability=durability, concurrency=concurrency)
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
         self.service = BatchJobService(self.store, self.registry, sender=self, files=self.files)
@@ -116,6 +126,7 @@ class BatchJobs:
         self.scheduler: Scheduler | None = None
         #: Schedulers shut down without waiting, whose workers may still be handing over.
         self._stopping: list[Scheduler] = []
+        self._stop_listening: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<BatchJobs {self.location!r}>"
@@ -317,6 +328,9 @@ class BatchJobs:
             )
         self.scheduler.start()
         self.service.on_runnable = self.scheduler.wake
+        if self._stop_listening is None:
+            # PostgreSQL: a job made runnable by any process, on any machine.
+            self._stop_listening = self.store.listen(self.scheduler.wake)
         if self.mirror is not None:
             self.mirror.listen(self.scheduler.wake)
 
@@ -330,6 +344,9 @@ class BatchJobs:
         """
         if self.mirror is not None:
             self.mirror.stop_listening()
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         self.service.on_runnable = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=wait)

@@ -1,8 +1,15 @@
-"""Shared fixtures: real SQLite files in temp dirs, the real Redis server."""
+"""Shared fixtures: real SQLite files in temp dirs, the real Redis and PostgreSQL servers.
+
+A module (or test) marked ``@pytest.mark.backends("sqlite", "postgres")`` runs once per
+store backend: its ``db_url`` (and so ``make_jobs``, ``jobs``, ``make_store``) is a fresh
+SQLite file, or a fresh PostgreSQL database dropped after the test. Unmarked tests run on
+SQLite only.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -13,14 +20,42 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import freezegun
 import pytest
 
 from batchjobs import BatchJobs
-from batchjobs.store import SQLiteStore, Store
+from batchjobs.store import Store, open_store
 from tests import strategies as test_strategies
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+#: Where test databases are created (and dropped): the server's maintenance database.
+POSTGRES_ADMIN_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
+# A frozen clock is for our decisions ("is this lease due?"), not for the pool's
+# timers and the store's retry pacing, which must keep real time.
+freezegun.configure(  # type: ignore[attr-defined]
+    extend_ignore_list=["psycopg_pool", "batchjobs.store._postgres_connections"]
+)
+
+#: Every store backend a test can run on (``@pytest.mark.backends``).
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests marked ``backends(...)`` once per backend named."""
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        if marker is not None:
+            unknown = set(marker.args) - set(BACKENDS)
+            assert not unknown, f"no store backend {unknown}"
+            metafunc.parametrize("backend", marker.args, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend this test runs on (``sqlite`` unless it is marked ``backends``)."""
+    return str(getattr(request, "param", "sqlite"))
 
 
 @pytest.fixture
@@ -29,13 +64,73 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
+def _server_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The real PostgreSQL server's maintenance URL; skipped on a laptop without it (or
+    without psycopg), an error in CI."""
+    problem = None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        problem = "psycopg is not installed (pip install -e '.[dev]')"
+    if problem is None and not _server_up(POSTGRES_HOST, POSTGRES_PORT):
+        problem = f"PostgreSQL is not answering on {POSTGRES_HOST}:{POSTGRES_PORT}"
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem} in CI")
+        pytest.skip(f"{problem} (set CI=true to make this an error)")
+    return POSTGRES_ADMIN_URL
+
+
 @pytest.fixture
-def make_jobs(db_path: Path) -> Iterator[Callable[..., BatchJobs]]:
-    """Build ``BatchJobs`` on the test's file with the test strategies; closed after."""
+def make_database(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """Create fresh PostgreSQL databases (other suites run on the same server at the same
+    time); each is dropped after the test, its connections ended."""
+    import psycopg
+
+    admin_url = request.getfixturevalue("postgres_server")
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"batchjobs_test_{os.getpid()}_{secrets.token_hex(4)}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        made.append(name)
+        return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+    if made:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for name in made:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_url(backend: str, db_path: Path, request: pytest.FixtureRequest) -> str | Path:
+    """The test's database: ``db_path`` on SQLite, a fresh database's URL on PostgreSQL."""
+    if backend == "postgres":
+        return request.getfixturevalue("make_database")()
+    return db_path
+
+
+@pytest.fixture
+def make_jobs(db_url: str | Path, tmp_path: Path) -> Iterator[Callable[..., BatchJobs]]:
+    """Build ``BatchJobs`` on the test's database with the test strategies; closed after."""
     made: list[BatchJobs] = []
 
     def make(path: str | Path | None = None, **kwargs: Any) -> BatchJobs:
-        jobs = BatchJobs(path or db_path, **kwargs)
+        target = path or db_url
+        if "files_dir" not in kwargs and str(target).startswith("postgresql://"):
+            kwargs["files_dir"] = tmp_path / "jobs-files"
+        jobs = BatchJobs(target, **kwargs)
         for strategy in test_strategies.ALL:
             jobs.register(strategy)
         made.append(jobs)
@@ -52,22 +147,14 @@ def jobs(make_jobs: Callable[..., BatchJobs]) -> BatchJobs:
     return make_jobs(lease_seconds=5)
 
 
-#: The store implementations that ``make_store`` (and so the contract suite in
-#: test_store.py) runs over. A backend joins by adding its name and a branch below.
-STORE_BACKENDS = ["sqlite"]
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
-    """Open stores on one fresh database of each backend; each call is another
-    store on the same database (another set of connections). Closed after."""
+@pytest.fixture
+def make_store(backend: str, db_url: str | Path) -> Iterator[Callable[[], Store]]:
+    """Open stores on the test's database (``backend``); each call is another store on
+    the same database (another set of connections). Closed after."""
     opened: list[Store] = []
 
     def make() -> Store:
-        if request.param == "sqlite":
-            store: Store = SQLiteStore(tmp_path / "store.db")
-        else:  # pragma: no cover - a backend named above without its branch
-            raise AssertionError(f"no store backend {request.param!r}")
+        store = open_store(db_url)
         opened.append(store)
         return store
 
@@ -76,18 +163,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
         store.close()
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The real Redis server's URL; skipped on a laptop without Redis, an error in CI."""
-    if not _redis_up():
+    if not _server_up(REDIS_HOST, REDIS_PORT):
         if os.environ.get("CI"):
             pytest.fail(f"Redis is not answering on {REDIS_HOST}:{REDIS_PORT} in CI")
         pytest.skip("Redis is not running (set CI=true to make this an error)")

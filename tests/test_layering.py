@@ -23,6 +23,7 @@ LAYERS = {
     "files": 2,
     "service": 3,
     "runner": 3,
+    "migrate": 3,
     "pubsub": 4,
     "scheduler": 4,
     "schedules": 4,
@@ -36,6 +37,8 @@ THIRD_PARTY = {
     # The database drivers stay behind the store protocol.
     "sqlite3": {"store"},
     "sqlite_utils": {"store"},
+    "psycopg": {"store"},
+    "psycopg_pool": {"store"},
     "blinker": {"signals"},
     # Two uses of APScheduler: scheduler.py runs this process's timers, schedules.py
     # asks its triggers for the fire times of recurring jobs (no scheduler there).

@@ -23,6 +23,7 @@ from batchjobs.errors import (
 from batchjobs.models import BatchJob, Schedule, Status, new_job_id
 from batchjobs.store import Checkpoint, Claim, ClaimRequest, Lease, Store
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 MakeStore = Callable[[], Store]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 LEASE = timedelta(seconds=30)

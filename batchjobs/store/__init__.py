@@ -1,7 +1,8 @@
 """Where batch jobs are kept: the store protocol (``base``) and its implementations.
 
 ``open_store(url_or_path)`` picks the implementation: a path or
-``sqlite:///path`` is SQLite (the embedded default).
+``sqlite:///path`` is SQLite (the embedded default); ``postgresql://`` (or
+``postgres://``) is PostgreSQL, with the ``batchjobs[postgres]`` extra.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreError
 from .base import (
     DATE_OPERATORS,
     FILTER_NAMES,
@@ -19,6 +21,7 @@ from .base import (
     Holder,
     Lease,
     Store,
+    StoredJob,
 )
 from .sqlite import DURABILITY_LEVELS, SQLITE_VERSION, SQLiteStore
 
@@ -35,11 +38,22 @@ __all__ = [
     "Lease",
     "SQLiteStore",
     "Store",
+    "StoredJob",
+    "is_postgres_url",
     "open_store",
     "sqlite_path",
 ]
 
 SQLITE_SCHEME = "sqlite:///"
+#: URL schemes of PostgreSQL (libpq takes both).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: What a PostgreSQL URL needs installed.
+POSTGRES_EXTRA = "pip install 'batchjobs[postgres]'"
+
+
+def is_postgres_url(url_or_path: str | Path) -> bool:
+    """Whether ``url_or_path`` names a PostgreSQL database."""
+    return str(url_or_path).startswith(POSTGRES_SCHEMES)
 
 
 def _split(url_or_path: str | Path) -> tuple[Path | None, str]:
@@ -58,19 +72,49 @@ def sqlite_path(url_or_path: str | Path) -> Path | None:
     return _split(url_or_path)[0]
 
 
-def open_store(url_or_path: str | Path, **options: Any) -> Store:
-    """The store for ``url_or_path``: a file path or ``sqlite:///path`` (SQLite).
+def open_store(
+    url_or_path: str | Path,
+    *,
+    durability: str = "normal",
+    concurrency: int | None = None,
+    **options: Any,
+) -> Store:
+    """The store for ``url_or_path``: a file path or ``sqlite:///path`` (SQLite), or a
+    ``postgresql://`` / ``postgres://`` URL (PostgreSQL).
 
     ``sqlite:////abs/path`` is an absolute path, ``sqlite:///rel/path`` a
     relative one; ``sqlite:///path?mode=ro`` opens it read-only (every write
-    raises ``StoreReadOnlyError``). ``options`` go to the implementation
-    (SQLite: ``durability``, ``busy_timeout``). ``ValueError`` for a URL of a
-    database this version cannot open.
+    raises ``StoreReadOnlyError``). ``durability`` (``normal``/``full``) sets SQLite's
+    ``synchronous``; PostgreSQL commits as its server is configured.
+    ``concurrency`` (the worker threads that will use the store) sizes
+    PostgreSQL's connection pool. ``options`` go to the implementation
+    (SQLite: ``busy_timeout``; PostgreSQL: ``pool_size``, ``retry_for``).
+    ``ValueError`` for a URL of a database this version cannot open;
+    ``StoreError`` naming the extra when PostgreSQL's driver is not installed.
     """
+    if durability not in DURABILITY_LEVELS:
+        raise ValueError(
+            f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}"
+        )
+    if is_postgres_url(url_or_path):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as error:
+            raise StoreError(
+                f"PostgreSQL databases need the postgres extra ({POSTGRES_EXTRA}): {error}"
+            ) from None
+        if concurrency is not None:
+            # One connection per worker thread, one for the heartbeat and the
+            # pre-processing lane, one for the application's own calls.
+            options.setdefault("pool_size", concurrency + 3)
+        return PostgresStore(str(url_or_path), **options)
     path, query = _split(url_or_path)
     if path is None:
         scheme = str(url_or_path).split("://", 1)[0]
-        raise ValueError(f"{scheme}:// databases are not supported; use a path or sqlite:///PATH")
+        raise ValueError(
+            f"{scheme}:// databases are not supported; use a path, sqlite:///PATH "
+            "or postgresql://..."
+        )
     if query not in ("", "mode=ro", "mode=rw"):
         raise ValueError(f"{url_or_path}: the only option of a SQLite URL is mode=ro")
-    return SQLiteStore(path, read_only=query == "mode=ro", **options)
+    return SQLiteStore(path, durability=durability, read_only=query == "mode=ro", **options)

@@ -39,7 +39,7 @@ leaves the mark, and the cleanup is claimed again when its lease expires.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +57,7 @@ __all__ = [
     "Holder",
     "Lease",
     "Store",
+    "StoredJob",
 ]
 
 #: Columns ``list_and_count`` may order by.
@@ -152,8 +153,25 @@ class Checkpoint:
     release: bool = False
 
 
+@dataclass(frozen=True)
+class StoredJob:
+    """A job with what its store keeps beside it: what ``dump`` reads and ``load``
+    writes, to move jobs from one database to another."""
+
+    job: BatchJob
+    #: The cursor saved with the last checkpoint (``{}`` before the first).
+    cursor: dict[str, Any] = field(default_factory=dict)
+    #: Whether the job, canceled while it ran, still owes its ``on_cancel``.
+    cleanup: bool = False
+    #: How many times the job was taken over from a lease that expired unreleased.
+    attempts: int = 0
+    #: Until when a worker holds it (``None``: nobody does); ``load`` writes no lease.
+    leased_until: datetime | None = None
+
+
 class Store(abc.ABC):
-    """The store protocol. Implementations: ``sqlite.SQLiteStore`` (``open_store``).
+    """The store protocol. Implementations: ``sqlite.SQLiteStore`` and
+    ``postgres.PostgresStore`` (``open_store`` picks one).
 
     Safe to share between threads. Times passed in are timezone-aware UTC;
     records come back with timezone-aware UTC datetimes.
@@ -167,6 +185,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection. Later calls raise ``StoreClosedError``; idempotent."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from a thread of the store's) whenever another process may
+        have made a job runnable; returns the function that stops it.
+
+        The wake-ups are hints: claims stay the source of truth. ``None``: this
+        store cannot hear other processes (SQLite: the Redis mirror does it).
+        """
+        return None
 
     # -- jobs ------------------------------------------------------------------
 
@@ -261,6 +288,16 @@ class Store(abc.ABC):
 
         Returns the ids actually deleted: a job that moved meanwhile stays.
         """
+
+    @abc.abstractmethod
+    def dump(self, *, after: str | None = None, limit: int = 1000) -> list[StoredJob]:
+        """Up to ``limit`` jobs whose id sorts after ``after``, by id, with their
+        cursors, cleanup marks, attempts and lease expiries. A read."""
+
+    @abc.abstractmethod
+    def load(self, jobs: Sequence[StoredJob]) -> int:
+        """Write ``jobs`` (cursors, marks and attempts included, no lease), atomically;
+        a job whose id is already stored is left as it is. Returns how many were written."""
 
     # -- claims, checkpoints, leases ---------------------------------------------
 

@@ -33,6 +33,7 @@ from .base import (
     Holder,
     Lease,
     Store,
+    StoredJob,
 )
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "DURABILITY_LEVELS", "SQLITE_VERSION", "SQLiteStore"]
@@ -267,6 +268,48 @@ class SQLiteStore(SQLiteSchedules, Store):
             params.extend(values)
         rows, _ = self._connections.statement(f"{sql} RETURNING id", params)
         return [row[0] for row in rows]
+
+    @boundary
+    def dump(self, *, after: str | None = None, limit: int = 1000) -> list[StoredJob]:
+        rows = self.db.conn.execute(
+            f"SELECT * FROM {TABLE} WHERE id > ? ORDER BY id LIMIT ?", [after or "", limit]
+        ).fetchall()
+        return [
+            StoredJob(
+                job=_record(row),
+                cursor=json.loads(row["cursor"] or "{}"),
+                cleanup=bool(row["cleanup"]),
+                attempts=row["attempts"],
+                leased_until=_parse_ts(row["available_at"]) if row["owner"] else None,
+            )
+            for row in rows
+        ]
+
+    @boundary
+    def load(self, jobs: Sequence[StoredJob]) -> int:
+        written = 0
+        with self.write() as conn:
+            for stored in jobs:
+                job = stored.job
+                row = {
+                    "id": job.id,
+                    "type": job.type,
+                    "status": job.status.value,
+                    "created_by": job.created_by,
+                    "dry_run": int(job.dry_run),
+                    "context": json.dumps(job.context),
+                    "result": json.dumps(job.result),
+                    **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
+                    "cursor": json.dumps(stored.cursor) if stored.cursor else None,
+                    "cleanup": int(stored.cleanup),
+                    "attempts": stored.attempts,
+                }
+                written += conn.execute(
+                    f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))}) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    list(row.values()),
+                ).rowcount
+        return written
 
     # -- claims, checkpoints, leases -------------------------------------------
 

@@ -1,0 +1,402 @@
+"""The PostgreSQL store's connections: a pool, short transactions retried across lost
+connections, wake-ups by ``LISTEN``, and psycopg errors turned into ``StoreError``s.
+
+A write transaction learns its transaction id in its first round trip
+(``BEGIN; SELECT pg_current_xact_id()``). When the connection is lost while
+its ``COMMIT`` is under way nobody knows whether it committed; the store asks
+the server (``pg_xact_status``) once it is reachable again, and either keeps
+the answer it had read before the ``COMMIT`` or runs the work again. So a lost
+connection neither loses a checkpoint nor applies one twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from ..errors import (
+    StoreClosedError,
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreReadOnlyError,
+    StoreUnreachableError,
+)
+
+log = logging.getLogger("batchjobs.store")
+
+T = TypeVar("T")
+
+#: How long a store keeps retrying a lost connection before it gives up.
+DEFAULT_RETRY_FOR = 30.0
+#: The first pause between retries; it doubles up to ``RETRY_DELAY_MAX``.
+RETRY_DELAY = 0.05
+RETRY_DELAY_MAX = 2.0
+#: Seconds a write waits for a row or table lock before the store gives up.
+DEFAULT_LOCK_TIMEOUT = 60.0
+#: Seconds to open a connection before the server counts as unreachable.
+CONNECT_TIMEOUT = 10
+#: The ``NOTIFY`` channel that says "a job may be runnable" (databases do not share it).
+CHANNEL = "batchjobs_runnable"
+#: SQLSTATEs after which the work is run again: the connection or the server went
+#: away, or the transaction lost a serialization race or a deadlock (nothing committed).
+_RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01"})
+
+
+class _Unknown(Exception):
+    """The connection was lost while a ``COMMIT`` was under way."""
+
+    def __init__(self, xid: str, result: Any) -> None:
+        super().__init__(xid)
+        self.xid = xid
+        self.result = result
+
+
+class InjectedFault(psycopg.DatabaseError):
+    """A commit made to fail by ``fail_commits`` (fault injection)."""
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, (psycopg_pool.PoolTimeout, psycopg.InterfaceError)):
+        return not isinstance(error, psycopg_pool.PoolClosed)
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = error.sqlstate or ""
+    return state.startswith("08") or state in _RETRY_STATES or not state
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return url.split("@")[-1]
+    user, host = info.get("user"), info.get("host") or "localhost"
+    port, name = info.get("port"), info.get("dbname") or ""
+    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{name}"
+
+
+class Database:
+    """One store's way to a PostgreSQL database: a pool of connections and the
+    transactions run on them, retried while the server is away."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.location = redact(url)
+        self.retry_for = retry_for
+        self.lock_timeout = lock_timeout
+        self.closed = False
+        self.kwargs: dict[str, Any] = {
+            "autocommit": True,  # each transaction is opened and ended by us
+            "options": f"-c timezone=UTC -c lock_timeout={int(lock_timeout * 1000)}",
+            "connect_timeout": CONNECT_TIMEOUT,
+        }
+        self.pool = psycopg_pool.ConnectionPool(
+            url,
+            kwargs=self.kwargs,
+            min_size=1,
+            max_size=max(pool_size, 1),
+            open=False,
+            name="batchjobs",
+            reconnect_timeout=max(retry_for, 1.0),
+        )
+        # Fault injection (batchjobs.testing), read at the start of each transaction.
+        self.read_only = False
+        self.fault_timeout = 0.0
+        self.failing_commits = 0
+        self._fault_lock = threading.Lock()
+
+    def open(self) -> None:
+        """Start the pool (in the background: the first transaction waits for it)."""
+        self.pool.open(wait=False)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool (migrations, ``LISTEN``)."""
+        return psycopg.connect(self.url, **self.kwargs)
+
+    def close(self) -> None:
+        """Close the pool; later transactions raise ``StoreClosedError``."""
+        self.closed = True
+        self.pool.close()
+
+    # -- transactions --------------------------------------------------------
+
+    def read(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``work`` (reads, each statement its own snapshot unless it opens a
+        transaction) on a pooled connection, retried while the server is away."""
+        return self._retrying(lambda: self._read_once(work))
+
+    def write(self, work: Callable[[psycopg.Connection[Any], set[str]], T]) -> T:
+        """Run ``work`` in one transaction and commit it; retried while the server is
+        away, never applied twice.
+
+        ``work`` adds to the set it is given the types of the jobs it made
+        runnable: the ``COMMIT`` itself sends a ``NOTIFY`` for each.
+        """
+        return self._retrying(lambda: self._write_once(work))
+
+    def _read_once(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._connection() as conn:
+            try:
+                return work(conn)
+            finally:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+
+    def _write_once(self, work: Callable[[psycopg.Connection[Any], set[str]], T]) -> T:
+        with self._connection() as conn:
+            # Pipelined: BEGIN and the transaction id travel with the work's
+            # statements, the notifications with the COMMIT, so a write costs the
+            # two round trips of a bare UPDATE + COMMIT.
+            pipeline = conn.pipeline()
+            pipeline.__enter__()
+            try:
+                conn.execute("BEGIN READ ONLY" if self.read_only else "BEGIN")
+                if self.fault_timeout:
+                    conn.execute(f"SET LOCAL lock_timeout = {int(self.fault_timeout * 1000)}")
+                ids = conn.execute("SELECT pg_current_xact_id()::text")
+                wake: set[str] = set()
+                result = work(conn, wake)
+                (xid,) = ids.fetchone()  # type: ignore[misc]  # the work's outcome is in
+                if self._take_failing_commit():
+                    raise InjectedFault("the commit failed (injected by batchjobs.testing)")
+            except BaseException as error:
+                with suppress(psycopg.Error):
+                    pipeline.__exit__(type(error), error, error.__traceback__)
+                if not conn.broken:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            try:
+                for kind in sorted(wake):
+                    conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, kind])
+                conn.execute("COMMIT")
+                pipeline.__exit__(None, None, None)
+            except psycopg.Error as error:
+                if _retryable(error) or conn.broken:
+                    raise _Unknown(xid, result) from error
+                if not conn.broken:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def _take_failing_commit(self) -> bool:
+        with self._fault_lock:
+            if self.failing_commits <= 0:
+                return False
+            self.failing_commits -= 1
+            return True
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self.closed:
+            raise StoreClosedError(
+                f"The database {self.location} is closed", location=self.location
+            )
+        with self.pool.connection(timeout=max(self.retry_for, 1.0)) as conn:
+            yield conn
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_for
+        delay = RETRY_DELAY
+        while True:
+            try:
+                return attempt()
+            except _Unknown as unknown:
+                committed = self._committed(unknown.xid, deadline)
+                if committed:
+                    return unknown.result  # type: ignore[no-any-return]
+                last: BaseException = unknown.__cause__ or unknown
+            except Exception as error:
+                if self.closed or not _retryable(error):
+                    raise self.error(error) from error
+                last = error
+            if time.monotonic() + delay > deadline:
+                raise self.error(last) from last
+            log.warning("lost the connection to %s (%s); retrying", self.location, last)
+            time.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, RETRY_DELAY_MAX)
+
+    def _committed(self, xid: str, deadline: float) -> bool:
+        """Whether transaction ``xid`` committed, asked until the server answers."""
+        delay = RETRY_DELAY
+        while True:
+            try:
+                with self._connection() as conn:
+                    (status,) = conn.execute(  # type: ignore[misc]
+                        "SELECT pg_xact_status(%s::xid8)", [xid]
+                    ).fetchone()
+                if status != "in progress":
+                    return bool(status == "committed")
+            except Exception as error:
+                if self.closed or not _retryable(error) or time.monotonic() > deadline:
+                    raise self.error(error) from error
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_DELAY_MAX)
+
+    # -- fault injection -------------------------------------------------------
+
+    @contextmanager
+    def lock_held(self, timeout: float, tables: Iterable[str]) -> Iterator[None]:
+        """Lock ``tables`` against writes from another connection; ours wait ``timeout``."""
+        other = self.connect()
+        try:
+            other.execute("BEGIN")
+            for table in tables:
+                other.execute(
+                    sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(table))
+                )
+            self.fault_timeout = timeout
+            yield
+        finally:
+            self.fault_timeout = 0.0
+            other.close()
+
+    # -- errors ------------------------------------------------------------------
+
+    def error(self, error: BaseException) -> StoreError:
+        """The ``StoreError`` for ``error``, naming the database and the problem."""
+        where = self.location
+        if isinstance(error, StoreError):
+            return error
+        if self.closed or isinstance(error, psycopg_pool.PoolClosed):
+            return StoreClosedError(f"The database {where} is closed", location=where)
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, InjectedFault):
+            return StoreError(f"The database {where} failed: {text}", location=where)
+        if isinstance(error, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
+            return StoreReadOnlyError(
+                f"Cannot write to the database {where}: {text}", location=where
+            )
+        if isinstance(error, pg_errors.LockNotAvailable):
+            timeout = self.fault_timeout or self.lock_timeout
+            return StoreLockedError(
+                f"The database {where} is locked: another connection held it for more than "
+                f"{timeout:g} seconds",
+                location=where,
+            )
+        if isinstance(error, (pg_errors.UndefinedTable, pg_errors.UndefinedColumn)):
+            return StoreCorruptError(
+                f"The database {where} is not a batchjobs database: {text}", location=where
+            )
+        if isinstance(error, pg_errors.DiskFull):
+            return StoreError(
+                f"Cannot write to the database {where}: the disk is full", location=where
+            )
+        if _retryable(error):
+            return StoreUnreachableError(
+                f"Cannot reach the database {where}: {text}", location=where
+            )
+        return StoreError(f"The database {where} failed: {text}", location=where)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def boundary(method: F) -> F:
+    """Turn psycopg errors raised by a store's ``method`` into ``StoreError``s."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+            raise self._database.error(error) from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Listener:
+    """A thread that ``LISTEN``s on its own connection and calls ``callback`` on
+    every notification, and once after each reconnection (notifications sent
+    while it was away are lost; the callback makes up for them)."""
+
+    def __init__(self, database: Database, callback: Callable[[], None]) -> None:
+        self.database = database
+        self.callback = callback
+        self.ready = threading.Event()
+        self._stop_read, self._stop_write = os.pipe()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="batchjobs-listen", daemon=True)
+
+    def start(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Start listening; returns once the ``LISTEN`` is in place (or ``timeout``)."""
+        self._thread.start()
+        self.ready.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop listening and close the connection (returns at once)."""
+        self._stopped = True
+        with suppress(OSError):
+            os.write(self._stop_write, b"x")
+
+    def _run(self) -> None:
+        delay = RETRY_DELAY
+        first = True
+        try:
+            while not self._stopped:
+                try:
+                    with self.database.connect() as conn:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                        self.ready.set()
+                        delay = RETRY_DELAY
+                        if not first:
+                            self._call()
+                        first = False
+                        self._listen(conn)
+                except psycopg.Error as error:
+                    if self._stopped:
+                        break
+                    log.warning(
+                        "wake-ups from %s lost (%s); reconnecting", self.database.location, error
+                    )
+                    self.ready.set()
+                    first = False
+                    with suppress(OSError):
+                        select.select([self._stop_read], [], [], delay)
+                    delay = min(delay * 2, RETRY_DELAY_MAX)
+        finally:
+            for fd in (self._stop_read, self._stop_write):
+                with suppress(OSError):
+                    os.close(fd)
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        while not self._stopped:
+            readable, _, _ = select.select([conn.fileno(), self._stop_read], [], [])
+            if self._stop_read in readable:
+                return
+            got = False
+            for _ in conn.notifies(timeout=0):
+                got = True
+            if got:
+                self._call()
+            elif conn.broken or conn.closed:
+                raise psycopg.OperationalError("the connection was closed")
+
+    def _call(self) -> None:
+        try:
+            self.callback()
+        except Exception:
+            log.exception("a wake-up receiver failed")

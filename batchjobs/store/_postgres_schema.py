@@ -1,0 +1,171 @@
+"""The PostgreSQL store's schema: its tables, indexes and triggers, as numbered migrations.
+
+``migrate`` brings a database to the newest version, each step in one
+transaction, under an advisory lock: two processes starting at once on a new
+database wait for each other, and the second finds nothing left to do. The
+version lives in ``batchjobs_schema``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from ..errors import StoreCorruptError
+from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS
+
+TABLE = "batch_jobs"
+COUNTS = "batch_job_counts"
+SCHEDULES = "batch_job_schedules"
+VERSIONS = "batchjobs_schema"
+ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
+#: The runnable index's condition, written exactly so in claims: the planner uses a
+#: partial index when the query states its condition.
+RUNNABLE = f"(status IN {ACTIVE_SQL} OR cleanup)"
+#: Rows per (type, status, creator) in the counts table: a job's status change
+#: touches the row of its connection's slot, so workers do not queue on one row.
+COUNT_SLOTS = 16
+#: Filters whose count the counts table answers without reading the jobs.
+COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
+#: The key of the advisory lock that migrations hold ("batchjobs" in ASCII).
+MIGRATION_LOCK = 0x62617463686A6F62
+
+_TIMESTAMPS = ",\n    ".join(
+    f"{name} timestamptz{' NOT NULL' if name == 'created_at' else ''}" for name in TIMESTAMP_FIELDS
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, their claims, the runnable and leased indexes.
+    f"""
+CREATE TABLE {TABLE} (
+    id text PRIMARY KEY,
+    type text NOT NULL,
+    status text NOT NULL,
+    created_by text,
+    dry_run boolean NOT NULL DEFAULT false,
+    context jsonb NOT NULL DEFAULT '{{}}',
+    result jsonb NOT NULL DEFAULT '{{}}',
+    {_TIMESTAMPS},
+    owner text,
+    lease text,
+    available_at timestamptz,
+    attempts integer NOT NULL DEFAULT 0,
+    cursor jsonb,
+    cleanup boolean NOT NULL DEFAULT false
+);
+CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) WHERE {RUNNABLE};
+CREATE INDEX batch_jobs_leased ON {TABLE} (available_at) WHERE owner IS NOT NULL;
+CREATE INDEX batch_jobs_created_at ON {TABLE} (created_at, id);
+CREATE INDEX batch_jobs_status ON {TABLE} (status, created_at);
+CREATE INDEX batch_jobs_type ON {TABLE} (type, created_at);
+CREATE INDEX batch_jobs_created_by ON {TABLE} (created_by, created_at);
+""",
+    # 2: jobs per (type, status, creator), kept by triggers, so that counting a
+    # page's matches costs the same with a thousand or a million jobs.
+    f"""
+CREATE TABLE {COUNTS} (
+    type text NOT NULL,
+    status text NOT NULL,
+    created_by text NOT NULL,
+    slot integer NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (type, status, created_by, slot)
+);
+INSERT INTO {COUNTS}
+    SELECT type, status, coalesce(created_by, ''), 0, count(*) FROM {TABLE} GROUP BY 1, 2, 3;
+CREATE FUNCTION {COUNTS}_track() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    s integer := pg_backend_pid() % {COUNT_SLOTS};
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO {COUNTS} VALUES (OLD.type, OLD.status, coalesce(OLD.created_by, ''), s, -1)
+            ON CONFLICT (type, status, created_by, slot) DO UPDATE SET n = {COUNTS}.n - 1;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO {COUNTS} VALUES (NEW.type, NEW.status, coalesce(NEW.created_by, ''), s, 1)
+            ON CONFLICT (type, status, created_by, slot) DO UPDATE SET n = {COUNTS}.n + 1;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER {COUNTS}_insert_delete AFTER INSERT OR DELETE ON {TABLE}
+    FOR EACH ROW EXECUTE FUNCTION {COUNTS}_track();
+CREATE TRIGGER {COUNTS}_update AFTER UPDATE OF status, type, created_by ON {TABLE}
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.type IS DISTINCT FROM NEW.type
+        OR OLD.created_by IS DISTINCT FROM NEW.created_by)
+    EXECUTE FUNCTION {COUNTS}_track();
+""",
+    # 3: recurring jobs: a schedule's definition, its next fire time and the
+    # revision that guards every change to it (a fire included).
+    f"""
+CREATE TABLE {SCHEDULES} (
+    name text PRIMARY KEY,
+    type text NOT NULL,
+    context jsonb NOT NULL DEFAULT '{{}}',
+    cron text,
+    every interval,
+    timezone text NOT NULL,
+    dry_run boolean NOT NULL DEFAULT false,
+    created_by text,
+    misfire text NOT NULL,
+    next_fire_at timestamptz,
+    last_fired_at timestamptz,
+    last_job_id text,
+    last_error text,
+    paused_at timestamptz,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz,
+    revision integer NOT NULL DEFAULT 0
+);
+CREATE INDEX {SCHEDULES}_due ON {SCHEDULES} (next_fire_at) WHERE paused_at IS NULL;
+""",
+)
+#: The schema version this code writes.
+VERSION = len(MIGRATIONS)
+
+
+def version(conn: psycopg.Connection[Any]) -> int | None:
+    """The database's schema version; ``None`` for a database batchjobs never used."""
+    found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [VERSIONS]).fetchone()
+    if not found or not found[0]:
+        return None
+    row = conn.execute(f"SELECT version FROM {VERSIONS}").fetchone()
+    return None if row is None else int(row[0])
+
+
+def migrate(conn: psycopg.Connection[Any], location: str) -> int:
+    """Bring the database to ``VERSION``; returns how many migrations ran.
+
+    ``conn`` is in autocommit mode. ``StoreCorruptError`` when the database
+    is newer than this code, or holds a ``batch_jobs`` table that is not ours.
+    """
+    if version(conn) == VERSION:
+        return 0  # the common case: no lock taken
+    conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK])
+    try:
+        with conn.transaction():
+            current = version(conn)
+            if current is None:
+                taken = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [TABLE]).fetchone()
+                if taken and taken[0]:
+                    raise StoreCorruptError(
+                        f"The database {location} has a {TABLE} table that batchjobs did not "
+                        "create: it is not a batchjobs database",
+                        location=location,
+                    )
+                conn.execute(f"CREATE TABLE {VERSIONS} (version integer NOT NULL)")
+                conn.execute(f"INSERT INTO {VERSIONS} VALUES (0)")
+                current = 0
+            if current > VERSION:
+                raise StoreCorruptError(
+                    f"The database {location} has schema version {current}, newer than this "
+                    f"batchjobs knows ({VERSION}): upgrade batchjobs",
+                    location=location,
+                )
+            for step in MIGRATIONS[current:]:
+                conn.execute(step)  # type: ignore[arg-type]
+            conn.execute(f"UPDATE {VERSIONS} SET version = %s", [VERSION])
+        return VERSION - current
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])

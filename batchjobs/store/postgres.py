@@ -1,0 +1,672 @@
+"""The PostgreSQL store: many processes on many machines, one database.
+
+Claims are one ``UPDATE`` over rows picked with ``FOR UPDATE SKIP LOCKED``,
+so concurrent workers never wait for each other's picks; every other change
+is one guarded statement (results and contexts merged by jsonb's ``||``,
+which is shallow, as the protocol says). A transaction that makes a job
+runnable sends ``NOTIFY`` with its ``COMMIT``, and ``listen`` wakes this
+process's workers on it, whichever machine made the change. psycopg errors
+become ``StoreError`` subclasses here, and only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..errors import InvalidDataError
+from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
+from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
+from ._postgres_schedules import PostgresSchedules
+from ._postgres_schema import (
+    COUNTED_FILTERS,
+    COUNTS,
+    RUNNABLE,
+    SCHEDULES,
+    TABLE,
+    migrate,
+)
+from .base import (
+    ORDER_FIELDS,
+    Checkpoint,
+    Claim,
+    ClaimRequest,
+    Holder,
+    Lease,
+    Store,
+    StoredJob,
+)
+
+__all__ = ["DEFAULT_POOL_SIZE", "PostgresStore"]
+
+#: Connections in the pool when the caller does not size it.
+DEFAULT_POOL_SIZE = 5
+#: A job's columns, in the order ``_record`` and ``_claim`` read them.
+COLUMNS = (
+    "id",
+    "type",
+    "status",
+    "created_by",
+    "dry_run",
+    "context",
+    "result",
+    *TIMESTAMP_FIELDS,
+    "lease",
+    "available_at",
+    "attempts",
+    "cursor",
+)
+_SELECT = ", ".join(COLUMNS)
+_TS = 7  # where the timestamps start in COLUMNS
+_LEASE = _TS + len(TIMESTAMP_FIELDS)
+_SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+#: Columns that may be null: ordered with nulls first, as SQLite does.
+_NULLABLE_ORDER = frozenset(TIMESTAMP_FIELDS) - {"created_at"} | {"created_by"}
+_ACTIVE = frozenset(ACTIVE_STATUSES)
+_TOKEN = "md5(random()::text || clock_timestamp()::text)"
+
+
+def _record(row: Sequence[Any]) -> BatchJob:
+    return BatchJob(
+        id=row[0],
+        type=row[1],
+        status=Status(row[2]),
+        created_by=row[3],
+        dry_run=row[4],
+        context=row[5],
+        result=row[6],
+        **dict(zip(TIMESTAMP_FIELDS, row[_TS:_LEASE], strict=True)),
+    )
+
+
+def _claim(row: Sequence[Any]) -> Claim:
+    return Claim(
+        job=_record(row),
+        lease=Lease(row[0], row[_LEASE]),
+        expires_at=row[_LEASE + 1],
+        cursor=row[_LEASE + 3] or {},
+        attempts=row[_LEASE + 2],
+    )
+
+
+class PostgresStore(PostgresSchedules, Store):
+    """Batch jobs (and schedules) in a PostgreSQL database, shared by any number of
+    processes on any number of machines.
+
+    ``url`` is any libpq URL (``postgresql://user:password@host:5432/db``,
+    ``postgres://`` too; ``?options=-csearch_path%3Dmyschema`` for a schema of
+    its own). The schema is created, or migrated, on first use. ``pool_size``
+    connections at most are open (one per worker thread, plus room for the
+    heartbeat and the application's calls), and ``listen`` opens one more. A
+    lost connection is retried, with backoff, for ``retry_for`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        retry_for: float = DEFAULT_RETRY_FOR,
+    ) -> None:
+        self._database = Database(url, pool_size=pool_size, retry_for=retry_for)
+        self.location = self._database.location
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.location!r}>"
+
+    @boundary
+    def _open(self) -> None:
+        try:
+            with self._database.connect() as conn:
+                migrate(conn, self.location)
+        except psycopg.OperationalError as error:
+            raise self._database.error(error) from None
+        self._database.open()
+
+    def close(self) -> None:
+        self._database.close()
+
+    # -- wake-ups --------------------------------------------------------------
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` whenever a job of any type may have become runnable, whoever
+        made it so (``NOTIFY`` from every process on the database)."""
+        listener = Listener(self._database, wake)
+        listener.start()
+        return listener.stop
+
+    # -- fault injection (batchjobs.testing) --------------------------------
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Run every write transaction ``READ ONLY`` (the server refuses its writes)."""
+        self._database.read_only = read_only
+
+    def lock_held(self, timeout: float = 0.05) -> AbstractContextManager[None]:
+        """Lock the tables against writes from another connection; ours wait ``timeout``."""
+        return self._database.lock_held(timeout, [TABLE, SCHEDULES])
+
+    def fail_commits(self, times: int) -> None:
+        """Roll back the next ``times`` write transactions instead of committing them."""
+        self._database.failing_commits = times
+
+    # -- writes --------------------------------------------------------------
+
+    @staticmethod
+    def _insert(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob], wake: set[str]) -> None:
+        names = COLUMNS[:_LEASE]
+        rows = [
+            (
+                job.id,
+                job.type,
+                job.status.value,
+                job.created_by,
+                job.dry_run,
+                Jsonb(job.context),
+                Jsonb(job.result),
+                *(getattr(job, name) for name in TIMESTAMP_FIELDS),
+            )
+            for job in jobs
+        ]
+        marks = ", ".join("%s" for _ in names)
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({marks})", rows)
+        wake.update(job.type for job in jobs if job.status in _ACTIVE)
+
+    @boundary
+    def insert(self, job: BatchJob) -> None:
+        self._database.write(lambda conn, wake: self._insert(conn, [job], wake))
+
+    @boundary
+    def transition(
+        self,
+        id: str,
+        *,
+        from_statuses: Iterable[Status],
+        to: Status,
+        now: datetime,
+        clear: Iterable[str] = (),
+        reset_claim: bool = False,
+    ) -> BatchJob | None:
+        sets: dict[str, str] = {"status": "%(to)s", to.timestamp_field: "%(now)s"}
+        sets["updated_at"] = "%(now)s"
+        for name in clear:
+            if name not in TIMESTAMP_FIELDS:
+                raise ValueError(f"{name!r} is not a timestamp field")
+            sets[name] = "NULL"
+        if reset_claim:
+            sets.update(owner="NULL", lease="NULL", available_at="NULL", attempts="0")
+        if to == Status.CANCELED:
+            sets["cleanup"] = "(processing_at IS NOT NULL)"
+        query = (
+            f"UPDATE {TABLE} SET {', '.join(f'{k} = {v}' for k, v in sets.items())} "
+            f"WHERE id = %(id)s AND status = ANY(%(froms)s) RETURNING {_SELECT}"
+        )
+        params = {
+            "to": to.value,
+            "now": now,
+            "id": id,
+            "froms": [Status(s).value for s in from_statuses],
+        }
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
+            row = conn.execute(query, params).fetchone()
+            if row is None:
+                return None
+            job = _record(row)
+            if to in _ACTIVE:
+                wake.add(job.type)
+            return job
+
+        return self._database.write(work)
+
+    @boundary
+    def merge(
+        self,
+        id: str,
+        *,
+        now: datetime,
+        context: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> BatchJob | None:
+        query = (
+            f"UPDATE {TABLE} SET context = context || %s, result = result || %s, "
+            f"updated_at = %s WHERE id = %s RETURNING {_SELECT}"
+        )
+        params = [Jsonb(dict(context or {})), Jsonb(dict(result or {})), now, id]
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
+            row = conn.execute(query, params).fetchone()
+            return None if row is None else _record(row)
+
+        return self._database.write(work)
+
+    @boundary
+    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
+        ids = list(ids)
+        if not ids:
+            return []
+        query = f"DELETE FROM {TABLE} WHERE id = ANY(%s)"
+        params: list[Any] = [ids]
+        if statuses is not None:
+            query += " AND status = ANY(%s)"
+            params.append([Status(s).value for s in statuses])
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> list[str]:
+            return [row[0] for row in conn.execute(f"{query} RETURNING id", params)]
+
+        return self._database.write(work)
+
+    @boundary
+    def dump(self, *, after: str | None = None, limit: int = 1000) -> list[StoredJob]:
+        rows = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT {_SELECT}, cleanup, owner IS NOT NULL FROM {TABLE} "
+                "WHERE id > %s ORDER BY id LIMIT %s",
+                [after or "", limit],
+            ).fetchall()
+        )
+        return [
+            StoredJob(
+                job=_record(row),
+                cursor=row[_LEASE + 3] or {},
+                cleanup=row[_LEASE + 4],
+                attempts=row[_LEASE + 2],
+                leased_until=row[_LEASE + 1] if row[_LEASE + 5] else None,
+            )
+            for row in rows
+        ]
+
+    @boundary
+    def load(self, jobs: Sequence[StoredJob]) -> int:
+        names = (*COLUMNS[:_LEASE], "cursor", "cleanup", "attempts")
+        rows = [
+            (
+                stored.job.id,
+                stored.job.type,
+                stored.job.status.value,
+                stored.job.created_by,
+                stored.job.dry_run,
+                Jsonb(stored.job.context),
+                Jsonb(stored.job.result),
+                *(getattr(stored.job, name) for name in TIMESTAMP_FIELDS),
+                Jsonb(stored.cursor) if stored.cursor else None,
+                stored.cleanup,
+                stored.attempts,
+            )
+            for stored in jobs
+        ]
+        marks = ", ".join("%s" for _ in names)
+        query = (
+            f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({marks}) "
+            "ON CONFLICT (id) DO NOTHING RETURNING type, status"
+        )
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> int:
+            written = 0
+            with conn.cursor() as cur:
+                cur.executemany(query, rows, returning=True)
+                while True:
+                    for kind, status in cur.fetchall():
+                        written += 1
+                        if Status(status) in _ACTIVE:
+                            wake.add(kind)
+                    if not cur.nextset():
+                        break
+            return written
+
+        return self._database.write(work) if rows else 0
+
+    # -- claims, checkpoints, leases -------------------------------------------
+
+    @boundary
+    def claim(self, request: ClaimRequest) -> list[Claim]:
+        return self._database.write(lambda conn, wake: self._claim(conn, request))
+
+    @staticmethod
+    def _claim_query(request: ClaimRequest) -> tuple[str, dict[str, Any]] | None:
+        if not request.types or request.limit < 1 or (request.ids is not None and not request.ids):
+            return None
+        wanted = ", ".join(f"'{Status(s).value}'" for s in request.statuses) or "NULL"
+        status_sql = f"status IN ({wanted})"
+        if request.cleanups:
+            status_sql = f"({status_sql} OR cleanup)"
+        where = f"{status_sql} AND type = ANY(%(types)s)"
+        if request.ids is not None:
+            where += " AND id = ANY(%(ids)s)"
+        # An expired lease first, and alone: its worker died, and jobs waiting
+        # in a batch must not be charged an attempt if this one kills us too.
+        query = (
+            f"WITH expired AS (SELECT id FROM {TABLE} WHERE owner IS NOT NULL "
+            f"AND available_at <= %(now)s AND {RUNNABLE} AND {where} "
+            "ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED), "
+            f"free AS (SELECT id FROM {TABLE} WHERE {RUNNABLE} AND {where} AND owner IS NULL "
+            "AND (available_at IS NULL OR available_at <= %(now)s) "
+            "AND NOT EXISTS (SELECT FROM expired) "
+            "ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {TABLE} j SET owner = %(owner)s, lease = {_TOKEN}, "
+            "available_at = %(until)s, attempts = j.attempts + (j.owner IS NOT NULL)::int "
+            "WHERE j.id IN (SELECT id FROM expired UNION ALL SELECT id FROM free) "
+            f"RETURNING {', '.join(f'j.{c}' for c in COLUMNS)}"
+        )
+        params = {
+            "types": list(request.types),
+            "ids": list(request.ids or ()),
+            "now": request.now,
+            "limit": request.limit,
+            "owner": request.owner,
+            "until": request.lease_until,
+        }
+        return query, params
+
+    def _claim(self, conn: psycopg.Connection[Any], request: ClaimRequest) -> list[Claim]:
+        built = self._claim_query(request)
+        if built is None:
+            return []
+        claims = [_claim(row) for row in conn.execute(*built)]
+        claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
+        return claims
+
+    @staticmethod
+    def _save_query(cp: Checkpoint) -> tuple[str, list[Any]]:
+        sets: dict[str, Any] = {}
+        for status, at in cp.steps:
+            sets["status"] = status.value
+            sets[status.timestamp_field] = at
+        sets["updated_at"] = cp.now
+        if cp.cursor is not None:
+            sets["cursor"] = Jsonb(dict(cp.cursor))
+        if cp.release:
+            sets["owner"] = sets["lease"] = None
+            sets["available_at"] = cp.until  # None: claimable at once
+        elif cp.until is not None:
+            sets["available_at"] = cp.until  # else the lease stays as it is
+        assignments = [f"{name} = %s" for name in sets]
+        params = list(sets.values())
+        if cp.result:
+            assignments.append("result = result || %s")
+            params.append(Jsonb(dict(cp.result)))
+        if cp.context:
+            assignments.append("context = context || %s")
+            params.append(Jsonb(dict(cp.context)))
+        query = (
+            f"UPDATE {TABLE} SET {', '.join(assignments)} "
+            f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+        )
+        return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
+
+    @boundary
+    def save(self, checkpoint: Checkpoint) -> BatchJob | None:
+        query, params = self._save_query(checkpoint)
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
+            row = conn.execute(query, params).fetchone()
+            if row is None:
+                return None
+            job = _record(row)
+            if checkpoint.release and checkpoint.until is None and job.status in _ACTIVE:
+                wake.add(job.type)  # handed over: another worker may take it now
+            return job
+
+        return self._database.write(work)
+
+    @boundary
+    def commit(
+        self,
+        checkpoints: Sequence[Checkpoint],
+        *,
+        release: Iterable[Lease] = (),
+        claim: ClaimRequest | None = None,
+    ) -> tuple[list[BatchJob | None], list[Claim]]:
+        saves = [self._save_query(cp) for cp in checkpoints]
+        leases = list(release)
+        claim_query = None if claim is None else self._claim_query(claim)
+
+        def work(
+            conn: psycopg.Connection[Any], wake: set[str]
+        ) -> tuple[list[BatchJob | None], list[Claim]]:
+            # One round trip for the lot: the statements are pipelined.
+            with conn.pipeline():
+                saved = [conn.execute(*query) for query in saves]
+                released = self._release_cursor(conn, leases)
+                claimed = None if claim_query is None else conn.execute(*claim_query)
+            jobs = [None if (row := cur.fetchone()) is None else _record(row) for cur in saved]
+            if released is not None:
+                wake.update(row[0] for row in released if Status(row[1]) in _ACTIVE)
+            claims = [] if claimed is None else [_claim(row) for row in claimed]
+            claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
+            return jobs, claims
+
+        return self._database.write(work)
+
+    @boundary
+    def renew(self, leases: Iterable[Lease], until: datetime) -> list[str]:
+        leases = list(leases)
+        if not leases:
+            return []
+        query = (
+            f"UPDATE {TABLE} SET available_at = %s WHERE id = ANY(%s) AND lease = ANY(%s) "
+            "RETURNING id"
+        )
+        params = [until, [lease.id for lease in leases], [lease.token for lease in leases]]
+        return self._database.write(
+            lambda conn, wake: [row[0] for row in conn.execute(query, params)]
+        )
+
+    @staticmethod
+    def _release_cursor(
+        conn: psycopg.Connection[Any], leases: list[Lease]
+    ) -> psycopg.Cursor[Any] | None:
+        if not leases:
+            return None
+        return conn.execute(
+            f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
+            "WHERE id = ANY(%s) AND lease = ANY(%s) RETURNING type, status",
+            [[lease.id for lease in leases], [lease.token for lease in leases]],
+        )
+
+    @staticmethod
+    def _released(cur: psycopg.Cursor[Any] | None, wake: set[str]) -> int:
+        if cur is None:
+            return 0
+        rows = cur.fetchall()
+        wake.update(row[0] for row in rows if Status(row[1]) in _ACTIVE)
+        return len(rows)
+
+    @boundary
+    def release(self, leases: Iterable[Lease]) -> int:
+        leases = list(leases)
+        return self._database.write(
+            lambda conn, wake: self._released(self._release_cursor(conn, leases), wake)
+        )
+
+    @boundary
+    def release_all(self, owner: str) -> int:
+        query = (
+            f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
+            "WHERE owner = %s RETURNING type, status"
+        )
+        return self._database.write(
+            lambda conn, wake: self._released(conn.execute(query, [owner]), wake)
+        )
+
+    @boundary
+    def holds(self, lease: Lease) -> Status | None:
+        row = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT status FROM {TABLE} WHERE id = %s AND lease = %s", [lease.id, lease.token]
+            ).fetchone()
+        )
+        return None if row is None else Status(row[0])
+
+    @boundary
+    def holder(self, id: str) -> Holder | None:
+        row = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT owner, lease, available_at FROM {TABLE} WHERE id = %s", [id]
+            ).fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return Holder(row[0], row[1], row[2])
+
+    @boundary
+    def claim_cleanup(
+        self,
+        id: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        lease: Lease | None = None,
+    ) -> Claim | None:
+        canceled = Status.CANCELED.value
+        if lease is not None:
+            query = (
+                f"UPDATE {TABLE} SET cleanup = true, available_at = %s "
+                f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+            )
+            params: list[Any] = [lease_until, id, canceled, lease.token]
+        else:
+            query = (
+                f"UPDATE {TABLE} SET owner = %s, lease = {_TOKEN}, available_at = %s "
+                "WHERE id = %s AND status = %s AND cleanup "
+                f"AND (owner IS NULL OR available_at <= %s) RETURNING {_SELECT}"
+            )
+            params = [owner, lease_until, id, canceled, now]
+        row = self._database.write(lambda conn, wake: conn.execute(query, params).fetchone())
+        return None if row is None else _claim(row)
+
+    @boundary
+    def finish_cleanup(self, lease: Lease) -> bool:
+        query = (
+            f"UPDATE {TABLE} SET cleanup = false, owner = NULL, lease = NULL, "
+            "available_at = NULL WHERE id = %s AND lease = %s RETURNING id"
+        )
+        params = [lease.id, lease.token]
+        # Rows, not rowcount: statements are pipelined, and only a fetch waits for them.
+        return self._database.write(
+            lambda conn, wake: conn.execute(query, params).fetchone() is not None
+        )
+
+    # -- reads ---------------------------------------------------------------
+
+    @boundary
+    def get(self, id: str) -> BatchJob | None:
+        row = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT {_SELECT} FROM {TABLE} WHERE id = %s", [id]
+            ).fetchone()
+        )
+        return None if row is None else _record(row)
+
+    @boundary
+    def status_of(self, id: str) -> Status | None:
+        row = self._database.read(
+            lambda conn: conn.execute(f"SELECT status FROM {TABLE} WHERE id = %s", [id]).fetchone()
+        )
+        return None if row is None else Status(row[0])
+
+    @boundary
+    def pending(self, types: Sequence[str]) -> tuple[int, datetime | None]:
+        if not types:
+            return 0, None
+        row = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT count(*), bool_or(available_at IS NULL), min(available_at) FROM {TABLE} "
+                f"WHERE {RUNNABLE} AND type = ANY(%s)",
+                [list(types)],
+            ).fetchone()
+        )
+        assert row is not None
+        count, any_free, earliest = row
+        return count, (None if any_free or not count else earliest)
+
+    @boundary
+    def list_and_count(
+        self,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        order: str = "-created_at",
+    ) -> tuple[list[BatchJob], int]:
+        filters = filters or {}
+        descending = order.startswith("-")
+        column = order.lstrip("-+")
+        if column not in ORDER_FIELDS:
+            raise InvalidDataError(
+                f"order must be one of {', '.join(ORDER_FIELDS)} (with - for descending), "
+                f"not {order!r}"
+            )
+        direction = "DESC" if descending else "ASC"
+        nulls = ""
+        if column in _NULLABLE_ORDER:  # as SQLite: nulls sort before every value
+            nulls = " NULLS LAST" if descending else " NULLS FIRST"
+        where, params = self._where(filters)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        # One statement, so one snapshot for the page and the count.
+        query = (
+            f"SELECT ({self._count_sql(filters, clause)}), page.* FROM (SELECT) one "
+            f"LEFT JOIN LATERAL (SELECT {_SELECT} FROM {TABLE}{clause} "
+            f"ORDER BY {column} {direction}{nulls}, id {direction} LIMIT %s OFFSET %s) page ON true"
+        )
+        rows = self._database.read(
+            lambda conn: conn.execute(query, [*params, *params, limit, offset]).fetchall()
+        )
+        count = int(rows[0][0]) if rows else 0
+        return [_record(row[1:]) for row in rows if row[1] is not None], count
+
+    @boundary
+    def count(self, *, filters: Mapping[str, Any] | None = None) -> int:
+        filters = filters or {}
+        where, params = self._where(filters)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        row = self._database.read(
+            lambda conn: conn.execute(self._count_sql(filters, clause), params).fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _count_sql(filters: Mapping[str, Any], clause: str) -> str:
+        created_by = filters.get("created_by")
+        unnamed = (
+            created_by is None
+            and "created_by" in filters
+            or created_by == ""
+            or (isinstance(created_by, list) and ("" in created_by or None in created_by))
+        )
+        if filters.keys() <= COUNTED_FILTERS and not unnamed:
+            return f"SELECT coalesce(sum(n), 0) FROM {COUNTS}{clause}"
+        return f"SELECT count(*) FROM {TABLE}{clause}"
+
+    @staticmethod
+    def _where(filters: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for name, value in filters.items():
+            if name in ("id", "status", "type", "created_by"):
+                values = [value] if isinstance(value, (str, Status)) or value is None else value
+                values = [v.value if isinstance(v, Status) else v for v in values]
+                named = [v for v in values if v is not None]
+                terms = [f"{name} = ANY(%s)"] if named else []
+                if len(named) < len(values):
+                    terms.append(f"{name} IS NULL")
+                where.append(f"({' OR '.join(terms)})" if terms else "false")
+                if named:
+                    params.append(named)
+            elif name in TIMESTAMP_FIELDS:
+                if value is None:
+                    where.append(f"{name} IS NULL")
+                    continue
+                for op, bound in value.items():
+                    where.append(f"{name} {_SQL_OPERATORS[op]} %s")
+                    params.append(bound)
+            else:
+                raise InvalidDataError(f"cannot filter on {name!r}")
+        return where, params

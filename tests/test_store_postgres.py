@@ -1,0 +1,294 @@
+"""The PostgreSQL store's own ways: URLs, the extra, migrations under an advisory lock,
+lost connections, NOTIFY wake-ups, the claim's index, counts kept by triggers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from batchjobs import BatchJobs, Status
+from batchjobs.errors import StoreCorruptError, StoreError, StoreUnreachableError
+from batchjobs.models import BatchJob, new_job_id, utcnow
+from batchjobs.store import ClaimRequest, open_store
+from batchjobs.store._postgres_connections import _Unknown
+from batchjobs.store._postgres_schema import VERSION, VERSIONS
+from batchjobs.store.postgres import PostgresStore
+from tests.strategies import read_ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_job(type: str = "t", status: Status = Status.CREATED, **fields: Any) -> BatchJob:
+    now = utcnow()
+    return BatchJob(
+        id=new_job_id(), type=type, status=status, created_at=now, updated_at=now, **fields
+    )
+
+
+@pytest.fixture
+def url(make_database: Callable[[], str]) -> str:
+    return make_database()
+
+
+def backends_of(url: str) -> list[int]:
+    """The server processes connected to ``url``'s database, but ours here."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def terminate(url: str, pids: list[int]) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for pid in pids:
+            conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_open_store_takes_either_url_scheme_and_hides_the_password(url: str, scheme: str) -> None:
+    with_password = url.replace("postgresql://postgres@", f"{scheme}://postgres:s3cret@")
+    store = open_store(with_password, concurrency=4)
+    try:
+        assert isinstance(store, PostgresStore)
+        assert "s3cret" not in store.location and store.location.endswith(url.rsplit("/", 1)[1])
+        job = make_job()
+        store.insert(job)
+        assert store.get(job.id) == job
+        assert store._database.pool.max_size == 7  # concurrency + 3
+    finally:
+        store.close()
+
+
+def test_without_the_extra_a_postgres_url_names_it(
+    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "batchjobs.store.postgres")
+    with pytest.raises(StoreError, match=r"pip install 'batchjobs\[postgres\]'"):
+        BatchJobs(url, files_dir=tmp_path / "files")
+    assert not (tmp_path / "files").exists()
+
+
+def test_an_unreachable_server_is_a_store_error_naming_it() -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachableError) as caught:
+        open_store("postgresql://postgres:pw@127.0.0.1:1/nowhere")
+    assert "127.0.0.1:1/nowhere" in caught.value.message and "pw" not in caught.value.message
+    assert time.monotonic() - started < 10
+
+
+def test_the_schema_is_versioned_and_concurrent_first_starts_migrate_once(url: str) -> None:
+    opened: list[PostgresStore] = []
+    failed: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            opened.append(PostgresStore(url))
+        except BaseException as error:  # pragma: no cover - the failure the test looks for
+            failed.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert failed == [] and len(opened) == 4
+        with psycopg.connect(url) as conn:
+            assert conn.execute(f"SELECT version FROM {VERSIONS}").fetchall() == [(VERSION,)]
+            columns = dict(
+                conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'batch_jobs'"
+                ).fetchall()
+            )
+        assert columns["context"] == columns["result"] == "jsonb"
+        assert columns["created_at"] == "timestamp with time zone"
+    finally:
+        for store in opened:
+            store.close()
+
+
+def test_a_database_that_is_not_ours_or_newer_is_refused(make_database: Callable[[], str]) -> None:
+    foreign = make_database()
+    with psycopg.connect(foreign, autocommit=True) as conn:
+        conn.execute("CREATE TABLE batch_jobs (id serial PRIMARY KEY)")
+    with pytest.raises(StoreCorruptError, match="not a batchjobs database"):
+        PostgresStore(foreign)
+    newer = make_database()
+    PostgresStore(newer).close()
+    with psycopg.connect(newer, autocommit=True) as conn:
+        conn.execute(f"UPDATE {VERSIONS} SET version = version + 1")
+    with pytest.raises(StoreCorruptError, match="upgrade batchjobs"):
+        PostgresStore(newer)
+
+
+def test_claims_read_the_partial_indexes_not_the_finished_jobs(url: str) -> None:
+    store = PostgresStore(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO batch_jobs (id, type, status, created_at) SELECT "
+                "'batch_' || i, 't', 'completed', now() FROM generate_series(1, 5000) i"
+            )
+            conn.execute("ANALYZE batch_jobs")
+            now = utcnow()
+            query, params = store._claim_query(ClaimRequest("w", ("t",), now, now))  # type: ignore[misc]
+            plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}", params))
+        assert "batch_jobs_runnable" in plan, plan
+        assert "Seq Scan" not in plan and plan.count("LockRows") == 2, plan
+    finally:
+        store.close()
+
+
+def test_counts_kept_by_triggers_match_the_rows(url: str) -> None:
+    store = PostgresStore(url)
+    try:
+        jobs = [make_job(created_by=f"usr_{i % 3}" if i % 4 else None) for i in range(12)]
+        for job in jobs:
+            store.insert(job)
+        now = utcnow()
+        for job in jobs[:5]:
+            store.transition(job.id, from_statuses=[Status.CREATED], to=Status.FAILED, now=now)
+        store.delete([jobs[0].id])
+        assert store.count() == 11
+        assert store.count(filters={"status": "failed"}) == 4
+        assert store.count(filters={"status": "created", "created_by": "usr_1"}) == 2
+        assert store.count(filters={"created_by": None}) == 2  # read from the rows
+        assert store.list_and_count(filters={"status": ["created"]}, limit=2)[1] == 7
+    finally:
+        store.close()
+
+
+def test_a_job_survives_its_connections_being_killed_mid_run(
+    url: str, tmp_path: Path, make_jobs: Callable[..., BatchJobs]
+) -> None:
+    jobs = make_jobs(url, files_dir=tmp_path / "files", lease_seconds=30)
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 300, "chunk_size": 5, "sleep": 0.02, "ledger": str(ledger)})
+    done = threading.Event()
+    killed = 0
+
+    def kill_connections() -> None:
+        nonlocal killed
+        while not done.wait(0.25):
+            pids = backends_of(url)
+            terminate(url, pids)
+            killed += len(pids)
+
+    killer = threading.Thread(target=kill_connections)
+    killer.start()
+    try:
+        jobs.run_until_idle(timeout=60)
+    finally:
+        done.set()
+        killer.join()
+    finished = jobs.retrieve(job.id)
+    assert killed > 3
+    assert finished.status == Status.COMPLETED, finished.result
+    assert finished.result["advancement_count"] == 300
+    assert sorted(int(line) for line in read_ledger(ledger)) == list(range(300))  # none twice
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_commit_whose_answer_was_lost_is_looked_up_never_applied_twice(
+    url: str, committed: bool
+) -> None:
+    store = PostgresStore(url)
+    try:
+        job = make_job()
+        store.insert(job)
+        database = store._database
+        real = database._write_once
+        runs: list[str] = []
+
+        def lose_the_answer(work: Any) -> Any:
+            def spy(conn: psycopg.Connection[Any], wake: set[str]) -> Any:
+                (xid,) = conn.execute("SELECT pg_current_xact_id()::text").fetchone()  # type: ignore[misc]
+                runs.append(xid)
+                result = work(conn, wake)
+                if not committed and len(runs) == 1:
+                    raise psycopg.errors.AdminShutdown("the server went away")
+                return result
+
+            try:
+                result = real(spy)
+            except psycopg.errors.AdminShutdown:
+                result = None  # rolled back; the client cannot tell either
+            if len(runs) == 1:  # the client never heard how the COMMIT went
+                raise _Unknown(runs[0], result)
+            return result
+
+        database._write_once = lose_the_answer  # type: ignore[method-assign]
+        moved = store.transition(
+            job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=utcnow()
+        )
+        # Committed: looked up, not run again (a second run would find the job moved
+        # and answer None). Rolled back: run again, once.
+        assert len(runs) == (1 if committed else 2)
+        assert moved is not None and moved.status == Status.CANCELED
+        assert store.status_of(job.id) == Status.CANCELED
+    finally:
+        store.close()
+
+
+def test_listen_wakes_on_a_change_made_by_another_store(url: str) -> None:
+    listening, other = PostgresStore(url), PostgresStore(url)
+    woken = threading.Event()
+    stop = listening.listen(woken.set)
+    try:
+        assert stop is not None
+        other.insert(make_job(status=Status.PRE_PROCESSED))  # not runnable: no wake-up
+        assert not woken.wait(0.3)
+        job = make_job()
+        other.insert(job)
+        assert woken.wait(5)
+        woken.clear()
+        terminate(url, [p for p in backends_of(url) if p != 0])  # the listener reconnects ...
+        assert woken.wait(10)  # ... and wakes once, for what it may have missed
+        woken.clear()
+        other.transition(job.id, from_statuses=[Status.CREATED], to=Status.CONFIRMED, now=utcnow())
+        assert woken.wait(5)
+    finally:
+        if stop is not None:
+            stop()
+        listening.close()
+        other.close()
+
+
+@pytest.mark.slow
+def test_a_worker_in_another_process_picks_a_job_up_by_notify(
+    url: str, tmp_path: Path, make_jobs: Callable[..., BatchJobs]
+) -> None:
+    jobs = make_jobs(url, files_dir=tmp_path / "files")
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.worker", url, "--files-dir", str(tmp_path / "files")]
+            + ["--poll-interval", "600"],  # no poll will come: only NOTIFY can wake it
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        try:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+            time.sleep(0.2)  # past the worker's first look, made when it started
+            job = jobs.create("words", {"words": ["a", "b", "c"]})
+            assert jobs.wait(job.id, timeout=10).status == Status.COMPLETED
+        finally:
+            worker.terminate()
+            worker.communicate(timeout=20)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
