@@ -272,15 +272,19 @@ def csv_jobs(make_jobs: Callable[..., BatchJobs], tmp_path: Path) -> Callable[..
 
 
 @pytest.fixture
-def start_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start ``tests.worker`` processes; after the test, none may have logged an error."""
+def start_worker(
+    db_url: str | Path, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``tests.worker`` processes on the test's database; after the test, none may
+    have logged an error."""
     procs: list[subprocess.Popen[str]] = []
     logs = tmp_path / "workers.log"
+    files = ["--files-dir", str(tmp_path / "jobs-files")]
 
     def start(*args: str, ready: bool = True) -> subprocess.Popen[str]:
         with logs.open("a") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.worker", str(db_path), *args],
+                [sys.executable, "-m", "tests.worker", str(db_url), *files, *args],
                 cwd=Path(__file__).resolve().parent.parent,
                 stdout=subprocess.PIPE,
                 stderr=log,

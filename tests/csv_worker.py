@@ -19,12 +19,15 @@ from batchjobs import BatchJobs, JobRun
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("db")
+    parser.add_argument("--files-dir")
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--lease-seconds", type=float, default=1.0)
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    jobs = BatchJobs(args.db, poll_interval=0.05, lease_seconds=args.lease_seconds)
+    jobs = BatchJobs(
+        args.db, files_dir=args.files_dir, poll_interval=0.05, lease_seconds=args.lease_seconds
+    )
     base = type(jobs.strategy("csv-export"))
 
     class Paced(base):  # type: ignore[valid-type,misc]

@@ -26,14 +26,17 @@ from batchjobs.models import BatchJob, utcnow
 from batchjobs.strategy import StrategyRegistry
 from tests.strategies import read_ledger
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"BATCHJOBS_DB": None, "BATCHJOBS_APP": None, "BATCHJOBS_REDIS_URL": None}
 Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def invoke(db_path: Path) -> Invoke:
+def invoke(db_url: str | Path, tmp_path: Path) -> Invoke:
     """Run ``batchjobs --db <test db> --app tests.strategies ARGS``; stdout and stderr apart."""
+    files = ["--files-dir", str(tmp_path / "jobs-files")] if isinstance(db_url, str) else []
 
     def run(
         *args: str,
@@ -41,7 +44,7 @@ def invoke(db_path: Path) -> Invoke:
         app: str | None = "tests.strategies",
         options: tuple[str, ...] = (),
     ) -> Result:
-        group = ["--db", str(db_path), *(["--app", app] if app else []), *options]
+        group = ["--db", str(db_url), *files, *(["--app", app] if app else []), *options]
         return CliRunner(env=ENV).invoke(cli, [*group, *args], input=input)
 
     return run
@@ -447,7 +450,7 @@ def test_worker_until_idle_runs_every_pending_job_then_stops(
     assert [jobs.retrieve(i).status for i in ids] == [Status.COMPLETED, Status.COMPLETED]
     assert jobs.retrieve(preview.id).status == Status.PRE_PROCESSED
     lines = result.stderr.splitlines()
-    assert lines[0].startswith(f"Worker on {jobs.db_path} (types: broken, ")
+    assert lines[0].startswith(f"Worker on {jobs.store.location} (types: broken, ")
     assert lines[0].endswith("uncounted, words; concurrency 1); exits when no job is left.")
     assert any(line.endswith(f"{ids[0]} ledger completed 30/30") for line in lines)
     assert any(line.endswith(f"{preview.id} words pre_processed") for line in lines)
@@ -807,13 +810,16 @@ def test_the_group_mounts_in_a_host_cli_and_uses_the_hosts_batchjobs(jobs: Batch
 
 
 @pytest.fixture
-def command(db_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+def command(
+    db_url: str | Path, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
     """Run the installed ``batchjobs`` from the repository root on the test's database."""
     # This interpreter's script, never whichever batchjobs is first on PATH.
     found = str(Path(sysconfig.get_path("scripts")) / "batchjobs")
     if not Path(found).exists():
         pytest.fail("the batchjobs command is not installed: pip install -e .")
-    env = {**os.environ, "BATCHJOBS_DB": str(db_path), "BATCHJOBS_APP": "tests.strategies"}
+    env = {**os.environ, "BATCHJOBS_DB": str(db_url), "BATCHJOBS_APP": "tests.strategies"}
+    env["BATCHJOBS_FILES_DIR"] = str(tmp_path / "jobs-files")
     env.pop("BATCHJOBS_REDIS_URL", None)
     env.pop("PYTHONPATH", None)  # tests.strategies is found the --app way: from the cwd
     started: list[subprocess.Popen[str]] = []

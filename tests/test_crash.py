@@ -16,7 +16,7 @@ import pytest
 from batchjobs import BatchJobs, Status
 from tests.strategies import read_ledger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backends("sqlite", "postgres")]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -20,6 +20,8 @@ from batchjobs.strategies.csv_export import ENV_DATABASES, CsvExport
 from tests.conftest import shop_rows
 from tests.test_builtin_strategies import copy_line, shop_csv
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -237,6 +239,7 @@ def test_a_canceled_export_deletes_its_partial_file(
 
 
 @pytest.mark.slow
+@pytest.mark.backends("sqlite")  # reads the saved cursor from the file
 def test_an_export_killed_mid_file_resumes_to_the_same_bytes(
     csv_jobs: Callable[..., BatchJobs],
     make_jobs: Callable[..., BatchJobs],

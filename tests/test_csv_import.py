@@ -26,6 +26,8 @@ from batchjobs.strategies.csv_import import ENV_DATABASES, ENV_PATHS, CsvImport
 from tests.conftest import shop_rows
 from tests.test_builtin_strategies import _crash_after_chunk, copy_line, shop_csv, table_rows
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 HEADER = "id,sku,name,price,qty,photo"
 
 

@@ -41,6 +41,8 @@ from batchjobs.http import (
 from batchjobs.limits import MAX_JSON_DEPTH, MAX_LIST_LIMIT, MAX_URL_BYTES
 from tests.test_uploads import multipart
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {"tok-1": "usr_1", "tok-2": "usr_2"}
 BEARER = {user: {"Authorization": f"Bearer {token}"} for token, user in TOKENS.items()}
@@ -753,7 +755,14 @@ def serve_command(jobs: BatchJobs, *args: str, env: dict[str, str] | None = None
         "BATCHJOBS_REDIS_URL": None,
         "BATCHJOBS_TOKENS": None,
     }
-    group = ["--db", str(jobs.db_path), "--app", "tests.strategies"]
+    group = [
+        "--db",
+        jobs.store.location,
+        "--files-dir",
+        str(jobs.files.root),
+        "--app",
+        "tests.strategies",
+    ]
     return CliRunner(env={**clean, **(env or {})}).invoke(cli, [*group, "serve", *args])
 
 
@@ -788,11 +797,14 @@ def test_serve_refuses_bad_options(
 
 
 @pytest.mark.slow
-def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None:
+def test_serve_runs_the_api_and_the_workers_until_sigterm(
+    db_url: str | Path, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHJOBS_")}
     env["BATCHJOBS_TOKENS"] = "tok-1=usr_1 tok-2=usr_2"
+    env["BATCHJOBS_FILES_DIR"] = str(tmp_path / "jobs-files")
     # The checkout's code, whichever batchjobs is installed; --app from the repository root.
-    command = [sys.executable, "-m", "batchjobs.cli", "--db", str(db_path)]
+    command = [sys.executable, "-m", "batchjobs.cli", "--db", str(db_url)]
     command += ["--app", "tests.strategies", "serve", "--port", "0", "--max-upload", "5000"]
     server = subprocess.Popen(
         command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -852,5 +864,5 @@ def test_serve_runs_the_api_and_the_workers_until_sigterm(db_path: Path) -> None
     assert "GET /admin/batch-jobs/\\x1b[31mred 401" in lines
     assert "\x1b" not in stderr
     assert stderr.rstrip().endswith("Stopped.") and "Traceback" not in stderr
-    with BatchJobs(db_path) as jobs:
+    with BatchJobs(db_url, files_dir=tmp_path / "jobs-files") as jobs:
         assert jobs.retrieve(job_id).status == Status.COMPLETED

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,7 @@ from batchjobs import (
     signals,
 )
 
-
-def count_rows(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT count(*) FROM batch_jobs").fetchone()[0]
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def record_events(jobs: BatchJobs) -> list[tuple[str, str]]:
@@ -182,7 +178,7 @@ def test_retry_refuses_a_job_that_is_not_failed(jobs: BatchJobs) -> None:
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(
-    jobs: BatchJobs, db_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+    jobs: BatchJobs, args: tuple[Any, ...], kwargs: dict[str, Any], message: str
 ) -> None:
     created: list[BatchJob] = []
     jobs.subscribe("batch.created", lambda sender, job, **kw: created.append(job))
@@ -190,7 +186,7 @@ def test_bad_input_is_refused_and_writes_nothing(
         jobs.create(*args, **kwargs)
     assert caught.value.message.startswith(message)
     assert caught.value.type == "invalid_data"
-    assert count_rows(db_path) == 0
+    assert jobs.store.count() == 0
     assert created == []
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,22 +14,23 @@ from freezegun import freeze_time
 
 from batchjobs import BatchJobs, JobRun, Status
 from batchjobs.models import utcnow
+from batchjobs.store import Store
 from tests.strategies import Ledger, read_ledger
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def test_checkpoints_are_visible_from_another_connection_while_the_job_runs(
-    jobs: BatchJobs, db_path: Path, tmp_path: Path
+    jobs: BatchJobs, make_store: Callable[[], Store]
 ) -> None:
-    seen: list[int] = []
-    outside = sqlite3.connect(db_path)
+    seen: list[int | None] = []
+    outside = make_store()  # its own connections
 
     class Watching(Ledger):
         def process_chunk(self, run: JobRun, start: int, size: int) -> int:
-            (result,) = outside.execute(
-                "SELECT json_extract(result, '$.advancement_count') FROM batch_jobs WHERE id = ?",
-                [run.job.id],
-            ).fetchone()
-            seen.append(result)
+            job = outside.get(run.job.id)
+            assert job is not None
+            seen.append(job.result.get("advancement_count"))
             return super().process_chunk(run, start, size)
 
     jobs.register(Watching)
@@ -311,6 +312,7 @@ def short_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("batchjobs.runner.claims.SHORT_JOB", 60.0)
 
 
+@pytest.mark.backends("sqlite")  # counts SQLite's statements
 @pytest.mark.usefixtures("short_jobs")
 def test_jobs_run_back_to_back_share_their_commits(jobs: BatchJobs) -> None:
     statements: list[str] = []
@@ -487,6 +489,7 @@ def test_the_heartbeat_renews_jobs_waiting_in_a_batch(make_jobs: Any) -> None:
     assert seen == [1, 2, 2]
 
 
+@pytest.mark.backends("sqlite")  # counts SQLite's statements
 def test_slow_jobs_are_claimed_one_at_a_time(
     jobs: BatchJobs, monkeypatch: pytest.MonkeyPatch
 ) -> None:

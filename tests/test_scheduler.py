@@ -7,8 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchjobs import BatchJobs, JobRun, Status
 from tests.strategies import Ledger, Words, read_ledger
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def test_start_runs_many_jobs_to_completion(make_jobs: Any) -> None:

@@ -18,6 +18,7 @@ from tests.strategies import ALL
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("db")
+    parser.add_argument("--files-dir")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--poll-interval", type=float, default=0.1)
     parser.add_argument("--lease-seconds", type=float, default=1.0)
@@ -28,6 +29,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     jobs = BatchJobs(
         args.db,
+        files_dir=args.files_dir,
         concurrency=args.concurrency,
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,

@@ -1,0 +1,103 @@
+"""``migrate``: an SQLite file's jobs and schedules moved into another database, resumable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchjobs import BatchJobs, NotAllowedError, Status, migrate
+from batchjobs.cli import cli
+from batchjobs.models import utcnow
+from batchjobs.store import Checkpoint, ClaimRequest, open_store
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
+
+@pytest.fixture
+def source(tmp_path: Path, make_jobs: Callable[..., BatchJobs]) -> tuple[Path, dict[str, str]]:
+    """An SQLite file with a finished job, a dry run, a half-done job and a schedule."""
+    path = tmp_path / "old.db"
+    jobs = make_jobs(path)
+    done = jobs.create("words", {"words": ["a"]}, created_by="usr_1")
+    jobs.run_until_idle(timeout=10)
+    preview = jobs.create("words", {"words": ["b"]}, dry_run=True)
+    jobs.run_until_idle(timeout=10)
+    half = jobs.create("ledger", {"n": 30, "cursor": True})
+    now = utcnow()
+    (claim,) = jobs.store.claim(ClaimRequest("gone", ("ledger",), now, now + timedelta(hours=1)))
+    jobs.store.save(
+        Checkpoint(
+            claim.lease,
+            Status.CREATED,
+            now,
+            steps=((Status.PROCESSING, now),),
+            result={"count": 30, "advancement_count": 10},
+            cursor={"next": 10},
+            release=True,
+        )
+    )
+    jobs.schedule("nightly", "words", {"words": ["n"]}, cron="0 2 * * *")
+    return path, {"done": done.id, "preview": preview.id, "half": half.id}
+
+
+def test_migrate_moves_jobs_checkpoints_and_schedules_once(
+    source: tuple[Path, dict[str, str]], db_url: str | Path, make_jobs: Callable[..., BatchJobs]
+) -> None:
+    path, ids = source
+    done = migrate(path, db_url)
+    assert (done.jobs, done.jobs_written, done.schedules, done.schedules_written) == (3, 3, 1, 1)
+    old, new = open_store(path), open_store(db_url)
+    try:
+        for id in ids.values():
+            assert new.get(id) == old.get(id)
+        assert [s.name for s in new.list_schedules()] == ["nightly"]
+        now = utcnow()
+        (claim,) = new.claim(ClaimRequest("w", ("ledger",), now, now + timedelta(seconds=30)))
+        assert claim.job.id == ids["half"] and claim.cursor == {"next": 10}
+    finally:
+        old.close()
+        new.close()
+    again = migrate(path, db_url)  # nothing twice: finishes one cut short
+    assert (again.jobs, again.jobs_written, again.schedules_written) == (3, 0, 0)
+
+
+def test_migrate_refuses_a_job_a_worker_holds_and_writes_nothing(
+    source: tuple[Path, dict[str, str]], db_url: str | Path
+) -> None:
+    path, ids = source
+    old = open_store(path)
+    now = utcnow()
+    old.claim(ClaimRequest("alive", ("ledger",), now, now + timedelta(hours=1)))
+    old.close()
+    with pytest.raises(NotAllowedError, match=f"Batch job {ids['half']} is held by a worker"):
+        migrate(path, db_url)
+    new = open_store(db_url)
+    try:
+        assert new.count() == 0 and new.list_schedules() == []
+    finally:
+        new.close()
+    with pytest.raises(NotAllowedError, match="into itself"):
+        migrate(path, path)
+
+
+def test_the_migrate_command_reports_what_it_copied(
+    source: tuple[Path, dict[str, str]], db_url: str | Path
+) -> None:
+    path, _ = source
+    args = ["migrate", "--from", str(path), "--to", str(db_url), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "jobs": 3,
+        "jobs_written": 3,
+        "schedules": 1,
+        "schedules_written": 1,
+    }
+    assert "Copied 3 of 3 job(s) and 1 of 1 schedule(s)" in result.stderr
+    missing = CliRunner().invoke(cli, ["migrate", "--from", str(path)])
+    assert missing.exit_code == 2 and "Missing option '--to'" in missing.stderr
