@@ -2,6 +2,7 @@
 
 from .app import BatchJobs
 from .errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
+from .migrate import Migration, migrate
 from .models import BatchJob, Schedule, Status
 from .strategy import BatchJobStrategy, JobDraft, JobRun
 
@@ -18,6 +19,9 @@ __all__ = [
     "BatchJobStrategy",
     "JobDraft",
     "JobRun",
+    # moving jobs between databases
+    "Migration",
+    "migrate",
     # errors
     "BatchJobError",
     "InvalidDataError",

@@ -28,6 +28,7 @@ from __future__ import annotations
 # names stay importable from here, as when the CLI was one module.
 from ._admin import (  # noqa: F401
     events,
+    migrate,
     prune,
     show_version,
     strategies,

@@ -1,4 +1,4 @@
-"""Commands around the jobs: strategies, template, events, prune, version."""
+"""Commands around the jobs: strategies, template, events, prune, migrate, version."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from ..app import BatchJobs
+from ..migrate import migrate as migrate_jobs
 from ..models import RESTING_STATUSES
 from ..store import SQLITE_VERSION
 from ._app import CommandError, cli, pass_jobs
@@ -166,6 +167,47 @@ def prune(
         click.echo(_table(["ID", "TYPE", "STATUS", "UPDATED"], rows))
     verb = "Would delete" if dry_run else "Deleted"
     click.echo(f"{verb} {len(pruned.jobs)} job(s) and {len(pruned.files)} file(s).", err=True)
+
+
+@cli.command()
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="DB",
+    help="The database to copy from: a SQLite file or a URL.",
+)
+@click.option(
+    "--to", "target", required=True, metavar="DB", help="The database to copy into (a URL)."
+)
+@_json_option
+def migrate(source: str, target: str, as_json: bool) -> None:
+    """Copy every job and schedule from one database into another.
+
+    Active jobs resume on the new database from their last checkpoint. Stop
+    the workers on the old one first (a job a worker holds is refused). The
+    old database is left as it is; jobs the new one already has are skipped,
+    so running it again finishes a migration that was cut short.
+
+    \b
+    Example:
+      batchjobs migrate --from jobs.db --to postgresql://postgres@localhost/jobs
+    """
+    done = migrate_jobs(source, target)
+    if as_json:
+        _print_json(
+            {
+                "jobs": done.jobs,
+                "jobs_written": done.jobs_written,
+                "schedules": done.schedules,
+                "schedules_written": done.schedules_written,
+            }
+        )
+    click.echo(
+        f"Copied {done.jobs_written} of {done.jobs} job(s) and {done.schedules_written} of "
+        f"{done.schedules} schedule(s) (the rest were there already).",
+        err=True,
+    )
 
 
 @cli.command("version")

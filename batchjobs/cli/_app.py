@@ -41,8 +41,16 @@ class CommandError(click.ClickException):
 class _Session:
     """The group's options; builds the ``BatchJobs`` on first use and closes what it built."""
 
-    def __init__(self, db: str, redis_url: str | None, app: str | None, prog: str) -> None:
+    def __init__(
+        self,
+        db: str,
+        redis_url: str | None,
+        app: str | None,
+        prog: str,
+        files_dir: str | None = None,
+    ) -> None:
         self.db, self.redis_url, self.app, self.prog = db, redis_url, app, prog
+        self.files_dir = files_dir
         self.given: BatchJobs | None = None  # the host's or the --app MODULE:ATTR one
         self._jobs: BatchJobs | None = None
         self._owned = False
@@ -60,13 +68,15 @@ class _Session:
             jobs, self._owned = _load_instance(module, attr, self.app or "")
             return jobs
         if not self.db.strip():
-            raise click.BadParameter("is empty: name a SQLite file", param_hint="'--db'")
+            raise click.BadParameter(
+                "is empty: name a SQLite file or a postgresql:// URL", param_hint="'--db'"
+            )
         try:
             Text().convert(self.db, None, None)  # a path the database can open
         except click.BadParameter as error:
             raise click.BadParameter(error.message, param_hint="'--db'") from None
         try:
-            jobs = BatchJobs(self.db, redis_url=self.redis_url)
+            jobs = BatchJobs(self.db, redis_url=self.redis_url, files_dir=self.files_dir)
         except StoreError as error:
             raise CommandError(error.message) from None
         except ValueError as error:
@@ -248,7 +258,14 @@ class _Group(click.Group):
     default=f"./{DEFAULT_DB}",
     show_default=True,
     type=FilePath(dir_okay=False),
-    help="The SQLite file [env: BATCHJOBS_DB].",
+    help="The SQLite file, or a postgresql:// URL [env: BATCHJOBS_DB].",
+)
+@click.option(
+    "--files-dir",
+    envvar="BATCHJOBS_FILES_DIR",
+    type=FilePath(file_okay=False),
+    help="Where job files are kept (default: beside the SQLite file; ./batchjobs-files "
+    "with PostgreSQL) [env: BATCHJOBS_FILES_DIR].",
 )
 @click.option(
     "--redis",
@@ -275,7 +292,12 @@ class _Group(click.Group):
 )
 @click.pass_context
 def cli(
-    ctx: click.Context, db: str, redis_url: str | None, app: str | None, verbose: bool
+    ctx: click.Context,
+    db: str,
+    files_dir: str | None,
+    redis_url: str | None,
+    app: str | None,
+    verbose: bool,
 ) -> None:
     """Medusa-style batch jobs in one SQLite file.
 
@@ -288,7 +310,7 @@ def cli(
       batchjobs worker
     """
     host_jobs = ctx.find_object(BatchJobs)
-    session = _Session(db, redis_url or None, app or None, ctx.command_path)
+    session = _Session(db, redis_url or None, app or None, ctx.command_path, files_dir or None)
     session.given = host_jobs
     ctx.obj = session
     ctx.call_on_close(session.close)
