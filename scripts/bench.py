@@ -50,9 +50,11 @@ from urllib.parse import urlparse
 from ulid import ULID
 
 import batchjobs
-from batchjobs import BatchJobs, BatchJobStrategy, JobRun
+from batchjobs import BatchJobs, BatchJobStrategy, JobRun, Status
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The PostgreSQL server's maintenance database: each scenario makes its own next to it.
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: Jobs that are runnable in the claim-and-list files (the newest ones).
 RUNNABLE_JOBS = 10
 #: Rows per page of the listings timed; both files must fill their pages, since
@@ -255,6 +257,7 @@ class Bench:
         self._files = 0
         self._redis_up: bool | None = None
         self._steps: int | None = None
+        self.postgres_url = DEFAULT_POSTGRES_URL
 
     @property
     def steps(self) -> int:
@@ -339,8 +342,10 @@ class Bench:
         return None
 
 
-def open_jobs(path: Path, *strategies: type[BatchJobStrategy], **options: Any) -> BatchJobs:
-    """A ``BatchJobs`` on ``path`` with ``strategies`` registered."""
+def open_jobs(
+    path: Path | str, *strategies: type[BatchJobStrategy], **options: Any
+) -> BatchJobs:
+    """A ``BatchJobs`` on ``path`` (or a PostgreSQL URL) with ``strategies`` registered."""
     jobs = BatchJobs(path, **options)
     for strategy in strategies:
         jobs.register(strategy)
@@ -793,9 +798,12 @@ def wakeup(b: Bench) -> list[Row]:
     return rows
 
 
-def start_worker(db: Path, poll_interval: float, redis_url: str | None, prefix: str) -> Any:
+def start_worker(
+    db: Path | str, poll_interval: float, redis_url: str | None, prefix: str, concurrency: int = 2
+) -> Any:
     """A worker process on ``db``; returns once its ``start()`` has returned."""
     command = [sys.executable, __file__, "--worker", str(db), "--poll-interval", str(poll_interval)]
+    command += ["--concurrency", str(concurrency)]
     if redis_url:
         command += ["--worker-redis", redis_url, "--prefix", prefix]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -816,9 +824,12 @@ def stop_worker(proc: Any) -> None:
         proc.wait()
 
 
-def pickups(b: Bench, db: Path, samples: int, poll: float, redis_url: str | None) -> list[float]:
+def pickups(
+    b: Bench, db: Path | str, samples: int, poll: float, redis_url: str | None
+) -> list[float]:
     """Latencies from ``create`` here to ``pre_process`` in a worker process."""
-    prefix = f"bench-{os.getpid()}-{db.parent.name}"
+    name = db.parent.name if isinstance(db, Path) else db.rsplit("/", 1)[1]
+    prefix = f"bench-{os.getpid()}-{name}"
     options = redis_options(redis_url, prefix)
     latencies = []
     with open_jobs(db, Mark, **options) as jobs:
@@ -829,7 +840,8 @@ def pickups(b: Bench, db: Path, samples: int, poll: float, redis_url: str | None
             for _ in range(samples):
                 # Spread the creates over the poll's phase: a fixed rhythm would
                 # lock on to it and show a latency the poll does not have.
-                time.sleep(pace.uniform(0, poll if redis_url is None else 0.05))
+                woken = redis_url is not None or isinstance(db, str)
+                time.sleep(pace.uniform(0, 0.05 if woken else poll))
                 job = jobs.create(Mark.batch_type)
                 created = time.monotonic()
                 try:
@@ -1058,6 +1070,390 @@ def dashboard_list(b: Bench) -> list[Row]:
             at_large / at_small <= 1.5 and at_large < 0.1,
         )
     ]
+
+
+# -- PostgreSQL: one server, a database per side, the peers in the same run ---------------
+
+PG_FILL_PAGE = 100_000
+
+
+def postgres_missing(b: Bench) -> str | None:
+    """Why the PostgreSQL scenarios cannot run, or ``None``."""
+    if importlib.util.find_spec("psycopg") is None:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    import psycopg
+
+    try:
+        psycopg.connect(b.postgres_url, connect_timeout=3).close()
+    except psycopg.Error as error:
+        return f"PostgreSQL is not answering at {b.postgres_url}: {error}".splitlines()[0]
+    return None
+
+
+@contextlib.contextmanager
+def pg_database(b: Bench) -> Iterator[str]:
+    """A fresh database on the server (dropped after); yields its URL."""
+    import psycopg
+
+    name = f"batchjobs_bench_{os.getpid()}_{random.randrange(1 << 30)}"
+    with psycopg.connect(b.postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield b.postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(b.postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def pg_jobs(b: Bench, url: str, *strategies: type[BatchJobStrategy], **options: Any) -> BatchJobs:
+    """``open_jobs`` on a PostgreSQL database, its files in the scratch area."""
+    return open_jobs(url, *strategies, files_dir=b.fresh("files").parent, **options)
+
+
+def pg_queue(jobs: BatchJobs, kind: type[BatchJobStrategy], n: int, context: Any = None) -> None:
+    """Queue ``n`` created jobs in one statement, as a producer's batch would."""
+    from psycopg.types.json import Jsonb
+
+    store: Any = jobs.store
+    now = datetime.now(timezone.utc)
+    rows = [
+        (f"batch_{ULID.from_datetime(now + timedelta(microseconds=i))}", Jsonb(context or {}))
+        for i in range(n)
+    ]
+
+    def work(conn: Any, wake: set[str]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO batch_jobs (id, type, status, context, created_at, updated_at) "
+                "VALUES (%s, %s, 'created', %s, now(), now())",
+                [(id, kind.batch_type, ctx) for id, ctx in rows],
+            )
+
+    store._database.write(work)
+
+
+def pg_drain(b: Bench) -> list[Row]:
+    """2,000 queued one-chunk jobs drained by 2 worker threads vs procrastinate and pgqueuer."""
+    n = b.sizes.jobs
+
+    def ours() -> float:
+        with pg_database(b) as url, pg_jobs(b, url, Trivial, concurrency=2) as jobs:
+            done = completion_latch(jobs, n)
+            pg_queue(jobs, Trivial, n)
+            start = time.perf_counter()
+            with b.ours():
+                jobs.start()
+                finished = done.wait(WAIT_TIMEOUT)
+            elapsed = time.perf_counter() - start
+            jobs.shutdown()
+            if not finished:
+                raise RuntimeError(f"jobs not done after {WAIT_TIMEOUT} s")
+            count_completed(jobs, n)
+        return elapsed
+
+    def procrastinate_drain() -> float:
+        import procrastinate
+
+        with pg_database(b) as url:
+            app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+            seen = [0]
+
+            @app.task(name="noop")
+            def noop() -> None:
+                seen[0] += 1
+
+            with app.open():
+                app.schema_manager.apply_schema()
+                noop.batch_defer(*({} for _ in range(n)))
+                start = time.perf_counter()
+                app.run_worker(concurrency=2, wait=False, install_signal_handlers=False)
+                elapsed = time.perf_counter() - start
+        if seen[0] != n:
+            raise RuntimeError(f"procrastinate ran {seen[0]} of {n} tasks")
+        return elapsed
+
+    def pgqueuer_drain() -> float:
+        import asyncio
+
+        import psycopg
+        from pgqueuer import PsycopgDriver, Queries, QueueManager
+        from pgqueuer.domain.types import QueueExecutionMode
+
+        async def run(url: str) -> float:
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            try:
+                queries = Queries(PsycopgDriver(conn))
+                await queries.install()
+                manager = QueueManager(queries)
+                seen = [0]
+
+                @manager.entrypoint("noop")
+                async def noop(job: Any) -> None:
+                    seen[0] += 1
+
+                await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
+                start = time.perf_counter()
+                await manager.run(mode=QueueExecutionMode.drain)
+                elapsed = time.perf_counter() - start
+            finally:
+                await conn.close()
+            if seen[0] != n:
+                raise RuntimeError(f"pgqueuer ran {seen[0]} of {n} jobs")
+            return elapsed
+
+        with pg_database(b) as url:
+            return asyncio.run(run(url))
+
+    label = f"PostgreSQL: drain {n:,} queued one-chunk jobs, 2 worker threads"
+    goals = {"procrastinate": ">= 2.0x", "pgqueuer": ">= 1.0x"}
+    peers = {"procrastinate": procrastinate_drain, "pgqueuer": pgqueuer_drain}
+    missing = [name for name in peers if importlib.util.find_spec(name) is None]
+    runnable = {name: side for name, side in peers.items() if name not in missing}
+    best = b.best_of(ours, *runnable.values())
+    figures = dict(zip(runnable, best[1:], strict=True))
+    rows = []
+    for name, goal in goals.items():
+        if name in missing:
+            why = f"{name} is not installed (pip install -e '.[bench]')"
+            rows.append(unavailable(f"{label}, vs {name}", goal, why, b.notes))
+            continue
+        ratio = figures[name] / best[0]
+        rows.append(
+            Row(
+                f"{label}, vs {name}",
+                per_second(n, best[0], "jobs"),
+                per_second(n, figures[name], "tasks") + f" ({name}, its defaults)",
+                ratio,
+                goal,
+                ratio >= float(goal.split()[1].rstrip("x")),
+            )
+        )
+    b.notes.append(
+        "PostgreSQL drain: each side on a fresh database of the same server, the queue filled "
+        "first; the clock runs from start() (run_worker(wait=False); run(mode=drain)) to the "
+        "last completion. procrastinate with concurrency=2; pgqueuer with its defaults "
+        "(it claims and completes in batches of 10)."
+    )
+    return rows
+
+
+def pg_processes(b: Bench) -> list[Row]:
+    """Jobs/s of three worker processes on one PostgreSQL database vs one process."""
+    n = b.sizes.jobs
+    rows = []
+    for title, kind, context, goal in (
+        ("one-chunk CPU-bound jobs", Spin, {"n": 1, "steps": b.steps * 200}, 1.5),
+        ("jobs waiting 5 ms on I/O", Wait, {"ms": 5}, 2.7),
+    ):
+        rates = {}
+        for workers in (1, 3):
+            best = 0.0
+            for _ in range(max(1, b.sizes.repeat // 2)):
+                with pg_database(b) as url, pg_jobs(b, url, kind) as jobs:
+                    procs = [start_worker(url, 0.05, None, "") for _ in range(workers)]
+                    try:
+                        pg_queue(jobs, kind, n, context)
+                        start = time.perf_counter()
+                        while jobs.store.count(filters={"status": "completed"}) < n:
+                            time.sleep(0.005)
+                        best = max(best, n / (time.perf_counter() - start))
+                    finally:
+                        for proc in procs:
+                            stop_worker(proc)
+            rates[workers] = best
+        ratio = rates[3] / rates[1]
+        rows.append(
+            Row(
+                f"PostgreSQL: 3 worker processes, {n:,} {title}",
+                f"{rates[3]:,.0f} jobs/s",
+                f"{rates[1]:,.0f} jobs/s (1 process)",
+                ratio,
+                f">= {goal}x",
+                ratio >= goal,
+            )
+        )
+    b.notes.append(
+        "PostgreSQL processes: each worker process runs 2 threads; the jobs are queued in one "
+        "statement once every worker is up (woken by NOTIFY), the clock runs to the last "
+        "completion. The CPU-bound job spins about 200 µs."
+    )
+    return rows
+
+
+def pg_pickup(b: Bench) -> list[Row]:
+    """A job created here, picked up by a worker process woken by NOTIFY (no Redis)."""
+    with pg_database(b) as url:
+        woken = pickups(b, url, b.sizes.pickup_samples, 30.0, None)
+    p50 = percentile(woken, 0.5)
+    b.notes.append(
+        f"PostgreSQL pick-up: the worker process polls every 30 s and LISTENs; {len(woken)} "
+        f"jobs, p95 {ms(percentile(woken, 0.95))}."
+    )
+    return [
+        Row(
+            "PostgreSQL: pick-up by another process through NOTIFY, p50",
+            ms(p50),
+            "30 s poll (the fallback)",
+            None,
+            "<= 2 ms",
+            p50 <= 0.002,
+        )
+    ]
+
+
+def pg_fill(url: str, total: int) -> None:
+    """Write ``total`` jobs straight into the database, as ``fill`` does for SQLite."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Counts are rebuilt once at the end: the triggers would cost a row each.
+        conn.execute("ALTER TABLE batch_jobs DISABLE TRIGGER USER")
+        conn.execute(
+            "INSERT INTO batch_jobs (id, type, status, created_by, dry_run, created_at, "
+            "updated_at, pre_processed_at, result) SELECT "
+            "'batch_' || lpad(i::text, 26, '0'), "
+            f"CASE WHEN i > %(total)s - {RUNNABLE_JOBS} OR i %% 2 = 1 THEN %(type)s "
+            "ELSE 'bench-other' END, "
+            f"CASE WHEN i > %(total)s - {RUNNABLE_JOBS} THEN 'created' "
+            "WHEN i %% 7 = 4 THEN 'failed' WHEN i %% 11 = 7 THEN 'canceled' ELSE 'completed' END, "
+            "'usr_' || (i %% 5), false, "
+            "now() - make_interval(secs => %(total)s - i), "
+            "now() - make_interval(secs => %(total)s - i), "
+            "now() - make_interval(secs => %(total)s - i), "
+            "'{\"count\":1,\"advancement_count\":1,\"progress\":1.0}' "
+            "FROM generate_series(1, %(total)s) i",
+            {"total": total, "type": Trivial.batch_type},
+        )
+        conn.execute("ALTER TABLE batch_jobs ENABLE TRIGGER USER")
+        conn.execute("DELETE FROM batch_job_counts")
+        conn.execute(
+            "INSERT INTO batch_job_counts SELECT type, status, coalesce(created_by, ''), 0, "
+            "count(*) FROM batch_jobs GROUP BY 1, 2, 3"
+        )
+        conn.execute("VACUUM ANALYZE batch_jobs")
+
+
+def pg_scale(b: Bench) -> list[Row]:
+    """Claim and list in a database of a million jobs vs one of a thousand."""
+    small, large = 1_000, (1_000_000 if b.sizes is FULL else 20_000)
+    rounds = max(b.sizes.repeat, 3)
+    figures: dict[int, dict[str, float]] = {}
+    for total in (small, large):
+        with pg_database(b) as url, pg_jobs(b, url, Trivial) as jobs:
+            pg_fill(url, total)
+            runner = jobs.runner
+            claim = float("inf")
+            for _ in range(4 * rounds):
+                start = time.perf_counter()
+                with b.ours():
+                    for _ in range(RUNNABLE_JOBS):
+                        if runner.claim_next() is None:
+                            raise RuntimeError("nothing to claim")
+                claim = min(claim, (time.perf_counter() - start) / RUNNABLE_JOBS)
+                runner.store.release_all(runner.owner)
+            queries = {
+                "list": lambda: jobs.list_and_count(limit=PAGE),
+                "user": lambda: jobs.list_and_count(
+                    created_by="usr_3", status="completed", limit=PAGE
+                ),
+            }
+            figures[total] = {"claim": claim}
+            for name, query in queries.items():
+                if len(query()[0]) != PAGE:
+                    raise RuntimeError(f"the {name} query does not fill a page of {PAGE}")
+                best = float("inf")
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    with b.ours():
+                        for _ in range(20):
+                            query()
+                    best = min(best, (time.perf_counter() - start) / 20)
+                figures[total][name] = best
+    titles = {
+        "claim": "claim the next job",
+        "list": f"list_and_count(): newest {PAGE} + count",
+        "user": f"list_and_count(user, status): newest {PAGE} + count",
+    }
+    return [
+        Row(
+            f"PostgreSQL: {title}, {large:,} jobs",
+            us(figures[large][key]),
+            f"{us(figures[small][key])} ({small:,} jobs)",
+            figures[large][key] / figures[small][key],
+            "<= 1.5x",
+            figures[large][key] / figures[small][key] <= 1.5,
+        )
+        for key, title in titles.items()
+    ]
+
+
+def pg_checkpoint(b: Bench) -> list[Row]:
+    """One checkpoint (``store.save``) vs a raw psycopg ``UPDATE`` + ``COMMIT``."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from batchjobs.store import Checkpoint, ClaimRequest
+
+    n = max(200, b.sizes.jobs)
+    with pg_database(b) as url, pg_jobs(b, url, Trivial) as jobs:
+        job = jobs.create(Trivial.batch_type)
+        now = datetime.now(timezone.utc)
+        (claim,) = jobs.store.claim(
+            ClaimRequest("bench", (Trivial.batch_type,), now, now + timedelta(hours=1))
+        )
+        raw = psycopg.connect(url)
+
+        def ours() -> float:
+            start = time.perf_counter()
+            with b.ours():
+                for i in range(n):
+                    at = datetime.now(timezone.utc)
+                    saved = jobs.store.save(
+                        Checkpoint(
+                            claim.lease,
+                            Status.CREATED,
+                            at,
+                            result={"advancement_count": i, "progress": i / n},
+                            cursor={"offset": i},
+                            until=at + timedelta(hours=1),
+                        )
+                    )
+                    if saved is None:
+                        raise RuntimeError("the checkpoint lost its lease")
+            return time.perf_counter() - start
+
+        def floor() -> float:
+            start = time.perf_counter()
+            for i in range(n):
+                raw.execute(
+                    "UPDATE batch_jobs SET result = %s, updated_at = %s WHERE id = %s",
+                    [Jsonb({"advancement_count": i, "progress": i / n}), datetime.now(), job.id],
+                )
+                raw.commit()
+            return time.perf_counter() - start
+
+        try:
+            ours_s, floor_s, ratio = b.paired(ours, floor, extra=2)
+        finally:
+            raw.close()
+    return [
+        Row(
+            "PostgreSQL: one checkpoint (store.save)",
+            us(ours_s / n),
+            us(floor_s / n) + " (psycopg UPDATE + COMMIT)",
+            1 / ratio,
+            "<= 1.5x",
+            1 / ratio <= 1.5,
+        )
+    ]
+
+
+def postgres(b: Bench) -> list[Row]:
+    """Every PostgreSQL scenario, on one server."""
+    missing = postgres_missing(b)
+    if missing:
+        return [unavailable("PostgreSQL scenarios", "—", missing, b.notes)]
+    return pg_drain(b) + pg_processes(b) + pg_pickup(b) + pg_scale(b) + pg_checkpoint(b)
 
 
 # -- CSV: each side in its own process, for its peak RSS ---------------------------------
@@ -1315,10 +1711,17 @@ def run_csv_strategy(kind: str, args: list[str]) -> tuple[int, float, str]:
 # -- the worker process of the pick-up scenario -------------------------------------
 
 
-def worker_main(db: str, poll_interval: float, redis_url: str | None, prefix: str) -> None:
+def worker_main(
+    db: str, poll_interval: float, redis_url: str | None, prefix: str, concurrency: int = 2
+) -> None:
     """Run jobs from ``db`` until stdin closes; say "ready" once ``start()`` returned."""
     options = redis_options(redis_url, prefix)
-    with open_jobs(Path(db), Mark, Trivial, Wait, poll_interval=poll_interval, **options) as jobs:
+    options["concurrency"] = concurrency
+    if "://" in db:
+        options["files_dir"] = Path(tempfile.gettempdir()) / "batchjobs-bench-files"
+    where: Path | str = db if "://" in db else Path(db)
+    kinds = (Mark, Trivial, Wait, Spin)
+    with open_jobs(where, *kinds, poll_interval=poll_interval, **options) as jobs:
         jobs.start()
         print("ready", flush=True)
         sys.stdin.read()
@@ -1337,6 +1740,7 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "dashboard": dashboard_list,
     "processes": processes,
     "csv": csv_scenarios,
+    "postgres": postgres,
 }
 
 
@@ -1371,6 +1775,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-redis", help=argparse.SUPPRESS)
     parser.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL server for its rows: a database each scenario creates and drops",
+    )
     parser.add_argument("--prefix", default="batchjobs", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -1380,7 +1790,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenarios and print the table; 1 if a scenario broke."""
     args = parse_args(argv)
     if args.worker:
-        worker_main(args.worker, args.poll_interval, args.worker_redis, args.prefix)
+        worker_main(
+            args.worker, args.poll_interval, args.worker_redis, args.prefix, args.concurrency
+        )
         return 0
     if args.child:
         child_main(args.child[0], args.child[1:])
@@ -1391,6 +1803,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="batchjobs-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(sizes, workdir, args.redis, profile=args.profile)
+    bench.postgres_url = args.postgres
     rows: list[Row] = []
     broken = False
     try:
