@@ -16,7 +16,7 @@ import pytest
 
 from batchjobs import BatchJobs, Status
 from batchjobs.errors import StoreCorruptError, StoreError, StoreUnreachableError
-from batchjobs.models import BatchJob, new_job_id, utcnow
+from batchjobs.models import TIMESTAMP_FIELDS, BatchJob, new_job_id, utcnow
 from batchjobs.store import ClaimRequest, open_store
 from batchjobs.store._postgres_connections import _Unknown
 from batchjobs.store._postgres_schema import VERSION, VERSIONS
@@ -116,6 +116,7 @@ def test_the_schema_is_versioned_and_concurrent_first_starts_migrate_once(url: s
                 ).fetchall()
             )
         assert columns["context"] == columns["result"] == "jsonb"
+        assert set(TIMESTAMP_FIELDS) <= set(columns)  # a new field needs a migration
         assert columns["created_at"] == "timestamp with time zone"
     finally:
         for store in opened:

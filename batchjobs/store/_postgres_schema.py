@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from ..errors import StoreCorruptError
-from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS
+from ..models import ACTIVE_STATUSES
 
 TABLE = "batch_jobs"
 COUNTS = "batch_job_counts"
@@ -31,8 +31,21 @@ COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
 #: The key of the advisory lock that migrations hold ("batchjobs" in ASCII).
 MIGRATION_LOCK = 0x62617463686A6F62
 
+#: The timestamp columns migration 1 makes (frozen: later ones come with migrations of their own).
+_M1_TIMESTAMPS = (
+    "created_at",
+    "updated_at",
+    "pre_processed_at",
+    "confirmed_at",
+    "processing_at",
+    "completed_at",
+    "canceled_at",
+    "failed_at",
+    "deleted_at",
+    "paused_at",
+)
 _TIMESTAMPS = ",\n    ".join(
-    f"{name} timestamptz{' NOT NULL' if name == 'created_at' else ''}" for name in TIMESTAMP_FIELDS
+    f"{name} timestamptz{' NOT NULL' if name == 'created_at' else ''}" for name in _M1_TIMESTAMPS
 )
 
 MIGRATIONS: tuple[str, ...] = (
