@@ -24,6 +24,7 @@ SCENARIOS = [
     "dashboard list page",
     "csv-export",
     "csv-import",
+    "PostgreSQL",
 ]
 
 
