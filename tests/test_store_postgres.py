@@ -34,8 +34,8 @@ def make_job(type: str = "t", status: Status = Status.CREATED, **fields: Any) ->
 
 
 @pytest.fixture
-def url(make_database: Callable[[], str]) -> str:
-    return make_database()
+def url(make_database: Callable[..., str]) -> str:
+    return make_database(empty=True)
 
 
 def backends_of(url: str) -> list[int]:
@@ -123,14 +123,15 @@ def test_the_schema_is_versioned_and_concurrent_first_starts_migrate_once(url: s
             store.close()
 
 
-def test_a_database_that_is_not_ours_or_newer_is_refused(make_database: Callable[[], str]) -> None:
-    foreign = make_database()
+def test_a_database_that_is_not_ours_or_newer_is_refused(
+    make_database: Callable[..., str],
+) -> None:
+    foreign = make_database(empty=True)
     with psycopg.connect(foreign, autocommit=True) as conn:
         conn.execute("CREATE TABLE batch_jobs (id serial PRIMARY KEY)")
     with pytest.raises(StoreCorruptError, match="not a batchjobs database"):
         PostgresStore(foreign)
     newer = make_database()
-    PostgresStore(newer).close()
     with psycopg.connect(newer, autocommit=True) as conn:
         conn.execute(f"UPDATE {VERSIONS} SET version = version + 1")
     with pytest.raises(StoreCorruptError, match="upgrade batchjobs"):

@@ -286,9 +286,14 @@ class Database:
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if isinstance(error, InjectedFault):
             return StoreError(f"The database {where} failed: {text}", location=where)
-        if isinstance(error, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
+        if isinstance(error, pg_errors.ReadOnlySqlTransaction):
             return StoreReadOnlyError(
-                f"Cannot write to the database {where}: {text}", location=where
+                f"Cannot write to the database {where}: it is read-only ({text})", location=where
+            )
+        if isinstance(error, pg_errors.InsufficientPrivilege):
+            return StoreReadOnlyError(
+                f"Cannot write to the database {where}: permission denied ({text})",
+                location=where,
             )
         if isinstance(error, pg_errors.LockNotAvailable):
             timeout = self.fault_timeout or self.lock_timeout
