@@ -49,7 +49,9 @@ _TIMESTAMPS = ",\n    ".join(
 )
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: jobs, their claims, the runnable and leased indexes.
+    # 1: jobs, their claims, the index of runnable jobs. A checkpoint writes no
+    # indexed column (no index on available_at, room left in each page), so
+    # PostgreSQL updates the row in place (HOT) instead of adding to 6 indexes.
     f"""
 CREATE TABLE {TABLE} (
     id text PRIMARY KEY,
@@ -66,9 +68,8 @@ CREATE TABLE {TABLE} (
     attempts integer NOT NULL DEFAULT 0,
     cursor jsonb,
     cleanup boolean NOT NULL DEFAULT false
-);
+) WITH (fillfactor = 80);
 CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) WHERE {RUNNABLE};
-CREATE INDEX batch_jobs_leased ON {TABLE} (available_at) WHERE owner IS NOT NULL;
 CREATE INDEX batch_jobs_created_at ON {TABLE} (created_at, id);
 CREATE INDEX batch_jobs_status ON {TABLE} (status, created_at);
 CREATE INDEX batch_jobs_type ON {TABLE} (type, created_at);
