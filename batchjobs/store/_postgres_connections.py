@@ -165,34 +165,40 @@ class Database:
                         conn.execute("ROLLBACK")
 
     def _write_once(self, work: Callable[[psycopg.Connection[Any], set[str]], T]) -> T:
+        begin = "BEGIN READ ONLY" if self.read_only else "BEGIN"
+        if self.fault_timeout:
+            begin += f"; SET LOCAL lock_timeout = {int(self.fault_timeout * 1000)}"
         with self._connection() as conn:
-            # Pipelined: BEGIN and the transaction id travel with the work's
-            # statements, the notifications with the COMMIT, so a write costs the
-            # two round trips of a bare UPDATE + COMMIT.
-            pipeline = conn.pipeline()
-            pipeline.__enter__()
+            # One round trip, as psycopg's own BEGIN: the transaction id comes with it.
+            cur = conn.execute(f"{begin}; SELECT pg_current_xact_id()::text", prepare=False)
+            while cur.nextset():
+                pass
+            (xid,) = cur.fetchone()  # type: ignore[misc]
             try:
-                conn.execute("BEGIN READ ONLY" if self.read_only else "BEGIN")
-                if self.fault_timeout:
-                    conn.execute(f"SET LOCAL lock_timeout = {int(self.fault_timeout * 1000)}")
-                ids = conn.execute("SELECT pg_current_xact_id()::text")
                 wake: set[str] = set()
                 result = work(conn, wake)
-                (xid,) = ids.fetchone()  # type: ignore[misc]  # the work's outcome is in
                 if self._take_failing_commit():
                     raise InjectedFault("the commit failed (injected by batchjobs.testing)")
-            except BaseException as error:
-                with suppress(psycopg.Error):
-                    pipeline.__exit__(type(error), error, error.__traceback__)
+            except BaseException:
                 if not conn.broken:
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
+            # One round trip: the notifications go with the COMMIT.
+            commit = sql.SQL("; ").join(
+                [
+                    *(
+                        sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(k))
+                        for k in sorted(wake)
+                    ),
+                    sql.SQL("COMMIT"),
+                ]
+            )
             try:
-                for kind in sorted(wake):
-                    conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, kind])
-                conn.execute("COMMIT")
-                pipeline.__exit__(None, None, None)
+                if wake:
+                    conn.execute(commit, prepare=False)
+                else:
+                    conn.commit()  # psycopg's own, cheapest way to send COMMIT
             except psycopg.Error as error:
                 if _retryable(error) or conn.broken:
                     raise _Unknown(xid, result) from error
