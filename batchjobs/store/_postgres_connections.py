@@ -224,6 +224,36 @@ class Database:
         with self.pool.connection(timeout=max(self.retry_for, 1.0)) as conn:
             yield conn
 
+    def statement(
+        self,
+        run: Callable[[psycopg.Connection[Any]], T],
+        recover: Callable[[psycopg.Connection[Any]], T | None],
+    ) -> T:
+        """Run one guarded statement in its own transaction: one round trip.
+
+        When the connection is lost while it runs, nobody knows whether it
+        committed: ``recover`` (a read on a new connection) finds its effect
+        and answers what it returned, or ``None`` when it did not commit, and
+        the statement runs again. While a fault is injected, the statement
+        runs as ``write`` runs it, so the faults apply alike.
+        """
+        if self.read_only or self.fault_timeout or self.failing_commits:
+            return self.write(lambda conn, wake: run(conn))
+
+        def attempt() -> T:
+            try:
+                with self._connection() as conn:
+                    return run(conn)
+            except Exception as error:
+                if not _retryable(error) or self.closed:
+                    raise
+                found = self._retrying(lambda: self._read_once(recover))
+                if found is None:
+                    raise
+                return found
+
+        return self._retrying(attempt)
+
     def _retrying(self, attempt: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry_for
         delay = RETRY_DELAY

@@ -326,7 +326,21 @@ class PostgresStore(PostgresSchedules, Store):
 
     @boundary
     def claim(self, request: ClaimRequest) -> list[Claim]:
-        return self._database.write(lambda conn, wake: self._claim(conn, request))
+        # One statement (a claim never wakes anyone): its own transaction. Lost in
+        # flight, it is found again by its owner and exact expiry, both unique.
+        def recover(conn: psycopg.Connection[Any]) -> list[Claim] | None:
+            rows = conn.execute(
+                f"SELECT {_SELECT} FROM {TABLE} WHERE owner = %s AND available_at = %s",
+                [request.owner, request.lease_until],
+            ).fetchall()
+            if not rows:
+                return None
+            return sorted(
+                (_claim(row) for row in rows),
+                key=lambda c: (c.job.created_at or datetime.min, c.job.id),
+            )
+
+        return self._database.statement(lambda conn: self._claim(conn, request), recover)
 
     @staticmethod
     def _claim_query(request: ClaimRequest) -> tuple[str, dict[str, Any]] | None:
@@ -403,6 +417,25 @@ class PostgresStore(PostgresSchedules, Store):
     @boundary
     def save(self, checkpoint: Checkpoint) -> BatchJob | None:
         query, params = self._save_query(checkpoint)
+        if not checkpoint.release:
+            # One statement: its own transaction. Lost in flight, it is found
+            # again by its exact updated_at under the same lease.
+            def recover(conn: psycopg.Connection[Any]) -> BatchJob | None:
+                row = conn.execute(
+                    f"SELECT {_SELECT} FROM {TABLE} WHERE id = %s AND lease = %s "
+                    "AND updated_at = %s",
+                    [checkpoint.lease.id, checkpoint.lease.token, checkpoint.now],
+                ).fetchone()
+                return None if row is None else _record(row)
+
+            return self._database.statement(
+                lambda conn: (
+                    None
+                    if (row := conn.execute(query, params).fetchone()) is None
+                    else _record(row)
+                ),
+                recover,
+            )
 
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
             row = conn.execute(query, params).fetchone()
