@@ -61,7 +61,8 @@ def _check_settings(**settings: Any) -> Any:
 
 
 class BatchJobs:
-    """Batch jobs in one SQLite file, run in the background of this process.
+    """Batch jobs in one SQLite file (or a PostgreSQL database: ``BatchJobs("postgresql://…")``),
+    run in the background of this process.
 
     >>> jobs = BatchJobs("app.db")
     >>> jobs.register(Shout)                     # a BatchJobStrategy
@@ -71,9 +72,9 @@ class BatchJobs:
     <Status.COMPLETED: 'completed'>
     >>> jobs.shutdown()
 
-    Several ``BatchJobs`` (threads or processes) may share one file: a job is
-    only ever run by one of them at a time, and a job left behind by a dead
-    process is resumed from its last checkpoint.
+    Several ``BatchJobs`` (threads or processes, or machines on PostgreSQL) may
+    share one database: a job is only ever run by one of them at a time, and a
+    job left behind by a dead process is resumed from its last checkpoint.
     """
 
     def __init__(
