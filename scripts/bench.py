@@ -1255,7 +1255,7 @@ def pg_processes(b: Bench) -> list[Row]:
             best = 0.0
             for _ in range(max(1, b.sizes.repeat // 2)):
                 with pg_database(b) as url, pg_jobs(b, url, kind) as jobs:
-                    procs = [start_worker(url, 0.05, None, "") for _ in range(workers)]
+                    procs = [start_worker(url, 0.5, None, "") for _ in range(workers)]
                     try:
                         pg_queue(jobs, kind, n, context)
                         start = time.perf_counter()
