@@ -190,7 +190,7 @@ def test_bad_input_is_refused_and_writes_nothing(
     assert created == []
 
 
-def test_a_key_names_one_job_of_its_creator(jobs: BatchJobs, db_path: Path) -> None:
+def test_a_key_names_one_job_of_its_creator(jobs: BatchJobs) -> None:
     created: list[BatchJob] = []
     jobs.subscribe("batch.created", lambda sender, job, **kw: created.append(job))
     job = jobs.create("words", {"words": ["a"]}, key="nightly-2026-12-01", created_by="usr_1")
@@ -198,19 +198,19 @@ def test_a_key_names_one_job_of_its_creator(jobs: BatchJobs, db_path: Path) -> N
     # Run again (a script restarted): the same job, as it is now, and nothing new.
     again = jobs.create("words", {"words": ["b"]}, key="nightly-2026-12-01", created_by="usr_1")
     assert again == jobs.retrieve(job.id) and again.status == Status.COMPLETED
-    assert [j.id for j in created] == [job.id] and count_rows(db_path) == 1
+    assert [j.id for j in created] == [job.id] and jobs.store.count() == 1
     # Another creator's key, and no key at all, are other jobs.
     theirs = jobs.create("words", {"words": ["a"]}, key="nightly-2026-12-01", created_by="usr_2")
     assert theirs.id != job.id and jobs.create("words", {"words": ["a"]}).id != job.id
-    assert count_rows(db_path) == 3
+    assert jobs.store.count() == 3
 
 
-def test_a_key_reused_for_another_type_is_refused(jobs: BatchJobs, db_path: Path) -> None:
+def test_a_key_reused_for_another_type_is_refused(jobs: BatchJobs) -> None:
     job = jobs.create("words", {"words": ["a"]}, key="k1")
     with pytest.raises(InvalidDataError) as caught:
         jobs.create("ledger", {"n": 1}, key="k1")
     assert caught.value.message == f"key 'k1' belongs to {job.id}, a words job, not a ledger job"
-    assert count_rows(db_path) == 1
+    assert jobs.store.count() == 1
 
 
 def test_a_found_key_returns_its_job_without_running_prepare(jobs: BatchJobs) -> None:

@@ -49,9 +49,11 @@ _TIMESTAMPS = ",\n    ".join(
 )
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: jobs, their claims, the index of runnable jobs. A checkpoint writes no
-    # indexed column (no index on available_at, room left in each page), so
-    # PostgreSQL updates the row in place (HOT) instead of adding to 6 indexes.
+    # 1: jobs, their claims, the index of runnable jobs, of leased ones (by
+    # owner) and of idempotency keys (unique per creator: the guard of one of
+    # two creates with a key). A checkpoint writes no indexed column (no index
+    # on available_at, room left in each page), so PostgreSQL updates the row
+    # in place (HOT) instead of adding to every index.
     f"""
 CREATE TABLE {TABLE} (
     id text PRIMARY KEY,
@@ -67,9 +69,13 @@ CREATE TABLE {TABLE} (
     available_at timestamptz,
     attempts integer NOT NULL DEFAULT 0,
     cursor jsonb,
-    cleanup boolean NOT NULL DEFAULT false
+    cleanup boolean NOT NULL DEFAULT false,
+    key text
 ) WITH (fillfactor = 80);
 CREATE INDEX batch_jobs_runnable ON {TABLE} (created_at, id) WHERE {RUNNABLE};
+CREATE INDEX batch_jobs_leased ON {TABLE} (owner) WHERE owner IS NOT NULL;
+CREATE UNIQUE INDEX batch_jobs_key ON {TABLE} ((coalesce(created_by, '')), key)
+    WHERE key IS NOT NULL;
 CREATE INDEX batch_jobs_created_at ON {TABLE} (created_at, id);
 CREATE INDEX batch_jobs_status ON {TABLE} (status, created_at);
 CREATE INDEX batch_jobs_type ON {TABLE} (type, created_at);

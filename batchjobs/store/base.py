@@ -167,6 +167,8 @@ class StoredJob:
     attempts: int = 0
     #: Until when a worker holds it (``None``: nobody does); ``load`` writes no lease.
     leased_until: datetime | None = None
+    #: Its idempotency key (``insert(job, key=...)``), if it has one.
+    key: str | None = None
 
 
 class Store(abc.ABC):

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, StoreError
 from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
 from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
 from ._postgres_schedules import PostgresSchedules
@@ -81,6 +81,20 @@ def _record(row: Sequence[Any]) -> BatchJob:
         context=row[5],
         result=row[6],
         **dict(zip(TIMESTAMP_FIELDS, row[_TS:_LEASE], strict=True)),
+    )
+
+
+def _job_row(job: BatchJob) -> tuple[Any, ...]:
+    """``job``'s values for the first ``_LEASE`` columns."""
+    return (
+        job.id,
+        job.type,
+        job.status.value,
+        job.created_by,
+        job.dry_run,
+        Jsonb(job.context),
+        Jsonb(job.result),
+        *(getattr(job, name) for name in TIMESTAMP_FIELDS),
     )
 
 
@@ -160,27 +174,50 @@ class PostgresStore(PostgresSchedules, Store):
     @staticmethod
     def _insert(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob], wake: set[str]) -> None:
         names = COLUMNS[:_LEASE]
-        rows = [
-            (
-                job.id,
-                job.type,
-                job.status.value,
-                job.created_by,
-                job.dry_run,
-                Jsonb(job.context),
-                Jsonb(job.result),
-                *(getattr(job, name) for name in TIMESTAMP_FIELDS),
-            )
-            for job in jobs
-        ]
+        rows = [_job_row(job) for job in jobs]
         marks = ", ".join("%s" for _ in names)
         with conn.cursor() as cur:
             cur.executemany(f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({marks})", rows)
         wake.update(job.type for job in jobs if job.status in _ACTIVE)
 
     @boundary
-    def insert(self, job: BatchJob) -> None:
-        self._database.write(lambda conn, wake: self._insert(conn, [job], wake))
+    def insert(self, job: BatchJob, *, key: str | None = None) -> BatchJob:
+        if key is None:
+            self._database.write(lambda conn, wake: self._insert(conn, [job], wake))
+            return job
+        names = (*COLUMNS[:_LEASE], "key")
+        values = [*_job_row(job), key]
+        # The unique index decides: of two inserts with one key, one writes; the
+        # other waits for it to commit, writes nothing and reads its job.
+        query = (
+            f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({', '.join('%s' for _ in names)}) "
+            "ON CONFLICT ((coalesce(created_by, '')), key) WHERE key IS NOT NULL DO NOTHING "
+            "RETURNING id"
+        )
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob:
+            if conn.execute(query, values).fetchone() is not None:
+                if job.status in _ACTIVE:
+                    wake.add(job.type)
+                return job
+            found = self._by_key(conn, key, job.created_by)
+            if found is None:  # pragma: no cover - the key's holder was deleted meanwhile
+                raise StoreError(f"The job with key {key!r} vanished while it was read")
+            return found
+
+        return self._database.write(work)
+
+    @staticmethod
+    def _by_key(conn: psycopg.Connection[Any], key: str, created_by: str | None) -> BatchJob | None:
+        row = conn.execute(
+            f"SELECT {_SELECT} FROM {TABLE} WHERE coalesce(created_by, '') = %s AND key = %s",
+            [created_by or "", key],
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    @boundary
+    def get_by_key(self, key: str, *, created_by: str | None) -> BatchJob | None:
+        return self._database.read(lambda conn: self._by_key(conn, key, created_by))
 
     @boundary
     def transition(
@@ -266,7 +303,7 @@ class PostgresStore(PostgresSchedules, Store):
     def dump(self, *, after: str | None = None, limit: int = 1000) -> list[StoredJob]:
         rows = self._database.read(
             lambda conn: conn.execute(
-                f"SELECT {_SELECT}, cleanup, owner IS NOT NULL FROM {TABLE} "
+                f"SELECT {_SELECT}, cleanup, owner IS NOT NULL, key FROM {TABLE} "
                 "WHERE id > %s ORDER BY id LIMIT %s",
                 [after or "", limit],
             ).fetchall()
@@ -278,33 +315,28 @@ class PostgresStore(PostgresSchedules, Store):
                 cleanup=row[_LEASE + 4],
                 attempts=row[_LEASE + 2],
                 leased_until=row[_LEASE + 1] if row[_LEASE + 5] else None,
+                key=row[_LEASE + 6],
             )
             for row in rows
         ]
 
     @boundary
     def load(self, jobs: Sequence[StoredJob]) -> int:
-        names = (*COLUMNS[:_LEASE], "cursor", "cleanup", "attempts")
+        names = (*COLUMNS[:_LEASE], "cursor", "cleanup", "attempts", "key")
         rows = [
             (
-                stored.job.id,
-                stored.job.type,
-                stored.job.status.value,
-                stored.job.created_by,
-                stored.job.dry_run,
-                Jsonb(stored.job.context),
-                Jsonb(stored.job.result),
-                *(getattr(stored.job, name) for name in TIMESTAMP_FIELDS),
+                *_job_row(stored.job),
                 Jsonb(stored.cursor) if stored.cursor else None,
                 stored.cleanup,
                 stored.attempts,
+                stored.key,
             )
             for stored in jobs
         ]
         marks = ", ".join("%s" for _ in names)
         query = (
             f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({marks}) "
-            "ON CONFLICT (id) DO NOTHING RETURNING type, status"
+            "ON CONFLICT DO NOTHING RETURNING type, status"
         )
 
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> int:
@@ -357,7 +389,7 @@ class PostgresStore(PostgresSchedules, Store):
         # in a batch must not be charged an attempt if this one kills us too.
         query = (
             f"WITH expired AS (SELECT id FROM {TABLE} WHERE owner IS NOT NULL "
-            f"AND available_at <= %(now)s AND {RUNNABLE} AND {where} "
+            f"AND (available_at <= %(now)s OR owner = ANY(%(gone)s)) AND {RUNNABLE} AND {where} "
             "ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED), "
             f"free AS (SELECT id FROM {TABLE} WHERE {RUNNABLE} AND {where} AND owner IS NULL "
             "AND (available_at IS NULL OR available_at <= %(now)s) "
@@ -375,6 +407,7 @@ class PostgresStore(PostgresSchedules, Store):
             "limit": request.limit,
             "owner": request.owner,
             "until": request.lease_until,
+            "gone": list(request.gone),
         }
         return query, params
 
@@ -538,6 +571,16 @@ class PostgresStore(PostgresSchedules, Store):
         return None if row is None else Status(row[0])
 
     @boundary
+    def lease_owners(self, now: datetime) -> list[str]:
+        rows = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT DISTINCT owner FROM {TABLE} WHERE owner IS NOT NULL AND available_at > %s",
+                [now],
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    @boundary
     def holder(self, id: str) -> Holder | None:
         row = self._database.read(
             lambda conn: conn.execute(
@@ -557,6 +600,7 @@ class PostgresStore(PostgresSchedules, Store):
         now: datetime,
         lease_until: datetime,
         lease: Lease | None = None,
+        gone: tuple[str, ...] = (),
     ) -> Claim | None:
         canceled = Status.CANCELED.value
         if lease is not None:
@@ -569,9 +613,10 @@ class PostgresStore(PostgresSchedules, Store):
             query = (
                 f"UPDATE {TABLE} SET owner = %s, lease = {_TOKEN}, available_at = %s "
                 "WHERE id = %s AND status = %s AND cleanup "
-                f"AND (owner IS NULL OR available_at <= %s) RETURNING {_SELECT}"
+                "AND (owner IS NULL OR available_at <= %s OR owner = ANY(%s)) "
+                f"RETURNING {_SELECT}"
             )
-            params = [owner, lease_until, id, canceled, now]
+            params = [owner, lease_until, id, canceled, now, list(gone)]
         row = self._database.write(lambda conn, wake: conn.execute(query, params).fetchone())
         return None if row is None else _claim(row)
 

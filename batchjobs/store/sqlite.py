@@ -281,6 +281,7 @@ class SQLiteStore(SQLiteSchedules, Store):
                 cleanup=bool(row["cleanup"]),
                 attempts=row["attempts"],
                 leased_until=_parse_ts(row["available_at"]) if row["owner"] else None,
+                key=row["key"],
             )
             for row in rows
         ]
@@ -303,10 +304,11 @@ class SQLiteStore(SQLiteSchedules, Store):
                     "cursor": json.dumps(stored.cursor) if stored.cursor else None,
                     "cleanup": int(stored.cleanup),
                     "attempts": stored.attempts,
+                    "key": stored.key,
                 }
                 written += conn.execute(
                     f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))}) "
-                    "ON CONFLICT (id) DO NOTHING",
+                    "ON CONFLICT DO NOTHING",
                     list(row.values()),
                 ).rowcount
         return written
