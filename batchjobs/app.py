@@ -318,6 +318,7 @@ class BatchJobs:
                 raise RuntimeError("the workers run already: shutdown() before changing them")
             if concurrency is not None:
                 self.concurrency = _check_settings(concurrency=concurrency)
+                self.store.provision(self.concurrency)
             if poll_interval is not None:
                 self.poll_interval = float(_check_settings(poll_interval=poll_interval))
         if self.scheduler is None:

@@ -66,6 +66,8 @@ def test_open_store_takes_either_url_scheme_and_hides_the_password(url: str, sch
         store.insert(job)
         assert store.get(job.id) == job
         assert store._database.pool.max_size == 7  # concurrency + 3
+        store.provision(10)  # start(concurrency=10)
+        assert store._database.pool.max_size == 13
     finally:
         store.close()
 

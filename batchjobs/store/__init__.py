@@ -103,11 +103,10 @@ def open_store(
             raise StoreError(
                 f"PostgreSQL databases need the postgres extra ({POSTGRES_EXTRA}): {error}"
             ) from None
-        if concurrency is not None:
-            # One connection per worker thread, one for the heartbeat and the
-            # pre-processing lane, one for the application's own calls.
-            options.setdefault("pool_size", concurrency + 3)
-        return PostgresStore(str(url_or_path), **options)
+        store = PostgresStore(str(url_or_path), **options)
+        if concurrency is not None and "pool_size" not in options:
+            store.provision(concurrency)
+        return store
     path, query = _split(url_or_path)
     if path is None:
         scheme = str(url_or_path).split("://", 1)[0]

@@ -188,6 +188,11 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release every connection. Later calls raise ``StoreClosedError``; idempotent."""
 
+    def provision(self, threads: int) -> None:
+        """Get ready for ``threads`` worker threads using the store at once (a pool's
+        size). Does nothing unless the store keeps such a pool."""
+        return None
+
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """Call ``wake`` (from a thread of the store's) whenever another process may
         have made a job runnable; returns the function that stops it.

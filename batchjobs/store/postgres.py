@@ -42,10 +42,13 @@ from .base import (
     StoredJob,
 )
 
-__all__ = ["DEFAULT_POOL_SIZE", "PostgresStore"]
+__all__ = ["DEFAULT_POOL_SIZE", "POOL_SPARE", "PostgresStore"]
 
 #: Connections in the pool when the caller does not size it.
 DEFAULT_POOL_SIZE = 5
+#: Connections beyond one per worker thread: the heartbeat, the pre-processing
+#: lane, the application's own calls.
+POOL_SPARE = 3
 #: A job's columns, in the order ``_record`` and ``_claim`` read them.
 COLUMNS = (
     "id",
@@ -145,6 +148,11 @@ class PostgresStore(PostgresSchedules, Store):
 
     def close(self) -> None:
         self._database.close()
+
+    def provision(self, threads: int) -> None:
+        """Size the pool for ``threads`` worker threads (plus the heartbeat, the
+        pre-processing lane and the application's own calls)."""
+        self._database.pool.resize(min_size=1, max_size=threads + POOL_SPARE)
 
     # -- wake-ups --------------------------------------------------------------
 
