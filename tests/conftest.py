@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +261,10 @@ def make_shop(tmp_path: Path) -> Callable[..., Path]:
 
     def make(rows: int = 40, name: str = "shop.db") -> Path:
         path = tmp_path / name
-        conn = sqlite3.connect(path)
-        with conn:
+        with closing(sqlite3.connect(path)) as conn, conn:
             for table in ("products", "products_copy"):
                 conn.execute(SHOP_SCHEMA.format(name=table))
             conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?)", shop_rows(rows))
-        conn.close()
         return path
 
     return make

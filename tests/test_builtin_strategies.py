@@ -11,6 +11,7 @@ import copy
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,11 @@ def _import_context(jobs: BatchJobs, tmp_path: Path) -> dict[str, Any]:
     jobs.files.put("imports/products.csv", [data])
     strategy = jobs.strategy("csv-import")
     assert isinstance(strategy, CsvImport)
-    conn = sqlite3.connect(strategy.databases["shop"].path)
-    with conn:
+    with closing(sqlite3.connect(strategy.databases["shop"].path)) as conn, conn:
         conn.executemany(
             "INSERT INTO products_copy VALUES (?, ?, ?, ?, ?, ?)",
             [(i, f"OLD-{i}", "old", 0, 0, None) for i in range(1, 6)],
         )
-    conn.close()
     return {"table": "products_copy", "file_key": "imports/products.csv", "on_error": "skip"}
 
 

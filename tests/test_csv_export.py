@@ -110,24 +110,22 @@ def test_the_keyset_is_read_through_an_index_never_with_offset(
 ) -> None:
     shop = make_shop(rows=10)
     strategy = CsvExport(databases={"shop": shop})
-    conn = sqlite3.connect(shop)
-    for context, last in [({}, [4]), ({"order_by": "sku"}, ["SKU-00004", 4])]:
-        plan = strategy._plan({"table": "products", **context})
-        assert [r[0] for r in plan.fetch(conn, last, 3)] == [5, 6, 7]
-        sql, params = plan.select(last, 3)
-        assert "OFFSET" not in sql.upper()
-        steps = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
-        assert any(step.startswith("SEARCH") for step in steps), steps
-        assert not any("TEMP B-TREE" in step for step in steps), steps
-    conn.close()
+    with closing(sqlite3.connect(shop)) as conn:
+        for context, last in [({}, [4]), ({"order_by": "sku"}, ["SKU-00004", 4])]:
+            plan = strategy._plan({"table": "products", **context})
+            assert [r[0] for r in plan.fetch(conn, last, 3)] == [5, 6, 7]
+            sql, params = plan.select(last, 3)
+            assert "OFFSET" not in sql.upper()
+            steps = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert any(step.startswith("SEARCH") for step in steps), steps
+            assert not any("TEMP B-TREE" in step for step in steps), steps
 
 
 def test_tables_without_rowid_or_with_a_rowid_column(
     csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
 ) -> None:
     shop = make_shop(rows=1)
-    conn = sqlite3.connect(shop)
-    with conn:
+    with closing(sqlite3.connect(shop)) as conn, conn:
         conn.execute("CREATE TABLE pairs (a TEXT, b INTEGER, v, PRIMARY KEY (a, b)) WITHOUT ROWID")
         conn.executemany(
             "INSERT INTO pairs VALUES (?, ?, ?)",
@@ -135,7 +133,6 @@ def test_tables_without_rowid_or_with_a_rowid_column(
         )
         conn.execute('CREATE TABLE odd (rowid TEXT, "we""ird" INTEGER)')
         conn.executemany("INSERT INTO odd VALUES (?, ?)", [(f"r{i}", i % 3) for i in range(10)])
-    conn.close()
     jobs = csv_jobs(shop)
     _, data = export(jobs, {"table": "pairs", "chunk_size": 2})
     assert data == query_csv(shop, "SELECT * FROM pairs ORDER BY a, b")
@@ -164,13 +161,11 @@ def test_rows_added_or_removed_while_it_runs_are_followed(
     def change_the_table(sender: Any, *, job: BatchJob, **extra: Any) -> None:
         checkpoints.append(job.result.get("advancement_count", 0))
         if len(checkpoints) == 2:
-            conn = sqlite3.connect(shop)
-            with conn:
+            with closing(sqlite3.connect(shop)) as conn, conn:
                 conn.execute("DELETE FROM products WHERE id IN (18, 19)")
                 conn.executemany(
                     "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?)", shop_rows(7, start=100)
                 )
-            conn.close()
 
     jobs.subscribe("batch.updated", change_the_table)
     job, data = export(jobs, {"table": "products", "chunk_size": 5})

@@ -80,13 +80,11 @@ def test_a_dry_run_previews_creates_and_updates_then_waits(
 ) -> None:
     shop = make_shop(rows=0)
     jobs = csv_jobs(shop)
-    conn = sqlite3.connect(shop)
-    with conn:
+    with closing(sqlite3.connect(shop)) as conn, conn:
         conn.executemany(
             "INSERT INTO products_copy VALUES (?, ?, ?, ?, ?, ?)",
             [(i, f"OLD-{i}", "old", 1.0, 1, None) for i in (2, 4, 6)],
         )
-    conn.close()
     job = run_import(jobs, shop_csv(shop_rows(10)), dry_run=True)
     assert job.status == Status.PRE_PROCESSED
     assert job.result["to_create"] == 7 and job.result["to_update"] == 3
@@ -215,10 +213,8 @@ def test_columns_a_new_row_needs_are_only_required_to_create(
 ) -> None:
     shop = make_shop(rows=0)
     jobs = csv_jobs(shop)
-    conn = sqlite3.connect(shop)
-    with conn:
+    with closing(sqlite3.connect(shop)) as conn, conn:
         conn.execute("INSERT INTO products_copy (id, sku) VALUES (1, 'KEEP')")
-    conn.close()
     job = run_import(jobs, lines("id,name", "1,renamed", "2,new"), on_error="skip")
     assert job.status == Status.COMPLETED
     assert row_errors(job) == [(3, "sku", "the file has no column 'sku', which a new row needs")]
@@ -230,10 +226,8 @@ def test_upserts_by_another_unique_column(
 ) -> None:
     shop = make_shop(rows=0)
     jobs = csv_jobs(shop)
-    conn = sqlite3.connect(shop)
-    with conn:
+    with closing(sqlite3.connect(shop)) as conn, conn:
         conn.execute("INSERT INTO products_copy (id, sku, qty) VALUES (7, 'A', 1)")
-    conn.close()
     job = run_import(jobs, lines("sku,qty", "A,5", "B,6"), key="sku")
     assert job.status == Status.COMPLETED, job.result
     assert job.result["to_update"] == 1 and job.result["to_create"] == 1
@@ -608,10 +602,8 @@ def test_an_empty_value_in_a_not_null_blob_column_is_refused_in_any_batch(
     csv_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
 ) -> None:
     shop = make_shop(rows=0)
-    conn = sqlite3.connect(shop)
-    with conn:
+    with closing(sqlite3.connect(shop)) as conn, conn:
         conn.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-    conn.close()
     jobs = csv_jobs(shop)
     jobs.files.put("in.csv", [lines("id,data", "1,", "2,00", "3,").encode()])
     job = jobs.create("csv-import", {"table": "blobs", "file_key": "in.csv", "on_error": "skip"})

@@ -596,27 +596,43 @@ def test_a_worker_in_another_process_picks_a_job_up_within_a_second(
 # -- batchjobs events --------------------------------------------------------------
 
 
-def _tail(db: Path, url: str, prefix: str, *options: str) -> subprocess.Popen[str]:
-    """``batchjobs events`` in a subprocess, returned once it follows the channels."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchjobs.cli", "--db", str(db), "--redis", url]
-        + ["events", "--prefix", prefix, *options],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    assert process.stderr.readline().startswith(f"Following {prefix}:")
-    return process
+@pytest.fixture
+def tail() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``batchjobs events`` in a subprocess, returned once it follows the channels;
+    those still running after the test are killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(db: Path, url: str, prefix: str, *options: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batchjobs.cli", "--db", str(db), "--redis", url]
+            + ["events", "--prefix", prefix, *options],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        assert process.stderr is not None
+        assert process.stderr.readline().startswith(f"Following {prefix}:")
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 @pytest.mark.redis
 def test_the_events_command_tails_the_mirror(
-    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str, db_path: Path
+    make_jobs: Callable[..., BatchJobs],
+    redis_url: str,
+    prefix: str,
+    db_path: Path,
+    tail: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    lines = _tail(db_path, redis_url, prefix, "--pattern", "batch.c*")
-    as_json = _tail(db_path, redis_url, prefix, "--json", "--count", "3")
+    lines = tail(db_path, redis_url, prefix, "--pattern", "batch.c*")
+    as_json = tail(db_path, redis_url, prefix, "--json", "--count", "3")
     jobs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
     job = jobs.create("words", {"words": ["a", "b"]})
     jobs.run_until_idle(timeout=10)
