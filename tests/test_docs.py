@@ -223,3 +223,18 @@ def test_the_readme_resume_example_killed_mid_job_resumes_at_once(tmp_path: Path
     # the dead process's lease ran out.
     assert rest in (NIGHTLY[2:], NIGHTLY[1:]), rest
     assert took < DEFAULT_LEASE_SECONDS / 3, f"took {took:.1f} s"
+
+
+def test_the_readme_and_pyproject_name_the_same_python_versions() -> None:
+    stated = re.search(r"runs on Python 3\.(\d+) to 3\.(\d+)", README)
+    assert stated, "README.md does not say which Python versions it runs on"
+    oldest, newest = int(stated[1]), int(stated[2])
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    classified = sorted(
+        map(int, re.findall(r'"Programming Language :: Python :: 3\.(\d+)"', pyproject))
+    )
+    assert classified == list(range(oldest, newest + 1))
+    assert f'requires-python = ">=3.{oldest}"' in pyproject
+    # The tools check the code for the oldest one.
+    assert f'target-version = "py3{oldest}"' in pyproject
+    assert f'python_version = "3.{oldest}"' in pyproject
