@@ -35,14 +35,18 @@ class _ThreadConnection:
         self.db = db
         #: The fault settings as last applied to this connection.
         self.settings: tuple[bool, float] = (False, 0.0)
+        # Connections.close may reach this object through its weak set while the ending
+        # thread runs __del__: two closes of one connection at once crash Python 3.10's sqlite3.
+        self._closing = threading.Lock()
 
     def close(self) -> None:
-        with suppress(sqlite3.ProgrammingError):
+        with self._closing, suppress(sqlite3.ProgrammingError):
             self.db.conn.close()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105 - may run at interpreter exit, when contextlib is gone
-            self.db.conn.close()
+            with self._closing:
+                self.db.conn.close()
         except Exception:
             pass
 
