@@ -1,8 +1,10 @@
 """The built-in strategies install as ``batchjobs.strategies``, from a wheel and editable;
-the test tools run at their pins."""
+the test tools run at their pins; the package installs and runs without them."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -89,3 +91,43 @@ def test_the_test_tools_run_at_their_pins() -> None:
         f"installed, not pinned: {drifted}; "
         "reinstall with pip install -c constraints-dev.txt -e '.[dev,bench]'"
     )
+
+
+# What a user of the installed package imports: every module with a third-party import.
+IMPORT_ALL = """
+import sys
+import batchjobs, batchjobs.cli, batchjobs.http, batchjobs.pubsub
+from batchjobs.strategies import csv_export, csv_import
+assert batchjobs.__file__.startswith(sys.prefix), batchjobs.__file__
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # an install with nothing cached downloads every library
+def test_without_the_pins_the_newest_releases_install_import_and_run(tmp_path: Path) -> None:
+    # As a user installs it: no constraints-dev.txt, so each runtime library comes at the
+    # newest release its range allows. A release that breaks us fails here first.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PIP_CONSTRAINT", "PYTHONPATH")}
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q"]
+    installed = subprocess.run(
+        [*install, f"{ROOT}[http]"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert installed.returncode == 0, installed.stderr
+    # From elsewhere than the checkout: the installed copy is what runs.
+    imported = subprocess.run(
+        [str(python), "-W", "error", "-c", IMPORT_ALL], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert imported.returncode == 0, imported.stderr.decode()
+    shown = subprocess.run(
+        [str(venv / "bin" / "batchjobs"), "version", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["batchjobs"] == metadata.version("batchjobs")
