@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def make_job(type: str = "t", status: Status = Status.CREATED) -> BatchJob:
 def test_schema_is_migrated_once_and_in_wal_mode(db_path: Path) -> None:
     SQLiteStore(db_path).close()
     store = SQLiteStore(db_path)  # opening again applies nothing twice
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         applied = conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = 'batchjobs'"
