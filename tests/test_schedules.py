@@ -49,7 +49,7 @@ def test_a_schedule_is_stored_without_a_worker_and_fires_once_at_its_time(jobs: 
     assert jobs.schedules() == [schedule]
     assert jobs.fire_schedules(at("2024-06-01 10:59:59")) == []
 
-    [job] = jobs.fire_schedules(at("2024-06-01 11:00:00.2"))
+    [job] = jobs.fire_schedules(at("2024-06-01 11:00:00.200"))
     assert job.context == {"words": ["a"], "scheduled_for": "2024-06-01T11:00:00+00:00"}
     assert (job.type, job.created_by, job.dry_run) == ("words", "usr_1", False)
     assert jobs.retrieve(job.id) == job
