@@ -96,7 +96,7 @@ def test_the_test_tools_run_at_their_pins() -> None:
 # What a user of the installed package imports: every module with a third-party import.
 IMPORT_ALL = """
 import sys
-import batchjobs, batchjobs.cli, batchjobs.http, batchjobs.pubsub
+import batchjobs, batchjobs.cli, batchjobs.http, batchjobs.pubsub, batchjobs.store.postgres
 from batchjobs.strategies import csv_export, csv_import
 assert batchjobs.__file__.startswith(sys.prefix), batchjobs.__file__
 """
@@ -113,7 +113,7 @@ def test_without_the_pins_the_newest_releases_install_import_and_run(tmp_path: P
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_CONSTRAINT", "PYTHONPATH")}
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q"]
     installed = subprocess.run(
-        [*install, f"{ROOT}[http]"], env=env, capture_output=True, text=True, timeout=240
+        [*install, f"{ROOT}[http,postgres]"], env=env, capture_output=True, text=True, timeout=240
     )
     assert installed.returncode == 0, installed.stderr
     # From elsewhere than the checkout: the installed copy is what runs.
