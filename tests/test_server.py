@@ -346,3 +346,20 @@ def test_each_request_is_one_log_line(jobs: BatchJobs, caplog: pytest.LogCapture
 def test_body_limits_are_non_negative_integers(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=f"{name} must be a non-negative integer, not {value!r}"):
         ServerLimits(**{name: value})
+
+
+def test_servers_started_and_stopped_one_after_another_stop_cleanly(jobs: BatchJobs) -> None:
+    # A shutdown may wake a loop that has already closed its trigger (it saw the stop
+    # first); a second shutdown is the same late wake-up, every time. Its descriptor may
+    # be the next server's by then: the late pull must neither fail nor write there.
+    app = create_app(jobs, tokens=TOKENS)
+    for _ in range(20):
+        server = AdminServer(app, port=0)
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        assert server.shutdown(grace=1) is True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert server.shutdown(grace=1) is True
+    with serving(jobs) as after:
+        assert get(after, f"{URL}?limit=1")[0] == 200

@@ -245,6 +245,28 @@ class _Server(TcpWSGIServer):
     channel_class = _Channel
     limits = ServerLimits()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
+        super().__init__(*args, **kwargs)
+
+    def pull_trigger(self) -> None:
+        """Wake the loop, unless its trigger is closed.
+
+        A shutdown, or a thread ending a request, may come after the loop has
+        closed the trigger; its file descriptor may by then be another
+        server's, so a late pull must not write at all (not merely fail).
+        """
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self.trigger.pull_trigger()
+
+    def close_trigger(self) -> None:
+        """Close the trigger; later pulls do nothing."""
+        with self._trigger_lock:
+            self._trigger_closed = True
+            self.trigger.close()
+
     def maintenance(self, now: float) -> None:
         """waitress's check of idle connections: ``check_deadlines`` does it instead.
 
@@ -505,6 +527,7 @@ class AdminServer:
     def _close(self) -> None:
         # Threads first: a thread that ends a request pulls the trigger, closed with the map.
         self._dispatcher.shutdown(cancel_pending=True, timeout=1)
+        self._server.close_trigger()
         wasyncore.close_all(self._map)
         self._done.set()
 
