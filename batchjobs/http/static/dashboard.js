@@ -57,6 +57,7 @@
     this.timer = null;
     this.streamFailed = false;
     this.refreshing = false;
+    this.refreshAgain = false;
     this.statuses = {};
     this.controls = root.querySelector("[data-live-controls]");
     this.pauseButton = root.querySelector("[data-pause]");
@@ -169,16 +170,18 @@
 
   // After a status change, the parts of the page that depend on it (actions, timeline,
   // stat descriptors, errors, status counts) are fetched again and swapped in place,
-  // unless they hold the focus.
+  // unless they hold the focus. A change heard while a fetch is on its way is fetched
+  // again after it: that fetch may have read the page before the change was written.
   Live.prototype.refreshSections = function () {
     var self = this;
     var from = this.root.dataset.sectionsFrom;
-    if (!from || this.refreshing) { return; }
+    if (!from) { return; }
+    if (this.refreshing) { this.refreshAgain = true; return; }
     this.refreshing = true;
-    window.fetch(from, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    this.refreshAgain = false;
+    window.fetch(from, { credentials: "same-origin", cache: "no-store", headers: { Accept: "text/html" } })
       .then(function (response) { return response.ok ? response.text() : ""; })
       .then(function (html) {
-        self.refreshing = false;
         if (!html) { return; }
         var fresh = new window.DOMParser().parseFromString(html, "text/html");
         each(document.querySelectorAll("[data-section]"), function (section) {
@@ -189,7 +192,11 @@
           if (next) { section.hidden = next.hidden; }
         });
       })
-      .catch(function () { self.refreshing = false; });
+      .catch(function () { return null; })
+      .then(function () {
+        self.refreshing = false;
+        if (self.refreshAgain) { self.refreshSections(); }
+      });
   };
 
   // -- the import wizard: a file may also be dropped on its zone -------------------------
