@@ -8,13 +8,14 @@ values are bound parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from batchjobs import InvalidDataError
 
@@ -31,7 +32,10 @@ __all__ = [
     "quote",
     "read_table",
     "resolve_table",
+    "type_prefixed",
 ]
+
+HookT = TypeVar("HookT", bound=Callable[..., Any])
 
 #: Context keys the engine reserves; every strategy accepts them.
 ENGINE_CONTEXT_KEYS = frozenset({"retry_count", "max_retry", "chunk_size"})
@@ -62,7 +66,7 @@ class AllowedDatabase:
 EVERY_TABLE = "*"
 
 
-def _one_database(name: Any, value: Any, *, require_tables: str | None) -> AllowedDatabase:
+def _one_database(name: Any, value: Any, *, require_tables: bool) -> AllowedDatabase:
     if not isinstance(name, str) or not name:
         raise ValueError(f"database names must be non-empty strings, not {name!r}")
     tables: Any = None
@@ -75,9 +79,9 @@ def _one_database(name: Any, value: Any, *, require_tables: str | None) -> Allow
         path = value
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"database {name!r}: the path must be a string, not {path!r}")
-    if tables is None and require_tables is not None:
+    if tables is None and require_tables:
         raise ValueError(
-            f"database {name!r}: {require_tables} needs the tables it may write: "
+            f"database {name!r}: give the tables it may write: "
             f"{{'path': ..., 'tables': [...]}}, or 'tables': '*' for every table"
         )
     allowed: frozenset[str] | None = None
@@ -91,16 +95,22 @@ def _one_database(name: Any, value: Any, *, require_tables: str | None) -> Allow
 
 
 def allowed_databases(
-    spec: Mapping[str, Any] | None, env: str, *, require_tables: str | None = None
+    spec: Mapping[str, Any] | None,
+    env: str,
+    *,
+    batch_type: str,
+    require_tables: bool = False,
 ) -> dict[str, AllowedDatabase]:
     """The allow-list from ``spec``, or from the JSON in environment variable ``env``.
 
     ``spec`` maps the names job contexts use to ``{"path": ..., "tables":
     [...]}``, ``"tables": "*"`` for every table, or to a bare path, which
-    allows every table too: unless ``require_tables`` names the strategy that
-    refuses bare paths (``ValueError``), as one that writes does. Relative
-    paths are resolved now, against the current directory.
+    allows every table too: unless ``require_tables`` (``ValueError``), as a
+    strategy that writes does. Relative paths are resolved now, against the
+    current directory. A ``ValueError``'s message starts with ``batch_type``,
+    and ``env`` when the allow-list came from it.
     """
+    where = f"{batch_type}: "
     if spec is None:
         raw = os.environ.get(env, "").strip()
         if not raw:
@@ -108,13 +118,34 @@ def allowed_databases(
         try:
             spec = json.loads(raw)
         except ValueError as error:
-            raise ValueError(f"{env} must be a JSON object: {error}") from None
+            raise ValueError(f"{where}{env} must be a JSON object: {error}") from None
         if not isinstance(spec, Mapping):
-            raise ValueError(f"{env} must be a JSON object of database name -> path")
-    return {
-        name: _one_database(name, value, require_tables=require_tables)
-        for name, value in spec.items()
-    }
+            raise ValueError(f"{where}{env} must be a JSON object of database name -> path")
+        where += f"{env}: "
+    try:
+        return {
+            name: _one_database(name, value, require_tables=require_tables)
+            for name, value in spec.items()
+        }
+    except ValueError as error:
+        raise ValueError(f"{where}{error}") from None
+
+
+def type_prefixed(hook: HookT) -> HookT:
+    """A strategy's hook whose ``InvalidDataError`` messages start with its type
+    (``csv-export: table 'products' has no column 'nope'``), wherever they came from."""
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, *args, **kwargs)
+        except InvalidDataError as error:
+            prefix = f"{self.batch_type}: "
+            if error.message.startswith(prefix):
+                raise
+            raise InvalidDataError(prefix + error.message) from None
+
+    return cast(HookT, wrapper)
 
 
 def check_context_keys(batch_type: str, context: Mapping[str, Any], known: Iterable[str]) -> None:
@@ -255,15 +286,18 @@ def resolve_table(
     batch_type: str,
     databases: Mapping[str, AllowedDatabase],
     context: Mapping[str, Any],
+    *,
+    env: str,
 ) -> tuple[AllowedDatabase, str]:
     """The allowed database and table a context names (checked against the allow-list only).
 
-    ``context["database"]`` may be left out when exactly one database is allowed.
+    ``context["database"]`` may be left out when exactly one database is allowed;
+    ``env`` is the environment variable the allow-list may come from.
     """
     if not databases:
         raise InvalidDataError(
             f"{batch_type}: the application allows no database; register the strategy "
-            "with databases={...} or set its environment variable"
+            f"with databases={{...}} or set {env}"
         )
     name = context.get("database")
     if name is None and len(databases) == 1:

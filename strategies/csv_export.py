@@ -40,6 +40,7 @@ from ._sqlite import (
     open_table,
     quote,
     resolve_table,
+    type_prefixed,
 )
 
 __all__ = ["ENV_DATABASES", "CsvExport"]
@@ -241,12 +242,12 @@ class CsvExport(BatchJobStrategy):
     chunk_size = 5000
 
     def __init__(self, databases: Mapping[str, Any] | None = None) -> None:
-        self.databases = allowed_databases(databases, ENV_DATABASES)
+        self.databases = allowed_databases(databases, ENV_DATABASES, batch_type=self.batch_type)
 
     # -- the plan -----------------------------------------------------------------
 
     def _plan(self, context: Mapping[str, Any]) -> _Plan:
-        database, name = resolve_table(self.batch_type, self.databases, context)
+        database, name = resolve_table(self.batch_type, self.databases, context, env=ENV_DATABASES)
         conn, table = open_table(self.batch_type, database, name)
         conn.close()
         columns = self._columns(table, context.get("columns"))
@@ -322,6 +323,7 @@ class CsvExport(BatchJobStrategy):
 
     # -- hooks --------------------------------------------------------------------
 
+    @type_prefixed
     def prepare(self, draft: JobDraft) -> JobDraft:
         """Refuse a context that names anything the application does not allow."""
         check_context_keys(self.batch_type, draft.context, CONTEXT_KEYS)
@@ -333,6 +335,7 @@ class CsvExport(BatchJobStrategy):
         }
         return draft
 
+    @type_prefixed
     def pre_process(self, run: JobRun) -> None:
         """Count the rows to export and say so in ``stat_descriptors``."""
         plan = self._plan(run.job.context)
@@ -352,6 +355,7 @@ class CsvExport(BatchJobStrategy):
             }
         ]
 
+    @type_prefixed
     def process_chunk(self, run: JobRun, start: int, size: int) -> int:
         """Write the next ``size`` rows after the cursor's key; checkpoint the file length."""
         try:
@@ -376,6 +380,7 @@ class CsvExport(BatchJobStrategy):
             run.set_count(done + 1)  # rows were added: keep going
         return len(rows)
 
+    @type_prefixed
     def finalize(self, run: JobRun) -> None:
         """Close the file (synced to disk) and record ``file_key`` and ``file_size``."""
         try:

@@ -40,6 +40,7 @@ from ._sqlite import (
     open_table,
     quote,
     resolve_table,
+    type_prefixed,
 )
 
 __all__ = [
@@ -131,7 +132,9 @@ class CsvImport(BatchJobStrategy):
         *,
         paths: Iterable[str | os.PathLike[str]] | None = None,
     ) -> None:
-        self.databases = allowed_databases(databases, ENV_DATABASES, require_tables=self.batch_type)
+        self.databases = allowed_databases(
+            databases, ENV_DATABASES, batch_type=self.batch_type, require_tables=True
+        )
         if paths is None:
             paths = [p for p in os.environ.get(ENV_PATHS, "").split(os.pathsep) if p]
         elif isinstance(paths, (str, os.PathLike)):
@@ -144,7 +147,7 @@ class CsvImport(BatchJobStrategy):
         """What ``context`` imports, checked; ``creating``: also that its path is a
         file now (while a job runs, opening the file checks that)."""
         kind = self.batch_type
-        database, name = resolve_table(kind, self.databases, context)
+        database, name = resolve_table(kind, self.databases, context, env=ENV_DATABASES)
         conn, table = open_table(kind, database, name)
         conn.close()
         key_name = context.get("key")
@@ -188,10 +191,15 @@ class CsvImport(BatchJobStrategy):
         if not isinstance(raw, str) or not raw or "\x00" in raw:
             raise InvalidDataError(f"{self.batch_type}: context.path must be a file path")
         path = Path(raw).resolve()
+        if not self.paths:
+            raise InvalidDataError(
+                f"{self.batch_type}: the application allows no directory to import from; "
+                f"register the strategy with paths=[...] or set {ENV_PATHS}"
+            )
         if not any(path == allowed or allowed in path.parents for allowed in self.paths):
             raise InvalidDataError(
                 f"{self.batch_type}: path {raw!r} is outside the directories the application "
-                "allows imports from"
+                f"allows imports from (paths=[...] or {ENV_PATHS})"
             )
         if check_file and not path.is_file():
             raise InvalidDataError(f"{self.batch_type}: no file at path {raw!r}")
@@ -217,6 +225,7 @@ class CsvImport(BatchJobStrategy):
 
     # -- hooks --------------------------------------------------------------------
 
+    @type_prefixed
     def prepare(self, draft: JobDraft) -> JobDraft:
         """Refuse a context that names anything the application does not allow,
         or a ``file_key`` of a file the job's creator does not own."""
@@ -239,6 +248,7 @@ class CsvImport(BatchJobStrategy):
         draft.context = context
         return draft
 
+    @type_prefixed
     def pre_process(self, run: JobRun) -> None:
         """Validate every row; count creates and updates into ``stat_descriptors``.
 
@@ -373,6 +383,7 @@ class CsvImport(BatchJobStrategy):
         else:
             run.result["error_count"] = run.result.get("error_count", 0) + 1
 
+    @type_prefixed
     def process_chunk(self, run: JobRun, start: int, size: int) -> int:
         """Upsert data rows ``[start, start + size)`` in one transaction."""
         try:
@@ -413,6 +424,7 @@ class CsvImport(BatchJobStrategy):
                     problems[i] = (None, "")
         return layout.valid(columns, problems)
 
+    @type_prefixed
     def finalize(self, run: JobRun) -> None:
         """Close the file and the database; record how many rows were imported."""
         self._close(run)
@@ -442,6 +454,7 @@ class CsvImport(BatchJobStrategy):
             choices.extend((allowed.name, name) for name in names)
         return choices
 
+    @type_prefixed
     def build_template(self, table: str | None = None, database: str | None = None) -> str:
         """The header row of the table to import into (``table`` when several are allowed)."""
         choices = [

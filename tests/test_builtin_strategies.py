@@ -173,8 +173,9 @@ def test_prepare_refuses_contexts_outside_the_allow_list(
     jobs = csv_jobs(shop)
     (tmp_path / "incoming" / "x").mkdir()
     for bad, message in COMMON_BAD + case.bad:
-        with pytest.raises(InvalidDataError, match=message):
+        with pytest.raises(InvalidDataError, match=message) as refusal:
             jobs.create(case.type, bad(tmp_path))
+        assert refusal.value.message.startswith(f"{case.type}: "), refusal.value.message
     assert jobs.list_and_count() == ([], 0)
     assert len(table_rows(shop, "products")) == ROWS
 
@@ -189,8 +190,13 @@ def test_a_strategy_without_an_allow_list_refuses_everything(
     ):
         monkeypatch.delenv(name, raising=False)
     jobs = make_jobs()
-    with pytest.raises(InvalidDataError, match="allows no database"):
+    with pytest.raises(InvalidDataError) as refusal:
         jobs.create(case.type, {"table": "products"})
+    env = f"BATCHJOBS_{case.type.replace('-', '_').upper()}_DATABASES"
+    assert refusal.value.message == (
+        f"{case.type}: the application allows no database; register the strategy "
+        f"with databases={{...}} or set {env}"
+    )
 
 
 def test_pre_process_is_idempotent(

@@ -198,8 +198,20 @@ def test_the_default_instance_reads_its_allow_list_from_the_environment(
     assert data == shop_csv(shop_rows(3))
     for bad in ("[1]", "{not json", '{"shop": 3}', '{"shop": {"tables": []}}'):
         monkeypatch.setenv(ENV_DATABASES, bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as refusal:
             CsvExport()
+        assert str(refusal.value).startswith(f"csv-export: {ENV_DATABASES}")  # which one is bad
+
+
+def test_a_message_names_the_strategy_wherever_it_comes_from(
+    make_jobs: Callable[..., BatchJobs], make_shop: Callable[..., Path]
+) -> None:
+    jobs = make_jobs()
+    jobs.register(CsvExport(databases={"shop": make_shop()}))
+    with pytest.raises(InvalidDataError) as refusal:  # found by the schema's Table
+        jobs.create("csv-export", {"table": "products", "columns": ["nope"]})
+    assert refusal.value.message == "csv-export: table 'products' has no column 'nope'"
+    assert jobs.list_and_count() == ([], 0)
 
 
 def test_a_database_that_is_gone_is_refused(

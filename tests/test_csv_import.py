@@ -149,7 +149,9 @@ def test_on_error_fail_reports_every_bad_row_and_writes_nothing(
         "line": 5,
         "column": "qty",
     }
-    assert job.result["errors"][-1]["message"].startswith("6 invalid rows in the CSV file")
+    assert job.result["errors"][-1]["message"].startswith(
+        "csv-import: 6 invalid rows in the CSV file"
+    )
     assert job.result["invalid_count"] == 6
     assert table_rows(shop, "products_copy") == []
 
@@ -298,16 +300,17 @@ def test_an_import_needs_the_tables_it_may_write(
 ) -> None:
     shop = make_shop()
     message = (
-        "database 'shop': csv-import needs the tables it may write: {'path': ..., "
+        "database 'shop': give the tables it may write: {'path': ..., "
         "'tables': [...]}, or 'tables': '*' for every table"
     )
     for bare in ({"shop": shop}, {"shop": {"path": shop}}):
         with pytest.raises(ValueError) as refusal:
             CsvImport(databases=bare)
-        assert str(refusal.value) == message
+        assert str(refusal.value) == f"csv-import: {message}"
     monkeypatch.setenv(ENV_DATABASES, json.dumps({"shop": str(shop)}))
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError) as refusal:
         CsvImport()
+    assert str(refusal.value) == f"csv-import: BATCHJOBS_CSV_IMPORT_DATABASES: {message}"
     with pytest.raises(ValueError, match="tables must be a list of table names, or '\\*'"):
         CsvImport(databases={"shop": {"path": shop, "tables": "products"}})
     every = CsvImport(databases={"shop": {"path": shop, "tables": "*"}})
@@ -342,7 +345,7 @@ def test_a_missing_file_fails_the_job(
     jobs.run_until_idle(timeout=10)
     job = jobs.retrieve(job.id)
     assert job.status == Status.FAILED
-    assert job.result["errors"][-1]["message"] == "no file under key 'nothing/here.csv'"
+    assert job.result["errors"][-1]["message"] == "csv-import: no file under key 'nothing/here.csv'"
 
 
 def test_the_template_is_the_tables_header(
