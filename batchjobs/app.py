@@ -410,6 +410,7 @@ class BatchJobs:
         finally:
             for signal in receivers:
                 signal.disconnect(progress, sender=self)
+            runner.close()  # a lease it left (interrupted mid-chunk) keeps it open
         if job is None:
             raise NotFoundError.for_id(id)
         return job

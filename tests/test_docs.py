@@ -238,3 +238,11 @@ def test_the_readme_and_pyproject_name_the_same_python_versions() -> None:
     # The tools check the code for the oldest one.
     assert f'target-version = "py3{oldest}"' in pyproject
     assert f'python_version = "3.{oldest}"' in pyproject
+
+
+def test_run_s_exit_statuses_are_in_its_help_and_the_readme() -> None:
+    helped = CliRunner().invoke(cli, ["run", "--help"]).output
+    for status in ("0", "1", "2", "130"):
+        assert re.search(rf"^    {status} +\S", helped, re.M), helped
+    text = " ".join(section("Command line").split())
+    assert "130 when `run` is interrupted by Ctrl-C, its job's id still on stdout" in text

@@ -102,11 +102,21 @@ def run(
 ) -> None:
     """Create a job of TYPE and process it here, with a progress bar. Prints its id.
 
-    A dry run stops once pre-processed and shows what would happen. Exits 1
-    if the job fails or is canceled; Ctrl-C stops it at its next checkpoint.
-    With --key, a job of --user that has that key already is resumed here
-    instead (or, if it rests, reported), and nothing is created: run the same
-    command again after a crash and it goes on where the job stopped.
+    A dry run stops once pre-processed and shows what would happen. With
+    --key, a job of --user that has that key already is resumed here instead
+    (or, if it rests, reported), and nothing is created: run the same command
+    again after a crash and it goes on where the job stopped.
+
+    Ctrl-C stops the job at its next checkpoint, a second Ctrl-C at once (the
+    chunk that was running is done again); either way the job stays
+    processing, for a worker (or this command with --key) to resume.
+
+    \b
+    Exit status:
+      0    the job completed (a dry run: it is pre-processed)
+      1    the job failed, was canceled or paused
+      2    bad input or a refused operation (the message says which)
+      130  interrupted by Ctrl-C; the job's id is still printed on stdout
 
     \b
     Examples:

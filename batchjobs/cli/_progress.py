@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -40,6 +41,11 @@ class _ProgressBar:
         self.samples: deque[tuple[float, int]] = deque()
         self.last_line = ""
         self.last_print = clock()
+        #: Where the bar is drawn: stderr as it was when the bar was made.
+        self.stream: TextIO = sys.stderr
+        #: Whether the bar's line is on the terminal now (not cleared for other output).
+        self.shown = False
+        self.lock = threading.RLock()
 
     def rate(self) -> float | None:
         """Records per second over the last ``RATE_WINDOW`` seconds, if measurable."""
@@ -74,28 +80,86 @@ class _ProgressBar:
             self._draw(self.line(job))
         elif now - self.last_print >= LOG_INTERVAL:
             self.last_print = now
-            click.echo(self.line(job), err=True)
+            click.echo(self.line(job), file=self.stream)
 
     def finish(self, job: BatchJob) -> None:
         line = self.line(job)
-        if self.tty:
-            self._draw(line)
-            click.echo(err=True)
-        else:
-            click.echo(line, err=True)
+        with self.lock:
+            if self.tty:
+                self._draw(line)
+                click.echo(file=self.stream)
+                self.shown = False
+            else:
+                click.echo(line, file=self.stream)
 
     def _draw(self, line: str) -> None:
         width = max(shutil.get_terminal_size().columns - 1, 20)
         line = line[:width]
-        click.echo("\r" + line.ljust(len(self.last_line)), nl=False, err=True)
-        self.last_line = line
+        with self.lock:
+            old = len(self.last_line) if self.shown else 0
+            click.echo("\r" + line.ljust(old), nl=False, file=self.stream)
+            self.last_line, self.shown = line, True
+
+    def clear(self) -> None:
+        """Take the bar's line off the terminal, for other output to start at its column 0."""
+        with self.lock:
+            if self.shown:
+                self.stream.write("\r" + " " * len(self.last_line) + "\r")
+                self.stream.flush()
+                self.shown = False
+
+    def redraw(self) -> None:
+        """Draw the bar's last line again, after other output ended its line."""
+        with self.lock:
+            if not self.shown and self.last_line:
+                self._draw(self.last_line)
+
+    @contextlib.contextmanager
+    def sharing_the_terminal(self) -> Iterator[None]:
+        """While it lasts, whatever this process prints on the bar's terminal (a
+        strategy's own output, logs) clears the bar first; the bar comes back after."""
+        if not self.tty:
+            yield
+            return
+        saved = sys.stdout, sys.stderr
+        if _is_tty(sys.stdout):
+            sys.stdout = _SharedTerminal(sys.stdout, self)  # type: ignore[assignment]
+        sys.stderr = _SharedTerminal(sys.stderr, self)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+class _SharedTerminal:
+    """A stream on the terminal a progress bar is drawn on: a write clears the bar,
+    and a write that ends its line draws the bar again below it."""
+
+    def __init__(self, stream: TextIO, bar: _ProgressBar) -> None:
+        self._stream, self._bar = stream, bar
+
+    def write(self, text: str) -> int:
+        with self._bar.lock:
+            self._bar.clear()
+            written = self._stream.write(text)
+            if text.endswith("\n"):
+                self._stream.flush()
+                self._bar.redraw()
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+    return _is_tty(sys.stderr)
 
 
 def _follow(
@@ -110,20 +174,21 @@ def _follow(
     bar = _ProgressBar(tty=_stderr_is_tty())
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = finished or threading.Event()
-    while True:
-        ended = pause.is_set()
-        job = jobs.retrieve(job_id)
-        if job.is_resting or ended:
-            break
-        bar.update(job)
-        if deadline is not None and time.monotonic() >= deadline:
-            bar.finish(job)
-            raise click.ClickException(
-                f"{job_id} is still {job.status.value} after {timeout:g} seconds"
-            )
-        if tick is not None:
-            tick()
-        pause.wait(FOLLOW_INTERVAL)
+    with bar.sharing_the_terminal():
+        while True:
+            ended = pause.is_set()
+            job = jobs.retrieve(job_id)
+            if job.is_resting or ended:
+                break
+            bar.update(job)
+            if deadline is not None and time.monotonic() >= deadline:
+                bar.finish(job)
+                raise click.ClickException(
+                    f"{job_id} is still {job.status.value} after {timeout:g} seconds"
+                )
+            if tick is not None:
+                tick()
+            pause.wait(FOLLOW_INTERVAL)
     bar.finish(job)
     return job
 
@@ -149,19 +214,25 @@ def _run_here(jobs: BatchJobs, job_id: str) -> BatchJob:
     stop = threading.Event()
     restore = _trap_interrupt(stop)
     try:
-        job = jobs.run(job_id, on_progress=bar.update, stop=stop)
-    except KeyboardInterrupt:  # the second Ctrl-C: the lease expires, the chunk is redone
-        job = jobs.retrieve(job_id)
+        with bar.sharing_the_terminal():
+            job = jobs.run(job_id, on_progress=bar.update, stop=stop)
+        at_once = False
+    except KeyboardInterrupt:  # the second Ctrl-C: the lease is left, the chunk redone
+        job, at_once = jobs.retrieve(job_id), True
     finally:
         restore()
     bar.finish(job)
     if not job.is_resting:
-        click.echo(job.id)
-        click.echo(
-            f"Stopped; {job_id} resumes from its last checkpoint in a worker: "
-            f"{_session().prog} worker",
-            err=True,
-        )
+        click.echo(job.id)  # on stdout, for a script to resume it
+        prog = _session().prog
+        if at_once:
+            click.echo(
+                f"Stopped at once; {job_id} resumes from its last checkpoint (the chunk "
+                f"that was running is done again): {prog} worker",
+                err=True,
+            )
+        else:
+            click.echo(f"Stopped; {job_id} resumes from its checkpoint: {prog} worker", err=True)
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     return job
 
