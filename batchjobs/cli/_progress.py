@@ -232,7 +232,10 @@ def _run_here(jobs: BatchJobs, job_id: str) -> BatchJob:
                 err=True,
             )
         else:
-            click.echo(f"Stopped; {job_id} resumes from its checkpoint: {prog} worker", err=True)
+            click.echo(
+                f"Stopped; {job_id} resumes from its last checkpoint in a worker: {prog} worker",
+                err=True,
+            )
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     return job
 
