@@ -140,7 +140,7 @@ def test_ctrl_c_stops_at_the_checkpoint_and_exits_130_with_the_id_on_stdout(
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert out == f"{job_id}\n"
-    assert f"Stopped; {job_id} resumes from its last checkpoint in a worker: batchjobs worker" in err
+    assert f"Stopped; {job_id} resumes from its last checkpoint in a worker: batchjobs" in err
     job = jobs.retrieve(job_id)
     assert job.status == Status.PROCESSING and jobs.store.holder(job_id) is None  # handed over
     assert "Aborted!" not in err and "Traceback" not in err

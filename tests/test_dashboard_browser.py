@@ -435,7 +435,7 @@ def test_invalid_rows_are_listed_and_their_errors_downloaded_as_csv(
         b"line,column,code,message\r\n"
         b"3,qty,invalid_row,\"line 3, column 'qty': 'lots' is not an integer\"\r\n"
         b"4,price,invalid_row,\"line 4, column 'price': 'cheap' is not a number\"\r\n"
-        b",,invalid_data,2 invalid rows in the CSV file; nothing was imported "
+        b",,invalid_data,csv-import: 2 invalid rows in the CSV file; nothing was imported "
         b"(on_error is 'fail'; see result.errors)\r\n"
     )
     assert rows_of(site.shop, "products") == 200  # nothing imported
