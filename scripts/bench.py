@@ -342,9 +342,7 @@ class Bench:
         return None
 
 
-def open_jobs(
-    path: Path | str, *strategies: type[BatchJobStrategy], **options: Any
-) -> BatchJobs:
+def open_jobs(path: Path | str, *strategies: type[BatchJobStrategy], **options: Any) -> BatchJobs:
     """A ``BatchJobs`` on ``path`` (or a PostgreSQL URL) with ``strategies`` registered."""
     jobs = BatchJobs(path, **options)
     for strategy in strategies:
@@ -1074,7 +1072,8 @@ def dashboard_list(b: Bench) -> list[Row]:
 
 # -- PostgreSQL: one server, a database per side, the peers in the same run ---------------
 
-PG_FILL_PAGE = 100_000
+#: Checkpoints a side runs before the other side's turn (the checkpoint row).
+CHECKPOINT_BLOCK = 50
 
 
 def postgres_missing(b: Bench) -> str | None:
@@ -1347,7 +1346,7 @@ def pg_fill(url: str, total: int) -> None:
             "now() - make_interval(secs => %(total)s - i), "
             "now() - make_interval(secs => %(total)s - i), "
             "now() - make_interval(secs => %(total)s - i), "
-            "'{\"count\":1,\"advancement_count\":1,\"progress\":1.0}' "
+            '\'{"count":1,"advancement_count":1,"progress":1.0}\' '
             "FROM generate_series(1, %(total)s) i",
             {"total": total, "type": Trivial.batch_type},
         )
@@ -1364,38 +1363,50 @@ def pg_scale(b: Bench) -> list[Row]:
     """Claim and list in a database of a million jobs vs one of a thousand."""
     small, large = 1_000, (1_000_000 if b.sizes is FULL else 20_000)
     rounds = max(b.sizes.repeat, 3)
-    figures: dict[int, dict[str, float]] = {}
-    for total in (small, large):
-        with pg_database(b) as url, pg_jobs(b, url, Trivial) as jobs:
+    figures = {
+        total: {"claim": float("inf"), "list": float("inf"), "user": float("inf")}
+        for total in (small, large)
+    }
+
+    def claims(jobs: BatchJobs) -> float:
+        runner = jobs.runner
+        start = time.perf_counter()
+        with b.ours():
+            for _ in range(RUNNABLE_JOBS):
+                if runner.claim_next() is None:
+                    raise RuntimeError("nothing to claim")
+        elapsed = (time.perf_counter() - start) / RUNNABLE_JOBS
+        runner.store.release_all(runner.owner)
+        return elapsed
+
+    def listing(query: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        with b.ours():
+            for _ in range(20):
+                query()
+        return (time.perf_counter() - start) / 20
+
+    with contextlib.ExitStack() as stack:
+        opened = {}
+        for total in (small, large):
+            url = stack.enter_context(pg_database(b))
+            opened[total] = stack.enter_context(pg_jobs(b, url, Trivial))
             pg_fill(url, total)
-            runner = jobs.runner
-            claim = float("inf")
-            for _ in range(4 * rounds):
-                start = time.perf_counter()
-                with b.ours():
-                    for _ in range(RUNNABLE_JOBS):
-                        if runner.claim_next() is None:
-                            raise RuntimeError("nothing to claim")
-                claim = min(claim, (time.perf_counter() - start) / RUNNABLE_JOBS)
-                runner.store.release_all(runner.owner)
-            queries = {
-                "list": lambda: jobs.list_and_count(limit=PAGE),
-                "user": lambda: jobs.list_and_count(
-                    created_by="usr_3", status="completed", limit=PAGE
-                ),
-            }
-            figures[total] = {"claim": claim}
-            for name, query in queries.items():
-                if len(query()[0]) != PAGE:
-                    raise RuntimeError(f"the {name} query does not fill a page of {PAGE}")
-                best = float("inf")
-                for _ in range(rounds):
-                    start = time.perf_counter()
-                    with b.ours():
-                        for _ in range(20):
-                            query()
-                    best = min(best, (time.perf_counter() - start) / 20)
-                figures[total][name] = best
+        # The two databases take turns, round after round: the machine's swings
+        # fall on both alike; the best round of each is kept.
+        for _ in range(4 * rounds):
+            for total, jobs in opened.items():
+                queries = {
+                    "list": functools.partial(jobs.list_and_count, limit=PAGE),
+                    "user": functools.partial(
+                        jobs.list_and_count, created_by="usr_3", status="completed", limit=PAGE
+                    ),
+                }
+                for name, query in queries.items():
+                    if len(query()[0]) != PAGE:
+                        raise RuntimeError(f"the {name} query does not fill a page of {PAGE}")
+                    figures[total][name] = min(figures[total][name], listing(query))
+                figures[total]["claim"] = min(figures[total]["claim"], claims(jobs))
     titles = {
         "claim": "claim the next job",
         "list": f"list_and_count(): newest {PAGE} + count",
@@ -1430,47 +1441,70 @@ def pg_checkpoint(b: Bench) -> list[Row]:
         )
         raw = psycopg.connect(url)
 
-        def ours() -> float:
-            start = time.perf_counter()
-            with b.ours():
-                for i in range(n):
-                    at = datetime.now(timezone.utc)
-                    saved = jobs.store.save(
-                        Checkpoint(
-                            claim.lease,
-                            Status.CREATED,
-                            at,
-                            result={"advancement_count": i, "progress": i / n},
-                            cursor={"offset": i},
-                            until=at + timedelta(hours=1),
-                        )
-                    )
-                    if saved is None:
-                        raise RuntimeError("the checkpoint lost its lease")
-            return time.perf_counter() - start
-
-        def floor() -> float:
-            start = time.perf_counter()
-            for i in range(n):
-                raw.execute(
-                    "UPDATE batch_jobs SET result = %s, updated_at = %s WHERE id = %s",
-                    [Jsonb({"advancement_count": i, "progress": i / n}), datetime.now(), job.id],
+        def ours(i: int) -> None:
+            at = datetime.now(timezone.utc)
+            saved = jobs.store.save(
+                Checkpoint(
+                    claim.lease,
+                    Status.CREATED,
+                    at,
+                    result={"advancement_count": i, "progress": i / n},
+                    cursor={"offset": i},
+                    until=at + timedelta(hours=1),
                 )
-                raw.commit()
+            )
+            if saved is None:
+                raise RuntimeError("the checkpoint lost its lease")
+
+        def floor(i: int) -> None:
+            raw.execute(
+                "UPDATE batch_jobs SET result = %s, updated_at = %s WHERE id = %s",
+                [Jsonb({"advancement_count": i, "progress": i / n}), datetime.now(), job.id],
+            )
+            raw.commit()
+
+        def block(side: Callable[[int], None], start_at: int) -> float:
+            start = time.perf_counter()
+            for i in range(start_at, start_at + CHECKPOINT_BLOCK):
+                side(i)
             return time.perf_counter() - start
 
+        # The two sides take turns every CHECKPOINT_BLOCK checkpoints, so that the
+        # machine's swings (seconds long here) fall on both alike; a round's ratio
+        # is its two sums', and the median of the rounds' ratios is the figure.
+        ratios, ours_total, floor_total = [], 0.0, 0.0
         try:
-            ours_s, floor_s, ratio = b.paired(ours, floor, extra=2)
+            for _ in range(b.sizes.repeat + 2):
+                ours_s = floor_s = 0.0
+                for j in range(0, n, CHECKPOINT_BLOCK):
+                    if j // CHECKPOINT_BLOCK % 2:
+                        floor_s += block(floor, j)
+                        with b.ours():
+                            ours_s += block(ours, j)
+                    else:
+                        with b.ours():
+                            ours_s += block(ours, j)
+                        floor_s += block(floor, j)
+                ratios.append(ours_s / floor_s)
+                ours_total, floor_total = ours_total + ours_s, floor_total + floor_s
         finally:
             raw.close()
+    ratio = statistics.median(ratios)
+    rounds = len(ratios)
+    b.notes.append(
+        f"PostgreSQL checkpoint: {rounds} rounds of {n:,} checkpoints a side, the sides taking "
+        f"turns every {CHECKPOINT_BLOCK}; the rounds' ratios ranged "
+        f"{min(ratios):.2f}x to {max(ratios):.2f}x."
+    )
+    ours_s, floor_s = ours_total / rounds, floor_total / rounds
     return [
         Row(
             "PostgreSQL: one checkpoint (store.save)",
             us(ours_s / n),
             us(floor_s / n) + " (psycopg UPDATE + COMMIT)",
-            1 / ratio,
+            ratio,
             "<= 1.5x",
-            1 / ratio <= 1.5,
+            ratio <= 1.5,
         )
     ]
 
