@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -11,8 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import signals
 from .errors import NotFoundError
+from .events import (
+    DEFAULT_EVENT_RETENTION,
+    DEFAULT_READ_LIMIT,
+    EventFeed,
+    EventNotifier,
+    prune_events,
+)
 from .files import FileStore
-from .models import BatchJob, Pruned, Schedule
+from .models import BatchJob, Event, Pruned, Schedule
 from .runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, JobRunner
 from .scheduler import Scheduler
 from .schedules import RecurringJobs
@@ -89,6 +99,7 @@ class BatchJobs:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         durability: str = "normal",
         channel_prefix: str = DEFAULT_CHANNEL_PREFIX,
+        event_retention: timedelta | float | None = DEFAULT_EVENT_RETENTION,
     ) -> None:
         _check_settings(
             concurrency=concurrency,
@@ -96,6 +107,19 @@ class BatchJobs:
             poll_interval=poll_interval,
             lease_seconds=lease_seconds,
         )
+        if isinstance(event_retention, (int, float)) and not isinstance(event_retention, bool):
+            event_retention = timedelta(seconds=event_retention)
+        if event_retention is not None and (
+            not isinstance(event_retention, timedelta) or event_retention <= timedelta(0)
+        ):
+            raise ValueError(
+                "event_retention must be a positive timedelta or number of seconds, or None "
+                f"(keep every event), not {event_retention!r}"
+            )
+        #: How long events are kept (``None``: for ever); the workers prune older ones.
+        self.event_retention: timedelta | None = event_retention
+        #: Names this instance: on its events (``Event.origin``) and its Redis messages.
+        self.origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         #: The SQLite file (``None`` for another database).
         self.db_path = sqlite_path(db)
         self.redis_url = redis_url
@@ -112,10 +136,20 @@ class BatchJobs:
         self.files = FileStore(files_dir)
         self.mirror: RedisMirror | None = None
         if redis_url:  # first: a malformed URL must not leave a database file behind
-            from .pubsub import RedisMirror
+            from .pubsub import RedisMirror, check_url
 
-            self.mirror = RedisMirror(self, redis_url, prefix=channel_prefix)
+            check_url(redis_url)
         self.store = open_store(db, durability=durability, concurrency=concurrency)
+        self.store.origin = self.origin
+        self._notifier = EventNotifier()
+        #: Whether the listeners waking this process's feeds (Redis, NOTIFY) are on.
+        self._watching = False
+        self._unwatch: list[Callable[[], None]] = []
+        self.store.on_events = self._committed
+        if redis_url:
+            self.mirror = RedisMirror(
+                self.store, redis_url, prefix=channel_prefix, origin=self.origin
+            )
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
         self.service = BatchJobService(self.store, self.registry, sender=self, files=self.files)
@@ -327,6 +361,7 @@ class BatchJobs:
                 concurrency=self.concurrency,
                 poll_interval=self.poll_interval,
                 fire_schedules=self.recurring.fire_due,
+                prune_events=self.prune_events if self.event_retention is not None else None,
             )
         self.scheduler.start()
         self.service.on_runnable = self.scheduler.wake
@@ -334,6 +369,7 @@ class BatchJobs:
             # PostgreSQL: a job made runnable by any process, on any machine.
             self._stop_listening = self.store.listen(self.scheduler.wake)
         if self.mirror is not None:
+            self.mirror.start()  # also publishes what other processes left unpublished
             self.mirror.listen(self.scheduler.wake)
 
     def shutdown(self, wait: bool = True) -> None:
@@ -363,10 +399,11 @@ class BatchJobs:
             self._stopping.pop().join()
 
     def close(self) -> None:
-        """Shut down (waiting for running jobs to hand over), stop mirroring events,
-        close the database connections."""
+        """Shut down (waiting for running jobs to hand over), end the event feeds, stop
+        mirroring events, close the database connections."""
         self.shutdown()
         self.runner.close()
+        self.stop_following()
         if self.mirror is not None:
             self.mirror.close()
         self.store.close()
@@ -493,8 +530,84 @@ class BatchJobs:
 
     # -- events ---------------------------------------------------------------
 
+    def _committed(self, events: list[Event]) -> None:
+        """After a commit that wrote ``events``: wake the feeds and the mirror, then the
+        receivers, in the committing thread, in seq order."""
+        self._notifier.notify()
+        if self.mirror is not None:
+            self.mirror.wake()
+        for event in events:
+            signals.emit(event.event, self, event.job, seq=event.seq)
+
+    def events(
+        self,
+        after: int | None = None,
+        *,
+        limit: int = DEFAULT_READ_LIMIT,
+        job_id: str | None = None,
+        created_by: str | None = None,
+    ) -> list[Event]:
+        """Up to ``limit`` events committed after seq ``after``, oldest first.
+
+        ``after=None`` reads from the oldest event kept. ``job_id`` or
+        ``created_by`` keep only one job's, or one user's jobs', events.
+        ``EventsPrunedError`` (``.oldest``: the oldest seq kept) if events
+        after ``after`` were pruned. Each ``Event`` has ``seq``, ``event``,
+        ``job`` (the record as of the event) and ``at``.
+        """
+        return self.store.events(after=after, limit=limit, job_id=job_id, created_by=created_by)
+
+    def follow(
+        self,
+        after: int | None = None,
+        *,
+        job_id: str | None = None,
+        created_by: str | None = None,
+    ) -> EventFeed:
+        """The events committed after seq ``after`` and from now on: an iterator that waits.
+
+        ``after=None``: only events committed from now on. Wakes at once on
+        this process's commits, and on other processes' through Redis (with
+        ``redis_url``); otherwise it looks every ``poll_interval``. Ends when
+        this ``BatchJobs`` closes. ``feed.read(timeout)`` is one step.
+        """
+        if not self._watching:  # other processes' commits wake the feeds too
+            self._watching = True
+            stop = self.store.watch(self._notifier.notify)
+            if stop is not None:
+                self._unwatch.append(stop)
+            if self.mirror is not None:
+                self.mirror.watch(self._notifier.notify)
+        return EventFeed(
+            self.store,
+            self._notifier,
+            after=after,
+            job_id=job_id,
+            created_by=created_by,
+            poll_interval=self.poll_interval,
+        )
+
+    def last_seq(self) -> int:
+        """The seq of the last event committed (0 before the first): "now" for a reader."""
+        return self.store.last_seq()
+
+    def stop_following(self) -> None:
+        """End every ``follow`` feed of this instance, at once and for good (``close`` does)."""
+        self._notifier.close()
+        while self._unwatch:
+            self._unwatch.pop()()
+
+    def prune_events(self, now: datetime | None = None) -> int:
+        """Delete the events older than ``event_retention``, in small batches; how many.
+
+        The workers started by ``start()`` do it every few minutes.
+        """
+        if self.event_retention is None:
+            return 0
+        return prune_events(self.store, self.event_retention, now)
+
     def subscribe(self, event: str, fn: Callable[..., Any] | None = None) -> Callable[..., Any]:
-        """Call ``fn(sender, job=...)`` after every ``event`` of this instance's jobs.
+        """Call ``fn(sender, job=..., seq=...)`` after every ``event`` of this instance's jobs.
 
         Usable as a decorator: ``@jobs.subscribe("batch.completed")``.
         """

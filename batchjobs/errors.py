@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BatchJobError",
+    "EventsPrunedError",
     "InvalidDataError",
     "NotAllowedError",
     "NotFoundError",
@@ -100,3 +101,18 @@ class StoreLockedError(StoreError):
 
 class StoreClosedError(StoreError):
     """The store was closed: ``BatchJobs.close()`` ran before this call."""
+
+
+class EventsPrunedError(BatchJobError):
+    """The events asked for are older than the outbox keeps: they were pruned."""
+
+    type = "events_pruned"
+
+    def __init__(self, after: int, oldest: int) -> None:
+        super().__init__(
+            f"Events after seq {after} were pruned: the oldest event kept is seq {oldest}; "
+            f"read the jobs themselves again, then follow from seq {oldest - 1}"
+        )
+        self.after = after
+        #: The oldest seq still kept: ``events(after=oldest - 1)`` reads from it.
+        self.oldest = oldest

@@ -15,10 +15,13 @@ __all__ = [
     "ACTIVE_STATUSES",
     "RESTING_STATUSES",
     "TIMESTAMP_FIELDS",
+    "UPDATED_EVENT",
     "BatchJob",
     "Pruned",
+    "Event",
     "Schedule",
     "Status",
+    "status_event",
     "new_job_id",
     "utcnow",
 ]
@@ -48,6 +51,15 @@ class Status(str, enum.Enum):
 
 #: The timestamp field of each status, as a table: read on every transition.
 _STATUS_TIMESTAMP_FIELDS = {status: f"{status.value}_at" for status in Status}
+#: The event a job entering each status sends (``batch.completed``...).
+_STATUS_EVENTS = {status: f"batch.{status.value}" for status in Status}
+#: The event of a change to a job's context or result (checkpoints included).
+UPDATED_EVENT = "batch.updated"
+
+
+def status_event(status: Status) -> str:
+    """The name of the event sent when a job enters ``status``."""
+    return _STATUS_EVENTS[status]
 
 
 #: Statuses a job waits in until a person (or nothing) moves it on.
@@ -156,7 +168,6 @@ class BatchJob:
 
 
 
-
 @dataclass(frozen=True)
 class Pruned:
     """What ``BatchJobs.prune`` deleted (with ``dry_run``: would delete)."""
@@ -227,4 +238,31 @@ class Schedule:
             "paused_at": _iso(self.paused_at),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One batch job event as committed: its place in the outbox and the job as it was.
+
+    ``seq`` numbers the events of one database in the order they were
+    committed, one more per event; ``job`` is the record as of this event
+    (its ``result`` as committed); ``at`` is when the event happened (the
+    status's timestamp, or ``updated_at`` for ``batch.updated``); ``origin``
+    names the ``BatchJobs`` that committed it, when it has a name.
+    """
+
+    seq: int
+    event: str
+    job: BatchJob
+    at: datetime
+    origin: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: ``{"seq", "event", "at", "batch_job"}``."""
+        return {
+            "seq": self.seq,
+            "event": self.event,
+            "at": self.at.isoformat(),
+            "batch_job": self.job.to_dict(),
         }

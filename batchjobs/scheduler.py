@@ -36,6 +36,8 @@ PRE_LANE_AFTER = 0.25
 OUTAGE_FIRST = 0.5
 #: ...up to this many.
 OUTAGE_MAX = 30.0
+#: Seconds between two prunings of the events past their retention.
+PRUNE_EVENTS_EVERY = 300.0
 
 
 class DatabaseOutage:
@@ -98,12 +100,15 @@ class Scheduler:
         concurrency: int = 2,
         poll_interval: float = 1.0,
         fire_schedules: Callable[[], object] | None = None,
+        prune_events: Callable[[], object] | None = None,
     ) -> None:
         self.runner = runner
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         #: Fires the recurring jobs that are due: at start, then every poll.
         self.fire_schedules = fire_schedules
+        #: Deletes the events past their retention: every ``PRUNE_EVENTS_EVERY`` seconds.
+        self.prune_events = prune_events
         self._lock = threading.Lock()
         self._drainers = 0
         self._pre_lane_busy = False
@@ -131,6 +136,9 @@ class Scheduler:
         aps.add_job(self._heartbeat, "interval", seconds=heartbeat, id="heartbeat")
         if self.fire_schedules is not None:
             aps.add_job(self._fire, "interval", seconds=self.poll_interval, id="schedules")
+        if self.prune_events is not None:
+            # First a while after start: a burst of starting workers prunes nothing at once.
+            aps.add_job(self._prune, "interval", seconds=PRUNE_EVENTS_EVERY, id="events")
         aps.start()
         self._aps = aps
         self._started = True
@@ -253,6 +261,14 @@ class Scheduler:
             self.outage.failed(error)
         except Exception:
             log.exception("could not fire the due schedules")
+
+    def _prune(self) -> None:
+        if self.prune_events is None:
+            return
+        try:
+            self.prune_events()
+        except Exception:
+            log.exception("could not prune the old events")
 
     def _heartbeat(self) -> None:
         try:

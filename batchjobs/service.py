@@ -1,7 +1,9 @@
 """Lifecycle operations: create, retrieve, list, update, confirm, cancel, retry.
 
-``BatchJobService`` checks input, makes guarded transitions through the store
-and emits each event after its commit. Running jobs is ``runner.JobRunner``'s.
+``BatchJobService`` checks input and makes guarded transitions through the
+store; the store writes each change's event in its transaction, and
+``BatchJobs`` sends it to receivers after the commit. Running jobs is
+``runner.JobRunner``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from . import signals
 from .errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
 from .files import FileStore
 from .limits import MAX_ID_LENGTH, MAX_INTEGER, MAX_LIST_LIMIT, check_key, check_text
@@ -120,9 +121,6 @@ class BatchJobService:
             except Exception:
                 log.exception("could not wake the workers; they find the job at their next poll")
 
-    def _emit(self, event: str, job: BatchJob) -> None:
-        signals.emit(event, self.sender, job)
-
     def create(
         self,
         type: str,
@@ -190,8 +188,7 @@ class BatchJobService:
         )
 
     def created(self, job: BatchJob) -> None:
-        """After a new job's row is committed: its ``batch.created`` event, workers woken."""
-        self._emit("batch.created", job)
+        """After a new job's row (and its ``batch.created`` event) is committed: wake workers."""
         self._runnable()
 
     def retrieve(self, id: str) -> BatchJob:
@@ -258,7 +255,6 @@ class BatchJobService:
         job = self.store.merge(self.retrieve(id).id, now=utcnow(), context=context, result=result)
         if job is None:
             raise NotFoundError.for_id(id)
-        self._emit("batch.updated", job)
         return job
 
     def confirm(self, id: str) -> BatchJob:
@@ -273,7 +269,6 @@ class BatchJobService:
             raise NotAllowedError(
                 "Cannot confirm processing for a batch job that is not pre processed"
             )
-        self._emit("batch.confirmed", job)
         self._runnable()
         return job
 
@@ -298,7 +293,6 @@ class BatchJobService:
                 now=utcnow(),
             )
             if job is not None:
-                self._emit("batch.canceled", job)
                 if self.on_canceled is not None:
                     self.on_canceled(job)
                 return job
@@ -312,7 +306,6 @@ class BatchJobService:
                 id, from_statuses=PAUSABLE_STATUSES, to=Status.PAUSED, now=utcnow()
             )
             if job is not None:
-                self._emit("batch.paused", job)
                 return job
             current = self.retrieve(id)
             if current.status not in PAUSABLE_STATUSES:
@@ -336,7 +329,6 @@ class BatchJobService:
             raise NotAllowedError(
                 f'Cannot resume a batch job with status "{current.status.value}"'
             )
-        self._emit("batch.confirmed", job)
         self._runnable()
         return job
 
@@ -356,7 +348,6 @@ class BatchJobService:
             )
         if job is None:
             raise NotAllowedError("Cannot retry a batch job that is not failed")
-        self._emit(signals.event_for_status(to), job)
         self._runnable()
         return job
 

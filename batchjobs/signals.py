@@ -1,8 +1,9 @@
 """One blinker signal per batch job event, and the guarded ``emit``.
 
-Receivers get ``sender=<BatchJobs>`` and ``job=<BatchJob>``; events mirrored in
-from another process also carry ``remote=True``. A receiver that raises is
-logged and never breaks the job that emitted the event.
+Receivers get ``sender=<BatchJobs>``, ``job=<BatchJob>`` and ``seq=<int>`` (the
+event's place in the outbox: ``BatchJobs.events(after=seq)`` reads what came
+after it); events mirrored in from another process also carry ``remote=True``.
+A receiver that raises is logged and never breaks the job that emitted the event.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from blinker import Namespace, Signal
 
-from .models import BatchJob, Status
+from .models import BatchJob, Status, status_event
 
 __all__ = [
     "EVENTS",
@@ -77,10 +78,7 @@ def signal_for(event: str) -> Signal:
 
 def event_for_status(status: Status) -> str:
     """The event sent when a job enters ``status``."""
-    return _STATUS_EVENTS[status]
-
-
-_STATUS_EVENTS = {status: f"batch.{status.value}" for status in Status}
+    return status_event(status)
 
 
 def has_receivers(event: str, sender: Any) -> bool:

@@ -81,6 +81,7 @@ class Sizes:
     small_file: int  # jobs in the small claim-and-list file
     large_file: int  # jobs in the large one
     csv_rows: int  # rows exported and imported
+    outbox_events: int  # events in the large outbox
     repeat: int  # runs of each side; the best is kept
 
 
@@ -95,6 +96,7 @@ FULL = Sizes(
     small_file=100,
     large_file=100_000,
     csv_rows=1_000_000,
+    outbox_events=10_000_000,
     repeat=5,
 )
 QUICK = Sizes(
@@ -108,6 +110,7 @@ QUICK = Sizes(
     small_file=100,
     large_file=2_000,
     csv_rows=5_000,
+    outbox_events=20_000,
     repeat=1,
 )
 
@@ -675,10 +678,10 @@ def mirror(b: Bench) -> list[Row]:
     )
     last = stats[-1]
     b.notes.append(
-        f"mirror: the last run published {last.published:,} events to Redis and dropped "
-        f"{last.dropped:,}; the clock stops when the job completes (events still queued "
-        "then are published by close(), untimed). Measured in CPU time of the whole "
-        "process, publisher thread included, the ratio is "
+        f"mirror: the last run published {last.published:,} events to Redis from the outbox "
+        f"({last.behind:,} left behind when the clock stopped); the clock stops when the job "
+        "completes (events not published yet then are published by close(), untimed). "
+        "Measured in CPU time of the whole process, publisher thread included, the ratio is "
         f"{statistics.median(off_cpu) / statistics.median(on_cpu):.3g}x. Both mirror rows "
         "give medians of paired runs (mirror on, then off, then off, then on…): "
         "throughputs from the median times, the ratio the median of the pairs' ratios."
@@ -1790,6 +1793,249 @@ def worker_main(
 
 # -- main ----------------------------------------------------------------------------
 
+# -- the outbox ---------------------------------------------------------------------
+
+#: A lifecycle of one-chunk jobs, in a child process, on whichever batchjobs is first on
+#: its path: this checkout's, or the one before the outbox (extracted by ``git archive``).
+LIFECYCLE_CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from batchjobs import BatchJobs, BatchJobStrategy
+class Trivial(BatchJobStrategy):
+    batch_type = "trivial"
+    def pre_process(self, run):
+        run.set_count(1)
+    def process_chunk(self, run, start, size):
+        return 1
+with BatchJobs(sys.argv[2]) as jobs:
+    jobs.register(Trivial)
+    start = time.perf_counter()
+    for _ in range(int(sys.argv[3])):
+        jobs.create("trivial")
+    jobs.run_until_idle(timeout=600)
+    elapsed = time.perf_counter() - start
+    assert jobs.list_and_count(status="completed", limit=0)[1] == int(sys.argv[3])
+print(elapsed)
+"""
+#: The file whose first commit brought the outbox: its parent is "before the outbox".
+OUTBOX_FILE = "batchjobs/store/_sqlite_outbox.py"
+
+
+def before_outbox(b: Bench) -> Path | None:
+    """This repository's source as it was before the outbox, extracted once; or None."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        first = subprocess.run(
+            ["git", "-C", str(repo), "log", "--diff-filter=A", "--format=%H", "--", OUTBOX_FILE],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if not first:
+            return None
+        target = b.workdir / "before-outbox"
+        target.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", f"{first[-1]}^", "batchjobs"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        return target
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def outbox_lifecycle(b: Bench) -> list[Row]:
+    """One-chunk jobs with the outbox vs the same code before it (child processes, paired)."""
+    n = b.sizes.jobs
+    label = f"lifecycle of {n:,} one-chunk jobs with the outbox (6 event rows each)"
+    goal = ">= 0.85x"
+    old = before_outbox(b)
+    if old is None:
+        return [unavailable(label, goal, "no git history to take the code before it", b.notes)]
+    here = str(Path(__file__).resolve().parent.parent)
+
+    def side(source: str, name: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", LIFECYCLE_CHILD, source, str(b.fresh(name)), str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return float(out.split()[-1])
+
+    ours_s, base_s, ratio = b.paired(
+        lambda: side(here, "outbox.db"), lambda: side(str(old), "before.db"), extra=4
+    )
+    return [
+        Row(
+            label,
+            per_second(n, ours_s, "jobs"),
+            per_second(n, base_s, "jobs") + " (the code before the outbox)",
+            ratio,
+            goal,
+            ratio >= 0.85,
+        )
+    ]
+
+
+def follow_child(db: str, redis_url: str | None, prefix: str, samples: int) -> None:
+    """A ``follow`` consumer in this process: prints "ready", then each event's latency."""
+    options = redis_options(redis_url, prefix)
+    with BatchJobs(db, **options) as jobs:
+        feed = jobs.follow()
+        print("ready", flush=True)
+        latencies = []
+        for event in feed:
+            latencies.append(time.time() - event.at.timestamp())
+            if len(latencies) == samples:
+                break
+    print(json.dumps(latencies), flush=True)
+
+
+def follow_latency(b: Bench, redis_url: str | None, samples: int) -> list[float]:
+    """Seconds from a commit here to the event in a ``follow`` of another process."""
+    db = b.fresh("follow.db")
+    prefix = f"bench-follow-{os.getpid()}-{db.parent.name}"
+    with open_jobs(db, Trivial, **redis_options(redis_url, prefix)) as jobs:
+        command = [sys.executable, __file__, "--follow-child", str(db), str(samples), prefix]
+        if redis_url:
+            command += ["--worker-redis", redis_url]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError("the follow process did not start")
+        pace = random.Random(15)
+        for _ in range(samples):
+            time.sleep(pace.uniform(0.005, 0.05 if redis_url else 0.3))
+            jobs.create(Trivial.batch_type)
+        out, _ = proc.communicate(timeout=WAIT_TIMEOUT)
+    return [float(x) for x in json.loads(out.splitlines()[-1])]
+
+
+def follow(b: Bench) -> list[Row]:
+    """``follow`` in another process: commit → consumer, with Redis and by polling (1 s)."""
+    rows = []
+    label = "follow: commit here → consumer in another process, through Redis"
+    missing = b.redis_missing()
+    if missing:
+        rows.append(unavailable(label, "p50 <= 5 ms", missing, b.notes))
+    else:
+        latencies = follow_latency(b, b.redis_url, b.sizes.pickup_samples * 2)
+        p50 = percentile(latencies, 0.5)
+        rows.append(
+            Row(
+                label,
+                f"p50 {ms(p50)}, p90 {ms(percentile(latencies, 0.9))}",
+                "5 ms (goal)",
+                0.005 / p50,
+                "p50 <= 5 ms",
+                p50 <= 0.005,
+            )
+        )
+    latencies = follow_latency(b, None, b.sizes.pickup_poll_samples)
+    p50 = percentile(latencies, 0.5)
+    rows.append(
+        Row(
+            "follow: commit here → consumer in another process, no Redis (poll 1 s)",
+            f"p50 {ms(p50)}, p90 {ms(percentile(latencies, 0.9))}",
+            "1 poll interval (1 s)",
+            1.0 / p50,
+            "p50 <= 1 poll",
+            p50 <= 1.0,
+        )
+    )
+    return rows
+
+
+def fill_events(path: Path, total: int) -> None:
+    """An outbox of ``total`` events (the schema's own table), written straight by sqlite3."""
+    BatchJobs(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    now = datetime.now(timezone.utc).isoformat()
+    names = [
+        "batch.created",
+        "batch.pre_processed",
+        "batch.confirmed",
+        "batch.processing",
+        "batch.updated",
+        "batch.completed",
+    ]
+    statuses = ["created", "pre_processed", "confirmed", "processing", "processing", "completed"]
+    result = '{"count":1,"advancement_count":1,"progress":1.0}'
+    batch = 100_000
+    for start in range(0, total, batch):
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO batch_job_events (event, at, id, type, status, created_by, dry_run, "
+            "context, result, created_at, updated_at) VALUES (?, ?, ?, 'trivial', ?, ?, 0, "
+            "'{}', ?, ?, ?)",
+            (
+                (
+                    names[i % 6],
+                    now,
+                    f"batch_{i // 6:026d}",
+                    statuses[i % 6],
+                    f"usr_{i % 50}",
+                    result,
+                    now,
+                    now,
+                )
+                for i in range(start, min(start + batch, total))
+            ),
+        )
+        conn.execute("COMMIT")
+    conn.close()
+
+
+def outbox_scale(b: Bench) -> list[Row]:
+    """``events(after=...)`` pages on an outbox of 10 million events vs one of 1,000."""
+    small_n, large_n = 1_000, b.sizes.outbox_events
+    small, large = b.fresh("events-small.db"), b.fresh("events-large.db")
+    fill_events(small, small_n)
+    started = time.perf_counter()
+    fill_events(large, large_n)
+    b.notes.append(
+        f"outbox scale: filling {large_n:,} events took {time.perf_counter() - started:.0f} s"
+    )
+    reads = 300
+
+    def timed_reads(path: Path, total: int, limit: int, **filters: Any) -> Callable[[], float]:
+        # Full pages on both files (building the records is most of a page's cost).
+        def run() -> float:
+            with BatchJobs(path) as jobs:
+                rng = random.Random(5)
+                start = time.perf_counter()
+                for _ in range(reads):
+                    page = jobs.events(rng.randrange(total // 2), limit=limit, **filters)
+                    assert len(page) == limit
+                return (time.perf_counter() - start) / reads
+
+        return run
+
+    rows = []
+    cases = (("", 100, {}), (", one user's (created_by=)", 10, {"created_by": "usr_7"}))
+    for what, limit, filters in cases:
+        large_s, small_s = b.best_of(
+            timed_reads(large, large_n, limit, **filters),
+            timed_reads(small, small_n, limit, **filters),
+        )
+        rows.append(
+            Row(
+                f"events(after=random, limit={limit}){what} on {large_n:,} events",
+                f"{ms(large_s)} a page",
+                f"{ms(small_s)} a page on {small_n:,} events",
+                small_s / large_s,
+                ">= 0.67x (<= 1.5x the time)",
+                large_s <= 1.5 * small_s,
+            )
+        )
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "lifecycle": lifecycle,
     "scheduler": scheduler,
@@ -1802,6 +2048,9 @@ SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "processes": processes,
     "csv": csv_scenarios,
     "postgres": postgres,
+    "outbox": outbox_lifecycle,
+    "follow": follow,
+    "events": outbox_scale,
 }
 
 
@@ -1844,6 +2093,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--prefix", default="batchjobs", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--follow-child", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -1857,6 +2107,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child:
         child_main(args.child[0], args.child[1:])
+        return 0
+    if args.follow_child:
+        db, samples, prefix = args.follow_child
+        follow_child(db, args.worker_redis, prefix, int(samples))
         return 0
     sizes = QUICK if args.quick else FULL
     if args.repeat:

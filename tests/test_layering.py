@@ -24,6 +24,7 @@ LAYERS = {
     "service": 3,
     "runner": 3,
     "migrate": 3,
+    "events": 3,
     "pubsub": 4,
     "scheduler": 4,
     "schedules": 4,

@@ -28,14 +28,16 @@ from click.testing import CliRunner
 
 from batchjobs import BatchJob, BatchJobs, Status, signals
 from batchjobs.cli import cli
-from batchjobs.models import utcnow
+from batchjobs.models import Event, utcnow
 from batchjobs.pubsub import (
     EventListener,
     RedisMirror,
     RemoteEvent,
     Subscription,
+    check_url,
     relay_to_signals,
 )
+from batchjobs.store import SQLiteStore
 from tests.strategies import read_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,12 +192,14 @@ def test_every_lifecycle_event_arrives_in_order_as_json(
     assert [m["channel"].decode() for m in received] == [f"{prefix}:{e}" for e, _ in local]
     for message, (event, job) in zip(received, local, strict=True):
         data = json.loads(message["data"])
-        assert DESIGN_KEYS <= set(data) <= DESIGN_KEYS | {"origin"}
+        assert DESIGN_KEYS <= set(data) <= DESIGN_KEYS | {"origin", "seq"}
         assert data["event"] == event
         assert (data["id"], data["type"], data["status"]) == (job.id, job.type, job.status.value)
         assert data["result"] == job.result
-        assert data["origin"] == jobs.mirror.origin
+        assert data["origin"] == jobs.origin
         assert data["at"].endswith("+00:00")
+    seqs = [json.loads(m["data"])["seq"] for m in received]
+    assert seqs == list(range(1, len(local) + 1))  # in seq order, none missing
     events_of_first = [e for e, job in local if job.id == first.id]
     assert events_of_first[:4] == [
         "batch.created",
@@ -206,52 +210,74 @@ def test_every_lifecycle_event_arrives_in_order_as_json(
     assert events_of_first[-1] == "batch.completed"
     # Subscribers may hear a message before the publisher has read Redis's reply.
     _until(lambda: jobs.mirror.stats.published == len(local))
-    assert jobs.mirror.stats.dropped == 0
 
 
 @pytest.mark.redis
-def test_each_message_has_the_result_as_it_was_at_its_event(redis_url: str, prefix: str) -> None:
-    class App:
-        pass
-
-    app = App()
-    mirror = RedisMirror(app, redis_url, prefix=prefix)
-    job = BatchJob(id="batch_x", type="words", status=Status.PROCESSING, result={"count": 1})
-    with Subscription(redis_url, prefix=prefix) as sub:
+def test_each_message_has_the_result_as_it_was_at_its_event(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str
+) -> None:
+    jobs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    job = jobs.create("words", {"words": []})
+    with Subscription(redis_url, prefix=prefix, pattern="batch.updated") as sub:
         assert sub.connect()
-        signals.emit("batch.updated", app, job)
-        job.result["note"] = "changed in place by a receiver"  # the next event shares the dict
-        signals.emit("batch.completed", app, job.replace(status=Status.COMPLETED))
+        jobs.update(job.id, result={"count": 1})
+        jobs.update(job.id, result={"note": "later"})
         first, second = (_next_event(sub, lambda e: True) for _ in range(2))
-    mirror.close()
-    assert (first.event, first.result) == ("batch.updated", {"count": 1})
-    assert (second.event, second.result) == (
-        "batch.completed",
-        {"count": 1, "note": "changed in place by a receiver"},
-    )
+    assert (first.result, first.seq) == ({"count": 1}, 2)
+    assert (second.result, second.seq) == ({"count": 1, "note": "later"}, 3)
 
 
-def test_the_mirror_writes_the_keys_the_listeners_read(unreachable_url: str) -> None:
-    from batchjobs.pubsub import MESSAGE_KEYS
+def test_the_mirror_writes_the_keys_the_listeners_read() -> None:
+    from batchjobs.pubsub import MESSAGE_KEYS, message
 
-    mirror = RedisMirror(object(), unreachable_url)
     job = BatchJob(id='batch_"1"', type="wörds", status=Status.COMPLETED, result={"n": [1]})
     at = utcnow()
-    data = mirror._message("batch.completed", job, at)
-    other = json.loads(mirror._message("batch.created", job.replace(id="batch_2", type="t"), at))
-    mirror.close()
-    assert (other["id"], other["type"]) == ("batch_2", "t")  # not the previous job's
-    message = json.loads(data)
-    assert tuple(message) == MESSAGE_KEYS  # in that order
+    data = message(Event(41, "batch.completed", job, at, "host:1:ab"))
+    parsed = json.loads(data)
+    assert tuple(parsed) == MESSAGE_KEYS  # in that order
     event = RemoteEvent.parse("batchjobs:batch.completed", data)
-    assert event is not None and event.to_dict() == message
-    assert (event.id, event.type, event.status, event.result) == (
+    assert event is not None and event.to_dict() == parsed
+    assert (event.id, event.type, event.status, event.result, event.seq) == (
         'batch_"1"',
         "wörds",
         "completed",
         {"n": [1]},
+        41,
     )
-    assert event.origin == mirror.origin and event.at == at.isoformat()
+    assert event.origin == "host:1:ab" and event.at == at.isoformat()
+
+
+@pytest.mark.redis
+def test_events_committed_while_redis_is_away_are_published_in_order_once_it_is_back(
+    redis_server: Callable[..., RedisServer], prefix: str, db_path: Path
+) -> None:
+    server = redis_server()
+    server.kill()
+    store = SQLiteStore(db_path)
+    mirror = RedisMirror(store, server.url, prefix=prefix, origin="test")
+    jobs_before = [BatchJob(id=f"batch_{i}", type="t", status=Status.CREATED) for i in range(3)]
+    for job in jobs_before:
+        store.insert(job.replace(created_at=utcnow(), updated_at=utcnow()))
+    assert mirror.publish_pending() is False  # Redis away: the cursor stays
+    assert mirror.stats.down and mirror.stats.behind == 3
+    server.start()
+    with Subscription(server.url, prefix=prefix) as sub:
+        assert sub.connect()
+        store.insert(BatchJob(id="batch_9", type="t", status=Status.CREATED, created_at=utcnow()))
+        assert mirror.publish_pending() is True
+        received = [_next_event(sub, lambda e: True) for _ in range(4)]
+    assert [(e.seq, e.id) for e in received] == [
+        (1, "batch_0"),
+        (2, "batch_1"),
+        (3, "batch_2"),
+        (4, "batch_9"),
+    ]
+    assert (mirror.stats.published, mirror.stats.behind, mirror.stats.down) == (4, 0, False)
+    again = RedisMirror(store, server.url, prefix=prefix, origin="another process")
+    assert again.publish_pending() is True and again.stats.published == 0  # the cursor is shared
+    again.close()
+    mirror.close()
+    store.close()
 
 
 def test_remote_events_are_never_mirrored_back(
@@ -259,49 +285,9 @@ def test_remote_events_are_never_mirrored_back(
 ) -> None:
     jobs = make_jobs(redis_url=unreachable_url)
     job = BatchJob(id="batch_remote", type="words", status=Status.COMPLETED)
-    signals.emit("batch.completed", jobs, job, remote=True)
-    stats = jobs.mirror.stats
-    assert (stats.queued, stats.published, stats.dropped) == (0, 0, 0)
-
-
-def test_a_full_queue_drops_and_counts(
-    unreachable_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    class App:
-        pass
-
-    app = App()
-    mirror = RedisMirror(app, unreachable_url, prefix="full", queue_size=3)
-    job = BatchJob(id="batch_x", type="words", status=Status.PROCESSING)
-    for _ in range(10):
-        signals.emit("batch.updated", app, job)
-    assert (mirror.stats.queued, mirror.stats.dropped) == (3, 7)
-    mirror.close()
-    assert (mirror.stats.queued, mirror.stats.dropped, mirror.stats.published) == (0, 10, 0)
-    assert len(_mirror_warnings(caplog)) == 1
-
-
-def test_an_event_caught_by_close_is_counted_once_and_starts_no_thread(
-    unreachable_url: str,
-) -> None:
-    class App:
-        pass
-
-    app = App()
-    mirror = RedisMirror(app, unreachable_url, prefix="closing")
-
-    encode = mirror._message
-
-    def closed_while_encoded(*args: Any) -> str:  # close() runs between the check and the append
-        mirror.close()
-        return encode(*args)
-
-    mirror._message = closed_while_encoded  # type: ignore[method-assign]
-    job = BatchJob(id="batch_x", type="words", status=Status.PROCESSING)
-    signals.emit("batch.processing", app, job)
-    stats = mirror.stats
-    assert (stats.queued, stats.dropped, stats.published) == (0, 1, 0)
-    assert mirror._thread is None
+    signals.emit("batch.completed", jobs, job, seq=7, remote=True)
+    assert jobs.last_seq() == 0  # only commits write events; the mirror reads only those
+    assert jobs.mirror.stats.published == 0
 
 
 # -- failures ------------------------------------------------------------------------
@@ -310,7 +296,7 @@ def test_an_event_caught_by_close_is_counted_once_and_starts_no_thread(
 @pytest.mark.parametrize("url", ["notaurl", "redis://usr:secret@localhost:port/0"])
 def test_a_malformed_url_is_refused_at_once_without_its_credentials(url: str) -> None:
     with pytest.raises(ValueError, match="is not a Redis URL") as refused:
-        RedisMirror(object(), url)
+        check_url(url)
     assert "secret" not in str(refused.value)
     assert str(refused.value).startswith(repr(url.replace("usr:secret@", "")))
     with pytest.raises(ValueError, match="is not a Redis URL"):
@@ -359,13 +345,20 @@ def test_jobs_outlive_a_redis_restart_and_publishing_resumes(
     assert jobs.mirror.stats.down
 
     server.start()
-    _until(lambda: sub.get(timeout=0.05) or sub.connected)
+    heard = []
+    _until(lambda: (event := sub.get(timeout=0.05)) and heard.append(event) or sub.connected)
     second = jobs.create("words", {"words": ["a"]})
-    _next_event(sub, lambda e: e.event == "batch.completed" and e.id == second.id)
+    heard.append(_next_event(sub, lambda e: e.event == "batch.completed" and e.id == second.id))
     sub.close()
-    _until(lambda: jobs.mirror.stats.published == len(local) and not jobs.mirror.stats.down)
-    stats = jobs.mirror.stats
-    assert (stats.queued, stats.dropped, stats.outages, stats.down) == (0, 0, 1, False)
+    mirror = jobs.mirror
+    _until(
+        lambda: (mirror.stats.published, mirror.stats.behind, mirror.stats.down)
+        == (len(local), 0, False)
+    )
+    stats = mirror.stats
+    assert (stats.behind, stats.outages, stats.down) == (0, 1, False)
+    seqs = [event.seq for event in heard]
+    assert seqs == sorted(seqs) and seqs[-1] == jobs.last_seq()  # resumed in order
     assert len(_mirror_warnings(caplog)) == 1
     assert any("is back" in r.getMessage() and "mirror" in r.getMessage() for r in caplog.records)
 
@@ -417,24 +410,20 @@ class SilentServer:
 
 
 def test_close_releases_the_connection_even_when_redis_does_not_answer(
-    caplog: pytest.LogCaptureFixture,
+    make_jobs: Callable[..., BatchJobs], caplog: pytest.LogCaptureFixture
 ) -> None:
-    class App:
-        pass
-
-    app = App()
     server = SilentServer()
-    mirror = RedisMirror(app, server.url, prefix="stuck")
-    signals.emit("batch.updated", app, BatchJob(id="batch_x", type="words", status=Status.CREATED))
+    jobs = make_jobs(redis_url=server.url)
+    jobs.create("words", {"words": ["a"]})
     assert server.received.wait(5)
     began = time.monotonic()
-    mirror.close(timeout=0.1)
+    jobs.mirror.close(timeout=0.1)
     assert time.monotonic() - began < 0.5
     assert server.hung_up.wait(0.5)  # not after the 2 s socket timeout
-    _until(lambda: mirror.stats.dropped == 1, timeout=1)
     time.sleep(0.1)
     server.close()
-    assert (server.accepted, mirror.stats.published, mirror.stats.queued) == (1, 0, 0)
+    assert (server.accepted, jobs.mirror.stats.published) == (1, 0)
+    assert jobs.mirror.stats.behind == 1  # still in the outbox, for the next mirror
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -456,7 +445,7 @@ def test_a_server_that_refuses_scripts_gets_a_pipeline_of_publishes(
     received = [_next_event(sub, lambda e: True) for _ in local]
     sub.close()
     assert [(e.event, e.id) for e in received] == [(event, job.id) for event, _ in local]
-    assert jobs.mirror.stats.dropped == 0
+    _until(lambda: jobs.mirror.stats.published == len(local))
     assert not _mirror_warnings(caplog)
     assert any("refused the publishing script" in r.getMessage() for r in caplog.records)
 
@@ -502,8 +491,8 @@ def test_a_listener_re_emits_remote_events_as_signals(
     completed = threading.Event()
 
     @there.subscribe("batch.completed")
-    def on_completed(sender: Any, *, job: BatchJob, remote: bool = False) -> None:
-        got.append((sender, job, remote))
+    def on_completed(sender: Any, *, job: BatchJob, seq: int, remote: bool = False) -> None:
+        got.append((sender, job, seq, remote))
         completed.set()
 
     listener = EventListener(redis_url, relay_to_signals(there), prefix=prefix)
@@ -514,9 +503,9 @@ def test_a_listener_re_emits_remote_events_as_signals(
         assert completed.wait(10)
     finally:
         listener.stop()
-    assert got == [(there, here.retrieve(job.id), True)]
-    stats = there.mirror.stats
-    assert (stats.published, stats.queued) == (0, 0)
+    completed_seq = here.events(job_id=job.id)[-1].seq
+    assert got == [(there, here.retrieve(job.id), completed_seq, True)]
+    assert there.mirror.stats.published == 0
 
 
 @pytest.mark.redis
@@ -605,7 +594,7 @@ def tail() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     def start(db: Path, url: str, prefix: str, *options: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "batchjobs.cli", "--db", str(db), "--redis", url]
-            + ["events", "--prefix", prefix, *options],
+            + ["events", "--redis", "--prefix", prefix, *options],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -657,15 +646,17 @@ def test_the_events_command_tails_the_mirror(
         "batch.confirmed",
     ]
     assert {m["id"] for m in messages} == {job.id}
-    assert set(messages[0]) == DESIGN_KEYS | {"origin"}
+    assert set(messages[0]) == DESIGN_KEYS | {"origin", "seq"}
 
 
 def test_the_events_command_needs_a_reachable_redis(db_path: Path, unreachable_url: str) -> None:
     runner = CliRunner()
-    result = runner.invoke(cli, ["--db", str(db_path), "events"])
+    result = runner.invoke(cli, ["--db", str(db_path), "events", "--redis"])
     assert result.exit_code == 2
-    assert "events needs Redis" in result.output
-    result = runner.invoke(cli, ["--db", str(db_path), "--redis", unreachable_url, "events"])
+    assert "events --redis needs Redis" in result.output
+    result = runner.invoke(
+        cli, ["--db", str(db_path), "--redis", unreachable_url, "events", "--redis"]
+    )
     assert result.exit_code == 2
     assert f"Cannot reach Redis at {unreachable_url}" in result.output
 

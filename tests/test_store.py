@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from batchjobs.errors import (
+    EventsPrunedError,
     InvalidDataError,
     StoreClosedError,
     StoreError,
@@ -687,3 +688,134 @@ def test_a_checkpoint_without_until_leaves_the_lease_as_it_is(store: Store) -> N
     saved = store.save(Checkpoint(claim.lease, Status.CREATED, later, result={"x": 1}))
     assert saved is not None and saved.result == {"x": 1}
     assert store.holder(job.id).expires_at == T0 + LEASE  # type: ignore[union-attr]
+
+
+# -- events (the outbox) -------------------------------------------------------------
+
+
+def _names(events: list[Any]) -> list[tuple[int, str, str]]:
+    return [(e.seq, e.event, e.job.status.value) for e in events]
+
+
+def test_every_write_writes_its_events_in_its_transaction_numbered_in_order(
+    store: Store,
+) -> None:
+    handed: list[Any] = []
+    store.on_events = handed.extend
+    store.origin = "host:1:ab"
+    (job,) = insert(store, make_job(created_by="usr_1"))
+    claim = claim_one(store)
+    t1, t2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    steps = ((Status.PRE_PROCESSED, t1), (Status.CONFIRMED, t1), (Status.PROCESSING, t1))
+    store.save(Checkpoint(claim.lease, Status.CREATED, t1, steps=steps, result={"n": 1}))
+    store.save(Checkpoint(claim.lease, Status.PROCESSING, t2))  # nothing changed: no event
+    store.save(
+        Checkpoint(
+            claim.lease,
+            Status.PROCESSING,
+            t2,
+            steps=((Status.COMPLETED, t2),),
+            result={"n": 2},
+            release=True,
+        )
+    )
+    store.merge(job.id, now=t2, result={"note": "x"})
+    events = store.events(after=0)
+    assert _names(events) == [
+        (1, "batch.created", "created"),
+        (2, "batch.pre_processed", "pre_processed"),
+        (3, "batch.confirmed", "confirmed"),
+        (4, "batch.processing", "processing"),
+        (5, "batch.updated", "processing"),
+        (6, "batch.updated", "processing"),  # before the final step's event
+        (7, "batch.completed", "completed"),
+        (8, "batch.updated", "completed"),
+    ]
+    assert handed == events and store.last_seq() == 8
+    # Each event carries the job as of its step, its result as committed.
+    assert events[1].job.pre_processed_at == t1 and events[1].job.confirmed_at is None
+    assert events[4].job.result == {"n": 1} and events[6].job.result == {"n": 2}
+    assert events[6].at == t2 and events[6].job.completed_at == t2
+    assert events[0].job == job and events[0].at == T0
+    assert events[7].job == store.get(job.id)
+    assert {e.origin for e in events} == {"host:1:ab"}
+    assert _names(store.events(after=6, limit=1)) == [(7, "batch.completed", "completed")]
+
+
+def test_a_write_that_fails_or_rolls_back_writes_no_event(store: Store) -> None:
+    handed: list[Any] = []
+    store.on_events = handed.extend
+    (job,) = insert(store, make_job())
+    assert (
+        store.transition(job.id, from_statuses=[Status.FAILED], to=Status.CREATED, now=T0) is None
+    )
+    store.fail_commits(1)
+    with pytest.raises(StoreError):
+        store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+    claim = claim_one(store)
+    assert (
+        store.save(Checkpoint(Lease(job.id, "stolen"), Status.CREATED, T0, result={"x": 1})) is None
+    )
+    store.fail_commits(1)
+    with pytest.raises(StoreError):
+        store.commit([Checkpoint(claim.lease, Status.CREATED, T0, result={"x": 1})])
+    assert _names(store.events()) == [(1, "batch.created", "created")]
+    assert [e.seq for e in handed] == [1]
+    moved = store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+    assert moved is not None
+    assert _names(store.events(after=1)) == [(2, "batch.canceled", "canceled")]  # no hole
+
+
+def test_events_filter_by_job_and_creator_and_go_with_their_deleted_jobs(store: Store) -> None:
+    mine, theirs = insert(store, make_job(created_by="usr_1"), make_job(created_by="usr_2"))
+    store.merge(mine.id, now=T0, result={"a": 1})
+    assert [e.job.id for e in store.events(created_by="usr_1")] == [mine.id, mine.id]
+    assert [e.seq for e in store.events(job_id=theirs.id)] == [2]
+    assert store.events(after=1, job_id=mine.id)[0].seq == 3
+    store.delete([mine.id])
+    assert [e.job.id for e in store.events()] == [theirs.id]
+    assert store.last_seq() == 3  # a seq is never given again
+    insert(store, make_job())
+    assert store.events(after=3)[0].seq == 4
+
+
+def test_pruned_events_are_refused_with_the_oldest_kept_never_skipped(store: Store) -> None:
+    old, new = T0, T0 + timedelta(days=8)
+    insert(store, *(make_job(at=old) for _ in range(3)), make_job(at=new), make_job(at=old))
+    assert store.prune_events(before=T0 + timedelta(days=7), limit=2) == 2
+    assert store.prune_events(before=T0 + timedelta(days=7), limit=10) == 1  # stops at seq 4
+    assert [e.seq for e in store.events()] == [4, 5]  # the late old one stays: only a prefix goes
+    assert [e.seq for e in store.events(after=3)] == [4, 5]
+    with pytest.raises(EventsPrunedError) as pruned:
+        store.events(after=2)
+    assert (pruned.value.after, pruned.value.oldest) == (2, 4)
+    assert "seq 4" in pruned.value.message
+    assert store.prune_events(before=T0, limit=10) == 0
+
+
+@pytest.mark.parametrize(
+    ("after", "limit", "message"),
+    [
+        (-1, 10, "after must be a non-negative integer"),
+        (99, 10, "beyond the last event"),
+        ("1", 10, "after must be a non-negative integer"),
+        (0, -5, "limit must be a non-negative integer"),
+    ],
+)
+def test_a_bad_position_is_refused(store: Store, after: Any, limit: Any, message: str) -> None:
+    insert(store, make_job())
+    with pytest.raises(InvalidDataError, match=message):
+        store.events(after=after, limit=limit)
+
+
+def test_a_cursor_is_leased_to_one_owner_and_moved_only_by_it(store: Store) -> None:
+    insert(store, make_job(), make_job())
+    later = T0 + LEASE
+    assert store.take_cursor("c", owner="a", now=T0, until=later, start=1) == (1, True)
+    assert store.take_cursor("c", owner="b", now=T0, until=later, start=0) == (1, False)
+    assert not store.move_cursor("c", owner="b", seq=2)
+    assert store.move_cursor("c", owner="a", seq=2, until=later)  # kept
+    assert store.take_cursor("c", owner="b", now=T0, until=later, start=0) == (2, False)
+    assert store.take_cursor("c", owner="b", now=later, until=later + LEASE, start=0) == (2, True)
+    assert store.move_cursor("c", owner="b", seq=2)  # released
+    assert store.take_cursor("c", owner="a", now=T0, until=later, start=0) == (2, True)

@@ -15,8 +15,8 @@ from ..models import RESTING_STATUSES
 from ..store import SQLITE_VERSION
 from ._app import CommandError, cli, pass_jobs
 from ._input import _Duration, _json_option
-from ._output import _event_line, _print_json, _table, _when
-from ._validators import Count, Text
+from ._output import _event_line, _outbox_line, _print_json, _table, _when
+from ._validators import Count, JobId, Text
 
 
 @cli.command()
@@ -66,41 +66,105 @@ def template(jobs: BatchJobs, batch_type: str) -> None:
 
 @cli.command()
 @click.option(
+    "--after",
+    type=Count(),
+    metavar="SEQ",
+    help="Only events after this seq (the last one you handled) [default: every event kept].",
+)
+@click.option("--follow", "-f", is_flag=True, help="Then wait for new events; Ctrl-C stops.")
+@click.option("--job", "job_id", type=JobId(), metavar="ID", help="Only this job's events.")
+@click.option(
+    "--user", "created_by", type=Text(), metavar="ID", help="Only the events of this user's jobs."
+)
+@click.option("--count", type=Count(min=1), help="Exit after this many events.")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as JSON, one a line.")
+@click.option(
+    "--redis",
+    "raw",
+    is_flag=True,
+    help="Tail the raw Redis mirror instead (live only; needs Redis).",
+)
+@click.option(
     "--pattern",
     default="batch.*",
     show_default=True,
     type=Text(),
     metavar="GLOB",
-    help="Which events: a Redis glob over their names (batch.completed, batch.c*).",
+    help="With --redis: which events, a Redis glob over their names (batch.c*).",
 )
 @click.option(
-    "--prefix", type=Text(), help="The channel prefix [default: batchjobs, or the app's]."
+    "--prefix", help="With --redis: the channel prefix [default: batchjobs, or the app's]."
 )
-@click.option("--count", type=Count(min=1), help="Exit after this many events.")
-@click.option("--json", "as_json", is_flag=True, help="Print each message as JSON, one a line.")
 @pass_jobs
 def events(
-    jobs: BatchJobs, pattern: str, prefix: str | None, count: int | None, as_json: bool
+    jobs: BatchJobs,
+    after: int | None,
+    follow: bool,
+    job_id: str | None,
+    created_by: str | None,
+    count: int | None,
+    as_json: bool,
+    raw: bool,
+    pattern: str,
+    prefix: str | None,
 ) -> None:
-    """Follow the events that every process mirrors to Redis, live.
+    """Print the events of the outbox, in seq order, and follow new ones.
 
-    Needs Redis: --redis, BATCHJOBS_REDIS_URL or the app's redis_url. One
-    line per event (--json: the message as published); reconnects by
-    itself when Redis comes back. Ctrl-C stops.
+    Reads the database (no Redis needed): every event kept, or those after
+    --after SEQ. Each line starts with the event's seq: a consumer that
+    stores the last seq it handled and restarts with --after SEQ misses no
+    event and gets none twice. --json: {"seq", "event", "at", "batch_job"}
+    per line. Exits 2 if events after SEQ were pruned (the message gives
+    the oldest kept). --redis tails the raw Redis mirror instead.
 
     \b
     Examples:
-      batchjobs --redis redis://localhost:6379/0 events
-      batchjobs events --pattern 'batch.c*' --json | jq -r .id
+      batchjobs events --after 1041 --follow --json
+      batchjobs events --job batch_01J... --json | jq -r .event
+      batchjobs --redis redis://localhost:6379/0 events --redis --pattern 'batch.c*'
     """
+    if raw:
+        _tail_mirror(jobs, pattern, prefix or jobs.channel_prefix, count, as_json)
+        return
+    if after is None:  # from the oldest event kept
+        last = jobs.last_seq()
+        oldest = jobs.events(limit=1)
+        after = oldest[0].seq - 1 if oldest else last
+    feed = jobs.follow(after=after, job_id=job_id, created_by=created_by)
+    printed = 0
+    try:
+        while True:
+            page = feed.read(timeout=None if follow else 0)
+            if not page and (not follow or feed.closed):
+                break
+            for event in page:
+                click.echo(
+                    json.dumps(event.to_dict(), ensure_ascii=False)
+                    if as_json
+                    else _outbox_line(event)
+                )
+                printed += 1
+                if count is not None and printed >= count:
+                    return
+    except KeyboardInterrupt:
+        click.echo("Stopped.", err=True)
+    finally:
+        feed.close()
+
+
+def _tail_mirror(
+    jobs: BatchJobs, pattern: str, prefix: str, count: int | None, as_json: bool
+) -> None:
+    """``events --redis``: follow what every process mirrors to Redis, live."""
     from ..pubsub import Subscription
 
     if not jobs.redis_url:
-        raise CommandError("events needs Redis: pass --redis URL or set BATCHJOBS_REDIS_URL")
-    try:
-        subscription = Subscription(
-            jobs.redis_url, prefix=prefix or jobs.channel_prefix, pattern=pattern
+        raise CommandError(
+            "events --redis needs Redis: pass --redis URL before the command or set "
+            "BATCHJOBS_REDIS_URL"
         )
+    try:
+        subscription = Subscription(jobs.redis_url, prefix=prefix, pattern=pattern)
     except ValueError as error:  # names the URL
         raise CommandError(str(error)) from None
     try:

@@ -144,3 +144,14 @@ def _event_line(event: Any) -> str:
     if total is not None:
         progress += f"/{total}"
     return f"{stamp} {event.event:<19} {event.id} {event.type} {event.status}{progress}"
+
+
+def _outbox_line(event: Any) -> str:
+    """One event of the outbox (an ``Event``) as a line: seq, then as ``_event_line``."""
+    job = event.job
+    stamp = event.at.astimezone().strftime("%H:%M:%S")
+    done, total = job.result.get("advancement_count"), job.result.get("count")
+    progress = "" if done is None and total is None else f" {done or 0}"
+    if total is not None:
+        progress += f"/{total}"
+    return f"{event.seq} {stamp} {event.event:<19} {job.id} {job.type} {job.status.value}{progress}"

@@ -329,6 +329,7 @@ def serve(
             pass
     finally:
         feed.close()  # live pages end their streams, so the server can stop
+        jobs.stop_following()  # and so do the event streams
         server.shutdown()
         jobs.shutdown()
         events()

@@ -10,9 +10,12 @@ Routes (JSON in, JSON out)::
     POST /admin/batch-jobs/<id>/cancel   -> {"batch_job"}
     POST /admin/batch-jobs/<id>/pause    -> {"batch_job"}   (not Medusa's: an extension)
     POST /admin/batch-jobs/<id>/resume   -> {"batch_job"}   (not Medusa's: an extension)
+    GET  /admin/batch-jobs/events        -> {"events", "next_after", "limit"} (?after=SEQ&limit=N)
+                                         or, with Accept: text/event-stream, Server-Sent
+                                         Events (id: = seq; Last-Event-ID resumes)
 
-The list holds the caller's jobs only. The ``uploads`` module adds Medusa's
-``/admin/uploads`` routes (files in, download links out) to the same blueprint.
+The list and the events hold the caller's jobs only. The ``uploads`` module adds
+Medusa's ``/admin/uploads`` routes (files in, download links out) to the same blueprint.
 
 Every request names its caller, a user id: the application's ``authenticate``
 callable answers from the request (a session, a proxy header...), else an
@@ -43,7 +46,7 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
@@ -52,13 +55,16 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..app import BatchJobs
 from ..errors import BatchJobError, InvalidDataError, NotAllowedError
+from ..events import EventFeed
 from ..limits import MAX_BODY_BYTES, MAX_INTEGER, MAX_LIST_LIMIT, MAX_URL_BYTES, dumps, parse_json
-from ..models import TIMESTAMP_FIELDS, BatchJob
+from ..models import TIMESTAMP_FIELDS, BatchJob, Event
 from .openapi import OPENAPI_PATH, openapi_document
 from .uploads import DOWNLOAD_ENDPOINT, UploadSettings, add_upload_routes
 
 __all__ = [
+    "DEFAULT_EVENTS_LIMIT",
     "DEFAULT_LIMIT",
+    "HEARTBEAT_SECONDS",
     "MAX_BODY_BYTES",
     "NOT_OWNER_MESSAGE",
     "PREFIX",
@@ -78,7 +84,16 @@ PREFIX = "/admin/batch-jobs"
 #: Finds the user id of a request's caller, or ``None`` when it has none.
 Authenticate = Callable[[Request], str | None]
 
-_STATUS_OF = {"not_found": 404, "not_allowed": 400, "invalid_data": 400}
+_STATUS_OF = {"not_found": 404, "not_allowed": 400, "invalid_data": 400, "events_pruned": 410}
+#: Events per page of ``GET /admin/batch-jobs/events`` when ``limit`` is not given, and at most.
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 1000
+#: Seconds between two comments on an idle event stream (keeps proxies and clients sure).
+HEARTBEAT_SECONDS = 15.0
+#: Milliseconds a browser waits before it reconnects a stream that ended.
+STREAM_RETRY_MS = 2000
+#: Answers of this type are streams (``server.STREAM_CONTENT_TYPE`` counts them apart).
+EVENT_STREAM = "text/event-stream"
 _HTTP_TYPES = {
     401: "unauthorized",
     404: "not_found",
@@ -176,6 +191,20 @@ def _count(name: str, args: MultiDict[str, str], default: int, most: int = MAX_I
     if len(text.lstrip("0")) > len(str(most)) or int(text) > most:
         raise InvalidDataError(f"{name} must be at most {most}, not {text[:40]}")
     return int(text)
+
+
+def _events_after(args: MultiDict[str, str], last_event_id: str | None) -> int | None:
+    """Where an events request starts: ``?after=`` or, resuming a stream, ``Last-Event-ID``."""
+    if "after" in args:
+        return _count("after", args, 0)
+    if last_event_id is not None and last_event_id.strip():
+        return _count("Last-Event-ID", MultiDict([("Last-Event-ID", last_event_id.strip())]), 0)
+    return None
+
+
+def _sse(event: Event) -> str:
+    """``event`` as one Server-Sent Event: its seq as the id, its name as the type."""
+    return f"id: {event.seq}\nevent: {event.event}\ndata: {dumps(event.to_dict())}\n\n"
 
 
 def _list_query(args: MultiDict[str, str]) -> tuple[int, int, str, dict[str, Any]]:
@@ -351,6 +380,31 @@ def create_blueprint(
             }
         )
 
+    @api.get(f"{PREFIX}/events")
+    def job_events() -> Response:
+        user = caller()
+        after = _events_after(request.args, request.headers.get("Last-Event-ID"))
+        wanted = request.accept_mimetypes.best_match(["application/json", EVENT_STREAM])
+        if wanted == EVENT_STREAM:
+            return _event_stream(jobs.follow(after=after, created_by=user))
+        limit = _count("limit", request.args, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)
+        if limit < 1:
+            raise InvalidDataError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, not {limit}")
+        reached = jobs.last_seq()
+        page = jobs.events(after, limit=limit, created_by=user)
+        # A short page saw every event up to ``reached``: the next read starts past
+        # other users' events too, however few of the caller's there are.
+        next_after = page[-1].seq if page else (after or 0)
+        if len(page) < limit:
+            next_after = max(next_after, reached)
+        return _json(
+            {
+                "events": [event.to_dict() for event in page],
+                "next_after": next_after,
+                "limit": limit,
+            }
+        )
+
     @api.get(f"{PREFIX}/<id>")
     def retrieve_job(id: str) -> Response:
         return _json({"batch_job": own(id).to_dict()})
@@ -385,6 +439,29 @@ def _written(job: BatchJob, status: int = 200) -> Response:
     """
     g.batchjobs_written = (job.id, status)
     return _json({"batch_job": job.to_dict()}, status)
+
+
+def _event_stream(feed: EventFeed) -> Response:
+    """The events of ``feed`` as Server-Sent Events, with a comment when idle; until the
+    client goes or the ``BatchJobs`` stops following."""
+
+    def stream() -> Iterator[str]:
+        try:
+            yield f"retry: {STREAM_RETRY_MS}\n\n"
+            while not feed.closed:
+                events = feed.read(timeout=HEARTBEAT_SECONDS)
+                if not events:
+                    yield ": heartbeat\n\n"
+                for event in events:
+                    yield _sse(event)
+        finally:
+            feed.close()
+
+    return Response(
+        stream(),
+        mimetype=EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _unauthorized(message: str) -> tuple[Response, int]:

@@ -30,6 +30,7 @@ _ERROR = {
         "type": {
             "type": "string",
             "enum": [
+                "events_pruned",
                 "invalid_data",
                 "not_allowed",
                 "not_found",
@@ -87,6 +88,30 @@ _PAGE = {
     },
 }
 
+_EVENTS = {
+    "type": "object",
+    "required": ["events", "next_after", "limit"],
+    "additionalProperties": False,
+    "properties": {
+        "events": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["seq", "event", "at", "batch_job"],
+                "additionalProperties": False,
+                "properties": {
+                    "seq": {"type": "integer", "minimum": 1},
+                    "event": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time"},
+                    "batch_job": {"$ref": "#/components/schemas/BatchJob"},
+                },
+            },
+        },
+        "next_after": {"type": "integer", "minimum": 0},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+}
+
 _CREATE = {
     "type": "object",
     "required": ["type"],
@@ -123,7 +148,8 @@ _ID = {
     "in": "path",
     "required": True,
     "description": f"A batch job id (batch_ and a ULID, {MAX_ID_LENGTH} characters).",
-    "schema": {"type": "string"},
+    # Not "events": GET /admin/batch-jobs/events is the events route.
+    "schema": {"type": "string", "pattern": "^batch_"},
 }
 
 
@@ -349,6 +375,35 @@ _DOCUMENT: dict[str, Any] = {
                 },
             },
         },
+        f"{_PREFIX}/events": {
+            "get": {
+                "operationId": "listBatchJobEvents",
+                "summary": "The events of the caller's jobs after a seq, oldest first.",
+                "description": "With Accept: text/event-stream, Server-Sent Events instead "
+                "(id: is the seq; Last-Event-ID resumes; a comment every 15 s when idle).",
+                "parameters": [
+                    _query(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER},
+                        "Only events after this seq (default: the oldest kept).",
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page of events; next_after is where to read next",
+                        "content": {
+                            **_json_content(_ref("Events")),
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
         f"{_PREFIX}/{{id}}": {
             "get": {
                 "operationId": "getBatchJob",
@@ -402,6 +457,7 @@ _DOCUMENT: dict[str, Any] = {
             "ListedBatchJob": {**_BATCH_JOB, "required": ["id"]},  # fields= keeps only some
             "OneBatchJob": _ONE_JOB,
             "Page": _PAGE,
+            "Events": _EVENTS,
             "CreateBatchJob": _CREATE,
             "FileKey": _FILE_KEY,
             "Uploaded": _UPLOADED,

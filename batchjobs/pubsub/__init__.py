@@ -1,27 +1,27 @@
 """The Redis mirror of batch job events, and listeners for other processes.
 
-``RedisMirror`` connects one blinker receiver per event; each receiver only
-encodes the message and appends it to a bounded in-memory queue, and a
-background thread publishes whatever has piled up in one write, as JSON on
-channel ``{prefix}:{event}``::
+``RedisMirror`` publishes the outbox (every event, written by the store in
+the transaction of its change) to Redis, in seq order, as JSON on channel
+``{prefix}:{event}``::
 
     {"event": "batch.completed", "id": "batch_01J...", "type": "csv-export",
      "status": "completed", "result": {...}, "at": "2024-...+00:00",
-     "origin": "host:1234:ab12cd34"}
+     "origin": "host:1234:ab12cd34", "seq": 1042}
 
 ``origin`` (beyond the documented keys) names the ``BatchJobs`` that
-published the message, so that a process can skip its own messages.
+committed the event, so that a process can skip its own messages; ``seq`` is
+the event's place in the outbox: a subscriber that sees a seq jump catches up
+with ``BatchJobs.events(after=last_seen)``.
 
-Redis is an observer, never a dependency of a job: a job pays for encoding
-its messages, never for a round trip. When Redis is down, slow or restarted
-the queue fills up (then drops, counting what it dropped), one warning is
-logged per outage, and the threads reconnect with a jittered exponential
-backoff; polling, not Redis, stays the scheduler's source of truth.
+Redis is an observer, never a dependency of a job: a job never waits for
+Redis. When Redis is down, slow or restarted, the events wait in the outbox,
+one warning is logged per outage, and publishing resumes from the mirror's
+cursor (kept in the database) when Redis is back; polling, not Redis, stays
+the scheduler's source of truth.
 
 Other processes follow the events with ``Subscription`` (an iterator) or
 ``EventListener`` (a callback thread); ``relay_to_signals`` re-emits them as
-local blinker signals marked ``remote=True``, which the mirror never
-publishes back.
+local blinker signals marked ``remote=True``.
 
 ``_mirror`` publishes, ``_subscription`` follows, and ``_connection`` holds
 what both share: the client's settings, the backoff, the outage reports.
@@ -39,14 +39,17 @@ from ._connection import (  # noqa: F401
     RECONNECT_FIRST,
     RECONNECT_MAX,
     SOCKET_TIMEOUT,
+    check_url,
 )
 from ._mirror import (  # noqa: F401
-    DEFAULT_QUEUE_SIZE,
+    CURSOR_LEASE,
     LINGER,
     PIPELINE_SIZE,
+    SWEEP_SECONDS,
     WAKE_EVENTS,
     MirrorStats,
     RedisMirror,
+    message,
 )
 from ._subscription import (  # noqa: F401
     DEFAULT_PATTERN,
@@ -62,9 +65,9 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "DEFAULT_PATTERN",
     "DEFAULT_PREFIX",
-    "DEFAULT_QUEUE_SIZE",
     "MESSAGE_KEYS",
     "WAKE_EVENTS",
+    "check_url",
     "EventListener",
     "MirrorStats",
     "RedisMirror",

@@ -16,8 +16,9 @@ log = logging.getLogger("batchjobs.pubsub")
 
 DEFAULT_PREFIX = "batchjobs"
 #: The keys of a mirrored message, in the order published (``origin`` is ours,
-#: beyond the contract). The mirror's message template is built from them.
-MESSAGE_KEYS = ("event", "id", "type", "status", "result", "at", "origin")
+#: beyond the contract; ``seq`` is the event's in the outbox). The mirror's
+#: message template is built from them.
+MESSAGE_KEYS = ("event", "id", "type", "status", "result", "at", "origin", "seq")
 #: Seconds to open a connection: an unreachable Redis must not hold ``start()`` up.
 CONNECT_TIMEOUT = 0.5
 #: Seconds one command may take before Redis counts as down.
@@ -53,6 +54,11 @@ def _client(url: str) -> redis.Redis:
         )
     except ValueError as error:
         raise ValueError(f"{_display(url)!r} is not a Redis URL: {error}") from error
+
+
+def check_url(url: str) -> None:
+    """``ValueError`` naming ``url`` (without credentials) if it is not a Redis URL."""
+    _client(url).close()
 
 
 def _display(url: str) -> str:

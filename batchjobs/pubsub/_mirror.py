@@ -1,22 +1,28 @@
-"""Publishing: ``RedisMirror`` queues each event off the job's path and writes them in batches."""
+"""Publishing: ``RedisMirror`` publishes the outbox to Redis, in seq order, from a cursor.
+
+The events are already durable (the store wrote them with their changes);
+the mirror only copies them to Redis. Its position is a cursor in the
+database, leased to one process at a time: whichever process publishes,
+each event goes out after the one before it, and an event committed while
+Redis was away is published once it is back, from where the cursor stopped.
+A process that dies between publishing and moving the cursor leaves those
+events to be published again: at least once, in order.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
 import threading
-from collections import deque
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import timedelta
 
 import redis
 
-from .. import signals
-from ..models import BatchJob, Status, utcnow
+from ..errors import EventsPrunedError
+from ..models import Event, utcnow
+from ..store import Store
 from ._connection import (
     _REDIS_ERRORS,
     CLOSE_TIMEOUT,
@@ -28,25 +34,21 @@ from ._connection import (
     _Outages,
     log,
 )
-from ._subscription import EventListener
+from ._subscription import DEFAULT_PATTERN, EventListener
 
 #: Events a worker wakes up for: a job became claimable.
 WAKE_EVENTS = ("batch.created", "batch.confirmed")
 
-#: Events held while Redis is slow or away; newer events are dropped and counted.
-DEFAULT_QUEUE_SIZE = 10_000
-#: Messages sent in one pipeline at most.
+#: Events read from the outbox and published in one pipeline at most.
 PIPELINE_SIZE = 500
-#: Seconds between two writes while events keep coming: an event after a quiet
-#: spell goes out at once, a burst goes out in batches (one write per LINGER).
-LINGER = 0.01
-
-def _timestamp_field(event: str) -> str:
-    """The record's field holding when ``event`` happened."""
-    if event == "batch.updated":
-        return "updated_at"
-    return Status(event.removeprefix("batch.")).timestamp_field
-
+#: Seconds between two publishing rounds while events keep coming: an event
+#: after a quiet spell goes out at once, a burst goes out in batches.
+LINGER = 0.005
+#: How long the cursor stays leased to the process publishing (renewed each round).
+CURSOR_LEASE = timedelta(seconds=10)
+#: Seconds between two looks at the outbox for events nobody published (a
+#: process that died before publishing them, a process without a mirror).
+SWEEP_SECONDS = 1.0
 
 #: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order. A batch is one
 #: command and one reply: a pipeline costs the publisher thread (and so the job's
@@ -56,16 +58,30 @@ _PUBLISH_SCRIPT = "for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) e
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def message(event: Event) -> str:
+    """The JSON message for ``event``, its keys in ``MESSAGE_KEYS``' order."""
+    job = event.job
+    values = (
+        event.event,
+        job.id,
+        job.type,
+        job.status.value,
+        job.result,
+        event.at.isoformat(),
+        event.origin,
+        event.seq,
+    )
+    return _ENCODE(dict(zip(MESSAGE_KEYS, values, strict=True)))
+
+
 @dataclass(frozen=True)
 class MirrorStats:
     """Counters of a ``RedisMirror``."""
 
-    #: Messages Redis accepted.
+    #: Messages this mirror had Redis accept.
     published: int
-    #: Events lost: queue full, or still queued when the mirror closed with Redis away.
-    dropped: int
-    #: Events waiting to be published.
-    queued: int
+    #: Events committed but not yet published (by any process), as last seen.
+    behind: int
     #: Times Redis was found unreachable (each logged one warning).
     outages: int
     #: True while Redis is known to be unreachable.
@@ -73,59 +89,55 @@ class MirrorStats:
 
 
 class RedisMirror:
-    """Publishes every batch job event of ``sender`` to Redis, off the job's path.
+    """Publishes the outbox of ``store`` to Redis, off the jobs' path, in seq order.
 
-    ``BatchJobs(redis_url=...)`` builds one; ``jobs.mirror.stats`` shows its
-    counters. ``listen(wake)`` (called by ``BatchJobs.start``) also follows
-    other processes' ``batch.created``/``batch.confirmed`` messages and calls
-    ``wake()`` for each, so a worker claims their jobs at once instead of at
-    its next poll.
+    ``BatchJobs(redis_url=...)`` builds one and calls ``wake()`` after each
+    commit; ``jobs.mirror.stats`` shows its counters. Messages go on channel
+    ``{prefix}:{event}`` as JSON (``message``). ``listen(wake)`` (called by
+    ``BatchJobs.start``) also follows other processes' ``batch.created``/
+    ``batch.confirmed`` messages and calls ``wake()`` for each, so a worker
+    claims their jobs at once instead of at its next poll; ``watch(callback)``
+    calls back on every other process's message (``follow`` wakes on it).
     """
 
     def __init__(
         self,
-        sender: Any,
+        store: Store,
         url: str,
         *,
         prefix: str = DEFAULT_PREFIX,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        origin: str | None = None,
+        origin: str,
+        sweep_seconds: float = SWEEP_SECONDS,
     ) -> None:
-        if not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive integer, not {queue_size!r}")
-        self.sender = sender
+        self.store = store
         self.url = url
         self.prefix = prefix
-        self.queue_size = queue_size
-        #: Names this mirror's messages (``"origin"``), so its own listener skips them.
-        self.origin: str = origin or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: Names the ``BatchJobs`` whose events these are (``"origin"``): its listeners skip them.
+        self.origin = origin
+        self.sweep_seconds = sweep_seconds
+        #: The cursor's name in the database: one per Redis server and prefix.
+        self.cursor = f"redis {_display(url)} {prefix}"
         self._client = _client(url)
         self._outages = _Outages("batch job events mirror", url)
         self._backoff = _Backoff()
-        #: (channel, message), ready to send.
-        self._queue: deque[tuple[str, str]] = deque()
-        #: The publisher's batch: (channel, message) sent but not yet accepted by
-        #: Redis (kept for the next attempt).
-        self._sending: list[tuple[str, str]] = []
-        #: False once Redis refused the publishing script (ACL, cluster): a pipeline then.
+        self._channels: dict[str, str] = {}
+        #: False once Redis refused the publishing script (ACL, cluster): a pipeline.
         self._scripting = True
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closing = threading.Event()
-        #: Cleared by ``close``: the receivers' cheap check (no lock, no call).
-        self._accepting = True
-        #: Set once ``close`` stopped waiting: the publisher thread ends at its next step.
-        self._closed = threading.Event()
-        #: Serialises disconnecting, which ``close`` may do while the thread fails.
-        self._connection_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._published = 0
-        self._dropped = 0
+        #: The cursor as last seen, and whether (and until when) this mirror holds it.
+        self._seen = 0
+        self._holding = False
+        #: Where the cursor starts if no mirror ever published this database to this
+        #: Redis: what was committed before this mirror existed is not published.
+        self._start = store.last_seq()
+        #: The last seq committed, as last read.
+        self._head = 0
+        self._listeners: list[EventListener] = []
         self._listener: EventListener | None = None
-        # Kept here because blinker holds receivers weakly: they go when the mirror goes.
-        self._receivers = {event: self._receiver(event) for event in signals.EVENTS}
-        for event, receiver in self._receivers.items():
-            signals.signal_for(event).connect(receiver, sender=sender)
 
     def __repr__(self) -> str:
         return f"<RedisMirror {_display(self.url)!r} prefix={self.prefix!r}>"
@@ -133,105 +145,81 @@ class RedisMirror:
     @property
     def stats(self) -> MirrorStats:
         """A snapshot of the counters."""
+        behind = max(self._head - self._seen, 0)
         with self._lock:
             return MirrorStats(
                 published=self._published,
-                dropped=self._dropped,
-                queued=len(self._queue) + len(self._sending),
+                behind=behind,
                 outages=self._outages.count,
                 down=self._outages.down,
             )
 
-    def _receiver(self, event: str) -> Callable[..., None]:
-        """The blinker receiver of ``event``: it encodes and queues, nothing more.
+    def wake(self) -> None:
+        """Publish what was committed: called after each commit (cheap, never blocks)."""
+        if self._thread is None:
+            self.start()
+        self._wakeup.set()
 
-        It runs on the job's path, so it never touches the network. Encoding
-        here (a few µs) snapshots the record as it was at the event, and keeps
-        the publisher thread's turns with the GIL short: each turn it takes
-        costs the job's thread a hand-over, whatever the thread does with it.
-        """
-        channel = f"{self.prefix}:{event}"
-        timestamp = _timestamp_field(event)
-        queue = self._queue
-        size = self.queue_size
-        wakeup = self._wakeup
-
-        def receive(sender: Any, *, job: BatchJob, remote: bool = False, **extra: Any) -> None:
-            if remote:
-                return
-            # No lock on this path: deque appends are atomic, and a bound that
-            # concurrent receivers overrun by one or two is still a bound.
-            if len(queue) >= size or not self._accepting:
-                self._count_dropped()
-                return
-            try:
-                item = (channel, self._message(event, job, getattr(job, timestamp)))
-            except Exception:
-                log.exception("could not encode %s of batch job %s", event, job.id)
-                self._count_dropped()
-                return
-            queue.append(item)
-            if not self._accepting:
-                self._withdraw(item)  # close() began meanwhile: it may have emptied the queue
-                return
-            if self._thread is None:
-                self._start_publisher()
-            if not wakeup.is_set():
-                wakeup.set()
-
-        return receive
-
-    def _count_dropped(self) -> None:
+    def start(self) -> None:
+        """Start the publishing thread (``wake`` does on the first commit)."""
         with self._lock:
-            self._dropped += 1
-
-    def _withdraw(self, item: tuple[str, str]) -> None:
-        """Count ``item`` dropped, unless the publisher has taken it already."""
-        try:
-            self._queue.remove(item)
-        except ValueError:
-            return  # the publisher's: it publishes or drops it, and counts it
-        self._count_dropped()
-
-    def _start_publisher(self) -> None:
-        with self._lock:
-            if self._thread is None and self._accepting:
+            if self._thread is None and not self._closing.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="batchjobs-redis-publisher", daemon=True
                 )
                 self._thread.start()
 
-    def _message(self, event: str, job: BatchJob, at: datetime | None) -> str:
-        """The JSON message for ``event``, its keys in ``MESSAGE_KEYS``' order."""
-        values = (
-            event,
-            job.id,
-            job.type,
-            job.status.value,
-            job.result,
-            (at or utcnow()).isoformat(),
-            self.origin,
-        )
-        return _ENCODE(dict(zip(MESSAGE_KEYS, values, strict=True)))
+    # -- publishing ------------------------------------------------------------
 
-    def _fill_batch(self) -> list[tuple[str, str]]:
-        """The batch to send: what the last attempt left, topped up from the queue."""
-        batch = self._sending
-        queue = self._queue
-        while len(batch) < PIPELINE_SIZE and queue:
-            batch.append(queue.popleft())
-        return batch
+    def publish_pending(self) -> bool | None:
+        """Publish up to ``PIPELINE_SIZE`` events after the cursor, then move it past them.
 
-    def publish_pending(self) -> bool:
-        """Publish up to ``PIPELINE_SIZE`` queued events in one write.
-
-        The single step of the publisher thread. Events move from the queue
-        to the batch being sent, and leave it only once Redis took them;
-        False if Redis could not be reached.
+        The single step of the publishing thread. True once every event
+        committed so far is published; None while more remain or another
+        process holds the cursor; False if Redis could not be reached (the
+        cursor stays where it was, for the next attempt).
         """
-        batch = self._fill_batch()
-        if not batch:
+        now = utcnow()
+        if not self._holding:
+            self._head = self.store.last_seq()
+            if self._head <= self._seen:
+                return True
+            self._seen, self._holding = self.store.take_cursor(
+                self.cursor,
+                owner=self.origin,
+                now=now,
+                until=now + CURSOR_LEASE,
+                start=self._start,
+            )
+            if not self._holding:
+                return None
+        try:
+            events = self.store.events(after=self._seen, limit=PIPELINE_SIZE)
+        except EventsPrunedError as pruned:
+            log.warning(
+                "events %d to %d were pruned before they were published to Redis",
+                self._seen + 1,
+                pruned.oldest - 1,
+            )
+            self._move(pruned.oldest - 1, keep=True)
+            return None
+        if not events:
+            self._move(self._seen, keep=False)
             return True
+        if not self._publish(events):
+            self._move(self._seen, keep=False)
+            return False
+        more = len(events) == PIPELINE_SIZE
+        self._move(events[-1].seq, keep=more)
+        return None if more else self._caught_up()
+
+    def _caught_up(self) -> bool | None:
+        # Committed while we published: another round, before anyone waits a sweep.
+        self._head = self.store.last_seq()
+        return True if self._head <= self._seen else None
+
+    def _publish(self, events: list[Event]) -> bool:
+        batch = [(self._channel(event.event), message(event)) for event in events]
         # A connection that went stale while idle (Redis restarted) fails once;
         # only a second failure in a row is an outage.
         attempts = 1 if self._outages.down else 2
@@ -240,19 +228,17 @@ class RedisMirror:
                 self._send(batch)
                 break
             except _REDIS_ERRORS as error:
-                if self._closed.is_set():
+                if self._closing.is_set():
                     return False  # close() cut the connection: no outage, no retry
                 if self._scripting and isinstance(error, redis.ResponseError):
                     log.info("Redis refused the publishing script (%s): a pipeline instead", error)
                     self._scripting = False
-                    return self.publish_pending()
-                self._disconnect()
+                    return self._publish(events)
                 if attempt + 1 == attempts or isinstance(error, redis.TimeoutError):
                     self._outages.failed("publish", error)
                     return False
         with self._lock:
-            self._sending = []
-            self._published += len(batch)
+            self._published += len(events)
         self._backoff.reset()
         self._outages.recovered("publish")
         return True
@@ -265,61 +251,55 @@ class RedisMirror:
             self._client.execute_command("EVAL", _PUBLISH_SCRIPT, len(batch), *channels, *messages)
             return
         pipeline = self._client.pipeline(transaction=False)
-        for channel, message in batch:
-            pipeline.publish(channel, message)
+        for channel, text in batch:
+            pipeline.publish(channel, text)
         pipeline.execute()
 
-    def _disconnect(self) -> None:
-        with self._connection_lock:
-            self._client.connection_pool.disconnect()
+    def _channel(self, event: str) -> str:
+        channel = self._channels.get(event)
+        if channel is None:
+            channel = self._channels[event] = f"{self.prefix}:{event}"
+        return channel
+
+    def _move(self, seq: int, *, keep: bool) -> None:
+        until = utcnow() + CURSOR_LEASE if keep else None
+        held = self.store.move_cursor(self.cursor, owner=self.origin, seq=seq, until=until)
+        if held:
+            self._seen = seq
+        self._holding = held and keep
 
     def _run(self) -> None:
         try:
-            self._publish_until_closed()
+            while not self._closing.is_set():
+                self._wakeup.wait(self.sweep_seconds)
+                self._wakeup.clear()
+                self._publish_until_done()
         finally:
-            # Here too, not only in close(): close() may have given up waiting for
-            # this thread, which may have connected again since.
-            self._drop_queued()
-            self._disconnect()
+            self._release()
 
-    def _publish_until_closed(self) -> None:
-        while True:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            while (self._queue or self._sending) and not self._closed.is_set():
-                full = len(self._queue) >= PIPELINE_SIZE
-                try:
-                    ok = self.publish_pending()
-                except Exception:
-                    if self._closed.is_set():
-                        return  # the connection was cut under it
-                    log.exception("could not publish batch job events; dropping them")
-                    self._drop_queued()
-                    ok = True
-                if not ok:
-                    if self._closing.is_set():
-                        self._drop_queued()
-                        return
-                    self._closing.wait(self._backoff.next())
-                elif not full:
-                    # Each write costs the job's thread GIL hand-overs: batch what follows.
-                    self._closing.wait(LINGER)
-            if self._closing.is_set():
+    def _publish_until_done(self) -> None:
+        while not self._closing.is_set():
+            try:
+                done = self.publish_pending()
+            except Exception:
+                if self._closing.is_set():
+                    return  # the store was closed under it
+                log.exception("could not publish batch job events; trying again")
+                self._holding = False
+                done = False
+            if done:
+                return
+            wait = self._backoff.next() if done is False else LINGER
+            if self._closing.wait(wait):
                 return
 
-    def _drop_queued(self) -> None:
-        with self._lock:
-            # popleft, not clear(): a receiver may append meanwhile, and what it
-            # appends must be counted once, here or later.
-            dropped = len(self._sending)
-            self._sending = []
-            while True:
-                try:
-                    self._queue.popleft()
-                except IndexError:
-                    break
-                dropped += 1
-            self._dropped += dropped
+    def _release(self) -> None:
+        if self._holding:
+            try:
+                self.store.move_cursor(self.cursor, owner=self.origin, seq=self._seen)
+            except Exception:
+                log.debug("could not release the mirror's cursor", exc_info=True)
+            self._holding = False
 
     # -- wake-ups from other processes ----------------------------------------
 
@@ -332,16 +312,35 @@ class RedisMirror:
         messages missed meanwhile.
         """
         self.stop_listening()
-        self._listener = EventListener(
+        self._listener = self._listen(lambda event: wake(), WAKE_EVENTS, wake)
+        return self._listener.start(timeout)
+
+    def watch(self, callback: Callable[[], None], timeout: float | None = None) -> bool:
+        """Call ``callback()`` on every other process's event (and on each reconnection).
+
+        For readers of the outbox (``follow``): a message says "read again".
+        Stops with ``close``. Returns as ``listen`` does.
+        """
+        listener = self._listen(lambda event: callback(), None, callback)
+        self._listeners.append(listener)
+        return listener.start(timeout)
+
+    def _listen(
+        self,
+        callback: Callable[..., None],
+        events: tuple[str, ...] | None,
+        on_connect: Callable[[], None],
+    ) -> EventListener:
+        return EventListener(
             self.url,
-            lambda event: wake(),
+            callback,
             prefix=self.prefix,
-            events=WAKE_EVENTS,
+            events=events,
+            pattern=None if events else DEFAULT_PATTERN,
             ignore_origin=self.origin,
-            on_connect=wake,
+            on_connect=on_connect,
             _outages=self._outages,
         )
-        return self._listener.start(timeout)
 
     def stop_listening(self) -> None:
         """Stop the listener started by ``listen``, if any."""
@@ -350,25 +349,27 @@ class RedisMirror:
             self._listener = None
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Stop mirroring; publish what is queued, waiting up to ``timeout`` seconds.
+        """Stop mirroring: publish what is committed, waiting up to ``timeout`` seconds.
 
-        Then the connection is released, even if Redis has not answered: what
-        is still queued is dropped (counted in ``stats.dropped``).
+        What is left stays in the outbox, for the next mirror on this database
+        to publish.
         """
         self.stop_listening()
-        for event, receiver in self._receivers.items():
-            signals.signal_for(event).disconnect(receiver, sender=self.sender)
+        for listener in self._listeners:
+            listener.stop()
+        self._listeners = []
         with self._lock:
-            self._accepting = False
-            self._closing.set()
             thread = self._thread
-        self._wakeup.set()
+            if thread is None:
+                self._closing.set()
         if thread is not None:
-            thread.join(timeout)
-        # A thread still waiting on a slow Redis fails on the cut connection and
-        # ends, dropping what is left; the connection is released either way.
-        self._closed.set()
-        if thread is None or not thread.is_alive():
-            self._drop_queued()
-        self._disconnect()
+            self._wakeup.set()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not self._outages.down:
+                if not self._holding and self.store.last_seq() <= self._seen:
+                    break
+                time.sleep(LINGER)
+            self._closing.set()
+            self._wakeup.set()
+            thread.join(max(deadline - time.monotonic(), LINGER))
         self._client.close()

@@ -47,6 +47,8 @@ class RemoteEvent:
     result: dict[str, Any] = field(default_factory=dict)
     at: str | None = None
     origin: str | None = None
+    #: The event's seq in the outbox: ``BatchJobs.events(after=...)`` catches up from it.
+    seq: int | None = None
     channel: str = ""
 
     @classmethod
@@ -63,6 +65,7 @@ class RemoteEvent:
         ):
             return None
         result = message.get("result")
+        seq = message.get("seq")
         return cls(
             event=message["event"],
             id=message["id"],
@@ -71,6 +74,7 @@ class RemoteEvent:
             result=result if isinstance(result, dict) else {},
             at=message.get("at"),
             origin=message.get("origin"),
+            seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
             channel=channel,
         )
 
@@ -345,14 +349,14 @@ def relay_to_signals(sender: Any) -> Callable[[RemoteEvent], None]:
 
     ``sender`` is a ``BatchJobs`` on the same database: receivers get
     ``sender``, ``job`` (the record as it is in the store now, which may be
-    further along than the event) and ``remote=True``; a ``RedisMirror``
-    never publishes such events back. Events ``sender`` published itself,
-    and events for jobs not in its database, are skipped.
+    further along than the event), ``seq`` and ``remote=True``. Events
+    ``sender`` committed itself, and events for jobs not in its database,
+    are skipped.
 
     >>> EventListener(url, relay_to_signals(jobs)).start()
     """
 
-    own = getattr(getattr(sender, "mirror", None), "origin", None)
+    own = getattr(sender, "origin", None)
 
     def relay(event: RemoteEvent) -> None:
         if own is not None and event.origin == own:
@@ -362,6 +366,6 @@ def relay_to_signals(sender: Any) -> Callable[[RemoteEvent], None]:
         except NotFoundError:
             log.debug("remote %s for unknown job %s skipped", event.event, event.id)
             return
-        signals.emit(event.event, sender, job, remote=True)
+        signals.emit(event.event, sender, job, seq=event.seq, remote=True)
 
     return relay

@@ -3,8 +3,9 @@
 ``JobExecution`` holds one claim and runs it in the calling thread. Transitions
 it makes in a row (pre-processed → confirmed → processing) share the commit of
 the first checkpoint, or of the completion when the job fits in one chunk;
-each still gets its own timestamp and event, sent after that commit. After
-every commit ``run.job`` is the job as committed, whoever listens.
+each still gets its own timestamp and event, written by the store in that
+commit and sent to receivers after it. After every commit ``run.job`` is the
+job as committed, whoever listens.
 
 A checkpoint whose guard fails means the job moved under us: paused (the
 checkpoint is committed under ``paused`` and the lease given up), canceled
@@ -22,7 +23,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .. import signals
 from ..models import BatchJob, Status, utcnow
 from ..store import Checkpoint, Claim, Store
 from ..strategy import BatchJobStrategy, JobRun, StrategyRegistry
@@ -133,30 +133,6 @@ def _roll_back(run: JobRun, good: tuple[dict[str, Any], str]) -> None:
     result, cursor = good
     run.result = {k: f[1] if isinstance(f, tuple) else json.loads(f) for k, f in result.items()}
     run.cursor = json.loads(cursor)
-
-
-def _emit_events(sender: Any, before: BatchJob, stored: BatchJob, checkpoint: Checkpoint) -> None:
-    """Send the events of a committed checkpoint: one per step, and ``batch.updated``
-    when it changed the result, context or cursor (before a final step's event).
-
-    Each step's event carries the job as at that step, its result as committed.
-    """
-    steps = checkpoint.steps
-    events = [signals.event_for_status(status) for status, _ in steps]
-    if checkpoint.result or checkpoint.context or checkpoint.cursor is not None:
-        final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
-        events.insert(len(events) - final, "batch.updated")
-    done = 0
-    for event in events:
-        if event != "batch.updated":
-            done += 1
-        if not signals.has_receivers(event, sender):
-            continue  # no record to build for nobody
-        job = stored
-        if done < len(steps):  # as at this step: the later steps' timestamps not set yet
-            later = {s.timestamp_field: getattr(before, s.timestamp_field) for s, _ in steps[done:]}
-            job = stored.replace(status=steps[done - 1][0] if done else before.status, **later)
-        signals.emit(event, sender, job)
 
 
 def _paused(checkpoint: Checkpoint) -> Checkpoint:
@@ -410,7 +386,8 @@ class JobExecution:
         return self.expires
 
     def committed(self, checkpoint: Checkpoint, stored: BatchJob | None) -> bool:
-        """After ``checkpoint``'s commit: note the job as committed and send its events.
+        """After ``checkpoint``'s commit: note the job as committed (the store wrote its
+        events in that commit; ``BatchJobs`` sent them to receivers after it).
 
         ``stored`` is what the store answered: ``None`` when its guard failed.
         """
@@ -419,12 +396,10 @@ class JobExecution:
             return False
         if checkpoint.release and self.held.live:
             self.ctx.leases.move(self.held, LeaseState.COMMITTED)
-        before = self.job
         self.job = stored
         if self.run is not None:
             self.run.job = stored
         del self.pending[: len(checkpoint.steps)]
-        _emit_events(self.ctx.sender, before, stored, checkpoint)
         return True
 
     def _lost(self, checkpoint: Checkpoint) -> None:

@@ -374,9 +374,12 @@ class Listener:
     every notification, and once after each reconnection (notifications sent
     while it was away are lost; the callback makes up for them)."""
 
-    def __init__(self, database: Database, callback: Callable[[], None]) -> None:
+    def __init__(
+        self, database: Database, callback: Callable[[], None], *, channel: str = CHANNEL
+    ) -> None:
         self.database = database
         self.callback = callback
+        self.channel = channel
         self.ready = threading.Event()
         self._stop_read, self._stop_write = os.pipe()
         self._stopped = False
@@ -400,7 +403,7 @@ class Listener:
             while not self._stopped:
                 try:
                     with self.database.connect() as conn:
-                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                         self.ready.set()
                         delay = RETRY_DELAY
                         if not first:

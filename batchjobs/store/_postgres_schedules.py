@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..models import BatchJob, Schedule
+from ..models import BatchJob, Event, Schedule
 from ._postgres_connections import Database, boundary
 from ._postgres_schema import SCHEDULES
 from .base import Store
@@ -68,7 +68,8 @@ class PostgresSchedules(Store):
 
     _database: Database
     #: Writes new jobs in an open transaction (``PostgresStore``'s).
-    _insert: Callable[[psycopg.Connection[Any], Sequence[BatchJob], set[str]], None]
+    _insert: Callable[[psycopg.Connection[Any], Sequence[BatchJob], set[str]], list[Event]]
+    _committed: Callable[[list[Event]], None]
 
     @boundary
     def get_schedule(self, name: str) -> Schedule | None:
@@ -149,7 +150,9 @@ class PostgresSchedules(Store):
             schedule.next_fire_at,
         ]
 
-        def work(conn: psycopg.Connection[Any], wake: set[str]) -> Schedule | None:
+        def work(
+            conn: psycopg.Connection[Any], wake: set[str]
+        ) -> tuple[Schedule | None, list[Event]]:
             claimed = conn.execute(
                 f"UPDATE {SCHEDULES} SET next_fire_at = %s, last_fired_at = %s, "
                 "last_job_id = %s, last_error = %s, updated_at = %s, revision = %s "
@@ -158,12 +161,12 @@ class PostgresSchedules(Store):
                 params,
             ).fetchone()
             if claimed is None:
-                return None
-            if jobs:
-                self._insert(conn, jobs, wake)
-            return stored
+                return None, []
+            return stored, (self._insert(conn, jobs, wake) if jobs else [])
 
-        return self._database.write(work)
+        fired, events = self._database.write(work)
+        self._committed(events)
+        return fired
 
     @boundary
     def delete_schedule(self, name: str) -> Schedule | None:

@@ -18,6 +18,12 @@ from ..models import ACTIVE_STATUSES
 TABLE = "batch_jobs"
 COUNTS = "batch_job_counts"
 SCHEDULES = "batch_job_schedules"
+#: The outbox: one row per event; its seq counter (and pruning horizon); readers' cursors.
+EVENTS = "batch_job_events"
+EVENT_SEQ = "batch_job_event_seq"
+CURSORS = "batch_job_event_cursors"
+#: The channel a commit that wrote events notifies (``follow`` wakes on it).
+EVENTS_CHANNEL = "batchjobs_events"
 VERSIONS = "batchjobs_schema"
 ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
 #: The runnable index's condition, written exactly so in claims: the planner uses a
@@ -139,6 +145,40 @@ CREATE TABLE {SCHEDULES} (
     revision integer NOT NULL DEFAULT 0
 );
 CREATE INDEX {SCHEDULES}_due ON {SCHEDULES} (next_fire_at) WHERE paused_at IS NULL;
+""",
+    # 4: the outbox. Seqs come from one counter row, updated last in each
+    # transaction that writes events: its lock is held until the commit, so
+    # seqs follow commit order (a sequence would not: a later seq could commit
+    # first). pruned_through is the highest seq retention deleted.
+    f"""
+CREATE TABLE {EVENTS} (
+    seq bigint PRIMARY KEY,
+    event text NOT NULL,
+    at timestamptz NOT NULL,
+    origin text,
+    id text NOT NULL,
+    type text NOT NULL,
+    status text NOT NULL,
+    created_by text,
+    dry_run boolean NOT NULL,
+    context jsonb NOT NULL,
+    result jsonb NOT NULL,
+    {_TIMESTAMPS}
+);
+CREATE INDEX {EVENTS}_job ON {EVENTS} (id, seq);
+CREATE INDEX {EVENTS}_creator ON {EVENTS} (created_by, seq);
+CREATE TABLE {EVENT_SEQ} (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    last bigint NOT NULL,
+    pruned_through bigint NOT NULL
+);
+INSERT INTO {EVENT_SEQ} VALUES (true, 0, 0);
+CREATE TABLE {CURSORS} (
+    name text PRIMARY KEY,
+    seq bigint NOT NULL,
+    owner text,
+    expires_at timestamptz
+);
 """,
 )
 #: The schema version this code writes.

@@ -65,6 +65,10 @@ class Connections:
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        #: Called before a write transaction commits with what it noted (``pending``);
+        #: its answer goes to ``after_commit`` once the commit succeeded.
+        self.before_commit: Callable[[sqlite3.Connection, list[Any]], Any] | None = None
+        self.after_commit: Callable[[Any], None] | None = None
         # Fault injection, applied to each connection when it is next used.
         self.read_only = False
         self.fault_timeout = 0.0
@@ -101,19 +105,35 @@ class Connections:
             held.settings = settings
         return held.db
 
+    @property
+    def pending(self) -> list[Any]:
+        """What the current write transaction noted for ``before_commit`` (this thread's)."""
+        pending: list[Any] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            raise RuntimeError("noted outside a write transaction")
+        return pending
+
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, its lock taken up front (``BEGIN IMMEDIATE``).
 
-        Inside an open transaction it joins that one.
+        Inside an open transaction it joins that one. Before the commit,
+        ``before_commit`` writes what the transaction noted in ``pending``;
+        after it, ``after_commit`` gets its answer. A rolled-back transaction
+        reaches neither.
         """
         conn = self.db.conn
         if conn.in_transaction:
             yield conn
             return
         conn.execute("BEGIN IMMEDIATE")
+        pending: list[Any] = []
+        self._local.pending = pending
+        written = None
         try:
             yield conn
+            if pending and self.before_commit is not None:
+                written = self.before_commit(conn, pending)
             if self.failing_commits:
                 self.failing_commits -= 1
                 raise sqlite3.OperationalError("disk I/O error (injected by batchjobs.testing)")
@@ -121,7 +141,11 @@ class Connections:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            self._local.pending = None
         conn.execute("COMMIT")
+        if written and self.after_commit is not None:
+            self.after_commit(written)
 
     def statement(self, sql: str, params: Sequence[Any]) -> tuple[list[sqlite3.Row], int]:
         """Run one writing statement; its rows (``RETURNING``) and how many rows it changed.

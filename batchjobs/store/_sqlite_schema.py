@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from ..models import ACTIVE_STATUSES
+from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS
 
 TABLE = "batch_jobs"
 ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
@@ -158,4 +158,50 @@ def m006_job_keys(db: sqlite_utils.Database) -> None:
     db.execute(
         f"CREATE UNIQUE INDEX batch_jobs_key ON {TABLE} (ifnull(created_by, ''), key) "
         "WHERE key IS NOT NULL"
+    )
+
+
+EVENTS = "batch_job_events"
+#: One row: the highest seq that ``prune_events`` deleted (reads below it are refused).
+EVENTS_HORIZON = "batch_job_events_horizon"
+CURSORS = "batch_job_event_cursors"
+#: An event row's columns after ``seq``: the event, then the job as of the event.
+EVENT_COLUMNS = (
+    "event",
+    "at",
+    "origin",
+    "id",
+    "type",
+    "status",
+    "created_by",
+    "dry_run",
+    "context",
+    "result",
+    *TIMESTAMP_FIELDS,
+)
+
+
+@migrations()
+def m007_batch_job_events(db: sqlite_utils.Database) -> None:
+    # The outbox. AUTOINCREMENT: a seq is never reused, even once the newest
+    # events are deleted; writers take the write lock up front, so seqs grow
+    # one by one in commit order.
+    timestamps = ", ".join(f"{name} TEXT" for name in (*_M001_TIMESTAMPS, "paused_at"))
+    db.execute(
+        f"CREATE TABLE {EVENTS} (seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, "
+        "at TEXT NOT NULL, origin TEXT, id TEXT NOT NULL, type TEXT NOT NULL, "
+        "status TEXT NOT NULL, created_by TEXT, dry_run INTEGER NOT NULL, "
+        f"context TEXT NOT NULL, result TEXT NOT NULL, {timestamps})"
+    )
+    # A rowid index ends with the seq: one job's or one user's events, in order.
+    db.execute(f"CREATE INDEX {EVENTS}_job ON {EVENTS} (id)")
+    db.execute(f"CREATE INDEX {EVENTS}_creator ON {EVENTS} (created_by)")
+    db.execute(
+        f"CREATE TABLE {EVENTS_HORIZON} (one INTEGER PRIMARY KEY CHECK (one = 1), "
+        "pruned_through INTEGER NOT NULL)"
+    )
+    db.execute(f"INSERT INTO {EVENTS_HORIZON} VALUES (1, 0)")
+    db.execute(
+        f"CREATE TABLE {CURSORS} (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, owner TEXT, "
+        "expires_at TEXT)"
     )

@@ -27,6 +27,24 @@ from and counts one more; firing one (``fire_schedule``) is a guarded write
 too, and inserts the fire's jobs in its transaction: a fire time makes its
 jobs once, however many processes try.
 
+Events (the outbox). Every write that changes a job also writes, in its
+transaction, one row per event it makes: ``insert`` ``batch.created``;
+``transition`` the event of the status entered; ``merge`` ``batch.updated``;
+``save`` one per step and ``batch.updated`` when it changed the result, the
+context or the cursor (``checkpoint_events`` says which, in which order);
+``fire_schedule`` its jobs' ``batch.created``. Each row gets the next ``seq``:
+seqs increase by one per event in the order the transactions commit, so a
+reader that has seen ``seq`` never later finds an event below it. A row holds
+the job as of its event. Nothing is written for a write whose guard failed or
+that rolled back. After the commit, ``on_events`` (if set) gets the events the
+transaction wrote, in the committing thread. ``delete`` deletes the jobs'
+events with them; ``prune_events`` deletes the oldest events, and a read
+``after`` a seq it deleted raises ``EventsPrunedError``, never skips them.
+
+Cursors. A named cursor (``take_cursor``/``move_cursor``) is a reader's
+position in the outbox, leased to one owner at a time: how the Redis mirror
+publishes every event once, in seq order, whichever process runs it.
+
 Cleanups. A job canceled after its processing began owes its strategy's
 ``on_cancel`` a run. The cancel (``transition`` to ``canceled``) marks such a
 job for cleanup; ``claim`` offers marked jobs to workers like runnable ones
@@ -45,7 +63,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Schedule, Status
+from ..models import (
+    ACTIVE_STATUSES,
+    TIMESTAMP_FIELDS,
+    UPDATED_EVENT,
+    BatchJob,
+    Event,
+    Schedule,
+    Status,
+    status_event,
+)
 
 __all__ = [
     "DATE_OPERATORS",
@@ -58,6 +85,7 @@ __all__ = [
     "Lease",
     "Store",
     "StoredJob",
+    "checkpoint_events",
 ]
 
 #: Columns ``list_and_count`` may order by.
@@ -171,6 +199,36 @@ class StoredJob:
     key: str | None = None
 
 
+def checkpoint_events(
+    before: BatchJob, after: BatchJob, checkpoint: Checkpoint
+) -> list[tuple[str, BatchJob, datetime]]:
+    """The events ``checkpoint`` makes, turning ``before`` into ``after``: (name, job, at).
+
+    One per step, each with the job as at that step (its result as
+    committed), and ``batch.updated`` when the checkpoint changed the result,
+    the context or the cursor: after the steps, or before a final
+    ``completed``/``failed`` step. Every backend writes exactly these.
+    """
+    steps = list(checkpoint.steps)
+    names: list[str | None] = [None] * len(steps)
+    if checkpoint.result or checkpoint.context or checkpoint.cursor is not None:
+        final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
+        names.insert(len(names) - final, UPDATED_EVENT)
+    if not names:
+        return []
+    earlier = {s.timestamp_field: getattr(before, s.timestamp_field) for s, _ in steps}
+    job = after.replace(status=before.status, **earlier) if steps else after
+    events = []
+    for name in names:
+        if name is None:
+            status, at = steps.pop(0)
+            job = job.replace(status=status, **{status.timestamp_field: at})
+            events.append((status_event(status), job, at))
+        else:
+            events.append((name, job, checkpoint.now))
+    return events
+
+
 class Store(abc.ABC):
     """The store protocol. Implementations: ``sqlite.SQLiteStore`` and
     ``postgres.PostgresStore`` (``open_store`` picks one).
@@ -181,6 +239,12 @@ class Store(abc.ABC):
 
     #: A name for messages: the file, or the URL without credentials.
     location: str = ""
+    #: Written on each event row: which ``BatchJobs`` committed it (``None``: unnamed).
+    origin: str | None = None
+    #: Called after each commit that wrote events, with them in seq order, in the
+    #: committing thread; never for a transaction that rolled back. What it raises
+    #: is logged: the write it reports is committed.
+    on_events: Callable[[list[Event]], None] | None = None
 
     # -- the store itself ------------------------------------------------------
 
@@ -464,6 +528,63 @@ class Store(abc.ABC):
 
         The jobs it made stay. A fire racing the removal either commits first
         (its jobs stay) or finds the schedule gone and writes nothing.
+        """
+
+    # -- events (the outbox) ---------------------------------------------------
+
+    @abc.abstractmethod
+    def events(
+        self,
+        *,
+        after: int | None = None,
+        limit: int = 1000,
+        job_id: str | None = None,
+        created_by: str | None = None,
+    ) -> list[Event]:
+        """Up to ``limit`` events with a seq above ``after``, oldest first, from one snapshot.
+
+        ``after=None`` reads from the oldest event kept. Only job ``job_id``'s,
+        or only those of jobs ``created_by`` that user, when given.
+        ``EventsPrunedError`` (with the oldest seq kept) when events after
+        ``after`` were deleted by ``prune_events``; ``InvalidDataError`` for a
+        negative ``after`` or one beyond the last seq ever written (a
+        position in another database).
+        """
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` after every commit that wrote events, from any process, if
+        this backend can tell (PostgreSQL's ``NOTIFY``); returns how to stop, or
+        ``None`` when it cannot (readers then poll)."""
+        return None
+
+    @abc.abstractmethod
+    def last_seq(self) -> int:
+        """The seq of the last event committed (0 before the first)."""
+
+    @abc.abstractmethod
+    def prune_events(self, *, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest events, stopping at the first one at or
+        after ``before``: one transaction, the oldest first, so what is kept is
+        always every event above one seq. Returns how many were deleted."""
+
+    @abc.abstractmethod
+    def take_cursor(
+        self, name: str, *, owner: str, now: datetime, until: datetime, start: int
+    ) -> tuple[int, bool]:
+        """Lease cursor ``name`` to ``owner`` until ``until`` if nobody else holds it live at
+        ``now``: one guarded write. A cursor that does not exist yet is made at ``start``.
+
+        Returns its seq and whether ``owner`` holds it now.
+        """
+
+    @abc.abstractmethod
+    def move_cursor(
+        self, name: str, *, owner: str, seq: int, until: datetime | None = None
+    ) -> bool:
+        """Set cursor ``name`` to ``seq`` if ``owner`` holds it: one guarded write.
+
+        The lease is extended until ``until``, or given up when ``until`` is
+        ``None``. False (nothing written) if ``owner`` no longer holds it.
         """
 
     # -- fault injection: what batchjobs.testing drives ------------------------

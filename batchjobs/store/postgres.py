@@ -14,14 +14,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import InvalidDataError, StoreError
-from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS, BatchJob, Status
+from ..models import (
+    ACTIVE_STATUSES,
+    TIMESTAMP_FIELDS,
+    UPDATED_EVENT,
+    BatchJob,
+    Event,
+    Status,
+    status_event,
+    utcnow,
+)
 from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
+from ._postgres_outbox import Noted, PostgresOutbox
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
     COUNTED_FILTERS,
@@ -40,9 +50,12 @@ from .base import (
     Lease,
     Store,
     StoredJob,
+    checkpoint_events,
 )
 
 __all__ = ["DEFAULT_POOL_SIZE", "POOL_SPARE", "PostgresStore"]
+
+T = TypeVar("T")
 
 #: Connections in the pool when the caller does not size it.
 DEFAULT_POOL_SIZE = 5
@@ -111,7 +124,7 @@ def _claim(row: Sequence[Any]) -> Claim:
     )
 
 
-class PostgresStore(PostgresSchedules, Store):
+class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
     """Batch jobs (and schedules) in a PostgreSQL database, shared by any number of
     processes on any number of machines.
 
@@ -179,19 +192,26 @@ class PostgresStore(PostgresSchedules, Store):
 
     # -- writes --------------------------------------------------------------
 
-    @staticmethod
-    def _insert(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob], wake: set[str]) -> None:
+    def _insert(
+        self, conn: psycopg.Connection[Any], jobs: Sequence[BatchJob], wake: set[str]
+    ) -> list[Event]:
+        """Insert ``jobs`` and their ``batch.created`` events; the events, numbered."""
         names = COLUMNS[:_LEASE]
         rows = [_job_row(job) for job in jobs]
         marks = ", ".join("%s" for _ in names)
         with conn.cursor() as cur:
             cur.executemany(f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({marks})", rows)
         wake.update(job.type for job in jobs if job.status in _ACTIVE)
+        return self._write_events(
+            conn, [("batch.created", job, job.created_at or utcnow()) for job in jobs]
+        )
 
     @boundary
     def insert(self, job: BatchJob, *, key: str | None = None) -> BatchJob:
         if key is None:
-            self._database.write(lambda conn, wake: self._insert(conn, [job], wake))
+            self._committed(
+                self._database.write(lambda conn, wake: self._insert(conn, [job], wake))
+            )
             return job
         names = (*COLUMNS[:_LEASE], "key")
         values = [*_job_row(job), key]
@@ -203,17 +223,20 @@ class PostgresStore(PostgresSchedules, Store):
             "RETURNING id"
         )
 
-        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob:
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> tuple[BatchJob, list[Event]]:
             if conn.execute(query, values).fetchone() is not None:
                 if job.status in _ACTIVE:
                     wake.add(job.type)
-                return job
+                at = job.created_at or utcnow()
+                return job, self._write_events(conn, [("batch.created", job, at)])
             found = self._by_key(conn, key, job.created_by)
             if found is None:  # pragma: no cover - the key's holder was deleted meanwhile
                 raise StoreError(f"The job with key {key!r} vanished while it was read")
-            return found
+            return found, []
 
-        return self._database.write(work)
+        stored, events = self._database.write(work)
+        self._committed(events)
+        return stored
 
     @staticmethod
     def _by_key(conn: psycopg.Connection[Any], key: str, created_by: str | None) -> BatchJob | None:
@@ -259,16 +282,18 @@ class PostgresStore(PostgresSchedules, Store):
             "froms": [Status(s).value for s in from_statuses],
         }
 
-        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
+        def work(
+            conn: psycopg.Connection[Any], wake: set[str]
+        ) -> tuple[BatchJob | None, list[Event]]:
             row = conn.execute(query, params).fetchone()
             if row is None:
-                return None
+                return None, []
             job = _record(row)
             if to in _ACTIVE:
                 wake.add(job.type)
-            return job
+            return job, self._write_events(conn, [(status_event(to), job, now)])
 
-        return self._database.write(work)
+        return self._write(work)
 
     @boundary
     def merge(
@@ -285,11 +310,16 @@ class PostgresStore(PostgresSchedules, Store):
         )
         params = [Jsonb(dict(context or {})), Jsonb(dict(result or {})), now, id]
 
-        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
+        def work(
+            conn: psycopg.Connection[Any], wake: set[str]
+        ) -> tuple[BatchJob | None, list[Event]]:
             row = conn.execute(query, params).fetchone()
-            return None if row is None else _record(row)
+            if row is None:
+                return None, []
+            job = _record(row)
+            return job, self._write_events(conn, [(UPDATED_EVENT, job, now)])
 
-        return self._database.write(work)
+        return self._write(work)
 
     @boundary
     def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
@@ -303,7 +333,9 @@ class PostgresStore(PostgresSchedules, Store):
             params.append([Status(s).value for s in statuses])
 
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> list[str]:
-            return [row[0] for row in conn.execute(f"{query} RETURNING id", params)]
+            deleted = [row[0] for row in conn.execute(f"{query} RETURNING id", params)]
+            self._delete_events(conn, deleted)  # the jobs' events go with them
+            return deleted
 
         return self._database.write(work)
 
@@ -449,16 +481,40 @@ class PostgresStore(PostgresSchedules, Store):
         if cp.context:
             assignments.append("context = context || %s")
             params.append(Jsonb(dict(cp.context)))
+        olds = list(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
+        if not olds:
+            query = (
+                f"UPDATE {TABLE} SET {', '.join(assignments)} "
+                f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+            )
+            return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
+        # The steps' timestamps as they were, returned too: the events of the steps
+        # before the last carry the job as at each step (checkpoint_events).
+        old = ", ".join(f"{name} AS old_{name}" for name in olds)
         query = (
             f"UPDATE {TABLE} SET {', '.join(assignments)} "
-            f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+            f"FROM (SELECT id AS old_id, {old} FROM {TABLE} WHERE id = %s FOR UPDATE) AS old "
+            f"WHERE id = old.old_id AND status = %s AND lease = %s "
+            f"RETURNING {_SELECT}, {', '.join(f'old_{name}' for name in olds)}"
         )
         return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
+
+    @staticmethod
+    def _saved(row: Sequence[Any] | None, cp: Checkpoint) -> tuple[BatchJob | None, list[Noted]]:
+        """The job a checkpoint's statement returned, and the events it makes."""
+        if row is None:
+            return None, []
+        job = _record(row)
+        olds = list(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
+        before = job.replace(status=cp.expect, **dict(zip(olds, row[len(COLUMNS) :], strict=True)))
+        return job, checkpoint_events(before, job, cp)
 
     @boundary
     def save(self, checkpoint: Checkpoint) -> BatchJob | None:
         query, params = self._save_query(checkpoint)
-        if not checkpoint.release:
+        cp = checkpoint
+        makes_events = bool(cp.steps or cp.result or cp.context or cp.cursor is not None)
+        if not checkpoint.release and not makes_events:
             # One statement: its own transaction. Lost in flight, it is found
             # again by its exact updated_at under the same lease.
             def recover(conn: psycopg.Connection[Any]) -> BatchJob | None:
@@ -478,16 +534,17 @@ class PostgresStore(PostgresSchedules, Store):
                 recover,
             )
 
-        def work(conn: psycopg.Connection[Any], wake: set[str]) -> BatchJob | None:
-            row = conn.execute(query, params).fetchone()
-            if row is None:
-                return None
-            job = _record(row)
+        def work(
+            conn: psycopg.Connection[Any], wake: set[str]
+        ) -> tuple[BatchJob | None, list[Event]]:
+            job, noted = self._saved(conn.execute(query, params).fetchone(), checkpoint)
+            if job is None:
+                return None, []
             if checkpoint.release and checkpoint.until is None and job.status in _ACTIVE:
                 wake.add(job.type)  # handed over: another worker may take it now
-            return job
+            return job, self._write_events(conn, noted)
 
-        return self._database.write(work)
+        return self._write(work)
 
     @boundary
     def commit(
@@ -503,20 +560,34 @@ class PostgresStore(PostgresSchedules, Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[list[BatchJob | None], list[Claim]]:
+        ) -> tuple[tuple[list[BatchJob | None], list[Claim]], list[Event]]:
             # One round trip for the lot: the statements are pipelined.
             with conn.pipeline():
                 saved = [conn.execute(*query) for query in saves]
                 released = self._release_cursor(conn, leases)
                 claimed = None if claim_query is None else conn.execute(*claim_query)
-            jobs = [None if (row := cur.fetchone()) is None else _record(row) for cur in saved]
+            jobs: list[BatchJob | None] = []
+            noted: list[Noted] = []
+            for cur, cp in zip(saved, checkpoints, strict=True):
+                job, made = self._saved(cur.fetchone(), cp)
+                jobs.append(job)
+                noted.extend(made)
             if released is not None:
                 wake.update(row[0] for row in released if Status(row[1]) in _ACTIVE)
             claims = [] if claimed is None else [_claim(row) for row in claimed]
             claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
-            return jobs, claims
+            return (jobs, claims), self._write_events(conn, noted)
 
-        return self._database.write(work)
+        return self._write(work)
+
+    def _write(
+        self, work: Callable[[psycopg.Connection[Any], set[str]], tuple[T, list[Event]]]
+    ) -> T:
+        """Run ``work`` in one transaction (``Database.write``); then hand the events it
+        wrote to ``on_events``, once committed."""
+        result, events = self._database.write(work)
+        self._committed(events)
+        return result
 
     @boundary
     def renew(self, leases: Iterable[Lease], until: datetime) -> list[str]:

@@ -21,8 +21,13 @@ from urllib.parse import quote
 import sqlite_utils
 
 from ..errors import InvalidDataError
-from ..models import TIMESTAMP_FIELDS, BatchJob, Status
+from ..models import TIMESTAMP_FIELDS, UPDATED_EVENT, BatchJob, Status, status_event, utcnow
 from ._sqlite_connections import Connections, boundary
+from ._sqlite_outbox import SQLiteOutbox
+from ._sqlite_rows import job_fields as _fields
+from ._sqlite_rows import job_record as _record
+from ._sqlite_rows import parse_ts as _parse_ts
+from ._sqlite_rows import ts as _ts
 from ._sqlite_schedules import SQLiteSchedules
 from ._sqlite_schema import COUNTED_FILTERS, COUNTS, RUNNABLE, TABLE, migrations
 from .base import (
@@ -34,6 +39,7 @@ from .base import (
     Lease,
     Store,
     StoredJob,
+    checkpoint_events,
 )
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "DURABILITY_LEVELS", "SQLITE_VERSION", "SQLiteStore"]
@@ -45,31 +51,6 @@ DURABILITY_LEVELS = {"normal": "NORMAL", "full": "FULL"}
 #: The SQLite library's version (``batchjobs version`` prints it).
 SQLITE_VERSION = sqlite3.sqlite_version
 _SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _parse_ts(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _fields(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "type": row["type"],
-        "status": Status(row["status"]),
-        "created_by": row["created_by"],
-        "dry_run": bool(row["dry_run"]),
-        "context": json.loads(row["context"]),
-        "result": json.loads(row["result"]),
-        **{name: _parse_ts(row[name]) for name in TIMESTAMP_FIELDS},
-    }
-
-
-def _record(row: sqlite3.Row) -> BatchJob:
-    return BatchJob(**_fields(row))
 
 
 def _claim(row: sqlite3.Row) -> Claim:
@@ -86,7 +67,7 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
-class SQLiteStore(SQLiteSchedules, Store):
+class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
     """Batch jobs (and schedules) in one SQLite file, safe across threads and processes.
 
     With ``read_only`` (or a ``file:…?mode=ro`` URI for ``path``) the file is
@@ -111,6 +92,7 @@ class SQLiteStore(SQLiteSchedules, Store):
             where, synchronous=DURABILITY_LEVELS[durability], busy_timeout=busy_timeout
         )
         self.location = self._connections.location
+        self._start_outbox()
         self._open()
 
     def __repr__(self) -> str:
@@ -162,29 +144,31 @@ class SQLiteStore(SQLiteSchedules, Store):
 
     @boundary
     def insert(self, job: BatchJob, *, key: str | None = None) -> BatchJob:
-        row = {
+        context = json.dumps(job.context, allow_nan=False)
+        result = json.dumps(job.result, allow_nan=False)
+        row: dict[str, Any] = {
             "id": job.id,
             "type": job.type,
             "status": job.status.value,
             "created_by": job.created_by,
             "dry_run": int(job.dry_run),
-            "context": json.dumps(job.context, allow_nan=False),
-            "result": json.dumps(job.result, allow_nan=False),
+            "context": context,
+            "result": result,
             **{name: _ts(getattr(job, name)) for name in TIMESTAMP_FIELDS},
         }
-        insert = f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})"
-        if key is None:
-            self._connections.statement(insert, list(row.values()))
-            return job
-        row["key"] = key
+        if key is not None:
+            row["key"] = key
         insert = f"INSERT INTO {TABLE} ({', '.join(row)}) VALUES ({_marks(list(row))})"
         with self.write() as conn:
             # The write lock is taken up front: no insert can come between the
             # look and the insert (and the unique index would refuse it).
-            found = self._by_key(key, job.created_by)
-            if found is not None:
-                return found
+            if key is not None:
+                found = self._by_key(key, job.created_by)
+                if found is not None:
+                    return found
             conn.execute(insert, list(row.values()))
+            at = job.created_at or utcnow()
+            self._note("batch.created", job, at, context, result)
         return job
 
     def _by_key(self, key: str, created_by: str | None) -> BatchJob | None:
@@ -225,8 +209,13 @@ class SQLiteStore(SQLiteSchedules, Store):
             f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ? "
             f"AND status IN ({_marks(froms)}) RETURNING *"
         )
-        rows, _ = self._connections.statement(sql, [*params, id, *froms])
-        return _record(rows[0]) if rows else None
+        with self.write() as conn:  # the change and its event: one transaction
+            row = conn.execute(sql, [*params, id, *froms]).fetchone()
+            if row is None:
+                return None
+            job = _record(row)
+            self._note(status_event(to), job, now, row["context"], row["result"])
+        return job
 
     @boundary
     def merge(
@@ -244,16 +233,15 @@ class SQLiteStore(SQLiteSchedules, Store):
             job = _record(row)
             new_context = {**job.context, **(context or {})}
             new_result = {**job.result, **(result or {})}
+            context_text = json.dumps(new_context, allow_nan=False)
+            result_text = json.dumps(new_result, allow_nan=False)
             conn.execute(
                 f"UPDATE {TABLE} SET context = ?, result = ?, updated_at = ? WHERE id = ?",
-                [
-                    json.dumps(new_context, allow_nan=False),
-                    json.dumps(new_result, allow_nan=False),
-                    _ts(now),
-                    id,
-                ],
+                [context_text, result_text, _ts(now), id],
             )
-        return job.replace(context=new_context, result=new_result, updated_at=now)
+            job = job.replace(context=new_context, result=new_result, updated_at=now)
+            self._note(UPDATED_EVENT, job, now, context_text, result_text)
+        return job
 
     @boundary
     def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
@@ -266,8 +254,10 @@ class SQLiteStore(SQLiteSchedules, Store):
             values = [Status(s).value for s in statuses]
             sql += f" AND status IN ({_marks(values)})"
             params.extend(values)
-        rows, _ = self._connections.statement(f"{sql} RETURNING id", params)
-        return [row[0] for row in rows]
+        with self.write() as conn:  # the jobs and their events
+            deleted = [row[0] for row in conn.execute(f"{sql} RETURNING id", params).fetchall()]
+            self._delete_events(conn, deleted)
+        return deleted
 
     @boundary
     def dump(self, *, after: str | None = None, limit: int = 1000) -> list[StoredJob]:
@@ -383,6 +373,7 @@ class SQLiteStore(SQLiteSchedules, Store):
         if row is None:
             return None
         fields = _fields(row)
+        before = BatchJob(**fields)
         sets = {"updated_at": _ts(cp.now)}
         for status, at in cp.steps:
             fields["status"], fields[status.timestamp_field] = status, at
@@ -404,7 +395,13 @@ class SQLiteStore(SQLiteSchedules, Store):
             f"UPDATE {TABLE} SET {', '.join(f'{name} = ?' for name in sets)} WHERE id = ?",
             [*sets.values(), cp.lease.id],
         )
-        return BatchJob(**fields)
+        job = BatchJob(**fields)
+        events = checkpoint_events(before, job, cp)
+        if events:
+            context, result = sets.get("context", row["context"]), sets.get("result", row["result"])
+            for event, as_of, at in events:
+                self._note(event, as_of, at, context, result)
+        return job
 
     @boundary
     def commit(

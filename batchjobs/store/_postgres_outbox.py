@@ -1,0 +1,261 @@
+"""The PostgreSQL store's outbox: event rows written in each change's transaction, read by seq.
+
+Seqs come from one counter row, updated at the end of each transaction that
+writes events: its row lock is held until that transaction commits, so the
+next writer takes the following seqs and commits after it. Seq order is
+commit order: a reader that saw seq ``n`` never later finds an event below
+it. The same statement sends a ``NOTIFY`` (delivered with the commit) that
+wakes ``follow`` in every process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..errors import EventsPrunedError, InvalidDataError
+from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
+from ._postgres_connections import Database, Listener, boundary
+from ._postgres_schema import CURSORS, EVENT_SEQ, EVENTS, EVENTS_CHANNEL
+from .base import Store
+
+log = logging.getLogger("batchjobs.store")
+
+#: An event row's columns: the event, then the job as of the event.
+EVENT_COLUMNS = (
+    "seq",
+    "event",
+    "at",
+    "origin",
+    "id",
+    "type",
+    "status",
+    "created_by",
+    "dry_run",
+    "context",
+    "result",
+    *TIMESTAMP_FIELDS,
+)
+_SELECT_EVENT = ", ".join(EVENT_COLUMNS)
+_TS = 11  # where the timestamps start in EVENT_COLUMNS
+_INSERT = (
+    f"INSERT INTO {EVENTS} ({_SELECT_EVENT}) VALUES ({', '.join('%s' for _ in EVENT_COLUMNS)})"
+)
+
+#: (event name, job as of the event, when): an event noted in a transaction.
+Noted = tuple[str, BatchJob, datetime]
+
+
+def _check_seq(name: str, value: Any, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidDataError(f"{name} must be a non-negative integer (a seq), not {value!r}")
+
+
+def _event(row: Sequence[Any]) -> Event:
+    job = BatchJob(
+        id=row[4],
+        type=row[5],
+        status=Status(row[6]),
+        created_by=row[7],
+        dry_run=row[8],
+        context=row[9],
+        result=row[10],
+        **dict(zip(TIMESTAMP_FIELDS, row[_TS:], strict=True)),
+    )
+    return Event(row[0], row[1], job, row[2], row[3])
+
+
+class PostgresOutbox(Store):
+    """The outbox half of ``PostgresStore``: writing, reading and pruning events; cursors."""
+
+    _database: Database
+
+    def _write_events(self, conn: psycopg.Connection[Any], noted: Sequence[Noted]) -> list[Event]:
+        """Number ``noted`` and write them, last in their transaction (the counter's lock
+        is held until the commit)."""
+        if not noted:
+            return []
+        row = conn.execute(
+            f"UPDATE {EVENT_SEQ} SET last = last + %s "
+            f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
+            [len(noted)],
+        ).fetchone()
+        assert row is not None
+        seq = int(row[0]) - len(noted)
+        origin = self.origin
+        events: list[Event] = []
+        rows = []
+        for name, job, at in noted:
+            seq += 1
+            events.append(Event(seq, name, job, at, origin))
+            rows.append(
+                (
+                    seq,
+                    name,
+                    at,
+                    origin,
+                    job.id,
+                    job.type,
+                    job.status.value,
+                    job.created_by,
+                    job.dry_run,
+                    Jsonb(job.context),
+                    Jsonb(job.result),
+                    *(getattr(job, field) for field in TIMESTAMP_FIELDS),
+                )
+            )
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT, rows)
+        return events
+
+    def _committed(self, events: list[Event]) -> None:
+        listener = self.on_events
+        if not events or listener is None:
+            return
+        try:
+            listener(events)
+        except Exception:
+            log.exception("the listener of committed events failed (the events are committed)")
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` after every commit that wrote events, in any process (``NOTIFY``)."""
+        listener = Listener(self._database, wake, channel=EVENTS_CHANNEL)
+        listener.start()
+        return listener.stop
+
+    # -- reads ---------------------------------------------------------------
+
+    @boundary
+    def events(
+        self,
+        *,
+        after: int | None = None,
+        limit: int = 1000,
+        job_id: str | None = None,
+        created_by: str | None = None,
+    ) -> list[Event]:
+        _check_seq("after", after, optional=True)
+        _check_seq("limit", limit, optional=False)
+        where, params = ["seq > %s"], []
+        if job_id is not None:
+            where.append("id = %s")
+            params.append(job_id)
+        if created_by is not None:
+            where.append("created_by = %s")
+            params.append(created_by)
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[list[Any], int, int, int | None]:
+            # One snapshot: the horizon, the last seq and the rows agree. Refusals
+            # are raised by the caller: the transaction's retries wrap what it raises.
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                row = conn.execute(f"SELECT last, pruned_through FROM {EVENT_SEQ}").fetchone()
+                assert row is not None
+                last, horizon = int(row[0]), int(row[1])
+                if after is not None and after < horizon:
+                    found = conn.execute(
+                        f"SELECT min(seq) FROM {EVENTS} WHERE seq > %s", [horizon]
+                    ).fetchone()
+                    oldest = found[0] if found and found[0] is not None else horizon + 1
+                    return [], last, horizon, int(oldest)
+                if after is not None and after > last:
+                    return [], last, horizon, None
+                rows = conn.execute(
+                    f"SELECT {_SELECT_EVENT} FROM {EVENTS} WHERE {' AND '.join(where)} "
+                    "ORDER BY seq LIMIT %s",
+                    [horizon if after is None else after, *params, limit],
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return rows, last, horizon, None
+
+        rows, last, horizon, oldest = self._database.read(read)
+        if oldest is not None:
+            raise EventsPrunedError(after or 0, oldest)
+        if after is not None and after > last:
+            raise InvalidDataError(
+                f"after={after} is beyond the last event of this database (seq {last}): "
+                "a position read from another database?"
+            )
+        return [_event(row) for row in rows]
+
+    @boundary
+    def last_seq(self) -> int:
+        row = self._database.read(
+            lambda conn: conn.execute(f"SELECT last FROM {EVENT_SEQ}").fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    # -- writes --------------------------------------------------------------
+
+    @boundary
+    def prune_events(self, *, before: datetime, limit: int) -> int:
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> int:
+            through = None
+            for seq, at in conn.execute(
+                f"SELECT seq, at FROM {EVENTS} ORDER BY seq LIMIT %s", [limit]
+            ):
+                if at >= before:
+                    break
+                through = seq
+            if through is None:
+                return 0
+            deleted = conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= %s", [through]).rowcount
+            conn.execute(
+                f"UPDATE {EVENT_SEQ} SET pruned_through = greatest(pruned_through, %s)",
+                [through],
+            )
+            return int(deleted)
+
+        return self._database.write(work)
+
+    @staticmethod
+    def _delete_events(conn: psycopg.Connection[Any], ids: list[str]) -> None:
+        """Delete the events of jobs ``ids`` (in the transaction deleting the jobs)."""
+        if ids:
+            conn.execute(f"DELETE FROM {EVENTS} WHERE id = ANY(%s)", [ids])
+
+    @boundary
+    def take_cursor(
+        self, name: str, *, owner: str, now: datetime, until: datetime, start: int
+    ) -> tuple[int, bool]:
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> tuple[int, bool]:
+            conn.execute(
+                f"INSERT INTO {CURSORS} (name, seq) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                [name, start],
+            )
+            row = conn.execute(
+                f"UPDATE {CURSORS} SET owner = %s, expires_at = %s WHERE name = %s "
+                "AND (owner IS NULL OR owner = %s OR expires_at <= %s) RETURNING seq",
+                [owner, until, name, owner, now],
+            ).fetchone()
+            if row is not None:
+                return int(row[0]), True
+            found = conn.execute(f"SELECT seq FROM {CURSORS} WHERE name = %s", [name]).fetchone()
+            assert found is not None
+            return int(found[0]), False
+
+        return self._database.write(work)
+
+    @boundary
+    def move_cursor(
+        self, name: str, *, owner: str, seq: int, until: datetime | None = None
+    ) -> bool:
+        keep = until is not None
+
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> bool:
+            moved = conn.execute(
+                f"UPDATE {CURSORS} SET seq = %s, owner = %s, expires_at = %s "
+                "WHERE name = %s AND owner = %s",
+                [seq, owner if keep else None, until, name, owner],
+            ).rowcount
+            return moved == 1
+
+        return self._database.write(work)
