@@ -60,13 +60,14 @@ def worker(
     previous = _trap_signals(stop)
     events = _echo_events(jobs)
     try:
-        jobs.start(concurrency=concurrency, poll_interval=poll_interval)
+        # Said before the workers start, so that it is the first line whatever they print.
         ending = "exits when no job is left" if until_idle else "stop it with Ctrl-C"
         click.echo(
             f"Worker on {jobs.location} (types: {', '.join(types)}; concurrency "
-            f"{jobs.concurrency}); {ending}.",
+            f"{concurrency or jobs.concurrency}); {ending}.",
             err=True,
         )
+        jobs.start(concurrency=concurrency, poll_interval=poll_interval)
         if until_idle:
             jobs.wait_until_idle(stop=stop)
         else:
