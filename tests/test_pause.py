@@ -26,6 +26,8 @@ from batchjobs.models import utcnow
 from tests.strategies import read_ledger
 from tests.test_crash import progress, wait_for
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -237,10 +239,10 @@ def test_pause_and_resume_over_http_for_the_owner_only(jobs: BatchJobs) -> None:
     assert resumed.get_json()["batch_job"]["status"] == "confirmed"
 
 
-def test_pause_and_resume_from_the_command_line(jobs: BatchJobs, db_path: Path) -> None:
+def test_pause_and_resume_from_the_command_line(jobs: BatchJobs, db_url: str | Path) -> None:
     job = confirmed_job(jobs)
     runner = CliRunner(env={"BATCHJOBS_DB": None, "BATCHJOBS_APP": None})
-    group = ["--db", str(db_path), "--app", "tests.strategies"]
+    group = ["--db", str(db_url), "--app", "tests.strategies"]
     paused = runner.invoke(cli, [*group, "pause", job.id])
     assert (paused.exit_code, paused.stdout) == (0, f"{job.id} paused\n")
     watched = runner.invoke(cli, [*group, "watch", job.id])

@@ -19,6 +19,8 @@ from batchjobs import BatchJob, BatchJobs, InvalidDataError, NotFoundError, Sche
 from batchjobs.limits import MAX_LIST_LIMIT
 from batchjobs.schedules import MAX_CATCH_UP, fire_times
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 ROOT = Path(__file__).resolve().parent.parent
 UTC = timezone.utc
 PARIS = ZoneInfo("Europe/Paris")
@@ -193,12 +195,12 @@ def test_a_fire_the_strategy_refuses_is_spent_with_its_reason(jobs: BatchJobs) -
 
 
 def test_schedules_of_a_type_this_process_lacks_wait_for_a_process_that_has_it(
-    make_jobs: Any, db_path: Path
+    make_jobs: Any, db_url: str | Path
 ) -> None:
     full = make_jobs()
     with freeze_time("2024-06-01 10:15:00"):
         full.schedule("s", "ledger", {"n": 1}, cron="30 * * * *")
-    bare = BatchJobs(db_path)
+    bare = BatchJobs(db_url)
     try:
         assert bare.fire_schedules(at("2024-06-01 10:30")) == []
     finally:
@@ -401,7 +403,7 @@ def test_threads_racing_on_one_schedule_fire_each_time_once(make_jobs: Any) -> N
 
 @pytest.mark.slow
 def test_three_processes_racing_on_one_schedule_make_each_fire_once(
-    jobs: BatchJobs, db_path: Path
+    jobs: BatchJobs, db_url: str | Path
 ) -> None:
     with freeze_time("2024-06-01 00:00:00"):
         schedule = jobs.schedule("race", "words", {"words": []}, every=60, misfire="all")
@@ -412,7 +414,7 @@ def test_three_processes_racing_on_one_schedule_make_each_fire_once(
                 sys.executable,
                 "-m",
                 "tests.schedule_racer",
-                str(db_path),
+                str(db_url),
                 "2024-06-01T00:01:00+00:00",
                 "60",
                 "100",
