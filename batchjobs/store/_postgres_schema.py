@@ -32,8 +32,6 @@ RUNNABLE = f"(status IN {ACTIVE_SQL} OR cleanup)"
 #: Rows per (type, status, creator) in the counts table: a job's status change
 #: touches the row of its connection's slot, so workers do not queue on one row.
 COUNT_SLOTS = 16
-#: Filters whose count the counts table answers without reading the jobs.
-COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
 #: The key of the advisory lock that migrations hold ("batchjobs" in ASCII).
 MIGRATION_LOCK = 0x62617463686A6F62
 

@@ -64,8 +64,6 @@ def m001_batch_jobs(db: sqlite_utils.Database) -> None:
 
 
 COUNTS = "batch_job_counts"
-#: Filters whose count the counts table answers without reading the jobs.
-COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
 
 
 @migrations()

@@ -94,6 +94,29 @@ ORDER_FIELDS = ("id", "type", "status", "created_by", *TIMESTAMP_FIELDS)
 DATE_OPERATORS = ("gt", "gte", "lt", "lte")
 #: What ``list_and_count`` and ``count`` filter on.
 FILTER_NAMES = ("id", "status", "type", "created_by", *TIMESTAMP_FIELDS)
+#: Filters that a counts table (one row per type, status and creator) can answer.
+COUNTED_FILTERS = frozenset({"status", "type", "created_by"})
+
+
+def filter_values(value: Any) -> tuple[list[Any], bool]:
+    """A value filter (one value or a list; ``Status`` or text; ``None`` for NULL)
+    as the named values and whether NULL is asked for too."""
+    values = [value] if isinstance(value, (str, Status)) or value is None else list(value)
+    named = [v.value if isinstance(v, Status) else v for v in values if v is not None]
+    return named, len(named) < len(values)
+
+
+def countable(filters: Mapping[str, Any]) -> bool:
+    """Whether a counts table answers ``count(filters)``: only counted filters, and
+    no unnamed creator (``None`` or ``""``), which the counts table does not tell apart."""
+    created_by = filters.get("created_by")
+    unnamed = (
+        created_by is None
+        and "created_by" in filters
+        or created_by == ""
+        or (isinstance(created_by, list) and ("" in created_by or None in created_by))
+    )
+    return filters.keys() <= COUNTED_FILTERS and not unnamed
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, bounda
 from ._postgres_outbox import Noted, PostgresOutbox
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
-    COUNTED_FILTERS,
     COUNTS,
     RUNNABLE,
     SCHEDULES,
@@ -51,6 +50,8 @@ from .base import (
     Store,
     StoredJob,
     checkpoint_events,
+    countable,
+    filter_values,
 )
 
 __all__ = ["DEFAULT_POOL_SIZE", "POOL_SPARE", "PostgresStore"]
@@ -791,14 +792,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     @staticmethod
     def _count_sql(filters: Mapping[str, Any], clause: str) -> str:
-        created_by = filters.get("created_by")
-        unnamed = (
-            created_by is None
-            and "created_by" in filters
-            or created_by == ""
-            or (isinstance(created_by, list) and ("" in created_by or None in created_by))
-        )
-        if filters.keys() <= COUNTED_FILTERS and not unnamed:
+        if countable(filters):
             return f"SELECT coalesce(sum(n), 0) FROM {COUNTS}{clause}"
         return f"SELECT count(*) FROM {TABLE}{clause}"
 
@@ -808,11 +802,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         params: list[Any] = []
         for name, value in filters.items():
             if name in ("id", "status", "type", "created_by"):
-                values = [value] if isinstance(value, (str, Status)) or value is None else value
-                values = [v.value if isinstance(v, Status) else v for v in values]
-                named = [v for v in values if v is not None]
+                named, with_null = filter_values(value)
                 terms = [f"{name} = ANY(%s)"] if named else []
-                if len(named) < len(values):
+                if with_null:
                     terms.append(f"{name} IS NULL")
                 where.append(f"({' OR '.join(terms)})" if terms else "false")
                 if named:

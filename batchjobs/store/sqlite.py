@@ -29,7 +29,7 @@ from ._sqlite_rows import job_record as _record
 from ._sqlite_rows import parse_ts as _parse_ts
 from ._sqlite_rows import ts as _ts
 from ._sqlite_schedules import SQLiteSchedules
-from ._sqlite_schema import COUNTED_FILTERS, COUNTS, RUNNABLE, TABLE, migrations
+from ._sqlite_schema import COUNTS, RUNNABLE, TABLE, migrations
 from .base import (
     ORDER_FIELDS,
     Checkpoint,
@@ -40,6 +40,8 @@ from .base import (
     Store,
     StoredJob,
     checkpoint_events,
+    countable,
+    filter_values,
 )
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "DURABILITY_LEVELS", "SQLITE_VERSION", "SQLiteStore"]
@@ -579,14 +581,7 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
 
     @staticmethod
     def _count_sql(filters: Mapping[str, Any], clause: str) -> str:
-        created_by = filters.get("created_by")
-        unnamed = (
-            created_by is None
-            and "created_by" in filters
-            or created_by == ""
-            or (isinstance(created_by, list) and ("" in created_by or None in created_by))
-        )
-        if filters.keys() <= COUNTED_FILTERS and not unnamed:
+        if countable(filters):
             return f"SELECT coalesce(sum(n), 0) FROM {COUNTS}{clause}"
         return f"SELECT count(*) FROM {TABLE}{clause}"
 
@@ -596,11 +591,9 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         params: list[Any] = []
         for name, value in filters.items():
             if name in ("id", "status", "type", "created_by"):
-                values = [value] if isinstance(value, (str, Status)) or value is None else value
-                values = [v.value if isinstance(v, Status) else v for v in values]
-                named = [v for v in values if v is not None]
+                named, with_null = filter_values(value)
                 terms = [f"{name} IN ({_marks(named)})"] if named else []
-                if len(named) < len(values):
+                if with_null:
                     terms.append(f"{name} IS NULL")
                 where.append(f"({' OR '.join(terms)})" if terms else "0")
                 params.extend(named)
