@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,6 +21,7 @@ from batchjobs.store import Store
 from tests.strategies import Ledger, read_ledger
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_checkpoints_are_visible_from_another_connection_while_the_job_runs(
@@ -593,3 +597,46 @@ def test_start_takes_new_settings_and_checks_them(jobs: BatchJobs) -> None:
     with pytest.raises(RuntimeError, match="shutdown"):
         jobs.start(concurrency=1)
     jobs.shutdown()
+
+
+FORKS = """
+import json, os, sys
+from batchjobs import BatchJobs
+from tests.strategies import Ledger
+
+jobs = BatchJobs(sys.argv[1], lease_seconds=60)
+jobs.register(Ledger)
+first, second = jobs.create("ledger", {"n": 1}), jobs.create("ledger", {"n": 1})
+ran = jobs.runner.run_next(ids=[first.id])  # this process has claimed: it shows it lives
+pid = os.fork()
+if pid == 0:  # the child claims with the runner it inherited, then dies holding the lease
+    claim = jobs.runner.claim_next(ids=[second.id])
+    print(json.dumps({"pid": os.getpid(), "owner": jobs.runner.owner,
+                      "holder": jobs.store.holder(second.id).owner}), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+taken = jobs.runner.claim_next(ids=[second.id])  # a dead holder of this host: taken at once
+print(json.dumps({"pid": os.getpid(), "owner": jobs.runner.owner,
+                  "ran": ran.status.value, "taken": taken is not None}), flush=True)
+jobs.close()
+"""
+
+
+def test_a_process_forked_after_batch_jobs_was_built_holds_leases_under_its_own_name(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS, str(tmp_path / "jobs.db")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    child, parent = (json.loads(line) for line in done.stdout.splitlines())
+    assert parent["ran"] == "completed"
+    assert child["holder"] == child["owner"] != parent["owner"]
+    assert child["owner"].split(":")[1] == str(child["pid"])  # named after its own pid
+    # The child died holding its lease: the parent sees a dead holder of its host,
+    # not its own name, and takes the job over at once (its lease had 60 s to run).
+    assert parent["taken"]

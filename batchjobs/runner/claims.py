@@ -6,13 +6,20 @@ time: the final checkpoints of a batch wait (``DEFERRED``), and one commit
 writes them all, gives back what was not started and claims the next batch.
 Whatever happens, every lease of a batch ends committed or given back: the
 batch is settled in an ``except`` before the error goes on.
+
+In a process forked after a runner was made, the runner takes a new name on
+its leases and that process's presence, and holds none of the parent's
+leases: two processes never hold leases under one name (each would take the
+other's for its own, and a dead one's would not be seen as a dead holder's).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -134,6 +141,15 @@ class _Batch:
             log.error("could not commit the end of a batch of jobs: %s", message)
 
 
+#: The runners of this process: each takes a new name in a forked child (``_after_fork``).
+_runners: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for runner in list(_runners):
+        runner._forked()
+
+
 class JobRunner:
     """Claims and runs jobs of registered types; one per ``BatchJobs``."""
 
@@ -155,6 +171,7 @@ class JobRunner:
         self.lease = timedelta(seconds=lease_seconds)
         #: This process's sign of life on this host (``holders``).
         self.presence = presence or this_process()
+        self._shared_presence = presence is None
         #: Names this runner on its leases: host, process, and a token of its own.
         self.owner = owner or self.presence.owner()
         self._present = False
@@ -169,6 +186,15 @@ class JobRunner:
             max_attempts=max_attempts,
             stopping=stopping or threading.Event(),
         )
+        _runners.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: a new name, this process's presence, no lease of the parent's."""
+        # ``holders``'s fork hook ran first (imported first): this makes the child's own.
+        self.presence = this_process() if self._shared_presence else self.presence.forked()
+        self.owner = self.ctx.owner = self.presence.owner()
+        self._present = False
+        self.leases.forget()
 
     @property
     def stopping(self) -> threading.Event:
@@ -422,3 +448,7 @@ class JobRunner:
                     pause = max((earliest - utcnow()).total_seconds(), 0.005)
                 pause = min(pause, IDLE_PAUSE_MAX, remaining if remaining is not None else pause)
                 time.sleep(pause)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

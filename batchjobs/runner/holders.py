@@ -189,6 +189,12 @@ class Presence:
         if fd is not None:
             os.close(fd)  # the parent's descriptor still holds the lock
 
+    def forked(self) -> Presence:
+        """In a forked child: this process's own ``Presence`` in the same directory
+        (the parent's descriptor let go of here; the parent keeps its file and lock)."""
+        self.forget()
+        return Presence(self._directory)
+
     def gone(self, owners: Iterable[str]) -> tuple[str, ...]:
         """Those of ``owners`` that are runners of dead processes of this host."""
         found = []

@@ -88,6 +88,12 @@ class Leases:
         self._held: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """In a forked child: the leases held at the fork are the parent's, which renews
+        and ends them; this process holds none of them."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._held = {}
+
     def hold(self, lease: Lease) -> HeldLease:
         """Start tracking a new claim's lease (``HELD``)."""
         held = HeldLease(lease)
