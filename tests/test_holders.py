@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -139,6 +140,34 @@ def test_holding_sweeps_away_old_files_of_dead_processes_only(
     finally:
         presence.done()
         presence.close()
+
+
+def test_a_file_that_cannot_be_locked_is_removed_and_its_descriptor_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:  # as a file system without flock answers
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    presence = Presence(tmp_path)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with monkeypatch.context() as patch:
+        patch.setattr(fcntl, "flock", no_locks)
+        presence.hold()
+    assert not presence.held and "no holder file" in caplog.text
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # nothing left open
+    # No unlocked file left to say this live process died (others would take its leases).
+    assert list(tmp_path.iterdir()) == []
+    assert Presence(tmp_path).gone([presence.owner()]) == ()
+    try:
+        presence.hold()  # the next runner's hold makes and locks the file
+        assert presence.held and _locked(tmp_path / f"{presence.token}.holder")
+    finally:
+        presence.done()
+        presence.done()
+        presence.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def _locked(path: Path) -> bool:

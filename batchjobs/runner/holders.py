@@ -145,10 +145,20 @@ class Presence:
             if path is None:
                 return
             self._sweep(path.parent)
+            locked = False
             try:
                 flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
                 fd = os.open(path, flags, 0o600)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                finally:
+                    if not locked:
+                        # Made just now (O_EXCL): ours to remove. Left unlocked, it
+                        # would say this live process died, and others take its leases.
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                        os.close(fd)
             except OSError as error:
                 log.warning("no holder file (%s): leases left by a crash expire by time", error)
                 return
