@@ -424,6 +424,36 @@ def test_canceling_a_job_nobody_runs_cleans_up_here(make_jobs: Any) -> None:
     assert cleaned == [(handed.id, {})]  # handed over before its first chunk
 
 
+def test_on_cancel_runs_only_for_a_job_whose_processing_began(jobs: BatchJobs) -> None:
+    cleaned: list[str] = []
+
+    class CanceledEarly(Ledger):
+        def pre_process(self, run: JobRun) -> None:
+            super().pre_process(run)
+            if run.job.context["cancel_in"] == "pre_process":
+                jobs.cancel(run.job.id)
+
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if run.job.context["cancel_in"] == "chunk":
+                jobs.cancel(run.job.id)
+            return super().process_chunk(run, start, size)
+
+        def on_cancel(self, run: JobRun) -> None:
+            cleaned.append(run.job.id)
+
+    jobs.register(CanceledEarly)
+    # Two chunks: its checkpoint before the first chunk finds the cancel; it never processed.
+    early = jobs.create("ledger", {"n": 20, "cancel_in": "pre_process"})
+    # One chunk: it processed, and no commit said so before its last checkpoint found the cancel.
+    late = jobs.create("ledger", {"n": 5, "cancel_in": "chunk"})
+    jobs.run_until_idle(timeout=10)
+    assert [jobs.retrieve(j.id).status for j in (early, late)] == [Status.CANCELED] * 2
+    assert jobs.retrieve(early.id).processing_at is None
+    assert cleaned == [late.id]
+    assert jobs.store.holder(early.id) is None and jobs.store.holder(late.id) is None
+    assert jobs.store.pending(["ledger"]) == (0, None)
+
+
 @pytest.mark.usefixtures("short_jobs")
 def test_a_long_job_gives_its_batch_back_to_other_workers(make_jobs: Any, tmp_path: Path) -> None:
     first, second = make_jobs(), make_jobs()

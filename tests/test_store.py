@@ -506,12 +506,31 @@ def test_the_running_worker_takes_the_cleanup_with_its_own_lease(store: Store) -
     store.transition(job.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
     assert store.claim_cleanup(job.id, owner="w2", now=T0 + LEASE, lease_until=T0 + LEASE) is None
     other = Lease(job.id, "other")
-    assert store.claim_cleanup(job.id, owner="w1", now=T0, lease_until=T0, lease=other) is None
+    assert (
+        store.claim_cleanup(job.id, owner="w1", now=T0, lease_until=T0, lease=other, began=True)
+        is None
+    )
+    # Its run had not begun processing: no cleanup is owed, and none is marked.
+    mine = claim.lease
+    assert store.claim_cleanup(job.id, owner="w1", now=T0, lease_until=T0, lease=mine) is None
+    assert store.pending(["t"]) == (0, None) and store.holds(claim.lease) == Status.CANCELED
+    # It had (a chunk ran after its last commit): the worker takes the cleanup.
+    cleanup = store.claim_cleanup(
+        job.id, owner="w1", now=T0, lease_until=T0 + LEASE, lease=claim.lease, began=True
+    )
+    assert cleanup is not None and cleanup.lease == claim.lease
+    assert store.finish_cleanup(cleanup.lease) and store.holder(job.id) is None
+
+
+def test_a_job_whose_processing_was_committed_owes_its_worker_the_cleanup(store: Store) -> None:
+    (job,) = insert(store, make_job(status=Status.PROCESSING, processing_at=T0))
+    claim = claim_one(store)
+    store.transition(job.id, from_statuses=[Status.PROCESSING], to=Status.CANCELED, now=T0)
     cleanup = store.claim_cleanup(
         job.id, owner="w1", now=T0, lease_until=T0 + LEASE, lease=claim.lease
     )
     assert cleanup is not None and cleanup.lease == claim.lease
-    assert store.finish_cleanup(cleanup.lease) and store.holder(job.id) is None
+    assert store.finish_cleanup(cleanup.lease) and store.pending(["t"]) == (0, None)
 
 
 def test_pending_counts_active_jobs_and_the_earliest_free_one(store: Store) -> None:

@@ -389,11 +389,11 @@ class JobRunner:
         status = self.store.holds(claim.lease)
         if status == claim.job.status:
             return True
-        job = self.store.get(claim.job.id) if status == Status.CANCELED else None
-        if job is not None and job.processing_at is not None:  # canceled, cleanup owed
+        if status == Status.CANCELED:  # a cleanup, if its processing began (the store decides)
             now = utcnow()
+            until = now + self.lease
             cleanup = self.store.claim_cleanup(
-                job.id, owner=self.owner, now=now, lease_until=now + self.lease, lease=claim.lease
+                claim.job.id, owner=self.owner, now=now, lease_until=until, lease=claim.lease
             )
             if cleanup is not None:
                 JobExecution(self.ctx, cleanup, held, DirectSaver(self.store)).execute()

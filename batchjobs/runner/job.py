@@ -174,6 +174,8 @@ class JobExecution:
         #: ``run.result`` fingerprints and ``run.cursor`` JSON after the last step
         #: that succeeded: what a failed chunk is rolled back to.
         self.good = (self.saved_result, self.saved_cursor)
+        #: Whether this run began processing, committed or not: a cancel since owes a cleanup.
+        self.began = False
 
     # -- the walk ----------------------------------------------------------------
 
@@ -263,6 +265,7 @@ class JobExecution:
             return
         if self.pending:  # pre_process's output, not saved yet, is what to roll back to
             self.good = _fingerprints(self._parts()[0])
+        self.began = True
         while True:
             done = run.result.get("advancement_count", 0)
             count = run.result.get("count")
@@ -403,8 +406,7 @@ class JobExecution:
         return True
 
     def _lost(self, checkpoint: Checkpoint) -> None:
-        """A checkpoint's guard failed: the job moved (paused, canceled), or the lease
-        was taken over."""
+        """A checkpoint's guard failed: the job was paused or canceled, or its lease taken over."""
         ctx = self.ctx
         current = ctx.store.get(self.job.id)
         if current is not None:
@@ -429,12 +431,12 @@ class JobExecution:
                 now=now,
                 lease_until=now + ctx.lease,
                 lease=self.held.lease,
+                began=self.began,  # if not begun, none is owed: the lease is given back at the end
             )
             if cleanup is not None:
                 self._clean_up()
-                return
-        else:
-            log.warning("batch job %s: lease lost to another worker; stopping", self.job.id)
+            return
+        log.warning("batch job %s: lease lost to another worker; stopping", self.job.id)
         if self.held.live:
             ctx.leases.move(self.held, LeaseState.LOST)
 

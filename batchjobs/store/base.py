@@ -468,6 +468,7 @@ class Store(abc.ABC):
         now: datetime,
         lease_until: datetime,
         lease: Lease | None = None,
+        began: bool = False,
         gone: tuple[str, ...] = (),
     ) -> Claim | None:
         """Take the cleanup of canceled job ``id``: one guarded write decides who cleans up.
@@ -477,10 +478,13 @@ class Store(abc.ABC):
         in ``claim``); leases it to ``owner`` under a new
         token. With ``lease`` (the worker that ran the job found the cancel
         at its checkpoint): succeeds only while that lease still holds the
-        canceled job, marks the cleanup (the job may not have been marked,
-        if its processing began after the last checkpoint) and keeps the
-        token. Returns the claim, or ``None`` if someone else has it or
-        nothing is owed.
+        canceled job and its processing began, which is ``processing_at``
+        set, or ``began``: the worker's run began processing after its last
+        commit (so the cancel did not mark the job); marks the cleanup and
+        keeps the token. A job canceled before its processing began owes no
+        cleanup: ``on_cancel`` runs once, and only for a job that processed.
+        Returns the claim, or ``None`` if someone else has it or nothing is
+        owed.
         """
 
     @abc.abstractmethod

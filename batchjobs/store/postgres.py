@@ -680,15 +680,17 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         now: datetime,
         lease_until: datetime,
         lease: Lease | None = None,
+        began: bool = False,
         gone: tuple[str, ...] = (),
     ) -> Claim | None:
         canceled = Status.CANCELED.value
         if lease is not None:
             query = (
                 f"UPDATE {TABLE} SET cleanup = true, available_at = %s "
-                f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+                "WHERE id = %s AND status = %s AND lease = %s "
+                f"AND (processing_at IS NOT NULL OR %s) RETURNING {_SELECT}"
             )
-            params: list[Any] = [lease_until, id, canceled, lease.token]
+            params: list[Any] = [lease_until, id, canceled, lease.token, began]
         else:
             query = (
                 f"UPDATE {TABLE} SET owner = %s, lease = {_TOKEN}, available_at = %s "

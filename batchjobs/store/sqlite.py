@@ -486,15 +486,17 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         now: datetime,
         lease_until: datetime,
         lease: Lease | None = None,
+        began: bool = False,
         gone: tuple[str, ...] = (),
     ) -> Claim | None:
         canceled = Status.CANCELED.value
         if lease is not None:
             sql = (
                 f"UPDATE {TABLE} SET cleanup = 1, available_at = ? "
-                "WHERE id = ? AND status = ? AND lease = ? RETURNING *"
+                "WHERE id = ? AND status = ? AND lease = ? "
+                "AND (processing_at IS NOT NULL OR ?) RETURNING *"
             )
-            params: list[Any] = [_ts(lease_until), id, canceled, lease.token]
+            params: list[Any] = [_ts(lease_until), id, canceled, lease.token, int(began)]
         else:
             sql = (
                 f"UPDATE {TABLE} SET owner = ?, lease = lower(hex(randomblob(12))), "
