@@ -7,6 +7,7 @@ real server (waitress) and a real HTTP client (urllib), on loopback.
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import logging
@@ -19,9 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
+import flask
 import pytest
 from freezegun import freeze_time
 from werkzeug.test import TestResponse
@@ -164,6 +166,47 @@ def test_an_upload_over_the_limit_is_413_and_stores_nothing(
     assert [key for key in list(shop_jobs.files.keys()) if "big" in key] == []
     # Unless told, an upload may be 100 MiB.
     assert UploadSettings().max_bytes == MAX_UPLOAD_BYTES == 100 * 1024 * 1024
+
+
+def test_a_failed_rollback_of_an_upload_is_logged_and_the_upload_s_own_error_answered(
+    shop_jobs: BatchJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = shop_jobs.files
+
+    class Failing(io.BytesIO):
+        """The second file: while it is read, the first one's owner changes (so the
+        rollback may not delete it), then the read fails as a broken disk does."""
+
+        def read(self, size: int | None = -1) -> bytes:
+            (first,) = files.keys()
+            files.put(first, [b"taken"])  # the application's file now, not usr_1's
+            raise OSError(errno.EIO, "the second file could not be read")
+
+    class Request(flask.Request):
+        def _get_file_stream(  # where werkzeug spools each uploaded file
+            self,
+            total_content_length: int | None,
+            content_type: str | None,
+            filename: str | None = None,
+            content_length: int | None = None,
+        ) -> IO[bytes]:
+            if filename == "second.csv":
+                return Failing()
+            return super()._get_file_stream(
+                total_content_length, content_type, filename, content_length
+            )
+
+    app = create_app(shop_jobs, tokens=TOKENS, uploads=UploadSettings(secret_key=SECRET))
+    app.request_class = Request
+    data = {"files": [(_stream(b"a"), "first.csv"), (_stream(b"b"), "second.csv")]}
+    with caplog.at_level(logging.ERROR, logger="batchjobs.http"):
+        response = app.test_client().post(UPLOADS_PREFIX, headers=BEARER["usr_1"], data=data)
+    status, type, message = error_of(response)
+    assert (status, type) == (500, "unknown_error")  # the upload's error, not the rollback's
+    assert "the second file could not be read" in caplog.text
+    (first,) = files.keys()
+    assert f"could not remove {first} after a failed upload" in caplog.text
+    assert NOT_OWNER_MESSAGE in caplog.text  # why it could not
 
 
 # -- links -------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ and nothing is stored.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import secrets
@@ -61,6 +62,8 @@ __all__ = [
     "UploadSettings",
     "add_upload_routes",
 ]
+
+log = logging.getLogger("batchjobs.http")
 
 #: Where the routes are.
 UPLOADS_PREFIX = "/admin/uploads"
@@ -195,9 +198,14 @@ def add_upload_routes(
         try:
             for upload in given:
                 keys.append(mine.upload(upload.filename, upload.stream))
-        except BaseException:
+        except BaseException as error:
             for key in keys:  # all of them or none
-                mine.delete(key)
+                try:
+                    mine.delete(key)
+                except Exception as failure:  # the upload's own error is the answer
+                    log.error(
+                        "could not remove %s after a failed upload (%r): %r", key, error, failure
+                    )
             raise
         return _json({"uploads": [{"url": link(key), "key": key} for key in keys]})
 
