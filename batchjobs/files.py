@@ -16,6 +16,11 @@ from typing import IO
 
 from .errors import InvalidDataError, NotAllowedError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: a key's writers are not serialized
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["COPY_BUFFER_SIZE", "NOT_OWNER_MESSAGE", "UPLOADS_FOLDER", "FileStore", "upload_name"]
 
 #: Bytes read or written at a time when a file is copied in or out.
@@ -81,7 +86,10 @@ class FileStore:
     Every file has an owner: the user whose view of the store wrote it.
     ``files.for_user("usr_1")`` is the store as that user sees it: it reads,
     measures and deletes only the files ``usr_1`` owns (``NotAllowedError``
-    otherwise) and the files it writes are ``usr_1``'s. The store itself
+    otherwise) and the files it writes are ``usr_1``'s. Writers and deleters
+    of one key take turns (an ``flock`` on its owner's record), so checking
+    who owns it and recording the new owner are one step: of two users racing
+    for a new key, one gets it and the other is refused. The store itself
     (``user`` ``None``) is the application's view: it reaches every file, and
     the files it writes belong to no user. A job's ``run.files`` is its
     creator's view.
@@ -224,12 +232,10 @@ class FileStore:
             if error.errno == errno.ELOOP:
                 return None
             raise
-        with os.fdopen(fd, "rb") as record:
-            try:
-                owner = json.loads(record.read(MAX_KEY_LENGTH * 4)).get("owner")
-            except (ValueError, AttributeError):
-                return None
-        return owner if isinstance(owner, str) else None
+        try:
+            return _owner_in(_read_record(fd))
+        finally:
+            os.close(fd)
 
     def check_owner(self, key: str) -> None:
         """``NotAllowedError`` unless this view may reach the file under ``key``: the
@@ -237,14 +243,56 @@ class FileStore:
         if self.user is not None and self.owner(key) != self.user:
             raise NotAllowedError(NOT_OWNER_MESSAGE)
 
-    def _record_owner(self, key: str) -> None:
-        """Record this view's user as the owner of ``key``."""
-        self._write_aside(key, [json.dumps({"owner": self.user}).encode()], owners=True)
+    @contextmanager
+    def _turn(self, key: str) -> Iterator[int]:
+        """``key``'s turn: its owner's record open (made empty if need be) and locked
+        while the context lasts. Every writer and deleter of ``key`` takes it, so
+        whatever it checks of the owner holds until it is done."""
+        with self._parent(key, create=True, owners=True) as (dir_fd, name):
+            while True:
+                try:
+                    fd = os.open(
+                        name,
+                        os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _NONBLOCK | _BINARY,
+                        0o666,
+                        dir_fd=dir_fd,
+                    )
+                except OSError as error:
+                    if error.errno in (errno.ELOOP, errno.EISDIR):
+                        raise _link_refused(key) from None
+                    raise
+                try:
+                    held = os.fstat(fd)
+                    if not stat.S_ISREG(held.st_mode):
+                        raise _link_refused(key)
+                    if fcntl is not None:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    # A delete may have removed the record while this waited: the turn
+                    # is the record's that is there now.
+                    try:
+                        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        there = None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if there is not None and (there.st_ino, there.st_dev) == (held.st_ino, held.st_dev):
+                    break
+                os.close(fd)
+            try:
+                yield fd
+            finally:
+                os.close(fd)  # and so the lock
 
-    def _check_overwrite(self, key: str) -> None:
-        """``NotAllowedError`` if ``key`` holds a file this view may not replace."""
-        if self.user is not None and self.exists(key):
-            self.check_owner(key)
+    def _take(self, record: int, key: str) -> bytes:
+        """In ``key``'s turn: ``NotAllowedError`` if it holds a file this view may not
+        replace, else record this view's user as its owner. Returns the record as it
+        was (to put back if the write fails)."""
+        previous = _read_record(record)
+        if self.user is not None and self.exists(key) and _owner_in(previous) != self.user:
+            raise NotAllowedError(NOT_OWNER_MESSAGE)
+        _write_record(record, json.dumps({"owner": self.user}).encode())
+        return previous
 
     # -- reading --------------------------------------------------------------------
 
@@ -269,13 +317,18 @@ class FileStore:
         """
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
-        if offset == 0:
-            self._check_overwrite(key)
-            # The owner first: a file is never there without its owner's record.
-            self._record_owner(key)
-        else:
-            self.check_owner(key)
-        fd = self._open_fd(key, os.O_RDWR | os.O_CREAT, create=True)
+        with self._turn(key) as record:
+            if offset == 0:
+                # The owner first: a file is never there without its owner's record.
+                previous = self._take(record, key)
+            else:
+                self.check_owner(key)
+            try:
+                fd = self._open_fd(key, os.O_RDWR | os.O_CREAT, create=True)
+            except BaseException:
+                if offset == 0:
+                    _write_record(record, previous)
+                raise
         try:
             size = os.fstat(fd).st_size
             if size < offset:
@@ -298,17 +351,18 @@ class FileStore:
         renamed over ``key``. It is owned by this view's user; replacing
         another user's file is ``NotAllowedError``.
         """
-        self._check_overwrite(key)
-        self._record_owner(key)
-        return self._write_aside(key, source)
+        with self._turn(key) as record:
+            previous = self._take(record, key)
+            try:
+                return self._write_aside(key, source)
+            except BaseException:
+                _write_record(record, previous)  # the file is as it was, and so its owner
+                raise
 
-    def _write_aside(
-        self, key: str, source: IO[bytes] | Iterable[bytes], *, owners: bool = False
-    ) -> int:
-        """Write ``source`` to a new file beside ``key`` (or its owner's record), then
-        rename it over; the size written."""
+    def _write_aside(self, key: str, source: IO[bytes] | Iterable[bytes]) -> int:
+        """Write ``source`` to a new file beside ``key``, then rename it over; the size written."""
         size = 0
-        with self._parent(key, create=True, owners=owners) as (dir_fd, final_name):
+        with self._parent(key, create=True) as (dir_fd, final_name):
             head, tail = os.path.split(final_name)
             temp_name = os.path.join(head, f".{tail}.{secrets.token_hex(6)}.part")
             fd = os.open(
@@ -381,22 +435,25 @@ class FileStore:
 
         Another user's file is ``NotAllowedError``.
         """
-        if self.user is not None:
-            if not self.exists(key):
-                return False
-            self.check_owner(key)
-        try:
-            with self._parent(key, create=False) as (dir_fd, name):
+        self.check_key(key)
+        with self._turn(key) as record:
+            owner = _owner_in(_read_record(record))
+            if self.user is not None and owner != self.user and self.exists(key):
+                raise NotAllowedError(NOT_OWNER_MESSAGE)
+            try:
+                with self._parent(key, create=False) as (dir_fd, name):
+                    os.unlink(name, dir_fd=dir_fd)
+                deleted = True
+            except (FileNotFoundError, NotADirectoryError):
+                deleted = False
+            # The record only once the file is gone (a file always has its owner),
+            # in the turn: whoever waits for it takes the turn of a new record.
+            with (
+                suppress(FileNotFoundError, NotADirectoryError),
+                self._parent(key, create=False, owners=True) as (dir_fd, name),
+            ):
                 os.unlink(name, dir_fd=dir_fd)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        # The record only once the file is gone: a file always has its owner.
-        with (
-            suppress(FileNotFoundError, NotADirectoryError),
-            self._parent(key, create=False, owners=True) as (dir_fd, name),
-        ):
-            os.unlink(name, dir_fd=dir_fd)
-        return True
+        return deleted
 
     def keys(self) -> Iterator[str]:
         """Every key this view reaches (files written aside or behind links are left out)."""
@@ -410,3 +467,25 @@ class FileStore:
                     key = path.relative_to(self.root).as_posix()
                     if self.user is None or self.owner(key) == self.user:
                         yield key
+
+
+def _read_record(fd: int) -> bytes:
+    """An owner's record as it is now (read from its start)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, MAX_KEY_LENGTH * 4)
+
+
+def _write_record(fd: int, data: bytes) -> None:
+    """Make an owner's record (open, in its key's turn) say ``data``."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+    os.ftruncate(fd, len(data))
+
+
+def _owner_in(record: bytes) -> str | None:
+    """The user an owner's record names; ``None`` (the application) if it is unreadable."""
+    try:
+        owner = json.loads(record).get("owner")
+    except (ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -275,6 +277,55 @@ def test_owner_records_are_out_of_reach_of_keys(store: FileStore, tmp_path: Path
     (tmp_path / "forged").write_text('{"owner": "usr_2"}')
     record.symlink_to(tmp_path / "forged")
     assert store.owner("a.csv") is None
+
+
+@pytest.mark.parametrize("how", ["put", "open_write"])
+def test_two_users_racing_for_one_key_never_both_get_it(store: FileStore, how: str) -> None:
+    users = ("usr_1", "usr_2")
+
+    def take(user: str, key: str, barrier: threading.Barrier, won: list[str]) -> None:
+        view = store.for_user(user)
+        barrier.wait()
+        try:
+            if how == "put":
+                view.put(key, [user.encode()])
+            else:
+                write(view, key, user.encode())
+        except NotAllowedError:
+            return
+        won.append(user)
+
+    for round in range(40):
+        key = f"exports/chosen-{round}.csv"
+        barrier = threading.Barrier(len(users))
+        won: list[str] = []
+        threads = [
+            threading.Thread(target=take, args=(user, key, barrier, won)) for user in users
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(won) == 1, (round, won)  # one wins, the other is refused
+        assert store.owner(key) == won[0] and read(store, key) == won[0].encode()
+
+
+def test_a_failed_write_leaves_the_file_and_its_owner_as_they_were(store: FileStore) -> None:
+    alice = store.for_user("usr_1")
+    alice.put("a.csv", [b"alice's"])
+
+    def broken() -> Iterator[bytes]:
+        yield b"part"
+        raise OSError(errno.EIO, "the source could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):
+        store.put("a.csv", broken())  # the application may replace it, had it worked
+    assert store.owner("a.csv") == "usr_1" and read(alice, "a.csv") == b"alice's"
+    with pytest.raises(OSError, match="could not be read"):
+        alice.put("new.csv", broken())
+    assert not store.exists("new.csv")
+    store.for_user("usr_2").put("new.csv", [b"bob's"])  # the key is still free
+    assert store.owner("new.csv") == "usr_2"
 
 
 def test_a_user_is_a_string(store: FileStore) -> None:
