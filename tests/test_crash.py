@@ -1,4 +1,5 @@
-"""Real worker processes on one SQLite file: kill -9, SIGTERM, contention, poison jobs."""
+"""Real worker processes on one database (SQLite or PostgreSQL): kill -9, SIGTERM, contention,
+poison jobs."""
 
 from __future__ import annotations
 

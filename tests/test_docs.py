@@ -94,6 +94,15 @@ def test_the_group_has_help_with_examples() -> None:
     assert "Examples:" in result.output and "BATCHJOBS_DB" in result.output
 
 
+def test_the_help_and_the_package_name_both_stores() -> None:
+    helped = CliRunner().invoke(cli, ["--help"]).output
+    summary = helped.split("\n\n")[1]  # the line under "Usage:"
+    assert "SQLite" in summary and "PostgreSQL" in summary, summary
+    assert "one SQLite file" not in helped
+    found = re.search(r'^description = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert found and "SQLite" in found.group(1) and "PostgreSQL" in found.group(1)
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     commands = first_commands()
     assert len(commands) == 2, commands

@@ -299,7 +299,7 @@ def cli(
     app: str | None,
     verbose: bool,
 ) -> None:
-    """Medusa-style batch jobs in one SQLite file.
+    """Medusa-style batch jobs in a SQLite file or a PostgreSQL database.
 
     \b
     Examples:
