@@ -7,6 +7,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -58,6 +59,11 @@ DEFAULT_GIVE_UP_AFTER = 3.0
 StrategyT = TypeVar("StrategyT", bound="BatchJobStrategy | type[BatchJobStrategy]")
 
 
+def _new_origin() -> str:
+    """A name for a ``BatchJobs`` on its events and messages: host, pid, and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 def _check_settings(**settings: Any) -> Any:
     """``ValueError`` for a setting out of range; returns the last one's value."""
     value = None
@@ -68,6 +74,10 @@ def _check_settings(**settings: Any) -> Any:
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     return value
+
+
+#: Every ``BatchJobs`` of this process, for the fork hook.
+_EVERY: weakref.WeakSet[BatchJobs] = weakref.WeakSet()
 
 
 class BatchJobs:
@@ -119,7 +129,7 @@ class BatchJobs:
         #: How long events are kept (``None``: for ever); the workers prune older ones.
         self.event_retention: timedelta | None = event_retention
         #: Names this instance: on its events (``Event.origin``) and its Redis messages.
-        self.origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.origin = _new_origin()
         #: The SQLite file (``None`` for another database).
         self.db_path = sqlite_path(db)
         self.redis_url = redis_url
@@ -150,6 +160,7 @@ class BatchJobs:
             self.mirror = RedisMirror(
                 self.store, redis_url, prefix=channel_prefix, origin=self.origin
             )
+        _EVERY.add(self)
         self.registry = StrategyRegistry()
         self.registry.load_entry_points()
         self.service = BatchJobService(self.store, self.registry, sender=self, files=self.files)
@@ -618,3 +629,16 @@ class BatchJobs:
             return fn
 
         return connect if fn is None else connect(fn)
+
+
+def _after_fork() -> None:
+    # A forked child is another process: its events and its hold on the mirror's
+    # cursor must not pass for its parent's (the stores reopen their connections).
+    for jobs in list(_EVERY):
+        jobs.origin = jobs.store.origin = _new_origin()
+        if jobs.mirror is not None:
+            jobs.mirror.origin = jobs.origin
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -18,6 +18,7 @@ import random
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
@@ -89,6 +90,10 @@ def redact(url: str) -> str:
     return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{name}"
 
 
+#: Every ``Database`` of this process, for the fork hook.
+_EVERY: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
 class Database:
     """One store's way to a PostgreSQL database: a pool of connections and the
     transactions run on them, retried while the server is away."""
@@ -111,20 +116,37 @@ class Database:
             "options": f"-c timezone=UTC -c lock_timeout={int(lock_timeout * 1000)}",
             "connect_timeout": CONNECT_TIMEOUT,
         }
-        self.pool = psycopg_pool.ConnectionPool(
-            url,
-            kwargs=self.kwargs,
-            min_size=1,
-            max_size=max(pool_size, 1),
-            open=False,
-            name="batchjobs",
-            reconnect_timeout=max(retry_for, 1.0),
-        )
+        self.pool_size = max(pool_size, 1)
+        self.pool = self._new_pool()
+        #: Pools a forked child inherited: kept, never used or closed (their
+        #: connections are the parent's: closing one would end the parent's session).
+        self._inherited: list[psycopg_pool.ConnectionPool] = []
+        _EVERY.add(self)
         # Fault injection (batchjobs.testing), read at the start of each transaction.
         self.read_only = False
         self.fault_timeout = 0.0
         self.failing_commits = 0
         self._fault_lock = threading.Lock()
+
+    def _new_pool(self, max_size: int | None = None) -> psycopg_pool.ConnectionPool:
+        return psycopg_pool.ConnectionPool(
+            self.url,
+            kwargs=self.kwargs,
+            min_size=1,
+            max_size=max_size or self.pool_size,
+            open=False,
+            name="batchjobs",
+            reconnect_timeout=max(self.retry_for, 1.0),
+        )
+
+    def _after_fork(self) -> None:
+        """In a forked child: a pool of its own, opened if the parent's was."""
+        inherited = self.pool
+        self._inherited.append(inherited)
+        self._fault_lock = threading.Lock()
+        self.pool = self._new_pool(inherited.max_size)
+        if not inherited.closed:
+            self.open()
 
     def open(self) -> None:
         """Start the pool (in the background: the first transaction waits for it)."""
@@ -444,3 +466,12 @@ class Listener:
             self.callback()
         except Exception:
             log.exception("a wake-up receiver failed")
+
+
+def _after_fork() -> None:
+    for database in list(_EVERY):
+        database._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -8,6 +8,7 @@ fail (``PRAGMA query_only``, another connection's lock, a rolled-back commit).
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import threading
 import weakref
@@ -51,6 +52,10 @@ class _ThreadConnection:
             pass
 
 
+#: Every ``Connections`` of this process, for the fork hook.
+_EVERY: weakref.WeakSet[Connections] = weakref.WeakSet()
+
+
 class Connections:
     """The connections of one store to one file, one per thread, opened on first use."""
 
@@ -73,6 +78,17 @@ class Connections:
         self.read_only = False
         self.fault_timeout = 0.0
         self.failing_commits = 0
+        #: Connections a forked child inherited: kept, never used or closed (they are
+        #: the parent's; SQLite connections must not cross a fork).
+        self._inherited: list[_ThreadConnection] = []
+        _EVERY.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connections; each thread opens its own."""
+        self._inherited.extend(self._open)
+        self._local = threading.local()
+        self._open = weakref.WeakSet()
+        self._lock = threading.Lock()
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -236,3 +252,12 @@ def boundary(method: F) -> F:
             raise self._connections.error(error) from error
 
     return wrapper  # type: ignore[return-value]
+
+
+def _after_fork() -> None:
+    for connections in list(_EVERY):
+        connections._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

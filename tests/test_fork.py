@@ -1,0 +1,61 @@
+"""A process forked after ``BatchJobs`` was built (a web server's workers, preloaded)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchjobs import BatchJobs
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Builds BatchJobs and uses it, forks, then parent and child each create jobs at
+#: once; the child closes its BatchJobs before it exits, the parent creates one more.
+FORKS = """
+import json, os, sys
+from batchjobs import BatchJobs
+from tests.strategies import Ledger
+
+options = {"files_dir": sys.argv[2]} if "://" in sys.argv[1] else {}
+jobs = BatchJobs(sys.argv[1], **options)
+jobs.register(Ledger)
+jobs.create("ledger", {"n": 1})  # the parent's connections are open, and in use
+pid = os.fork()
+made = [jobs.create("ledger", {"n": 1}).id for _ in range(50)]
+if pid == 0:
+    print(json.dumps({"pid": os.getpid(), "origin": jobs.origin, "made": made}), flush=True)
+    jobs.close()  # its own connections: the parent's stay open
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+last = jobs.create("ledger", {"n": 1})
+print(json.dumps({"pid": os.getpid(), "origin": jobs.origin, "made": made + [last.id],
+                  "child_status": status}), flush=True)
+jobs.close()
+"""
+
+
+def test_a_forked_child_uses_connections_and_a_name_of_its_own(
+    db_url: str | Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS, str(db_url), str(tmp_path / "files")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    child, parent = (json.loads(line) for line in done.stdout.splitlines())
+    assert parent["child_status"] == 0
+    assert child["origin"] != parent["origin"]
+    assert child["origin"].split(":")[1] == str(child["pid"])
+    with BatchJobs(db_url, files_dir=tmp_path / "files") as jobs:
+        assert jobs.list_and_count(limit=0)[1] == 102
+        origins = {e.job.id: e.origin for e in jobs.events(limit=1000)}
+    assert {origins[id] for id in child["made"]} == {child["origin"]}
+    assert {origins[id] for id in parent["made"]} == {parent["origin"]}
