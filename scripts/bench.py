@@ -1130,6 +1130,7 @@ def pg_queue(jobs: BatchJobs, kind: type[BatchJobStrategy], n: int, context: Any
                 "VALUES (%s, %s, 'created', %s, now(), now())",
                 [(id, kind.batch_type, ctx) for id, ctx in rows],
             )
+        wake.add(kind.batch_type)  # the commit sends a NOTIFY, as the store's inserts do
 
     store._database.write(work)
 
