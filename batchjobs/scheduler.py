@@ -201,6 +201,18 @@ class Scheduler:
             assert self._pool is not None
             self._pool.submit(self._drain, lane)
 
+    def _widen(self) -> None:
+        """A drainer found more jobs than it took at first: start another, if there is
+        room (one wake-up for many jobs, such as a batch created at once, starts one)."""
+        if self.outage.backing_off():
+            return
+        with self._lock:
+            if not self._started or self._drainers >= self.concurrency:
+                return
+            self._drainers += 1
+            assert self._pool is not None
+            self._pool.submit(self._drain, "drain")
+
     def _pre_lane_due(self) -> bool:
         """Whether every worker has been on its job for ``PRE_LANE_AFTER`` (waits that long).
 
@@ -229,7 +241,7 @@ class Scheduler:
                 if pre_only:
                     ran = runner.drain(statuses=[Status.CREATED], stop_after_pre_process=True)
                 else:
-                    ran = runner.drain()
+                    ran = runner.drain(on_stream=self._widen)
                 self.outage.recovered()
                 if ran:
                     continue
