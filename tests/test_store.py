@@ -761,6 +761,31 @@ def test_every_write_writes_its_events_in_its_transaction_numbered_in_order(
     assert _names(store.events(after=6, limit=1)) == [(7, "batch.completed", "completed")]
 
 
+def test_a_progress_checkpoint_writes_one_event_with_the_job_as_saved(store: Store) -> None:
+    handed: list[Any] = []
+    store.on_events = handed.extend
+    (job,) = insert(store, make_job())
+    claim = claim_one(store)
+    t1, t2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    progress = Checkpoint(claim.lease, Status.CREATED, t1, result={"n": 1}, cursor={"at": 1})
+    saved = store.save(progress)
+    assert saved is not None and saved.result == {"n": 1}
+    # A guard that fails writes neither the job nor an event, and leaves no hole.
+    stolen = Checkpoint(Lease(job.id, "stolen"), Status.CREATED, t2, result={"n": 9})
+    assert store.save(stolen) is None
+    store.fail_commits(1)
+    with pytest.raises(StoreError):
+        store.save(Checkpoint(claim.lease, Status.CREATED, t2, result={"n": 8}))
+    again = store.save(Checkpoint(claim.lease, Status.CREATED, t2, context={"k": 2}))
+    assert again is not None and again.context["k"] == 2
+    events = store.events(after=1)
+    assert _names(events) == [(2, "batch.updated", "created"), (3, "batch.updated", "created")]
+    assert events[0].job == saved and events[0].at == t1
+    assert events[1].job == again == store.get(job.id) and events[1].at == t2
+    assert [e.seq for e in handed] == [1, 2, 3] and handed[1:] == events
+    assert store.last_seq() == 3
+
+
 def test_a_write_that_fails_or_rolls_back_writes_no_event(store: Store) -> None:
     handed: list[Any] = []
     store.on_events = handed.extend

@@ -47,6 +47,26 @@ _INSERT = (
     f"INSERT INTO {EVENTS} ({_SELECT_EVENT}) VALUES ({', '.join('%s' for _ in EVENT_COLUMNS)})"
 )
 
+#: The columns of an event row that copy its job's.
+_JOB_COLUMNS = EVENT_COLUMNS[4:]
+
+
+def with_one_event(update: str) -> str:
+    """``update`` (an ``UPDATE`` of one job ``RETURNING`` its columns) and the event it
+    makes, in one statement: the counter and the event row are written only if the
+    update wrote its row, the event carrying the job as updated. Its parameters are
+    ``update``'s, then the event's name, time and origin; it returns the job's
+    columns, then the event's seq (no row: the update wrote nothing)."""
+    return (
+        f"WITH j AS ({update}), "
+        f"s AS (UPDATE {EVENT_SEQ} SET last = last + 1 WHERE EXISTS (SELECT FROM j) "
+        f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')), "
+        f"e AS (INSERT INTO {EVENTS} ({_SELECT_EVENT}) SELECT s.last, %s, %s, %s, "
+        f"{', '.join(f'j.{c}' for c in _JOB_COLUMNS)} FROM j, s) "
+        "SELECT j.*, s.last FROM j, s"
+    )
+
+
 #: (event name, job as of the event, when): an event noted in a transaction.
 Noted = tuple[str, BatchJob, datetime]
 

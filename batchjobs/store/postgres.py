@@ -31,10 +31,11 @@ from ..models import (
     utcnow,
 )
 from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
-from ._postgres_outbox import Noted, PostgresOutbox
+from ._postgres_outbox import Noted, PostgresOutbox, with_one_event
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
     COUNTS,
+    EVENTS,
     RUNNABLE,
     SCHEDULES,
     TABLE,
@@ -438,7 +439,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             "ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"UPDATE {TABLE} j SET owner = %(owner)s, lease = {_TOKEN}, "
             "available_at = %(until)s, attempts = j.attempts + (j.owner IS NOT NULL)::int "
-            "WHERE j.id IN (SELECT id FROM expired UNION ALL SELECT id FROM free) "
+            # An array of the ids, not IN (subquery): the rows are found by their
+            # primary key whatever the planner thinks of the table's size.
+            "WHERE j.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM free)) "
             f"RETURNING {', '.join(f'j.{c}' for c in COLUMNS)}"
         )
         params = {
@@ -535,6 +538,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 recover,
             )
 
+        if not checkpoint.release and not cp.steps:
+            return self._save_progress(checkpoint, query, params)
+
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
         ) -> tuple[BatchJob | None, list[Event]]:
@@ -546,6 +552,35 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             return job, self._write_events(conn, noted)
 
         return self._write(work)
+
+    def _save_progress(self, cp: Checkpoint, query: str, params: list[Any]) -> BatchJob | None:
+        """A checkpoint that changes the run's progress and nothing else: its one
+        ``batch.updated`` event written by the same statement, its own transaction
+        (one round trip, as a bare ``UPDATE``). Lost in flight, it is found again by
+        its exact updated_at under the same lease, and its event by its time."""
+        statement = with_one_event(query)
+        values = [*params, UPDATED_EVENT, cp.now, self.origin]
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[BatchJob, int] | None:
+            row = conn.execute(statement, values).fetchone()
+            return None if row is None else (_record(row), row[-1])
+
+        def recover(conn: psycopg.Connection[Any]) -> tuple[BatchJob, int] | None:
+            row = conn.execute(
+                f"SELECT {_SELECT}, (SELECT max(seq) FROM {EVENTS} e WHERE e.id = j.id "
+                "AND e.event = %s AND e.at = %s) "
+                f"FROM {TABLE} j WHERE id = %s AND lease = %s AND updated_at = %s",
+                [UPDATED_EVENT, cp.now, cp.lease.id, cp.lease.token, cp.now],
+            ).fetchone()
+            return None if row is None else (_record(row), row[-1])
+
+        saved = self._database.statement(run, recover)
+        if saved is None:
+            return None
+        job, seq = saved
+        if seq is not None:
+            self._committed([Event(seq, UPDATED_EVENT, job, cp.now, self.origin)])
+        return job
 
     @boundary
     def commit(
