@@ -43,8 +43,11 @@ EVENT_COLUMNS = (
 )
 _SELECT_EVENT = ", ".join(EVENT_COLUMNS)
 _TS = 11  # where the timestamps start in EVENT_COLUMNS
+#: An event row; its seq given as how far below the counter's new value it is (the
+#: counter row was updated earlier in the same transaction, and its lock is ours).
 _INSERT = (
-    f"INSERT INTO {EVENTS} ({_SELECT_EVENT}) VALUES ({', '.join('%s' for _ in EVENT_COLUMNS)})"
+    f"INSERT INTO {EVENTS} ({_SELECT_EVENT}) VALUES ((SELECT last FROM {EVENT_SEQ}) - %s, "
+    f"{', '.join('%s' for _ in EVENT_COLUMNS[1:])})"
 )
 
 #: The columns of an event row that copy its job's.
@@ -102,22 +105,12 @@ class PostgresOutbox(Store):
         is held until the commit)."""
         if not noted:
             return []
-        row = conn.execute(
-            f"UPDATE {EVENT_SEQ} SET last = last + %s "
-            f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
-            [len(noted)],
-        ).fetchone()
-        assert row is not None
-        seq = int(row[0]) - len(noted)
         origin = self.origin
-        events: list[Event] = []
         rows = []
-        for name, job, at in noted:
-            seq += 1
-            events.append(Event(seq, name, job, at, origin))
+        for i, (name, job, at) in enumerate(noted):
             rows.append(
                 (
-                    seq,
+                    len(noted) - 1 - i,
                     name,
                     at,
                     origin,
@@ -131,9 +124,23 @@ class PostgresOutbox(Store):
                     *(getattr(job, field) for field in TIMESTAMP_FIELDS),
                 )
             )
-        with conn.cursor() as cur:
-            cur.executemany(_INSERT, rows)
-        return events
+        # One round trip: the counter first (its row lock is held until the commit,
+        # so the shorter the better), then the rows, numbered on the server from it.
+        with conn.pipeline():
+            counter = conn.execute(
+                f"UPDATE {EVENT_SEQ} SET last = last + %s "
+                f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
+                [len(noted)],
+            )
+            with conn.cursor() as cur:
+                cur.executemany(_INSERT, rows)
+        row = counter.fetchone()
+        assert row is not None
+        first = int(row[0]) - len(noted) + 1
+        return [
+            Event(seq, name, job, at, origin)
+            for seq, (name, job, at) in enumerate(noted, start=first)
+        ]
 
     def _committed(self, events: list[Event]) -> None:
         listener = self.on_events
