@@ -47,9 +47,9 @@ SHORT_JOB = 0.025
 #: most, as far as the last batch tells: the first job's end waits about that
 #: long for its commit. Jobs of 5 ms go eight at a time, of 20 ms two.
 BATCH_SPAN = 2
-#: Seconds a runner goes on using the owners of live leases it read (``gone``), so
-#: that a claim does not read them each time: a process of this host that dies
-#: while the others run is found by their claims at most this much later.
+#: Seconds a drain goes on using the owners of live leases its first claim read
+#: (``gone``), so that each batch's claim does not read them again: a process of
+#: this host that dies during a long drain is found at most this much later.
 OWNERS_FOR = 1.0
 #: Seconds ``run_until_idle`` waits between two looks when nothing is runnable.
 IDLE_PAUSE = 0.05
@@ -57,9 +57,11 @@ IDLE_PAUSE_MAX = 0.5
 
 
 def _next_limit(limit: int, longest: float) -> int:
-    """How many jobs to claim after a batch of ``limit`` short jobs, the longest of
-    which took ``longest`` seconds: twice as many, up to ``CLAIM_BATCH``, and no
-    more than fill ``BATCH_SPAN`` short jobs' time."""
+    """How many jobs to claim after a batch of ``limit`` jobs, the longest of which
+    took ``longest`` seconds: one if that is not short, else twice as many, up to
+    ``CLAIM_BATCH``, and no more than fill ``BATCH_SPAN`` short jobs' time."""
+    if longest > SHORT_JOB:
+        return 1
     fits = int(BATCH_SPAN * SHORT_JOB / longest) if longest > 0 else CLAIM_BATCH
     return max(1, min(limit * 2, CLAIM_BATCH, fits))
 
@@ -166,6 +168,29 @@ def _after_fork() -> None:
         runner._forked()
 
 
+class _LeaseOwners:
+    """``Store.lease_owners(now)``; ``cached``: as last read, unless ``OWNERS_FOR``
+    seconds have passed since (or ``now`` is that far from the last one's)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        #: As last read: (monotonic time, as of, owners).
+        self._seen: tuple[float, datetime, list[str]] | None = None
+
+    def __call__(self, now: datetime, *, cached: bool) -> list[str]:
+        seen, clock = self._seen, time.monotonic()
+        if (
+            cached
+            and seen is not None
+            and clock - seen[0] < OWNERS_FOR
+            and abs((now - seen[1]).total_seconds()) < OWNERS_FOR
+        ):
+            return seen[2]
+        owners = self.store.lease_owners(now)
+        self._seen = (clock, now, owners)
+        return owners
+
+
 class JobRunner:
     """Claims and runs jobs of registered types; one per ``BatchJobs``."""
 
@@ -191,8 +216,7 @@ class JobRunner:
         #: Names this runner on its leases: host, process, and a token of its own.
         self.owner = owner or self.presence.owner()
         self._present = False
-        #: The owners of live leases as last read: (monotonic time, as of, owners).
-        self._owners: tuple[float, datetime, list[str]] | None = None
+        self._owners = _LeaseOwners(store)
         self.leases = Leases(store, self.lease)
         self.ctx = RunContext(
             store=store,
@@ -264,37 +288,23 @@ class JobRunner:
         if not left:
             self.presence.done()
 
-    def gone(self, now: datetime) -> tuple[str, ...]:
-        """The owners of live leases that are dead processes of this host: their
-        leases are expired now (the claim that takes one decides it, guarded)."""
+    def gone(self, now: datetime, *, cached: bool = False) -> tuple[str, ...]:
+        """Owners of live leases that are dead processes of this host (see ``OWNERS_FOR``)."""
         if not self._present:  # before the first claim: this process shows it lives
             self._present = True
             self.presence.hold()
-        return self.presence.gone(self._lease_owners(now))
-
-    def _lease_owners(self, now: datetime) -> list[str]:
-        """``Store.lease_owners(now)``, read again once ``OWNERS_FOR`` seconds have passed
-        (or for a ``now`` that far from the last one's)."""
-        seen, clock = self._owners, time.monotonic()
-        if (
-            seen is not None
-            and clock - seen[0] < OWNERS_FOR
-            and abs((now - seen[1]).total_seconds()) < OWNERS_FOR
-        ):
-            return seen[2]
-        owners = self.store.lease_owners(now)
-        self._owners = (clock, now, owners)
-        return owners
+        return self.presence.gone(self._owners(now, cached=cached))
 
     # -- claiming ----------------------------------------------------------------
 
     def _request(
         self,
         now: datetime,
+        limit: int = 1,
         *,
         statuses: Iterable[Status] = ACTIVE_STATUSES,
         ids: Iterable[str] | None = None,
-        limit: int = 1,
+        cached: bool = False,
     ) -> ClaimRequest:
         statuses = tuple(statuses)
         return ClaimRequest(
@@ -306,7 +316,7 @@ class JobRunner:
             ids=None if ids is None else tuple(ids),
             limit=limit,
             cleanups=statuses == ACTIVE_STATUSES,
-            gone=self.gone(now),
+            gone=self.gone(now, cached=cached),
         )
 
     def claim_next(
@@ -374,26 +384,23 @@ class JobRunner:
     ) -> int:
         """Run runnable jobs one after another until none is left; returns how many ran.
 
-        While jobs are short they are claimed several at a time (up to
-        ``CLAIM_BATCH``) and one commit ends them all and claims the next
-        batch (their events follow that commit). A job that needs a
-        checkpoint, or takes longer than ``SHORT_JOB``, commits the waiting
-        ones and gives the batch's unstarted jobs back, so a long job holds up
-        no one. Stops early once ``stopping`` is set. ``on_stream`` is called
-        once, when a claim after the first finds jobs too: more were waiting
-        than this drain took at first (another worker may help).
-        """
+        While jobs are short they are claimed several at a time (``_next_limit``)
+        and one commit ends them all and claims the next batch (their events
+        follow it). A job that needs a checkpoint, or takes longer than
+        ``SHORT_JOB``, commits the waiting ones and gives the unstarted ones
+        back, so a long job holds up no one. Stops early once ``stopping`` is
+        set. ``on_stream`` is called once a later claim finds jobs too."""
         statuses, ids = tuple(statuses), None if ids is None else tuple(ids)
 
-        def request(batch: _Batch) -> ClaimRequest:
-            return self._request(utcnow(), statuses=statuses, ids=ids, limit=batch.limit)
+        def request(batch: _Batch) -> ClaimRequest:  # the owners as its first claim read them
+            return self._request(utcnow(), batch.limit, statuses=statuses, ids=ids, cached=True)
 
         batch = _Batch(self.ctx, request)
         claims = self.store.claim(self._request(now or utcnow(), statuses=statuses, ids=ids))
         ran = 0
         try:
             while claims:
-                short, longest = True, 0.0
+                longest = 0.0
                 for n, (claim, held) in enumerate(batch.hold(claims)):
                     if self.stopping.is_set():
                         break
@@ -405,13 +412,10 @@ class JobRunner:
                     started = time.monotonic()
                     execution = JobExecution(self.ctx, claim, held, batch)
                     execution.execute(stop_after_pre_process=stop_after_pre_process)
-                    took = time.monotonic() - started
-                    longest = max(longest, took)
-                    if took > SHORT_JOB:
-                        short = False
-                        if batch.waiting:  # slow jobs: let other workers have the rest
-                            batch.commit(claim_next=False)
-                batch.limit = _next_limit(batch.limit, longest) if short else 1
+                    longest = max(longest, time.monotonic() - started)
+                    if longest > SHORT_JOB and batch.waiting:  # slow: others take the rest
+                        batch.commit(claim_next=False)
+                batch.limit = _next_limit(batch.limit, longest)
                 claims, _ = batch.commit(claim_next=not self.stopping.is_set())
                 if claims and on_stream is not None:
                     on_stream()
