@@ -546,7 +546,7 @@ class BatchJobs:
         receivers, in the committing thread, in seq order."""
         self._notifier.notify()
         if self.mirror is not None:
-            self.mirror.wake()
+            self.mirror.wake(events)
         for event in events:
             signals.emit(event.event, self, event.job, seq=event.seq)
 

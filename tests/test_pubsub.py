@@ -26,10 +26,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+import batchjobs.pubsub._mirror as mirror_module
 from batchjobs import BatchJob, BatchJobs, Status, signals
 from batchjobs.cli import cli
 from batchjobs.models import Event, utcnow
 from batchjobs.pubsub import (
+    CURSOR_LEASE,
+    STORE_SECONDS,
     EventListener,
     RedisMirror,
     RemoteEvent,
@@ -290,6 +293,155 @@ def test_remote_events_are_never_mirrored_back(
     assert jobs.mirror.stats.published == 0
 
 
+# -- the publisher: the hand-over, the cursor -----------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.backends("sqlite", "postgres")
+def test_events_of_another_process_between_those_handed_over_go_out_in_seq_order(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str
+) -> None:
+    mirrored = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    # Another process on the same database, without a mirror: its events reach the
+    # publisher only through the outbox, between those handed over in memory.
+    other = make_jobs()
+    with Subscription(redis_url, prefix=prefix) as sub:
+        assert sub.connect()
+        ids = []
+        for _ in range(15):
+            ids.append(mirrored.create("words", {"words": []}).id)
+            ids.append(other.create("words", {"words": []}).id)
+            ids.append(other.create("words", {"words": []}).id)
+        mirrored.update(ids[0], result={"note": "last"})
+        received = [_next_event(sub, lambda e: True) for _ in range(len(ids) + 1)]
+    assert [e.seq for e in received] == list(range(1, len(ids) + 2))  # in order, no gap
+    assert [e.id for e in received] == [*ids, ids[0]]
+    assert [e.origin for e in received[:3]] == [mirrored.origin, other.origin, other.origin]
+    assert received[-1].result == {"note": "last"}
+    _until(lambda: mirrored.mirror.stats.published == len(ids) + 1)
+
+
+@pytest.mark.redis
+@pytest.mark.backends("sqlite", "postgres")
+def test_the_process_holding_the_cursor_publishes_another_process_events_meanwhile(
+    make_jobs: Callable[..., BatchJobs],
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mirror_module, "IDLE_SECONDS", 60)  # here keeps the cursor throughout
+    here = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    there = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    with Subscription(redis_url, prefix=prefix) as sub:
+        assert sub.connect()
+        first = here.create("words", {"words": []})
+        assert _next_event(sub, lambda e: True).id == first.id
+        second = there.create("words", {"words": []})  # finds the cursor taken
+        event = _next_event(sub, lambda e: True)
+    assert (event.seq, event.id, event.origin) == (2, second.id, there.origin)
+    _until(lambda: here.mirror.stats.published == 2)
+    assert there.mirror.stats.published == 0
+
+
+@pytest.mark.redis
+def test_commits_beyond_what_the_hand_over_holds_are_read_from_the_outbox(
+    make_jobs: Callable[..., BatchJobs],
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mirror_module, "HANDOFF_LIMIT", 0)  # every commit left to the outbox
+    monkeypatch.setattr(mirror_module, "IDLE_SECONDS", 60)  # no idle look to fall back on
+    jobs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    with Subscription(redis_url, prefix=prefix) as sub:
+        assert sub.connect()
+        ids = [jobs.create("words", {"words": []}).id for _ in range(10)]
+        received = [_next_event(sub, lambda e: True) for _ in ids]
+    assert [(e.seq, e.id) for e in received] == list(enumerate(ids, start=1))
+
+
+@pytest.mark.redis
+@pytest.mark.backends("sqlite", "postgres")
+def test_an_idle_publisher_writes_its_position_and_gives_the_cursor_up(
+    make_jobs: Callable[..., BatchJobs], redis_url: str, prefix: str
+) -> None:
+    jobs = make_jobs(redis_url=redis_url, channel_prefix=prefix)
+    for _ in range(5):
+        jobs.create("words", {"words": ["a"]})
+    last = jobs.last_seq()
+    _until(lambda: jobs.mirror.stats.published == last)
+    # Another process's mirror waits while this one publishes (it keeps the cursor
+    # while events keep coming), then takes over from where it stopped: nothing twice.
+    again = RedisMirror(jobs.store, redis_url, prefix=prefix, origin="another process")
+    assert _until(lambda: again.publish_pending() is True)
+    assert again.stats.published == 0
+    jobs.create("words", {"words": []})  # this process takes the cursor back
+    _until(lambda: jobs.mirror.stats.published == last + 1)
+    again.close()
+
+
+PUBLISHER = """
+import sys
+from batchjobs import BatchJobs
+from tests.strategies import ALL
+
+db, url, prefix = sys.argv[1:4]
+jobs = BatchJobs(db, redis_url=url, channel_prefix=prefix)
+for strategy in ALL:
+    jobs.register(strategy)
+jobs.create("ledger", {"n": 1_000_000, "sleep": 0.002})
+jobs.run_until_idle()
+"""
+
+
+@pytest.mark.redis
+def test_a_publisher_killed_mid_stream_leaves_what_it_published_since_its_last_write(
+    redis_url: str, prefix: str, db_path: Path
+) -> None:
+    with Subscription(redis_url, prefix=prefix) as sub:
+        assert sub.connect()
+        child = subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(db_path), redis_url, prefix], cwd=ROOT
+        )
+        heard: list[RemoteEvent] = []
+        try:
+            # Long enough for the publisher to write its position while it keeps publishing.
+            while not heard or heard[-1].seq < 2 * STORE_SECONDS / 0.002:
+                event = sub.get(timeout=10)
+                assert event is not None, "the publisher process went quiet"
+                heard.append(event)
+        finally:
+            child.kill()
+            child.wait()
+        while (event := sub.get(timeout=0.5)) is not None:
+            heard.append(event)
+        store = SQLiteStore(db_path)
+        again = RedisMirror(store, redis_url, prefix=prefix, origin="another process")
+        # The dead process's lease has not expired: the cursor stays where it last wrote it,
+        # which it did while it kept publishing (it never went idle).
+        now = utcnow()
+        stored, held = store.take_cursor(
+            again.cursor, owner="probe", now=now, until=now + CURSOR_LEASE, start=0
+        )
+        assert not held and 0 < stored <= heard[-1].seq
+        # Once the lease has expired, another process takes over from that position.
+        later = now + CURSOR_LEASE
+        taken = store.take_cursor(again.cursor, owner="probe", now=later, until=later, start=0)
+        assert taken == (stored, True)
+        assert store.move_cursor(again.cursor, owner="probe", seq=stored)
+        _until(lambda: again.publish_pending() is True)
+        republished = []
+        while (event := sub.get(timeout=0.5)) is not None:
+            republished.append(event)
+    last = store.last_seq()
+    assert [e.seq for e in heard] == list(range(1, len(heard) + 1))
+    assert [e.seq for e in republished] == list(range(stored + 1, last + 1))  # in order
+    # At least once: what the dead process published after its last write goes out again.
+    assert {e.seq for e in heard} | {e.seq for e in republished} == set(range(1, last + 1))
+    again.close()
+    store.close()
+
+
 # -- failures ------------------------------------------------------------------------
 
 
@@ -352,8 +504,10 @@ def test_jobs_outlive_a_redis_restart_and_publishing_resumes(
     sub.close()
     mirror = jobs.mirror
     _until(
-        lambda: (mirror.stats.published, mirror.stats.behind, mirror.stats.down)
-        == (len(local), 0, False)
+        lambda: (
+            (mirror.stats.published, mirror.stats.behind, mirror.stats.down)
+            == (len(local), 0, False)
+        )
     )
     stats = mirror.stats
     assert (stats.behind, stats.outages, stats.down) == (0, 1, False)

@@ -16,7 +16,8 @@ with ``BatchJobs.events(after=last_seen)``.
 Redis is an observer, never a dependency of a job: a job never waits for
 Redis. When Redis is down, slow or restarted, the events wait in the outbox,
 one warning is logged per outage, and publishing resumes from the mirror's
-cursor (kept in the database) when Redis is back; polling, not Redis, stays
+cursor (kept in the database, its position written at most every
+``STORE_SECONDS`` while publishing) when Redis is back; polling, not Redis, stays
 the scheduler's source of truth.
 
 Other processes follow the events with ``Subscription`` (an iterator) or
@@ -43,8 +44,11 @@ from ._connection import (  # noqa: F401
 )
 from ._mirror import (  # noqa: F401
     CURSOR_LEASE,
+    HANDOFF_LIMIT,
+    IDLE_SECONDS,
     LINGER,
     PIPELINE_SIZE,
+    STORE_SECONDS,
     SWEEP_SECONDS,
     WAKE_EVENTS,
     MirrorStats,

@@ -5,8 +5,20 @@ the mirror only copies them to Redis. Its position is a cursor in the
 database, leased to one process at a time: whichever process publishes,
 each event goes out after the one before it, and an event committed while
 Redis was away is published once it is back, from where the cursor stopped.
-A process that dies between publishing and moving the cursor leaves those
-events to be published again: at least once, in order.
+The publishing process keeps the cursor leased while events keep coming and
+writes its position at most every ``STORE_SECONDS`` (and when it goes idle,
+gives the cursor up, or closes): a process that dies while publishing
+leaves what it published since its last write (at most ``STORE_SECONDS`` of
+events, plus the round in flight) to be published again by the next mirror,
+once the lease has expired: at least once, in order. While it holds the
+cursor and its own process is quiet, it publishes what other processes
+commit (they cannot take the cursor meanwhile), until it gives the cursor up.
+
+This process's own events come to the publisher in memory (``wake(events)``,
+after each commit); they are published from there only while they continue
+the cursor exactly (seq = the last published + 1). Anything else (another
+process's events in between, a restart, events noted out of order, a
+dropped hand-over) is read from the outbox, so nothing committed is skipped.
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 
 import redis
 
@@ -44,8 +58,20 @@ PIPELINE_SIZE = 500
 #: Seconds between two publishing rounds while events keep coming: an event
 #: after a quiet spell goes out at once, a burst goes out in batches.
 LINGER = 0.005
-#: How long the cursor stays leased to the process publishing (renewed each round).
+#: How long the cursor stays leased to the process publishing (renewed each time
+#: its position is written).
 CURSOR_LEASE = timedelta(seconds=10)
+#: Seconds between two writes of the cursor's position while publishing: what a
+#: process that dies mid-stream leaves to be published again (a write transaction
+#: per round would compete with the jobs' own for the database's write lock).
+STORE_SECONDS = 0.5
+#: Seconds without a commit here after which the publisher writes its position and
+#: gives the cursor up, so that another process may publish (until then, it looks
+#: for other processes' events every LINGER and publishes them).
+IDLE_SECONDS = 0.1
+#: Commits whose events may wait in memory for the publisher; beyond, they are left
+#: to the outbox (Redis down: the publisher backs off while jobs go on).
+HANDOFF_LIMIT = 1000
 #: Seconds between two looks at the outbox for events nobody published (a
 #: process that died before publishing them, a process without a mirror).
 SWEEP_SECONDS = 1.0
@@ -72,6 +98,15 @@ def message(event: Event) -> str:
         event.seq,
     )
     return _ENCODE(dict(zip(MESSAGE_KEYS, values, strict=True)))
+
+
+class _Round(Enum):
+    """How a publishing round ended."""
+
+    DONE = "every event known was published"
+    MORE = "more events wait"
+    HELD = "another process holds the cursor"
+    DOWN = "Redis could not be reached"
 
 
 @dataclass(frozen=True)
@@ -128,14 +163,25 @@ class RedisMirror:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._published = 0
-        #: The cursor as last seen, and whether (and until when) this mirror holds it.
+        #: The last seq published (or the cursor as taken), and whether this mirror
+        #: holds the cursor's lease.
         self._seen = 0
         self._holding = False
+        #: When this mirror last wrote the cursor's position (monotonic).
+        self._stored_at = 0.0
+        #: Before this (monotonic), another process was found holding the cursor.
+        self._held_until = 0.0
         #: Where the cursor starts if no mirror ever published this database to this
         #: Redis: what was committed before this mirror existed is not published.
         self._start = store.last_seq()
-        #: The last seq committed, as last read.
+        #: The last seq committed, as last read or handed over.
         self._head = 0
+        #: This process's committed events, as handed over by ``wake`` (one list per
+        #: commit), and those taken from there that wait for their turn, by seq.
+        self._handed: deque[list[Event]] = deque()
+        self._waiting: list[Event] = []
+        #: Set when a commit's events were not handed over: the next round reads the outbox.
+        self._look = False
         self._listeners: list[EventListener] = []
         self._listener: EventListener | None = None
 
@@ -154,8 +200,17 @@ class RedisMirror:
                 down=self._outages.down,
             )
 
-    def wake(self) -> None:
-        """Publish what was committed: called after each commit (cheap, never blocks)."""
+    def wake(self, events: list[Event] | None = None) -> None:
+        """Publish what was committed: called after each commit (cheap, never blocks).
+
+        ``events`` (this process's events of that commit, as the store handed
+        them over) spare the publisher a read of the outbox while they
+        continue exactly from the cursor.
+        """
+        if events and len(self._handed) < HANDOFF_LIMIT:
+            self._handed.append(events)
+        else:
+            self._look = True  # nothing handed over: the next round reads the outbox
         if self._thread is None:
             self.start()
         self._wakeup.set()
@@ -174,16 +229,34 @@ class RedisMirror:
     def publish_pending(self) -> bool | None:
         """Publish up to ``PIPELINE_SIZE`` events after the cursor, then move it past them.
 
-        The single step of the publishing thread. True once every event
-        committed so far is published; None while more remain or another
-        process holds the cursor; False if Redis could not be reached (the
-        cursor stays where it was, for the next attempt).
+        One step, as the publishing thread takes them, except that the
+        cursor's position is written (and the cursor given up) once every
+        event committed so far is published. True then; None while more
+        remain or another process holds the cursor; False if Redis could not
+        be reached (the cursor stays where it was, for the next attempt).
         """
-        now = utcnow()
+        self._held_until = 0.0
+        ended = self._round(look=True)
+        if ended is _Round.DONE:
+            self._give_up()
+            return True
+        return False if ended is _Round.DOWN else None
+
+    def _round(self, *, look: bool) -> _Round:
+        """Publish the next events after the cursor, taking its lease first if needed.
+
+        Events come from the hand-over while they continue the cursor, else
+        from the outbox; with nothing handed over, ``look`` reads the outbox
+        for events of other processes (or handed over to nobody).
+        """
         if not self._holding:
+            if time.monotonic() < self._held_until:
+                return _Round.HELD
             self._head = self.store.last_seq()
             if self._head <= self._seen:
-                return True
+                self._forget_handed()
+                return _Round.DONE
+            now = utcnow()
             self._seen, self._holding = self.store.take_cursor(
                 self.cursor,
                 owner=self.origin,
@@ -191,32 +264,91 @@ class RedisMirror:
                 until=now + CURSOR_LEASE,
                 start=self._start,
             )
+            self._stored_at = time.monotonic()
             if not self._holding:
-                return None
+                self._held_until = time.monotonic() + IDLE_SECONDS
+                return _Round.HELD
+        elif time.monotonic() - self._stored_at >= STORE_SECONDS and not self._store(keep=True):
+            return _Round.HELD  # (the position written, the lease renewed) lost it meanwhile
+        look, self._look = look or self._look, False
+        events = self._handed_events()
+        if events is None:
+            if not self._waiting:
+                # Nothing handed over: only other processes' events (or those handed
+                # over to nobody) may wait, and only a look at the last seq says.
+                if not look:
+                    return _Round.DONE
+                self._head = max(self._head, self.store.last_seq())
+                if self._head <= self._seen:
+                    return _Round.DONE
+            events = self._outbox_events()
+            if events is None:
+                return _Round.MORE
+        if not events:
+            return _Round.DONE
+        if not self._publish(events):
+            self._give_up()
+            self._look = True  # those events left the hand-over: the outbox has them
+            return _Round.DOWN
+        self._seen = events[-1].seq
+        self._head = max(self._head, self._seen)
+        if len(events) == PIPELINE_SIZE or self._handed or self._waiting:
+            return _Round.MORE
+        return _Round.DONE
+
+    def _handed_events(self) -> list[Event] | None:
+        """The events handed over that continue the cursor (at most ``PIPELINE_SIZE``),
+        or None if those waiting do not (a gap: the outbox has what is missing)."""
+        waiting = self._waiting
+        while self._handed:
+            events = self._handed.popleft()
+            if waiting and events[0].seq < waiting[-1].seq:
+                waiting.extend(events)
+                waiting.sort(key=lambda event: event.seq)  # noted by threads out of order
+            else:
+                waiting.extend(events)
+        if len(waiting) > HANDOFF_LIMIT * 10:
+            waiting.clear()  # Redis away for a while: the outbox has them all
+        if waiting:
+            self._head = max(self._head, waiting[-1].seq)
+        expect, skipped = self._seen + 1, 0
+        taken: list[Event] = []
+        for event in waiting:
+            if event.seq < expect:
+                skipped += 1  # published already (read from the outbox)
+                continue
+            if event.seq != expect or len(taken) == PIPELINE_SIZE:
+                break
+            taken.append(event)
+            expect += 1
+        del waiting[: skipped + len(taken)]
+        if not taken and waiting:
+            return None
+        return taken or None
+
+    def _outbox_events(self) -> list[Event] | None:
+        """The events after the cursor read from the outbox, or None if some were pruned
+        (the cursor then moves past them)."""
         try:
-            events = self.store.events(after=self._seen, limit=PIPELINE_SIZE)
+            return self.store.events(after=self._seen, limit=PIPELINE_SIZE)
         except EventsPrunedError as pruned:
             log.warning(
                 "events %d to %d were pruned before they were published to Redis",
                 self._seen + 1,
                 pruned.oldest - 1,
             )
-            self._move(pruned.oldest - 1, keep=True)
+            self._seen = pruned.oldest - 1
+            self._store(keep=True)
             return None
-        if not events:
-            self._move(self._seen, keep=False)
-            return True
-        if not self._publish(events):
-            self._move(self._seen, keep=False)
-            return False
-        more = len(events) == PIPELINE_SIZE
-        self._move(events[-1].seq, keep=more)
-        return None if more else self._caught_up()
 
-    def _caught_up(self) -> bool | None:
-        # Committed while we published: another round, before anyone waits a sweep.
-        self._head = self.store.last_seq()
-        return True if self._head <= self._seen else None
+    def _forget_handed(self) -> None:
+        """Drop the events handed over that were published already (read from the outbox)."""
+        waiting = self._waiting
+        while self._handed:
+            waiting.extend(self._handed.popleft())
+        self._waiting = sorted(
+            (event for event in waiting if event.seq > self._seen), key=lambda event: event.seq
+        )
 
     def _publish(self, events: list[Event]) -> bool:
         batch = [(self._channel(event.event), message(event)) for event in events]
@@ -261,45 +393,72 @@ class RedisMirror:
             channel = self._channels[event] = f"{self.prefix}:{event}"
         return channel
 
-    def _move(self, seq: int, *, keep: bool) -> None:
+    def _store(self, *, keep: bool) -> bool:
+        """Write the cursor's position (``_seen``), renewing the lease if ``keep``, else
+        giving it up. False if this mirror no longer holds it (another took over)."""
         until = utcnow() + CURSOR_LEASE if keep else None
-        held = self.store.move_cursor(self.cursor, owner=self.origin, seq=seq, until=until)
+        held = self.store.move_cursor(self.cursor, owner=self.origin, seq=self._seen, until=until)
         if held:
-            self._seen = seq
+            self._stored_at = time.monotonic()
+        else:
+            self._held_until = time.monotonic() + IDLE_SECONDS
         self._holding = held and keep
+        return self._holding
+
+    def _give_up(self) -> None:
+        """Write the cursor's position and give the cursor up, if this mirror holds it."""
+        if self._holding:
+            self._store(keep=False)
 
     def _run(self) -> None:
+        active_at = 0.0  # when this process's own events last came (monotonic)
         try:
             while not self._closing.is_set():
-                self._wakeup.wait(self.sweep_seconds)
-                self._wakeup.clear()
-                self._publish_until_done()
+                if not self._holding:
+                    self._wakeup.wait(self.sweep_seconds)
+                    self._wakeup.clear()
+                    active_at = time.monotonic()
+                    self._publish_until_done(look=True)
+                elif self._wakeup.wait(LINGER):
+                    self._wakeup.clear()
+                    active_at = time.monotonic()
+                    self._publish_until_done(look=False)
+                else:
+                    # No commit here for a while: publish what other processes committed
+                    # meanwhile (they cannot while this one holds the cursor); once quiet
+                    # for IDLE_SECONDS, write the position and give the cursor up.
+                    self._publish_until_done(look=True)
+                    quiet = time.monotonic() - active_at >= IDLE_SECONDS
+                    if quiet and not self._wakeup.is_set():
+                        self._give_up()
+                    continue
+                # While events keep coming, let them gather: a round per LINGER at most
+                # (the commits meanwhile wake nobody), an event after a quiet spell at once.
+                if self._holding and self._closing.wait(LINGER):
+                    break
         finally:
-            self._release()
+            try:
+                self._give_up()
+            except Exception:
+                log.debug("could not release the mirror's cursor", exc_info=True)
+                self._holding = False
 
-    def _publish_until_done(self) -> None:
+    def _publish_until_done(self, *, look: bool) -> None:
         while not self._closing.is_set():
             try:
-                done = self.publish_pending()
+                ended = self._round(look=look)
             except Exception:
                 if self._closing.is_set():
                     return  # the store was closed under it
                 log.exception("could not publish batch job events; trying again")
                 self._holding = False
-                done = False
-            if done:
+                self._look = True
+                ended = _Round.DOWN
+            if ended is _Round.DONE or ended is _Round.HELD:
                 return
-            wait = self._backoff.next() if done is False else LINGER
+            wait = self._backoff.next() if ended is _Round.DOWN else LINGER
             if self._closing.wait(wait):
                 return
-
-    def _release(self) -> None:
-        if self._holding:
-            try:
-                self.store.move_cursor(self.cursor, owner=self.origin, seq=self._seen)
-            except Exception:
-                log.debug("could not release the mirror's cursor", exc_info=True)
-            self._holding = False
 
     # -- wake-ups from other processes ----------------------------------------
 
@@ -363,10 +522,11 @@ class RedisMirror:
             if thread is None:
                 self._closing.set()
         if thread is not None:
+            self._held_until = 0.0  # another process may have given the cursor up since
             self._wakeup.set()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and not self._outages.down:
-                if not self._holding and self.store.last_seq() <= self._seen:
+                if self.store.last_seq() <= self._seen:
                     break
                 time.sleep(LINGER)
             self._closing.set()
