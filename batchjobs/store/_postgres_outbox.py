@@ -22,27 +22,15 @@ from ..errors import EventsPrunedError, InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
 from ._postgres_connections import Database, Listener, boundary
 from ._postgres_schema import CURSORS, EVENT_SEQ, EVENTS, EVENTS_CHANNEL
+from .base import EVENT_COLUMNS as BASE_EVENT_COLUMNS
 from .base import Store
 
 log = logging.getLogger("batchjobs.store")
 
-#: An event row's columns: the event, then the job as of the event.
-EVENT_COLUMNS = (
-    "seq",
-    "event",
-    "at",
-    "origin",
-    "id",
-    "type",
-    "status",
-    "created_by",
-    "dry_run",
-    "context",
-    "result",
-    *TIMESTAMP_FIELDS,
-)
+#: An event row's columns: its seq, the event, then the job as of the event.
+EVENT_COLUMNS = ("seq", *BASE_EVENT_COLUMNS)
 _SELECT_EVENT = ", ".join(EVENT_COLUMNS)
-_TS = 11  # where the timestamps start in EVENT_COLUMNS
+_TS = EVENT_COLUMNS.index("created_at")  # where the timestamps start
 #: An event row; its seq given as how far below the counter's new value it is (the
 #: counter row was updated earlier in the same transaction, and its lock is ours).
 _INSERT = (

@@ -17,8 +17,8 @@ from ..errors import EventsPrunedError, InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event
 from ._sqlite_connections import Connections, boundary
 from ._sqlite_rows import job_record, marks, ts
-from ._sqlite_schema import CURSORS, EVENT_COLUMNS, EVENTS, EVENTS_HORIZON
-from .base import Store
+from ._sqlite_schema import CURSORS, EVENTS, EVENTS_HORIZON
+from .base import EVENT_COLUMNS, Store
 
 log = logging.getLogger("batchjobs.store")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from ..models import ACTIVE_STATUSES, TIMESTAMP_FIELDS
+from ..models import ACTIVE_STATUSES
 
 TABLE = "batch_jobs"
 ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES) + ")"
@@ -163,20 +163,6 @@ EVENTS = "batch_job_events"
 #: One row: the highest seq that ``prune_events`` deleted (reads below it are refused).
 EVENTS_HORIZON = "batch_job_events_horizon"
 CURSORS = "batch_job_event_cursors"
-#: An event row's columns after ``seq``: the event, then the job as of the event.
-EVENT_COLUMNS = (
-    "event",
-    "at",
-    "origin",
-    "id",
-    "type",
-    "status",
-    "created_by",
-    "dry_run",
-    "context",
-    "result",
-    *TIMESTAMP_FIELDS,
-)
 
 
 @migrations()

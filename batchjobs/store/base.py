@@ -75,6 +75,7 @@ from ..models import (
 )
 
 __all__ = [
+    "EVENT_COLUMNS",
     "DATE_OPERATORS",
     "FILTER_NAMES",
     "ORDER_FIELDS",
@@ -250,6 +251,23 @@ def checkpoint_events(
         else:
             events.append((name, job, checkpoint.now))
     return events
+
+
+#: An event row's columns after its ``seq``: the event, then the job as of the event
+#: (every backend's outbox table).
+EVENT_COLUMNS = (
+    "event",
+    "at",
+    "origin",
+    "id",
+    "type",
+    "status",
+    "created_by",
+    "dry_run",
+    "context",
+    "result",
+    *TIMESTAMP_FIELDS,
+)
 
 
 class Store(abc.ABC):
