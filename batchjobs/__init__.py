@@ -1,7 +1,13 @@
 """batchjobs: Medusa-style batch jobs in one process, with no infrastructure."""
 
 from .app import BatchJobs
-from .errors import BatchJobError, InvalidDataError, NotAllowedError, NotFoundError
+from .errors import (
+    BatchJobError,
+    InvalidDataError,
+    MissingContextKeyError,
+    NotAllowedError,
+    NotFoundError,
+)
 from .migrate import Migration, migrate
 from .models import BatchJob, Schedule, Status
 from .strategy import BatchJobStrategy, JobDraft, JobRun
@@ -25,6 +31,7 @@ __all__ = [
     # errors
     "BatchJobError",
     "InvalidDataError",
+    "MissingContextKeyError",
     "NotAllowedError",
     "NotFoundError",
     "__version__",

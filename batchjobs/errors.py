@@ -10,6 +10,7 @@ __all__ = [
     "BatchJobError",
     "EventsPrunedError",
     "InvalidDataError",
+    "MissingContextKeyError",
     "NotAllowedError",
     "NotFoundError",
     "StoreClosedError",
@@ -71,6 +72,22 @@ class InvalidDataError(BatchJobError):
     """The input is malformed: unknown type, bad context, bad field."""
 
     type = "invalid_data"
+
+
+class MissingContextKeyError(InvalidDataError, KeyError):
+    """A strategy read a key its job's context does not have (``run.job.context[key]``).
+
+    The input's fault, not a passing one: the job fails without a retry hint,
+    since running it again reads the same context. A ``KeyError`` still, for
+    strategies that catch one.
+    """
+
+    def __init__(self, key: object) -> None:
+        super().__init__(f"The job's context has no {_shown(repr(key))}")
+        self.key = key
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class StoreError(BatchJobError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, TypeVar
 
-from .errors import InvalidDataError
+from .errors import InvalidDataError, MissingContextKeyError
 from .models import BatchJob
 
 __all__ = [
@@ -29,6 +29,15 @@ DEFAULT_CHUNK_SIZE = 100
 MAX_KEPT_ERRORS = 100
 #: Installed packages add strategies through this entry-point group.
 ENTRY_POINT_GROUP = "batchjobs.strategies"
+
+
+class _Context(dict):  # type: ignore[type-arg]
+    """A job's context as its strategy reads it: a missing key is the input's fault."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: object) -> Any:
+        raise MissingContextKeyError(key)
 
 
 @dataclass
@@ -70,7 +79,7 @@ class JobRun:
         files: Any = None,
         is_canceled: Callable[[], bool] | None = None,
     ) -> None:
-        self.job = job
+        self._job = job
         self.result: dict[str, Any] = dict(job.result)
         self.cursor: dict[str, Any] = dict(cursor or {})
         self.files = None if files is None else files.for_user(job.created_by)
@@ -79,6 +88,21 @@ class JobRun:
         self._is_canceled = is_canceled
         self._canceled = False
         self._closers: list[Callable[[], Any]] = []
+
+    @property
+    def job(self) -> BatchJob:
+        """The job as last committed. Reading a key its ``context`` lacks raises
+        ``MissingContextKeyError`` (a ``KeyError`` and an ``InvalidDataError``):
+        the job fails as refused input, which a retry would not change."""
+        job = self._job
+        if type(job.context) is not _Context:
+            # Wrapped when read, not when set: the runner sets it at every commit.
+            job = self._job = job.replace(context=_Context(job.context))
+        return job
+
+    @job.setter
+    def job(self, job: BatchJob) -> None:
+        self._job = job
 
     @property
     def canceled(self) -> bool:

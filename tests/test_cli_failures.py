@@ -118,15 +118,43 @@ def test_a_job_whose_input_is_refused_is_reported_without_a_retry_hint(
     assert "retry" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_failed_job_prints_its_errors_and_a_traceback_only_when_verbose(db_path: Path) -> None:
-    result = batchjobs(db_path, "run", "ledger")  # no context.n: a KeyError in pre_process
+def test_a_job_whose_context_lacks_a_key_is_refused_input_without_a_retry_hint(
+    db_path: Path,
+) -> None:
+    result = batchjobs(db_path, "run", "ledger")  # no context.n: pre_process reads it
+    assert result.exit_code == 1
+    assert "error: The job's context has no 'n' [invalid_data]" in result.stderr
+    assert "failed; its input was refused: fix the input and create a new job" in result.stderr
+    assert "retry" not in result.stderr and "Traceback" not in result.stderr
+    verbose = CliRunner(env=ENV).invoke(
+        cli, ["--db", str(db_path), "--app", "tests.strategies", "-v", "run", "ledger"]
+    )
+    assert verbose.exit_code == 1
+    assert "Traceback" in verbose.stderr and "MissingContextKeyError" in verbose.stderr
+
+
+def test_a_failed_job_prints_its_errors_and_a_traceback_only_when_verbose(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "flaky_app.py").write_text(
+        "from batchjobs import BatchJobStrategy\n\n"
+        "class Flaky(BatchJobStrategy):\n"
+        "    batch_type = 'flaky'\n\n"
+        "    def pre_process(self, run):\n"
+        "        {}['n']  # a KeyError of the strategy's own, not of the context\n\n"
+        "    def process_chunk(self, run, start, size):\n"
+        "        return 0\n"
+    )
+    result = batchjobs(db_path, "run", "flaky", app="flaky_app")
     assert result.exit_code == 1
     job_id = result.stdout.strip()
     assert "error: 'n' [KeyError]" in result.stderr
     assert f"failed; resume it from its checkpoint with: batchjobs retry {job_id}" in result.stderr
     assert "Traceback" not in result.stderr
     verbose = CliRunner(env=ENV).invoke(
-        cli, ["--db", str(db_path), "--app", "tests.strategies", "-v", "run", "ledger"]
+        cli, ["--db", str(db_path), "--app", "flaky_app", "-v", "run", "flaky"]
     )
     assert verbose.exit_code == 1
     assert "Traceback" in verbose.stderr and "KeyError: 'n'" in verbose.stderr

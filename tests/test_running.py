@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from batchjobs import BatchJobs, JobRun, Status
+from batchjobs import BatchJob, BatchJobs, InvalidDataError, JobRun, MissingContextKeyError, Status
 from batchjobs.models import utcnow
 from batchjobs.store import Store
 from tests.strategies import Ledger, read_ledger
@@ -85,6 +85,27 @@ def test_failure_in_pre_process_fails_the_job_with_the_error(jobs: BatchJobs) ->
     assert done.status == Status.FAILED and done.failed_at is not None
     assert done.result["errors"] == [{"message": "cannot count the records", "code": "ValueError"}]
     assert failed == [job.id]
+
+
+def test_a_context_key_the_job_lacks_fails_it_as_refused_input(jobs: BatchJobs) -> None:
+    job = jobs.create("ledger", {"path": "unused"})  # Ledger reads context["n"]
+    jobs.run_until_idle(timeout=10)
+    done = jobs.retrieve(job.id)
+    assert done.status == Status.FAILED
+    assert done.result["errors"] == [
+        {"message": "The job's context has no 'n'", "code": "invalid_data"}
+    ]
+    assert not done.is_retryable
+    assert done.context == {"path": "unused"} and type(done.context) is dict
+
+
+def test_a_run_reads_its_context_as_a_mapping_whose_missing_keys_are_input_errors() -> None:
+    run = JobRun(BatchJob(id="batch_1", type="t", status=Status.CREATED, context={"a": 1}))
+    assert run.job.context["a"] == 1 and run.job.context.get("b", 2) == 2
+    with pytest.raises(MissingContextKeyError, match=r"^The job's context has no 'b'$") as caught:
+        run.job.context["b"]
+    assert isinstance(caught.value, KeyError) and isinstance(caught.value, InvalidDataError)
+    assert json.loads(json.dumps(run.job.context)) == {"a": 1}
 
 
 def test_failing_chunk_without_retry_fails_and_retry_resumes_from_the_checkpoint(
