@@ -29,12 +29,13 @@ SCENARIOS = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # about a minute alone; several times that beside the other tests
 def test_quick_run_prints_every_scenario(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,6 @@ AUTH = {"Authorization": "Bearer tok-1"}
 #: Examples per operation and mode: enough to find the classic crashes, small enough for CI
 #: (``FUZZ_EXAMPLES=N`` for more, ``FUZZ_RANDOM=1`` for new ones).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 100))
-#: Each mode of the fuzz must end within this many seconds on a shared 2-core machine.
-BUDGET = 60.0 * EXAMPLES / 100
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -77,7 +74,6 @@ def test_the_app_answers_as_described_whatever_it_is_sent(
     app = create_app(jobs, tokens=TOKENS)
     schema = schemathesis.openapi.from_wsgi(OPENAPI_PATH, app)
     schema.config.generation.update(modes=[mode])
-    started = time.monotonic()
     seen: dict[int, int] = {}
     unfuzzable: set[str] = set()
     for result in schema.get_all_operations():
@@ -116,7 +112,6 @@ def test_the_app_answers_as_described_whatever_it_is_sent(
             # Nothing to send wrong: a download takes any token, and credentials or none.
             assert mode == GenerationMode.NEGATIVE, operation.label
             unfuzzable.add(operation.label)
-    assert time.monotonic() - started < BUDGET
     assert unfuzzable <= {"GET /admin/uploads/download/{token}"}
     # Valid requests reach answers, invalid ones refusals.
     if mode == GenerationMode.POSITIVE:
