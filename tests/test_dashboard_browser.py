@@ -357,10 +357,12 @@ def test_an_upload_is_previewed_confirmed_and_imported_step_by_step(
     site = shop_site
     log_in(page, site)
     page.get_by_role("link", name="Import CSV").click()
+    page.wait_for_load_state()  # the page's script has run: nothing moves the focus after
     page.get_by_label("Table to import into").select_option("shop.products_copy")
     data = "id,sku,name,qty\r\n" + "".join(f"{i},S-{i},n{i},{i}\r\n" for i in range(1, 31))
     # Keyboard only: the file input takes the focus and opens the file chooser with Space.
     page.get_by_label("CSV file").focus()
+    expect(page.get_by_label("CSV file")).to_be_focused()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Space")
     chooser.value.set_files(
@@ -463,6 +465,26 @@ def test_an_export_is_downloaded_byte_for_byte(shop_site: Site, page: Any) -> No
     assert download.value.suggested_filename == f"{job.id}.csv"
     assert Path(download.value.path()).read_bytes() == data
     assert data.count(b"\r\n") == 201  # the header and every row
+
+
+def test_a_job_that_ends_before_the_page_hears_from_it_still_shows_what_its_end_brought(
+    shop_site: Site, page: Any
+) -> None:
+    site = shop_site
+    log_in(page, site)
+    job = site.jobs.create("csv-export", {"table": "products"}, created_by="usr_1")
+    held: list[Any] = []
+    page.route("**/live?*", lambda route: held.append(route))  # held until the job ends
+    with page.expect_request("**/live?*"):
+        page.goto(f"{site.url}/jobs/{job.id}")
+    expect(page.locator('[data-field="status_label"]')).to_have_text("Created")
+    site.work()
+    site.worker.join()
+    assert site.jobs.retrieve(job.id).status == "completed"
+    (route,) = held
+    route.continue_()  # its first word is already "completed": the page saw "created"
+    expect(page.locator('[data-field="status_label"]')).to_have_text("Completed")
+    expect(page.get_by_role("link", name=f"Download {job.id}.csv")).to_be_visible()
 
 
 def test_a_double_click_on_confirm_sends_one_post(site: Site, page: Any) -> None:
