@@ -354,6 +354,28 @@ def test_jobs_run_back_to_back_share_their_commits(jobs: BatchJobs) -> None:
         assert None not in (done.pre_processed_at, done.confirmed_at, done.processing_at)
 
 
+@pytest.mark.backends("sqlite")  # counts SQLite's statements
+def test_a_drain_soon_after_another_claims_a_new_job_without_reading_the_owners_again(
+    jobs: BatchJobs,
+) -> None:
+    statements: list[str] = []
+    jobs.store.db.conn.set_trace_callback(statements.append)
+
+    def owner_reads() -> int:
+        return sum("SELECT DISTINCT owner" in statement for statement in statements)
+
+    with freeze_time(utcnow(), tick=False):  # within OWNERS_FOR of each other
+        jobs.create("ledger", {"n": 1})
+        assert jobs.runner.drain() == 1 and owner_reads() == 1
+        statements.clear()
+        jobs.create("ledger", {"n": 1})
+        assert jobs.runner.drain() == 1 and owner_reads() == 0
+        statements.clear()
+        # Nothing runnable: looked for again with the owners read now (a process that
+        # died since may have left a job).
+        assert jobs.runner.drain() == 0 and owner_reads() == 1
+
+
 @pytest.mark.parametrize("retry", [False, True])
 def test_a_failed_chunk_leaves_no_trace_but_its_error(jobs: BatchJobs, retry: bool) -> None:
     class Sloppy(Ledger):

@@ -158,6 +158,24 @@ def test_claims_read_the_partial_indexes_not_the_finished_jobs(url: str) -> None
         store.close()
 
 
+def test_a_claim_commits_without_waiting_for_its_flush_and_nothing_after_it_does(
+    url: str,
+) -> None:
+    store = PostgresStore(url)
+    try:
+        store.insert(make_job())
+        now = utcnow()
+        query, params = store._claim_query(ClaimRequest("w", ("t",), now, now))  # type: ignore[misc]
+        with psycopg.connect(url, autocommit=True) as conn:
+            with conn.transaction():
+                assert len(conn.execute(query, params).fetchall()) == 1
+                (during,) = conn.execute("SHOW synchronous_commit").fetchone()  # type: ignore[misc]
+            (after,) = conn.execute("SHOW synchronous_commit").fetchone()  # type: ignore[misc]
+        assert (during, after) == ("off", "on")
+    finally:
+        store.close()
+
+
 def test_counts_kept_by_triggers_match_the_rows(url: str) -> None:
     store = PostgresStore(url)
     try:

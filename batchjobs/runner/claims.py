@@ -176,19 +176,36 @@ class _LeaseOwners:
         self.store = store
         #: As last read: (monotonic time, as of, owners).
         self._seen: tuple[float, datetime, list[str]] | None = None
+        #: Whether the last call answered from the cache rather than the store.
+        self.from_cache = False
 
     def __call__(self, now: datetime, *, cached: bool) -> list[str]:
         seen, clock = self._seen, time.monotonic()
-        if (
+        self.from_cache = (
             cached
             and seen is not None
             and clock - seen[0] < OWNERS_FOR
             and abs((now - seen[1]).total_seconds()) < OWNERS_FOR
-        ):
+        )
+        if self.from_cache:
+            assert seen is not None
             return seen[2]
         owners = self.store.lease_owners(now)
         self._seen = (clock, now, owners)
         return owners
+
+    def first_claim(
+        self,
+        claim: Callable[[ClaimRequest], list[Claim]],
+        request: Callable[[bool], ClaimRequest],
+    ) -> list[Claim]:
+        """A drain's first claim, made with the owners as last read (a job just created
+        is claimed in one round trip); if it finds nothing, made again with them read
+        now, since a process of this host that died since may have left a job."""
+        claims = claim(request(True))
+        if not claims and self.from_cache:
+            claims = claim(request(False))
+        return claims
 
 
 class JobRunner:
@@ -384,19 +401,19 @@ class JobRunner:
     ) -> int:
         """Run runnable jobs one after another until none is left; returns how many ran.
 
-        While jobs are short they are claimed several at a time (``_next_limit``)
-        and one commit ends them all and claims the next batch (their events
-        follow it). A job that needs a checkpoint, or takes longer than
-        ``SHORT_JOB``, commits the waiting ones and gives the unstarted ones
-        back, so a long job holds up no one. Stops early once ``stopping`` is
-        set. ``on_stream`` is called once a later claim finds jobs too."""
+        While jobs are short they are claimed several at a time (``_next_limit``) and one
+        commit ends them all and claims the next batch (their events follow it). A job that
+        needs a checkpoint, or takes longer than ``SHORT_JOB``, commits the waiting ones and
+        gives the unstarted ones back, so a long job holds up no one. Stops early once
+        ``stopping`` is set. ``on_stream`` is called once a later claim finds jobs too."""
         statuses, ids = tuple(statuses), None if ids is None else tuple(ids)
 
-        def request(batch: _Batch) -> ClaimRequest:  # the owners as its first claim read them
-            return self._request(utcnow(), batch.limit, statuses=statuses, ids=ids, cached=True)
+        def request(cached: bool, limit: int = 1) -> ClaimRequest:
+            return self._request(now or utcnow(), limit, statuses=statuses, ids=ids, cached=cached)
 
-        batch = _Batch(self.ctx, request)
-        claims = self.store.claim(self._request(now or utcnow(), statuses=statuses, ids=ids))
+        batch = _Batch(self.ctx, lambda batch: request(True, batch.limit))
+        claims = self._owners.first_claim(self.store.claim, request)
+        now = None  # the later claims: as of when they are made
         ran = 0
         try:
             while claims:

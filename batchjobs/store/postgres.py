@@ -442,6 +442,12 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             # An array of the ids, not IN (subquery): the rows are found by their
             # primary key whatever the planner thinks of the table's size.
             "WHERE j.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM free)) "
+            # The claim's COMMIT does not wait for its WAL flush (this transaction only:
+            # what the job then commits is flushed as ever). A claim lost with a crash
+            # of the server leaves its job unleased, as it was; the worker's next write,
+            # guarded by the lease, fails and it lets the job go. A later flushed commit
+            # flushes the claim with it: no write can outlive the claim it rests on.
+            "AND set_config('synchronous_commit', 'off', true) IS NOT NULL "
             f"RETURNING {', '.join(f'j.{c}' for c in COLUMNS)}"
         )
         params = {
