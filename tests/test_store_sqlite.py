@@ -39,6 +39,7 @@ def test_schema_is_migrated_once_and_in_wal_mode(db_path: Path) -> None:
         ("m005_paused_at",),
         ("m006_job_keys",),
         ("m007_batch_job_events",),
+        ("m008_event_rows",),
     ]
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     store.close()

@@ -20,26 +20,28 @@ from psycopg.types.json import Jsonb
 
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
+from ._event_rows import EVENT_COLUMNS as ROW_COLUMNS
+from ._event_rows import JOB_COLUMNS, Step, expand
+from ._event_rows import rows as rows_of
 from ._postgres_connections import Database, Listener, boundary
 from ._postgres_schema import CURSORS, EVENT_SEQ, EVENTS, EVENTS_CHANNEL
-from .base import EVENT_COLUMNS as BASE_EVENT_COLUMNS
 from .base import Store
 
 log = logging.getLogger("batchjobs.store")
 
-#: An event row's columns: its seq, the event, then the job as of the event.
-EVENT_COLUMNS = ("seq", *BASE_EVENT_COLUMNS)
+#: An event row's columns: its seq, the event, then the job as of the event, its steps.
+EVENT_COLUMNS = ("seq", *ROW_COLUMNS)
 _SELECT_EVENT = ", ".join(EVENT_COLUMNS)
 _TS = EVENT_COLUMNS.index("created_at")  # where the timestamps start
+_STEPS = EVENT_COLUMNS.index("steps")
 #: An event row; its seq given as how far below the counter's new value it is (the
 #: counter row was updated earlier in the same transaction, and its lock is ours).
 _INSERT = (
     f"INSERT INTO {EVENTS} ({_SELECT_EVENT}) VALUES ((SELECT last FROM {EVENT_SEQ}) - %s, "
     f"{', '.join('%s' for _ in EVENT_COLUMNS[1:])})"
 )
-
-#: The columns of an event row that copy its job's.
-_JOB_COLUMNS = EVENT_COLUMNS[4:]
+#: A row of one event: the columns it writes (``steps`` and ``earlier`` keep their defaults).
+_ONE_EVENT = ("seq", "event", "at", "origin", *JOB_COLUMNS)
 
 
 def with_one_event(update: str) -> str:
@@ -52,14 +54,10 @@ def with_one_event(update: str) -> str:
         f"WITH j AS ({update}), "
         f"s AS (UPDATE {EVENT_SEQ} SET last = last + 1 WHERE EXISTS (SELECT FROM j) "
         f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')), "
-        f"e AS (INSERT INTO {EVENTS} ({_SELECT_EVENT}) SELECT s.last, %s, %s, %s, "
-        f"{', '.join(f'j.{c}' for c in _JOB_COLUMNS)} FROM j, s) "
+        f"e AS (INSERT INTO {EVENTS} ({', '.join(_ONE_EVENT)}) SELECT s.last, %s, %s, %s, "
+        f"{', '.join(f'j.{c}' for c in JOB_COLUMNS)} FROM j, s) "
         "SELECT j.*, s.last FROM j, s"
     )
-
-
-#: (event name, job as of the event, when): an event noted in a transaction.
-Noted = tuple[str, BatchJob, datetime]
 
 
 def _check_seq(name: str, value: Any, *, optional: bool) -> None:
@@ -69,7 +67,8 @@ def _check_seq(name: str, value: Any, *, optional: bool) -> None:
         raise InvalidDataError(f"{name} must be a non-negative integer (a seq), not {value!r}")
 
 
-def _event(row: Sequence[Any]) -> Event:
+def _events(row: Sequence[Any], after: int) -> list[Event]:
+    """The events of ``row`` (its columns as ``EVENT_COLUMNS``) with a seq above ``after``."""
     job = BatchJob(
         id=row[4],
         type=row[5],
@@ -78,9 +77,9 @@ def _event(row: Sequence[Any]) -> Event:
         dry_run=row[8],
         context=row[9],
         result=row[10],
-        **dict(zip(TIMESTAMP_FIELDS, row[_TS:], strict=True)),
+        **dict(zip(TIMESTAMP_FIELDS, row[_TS:_STEPS], strict=True)),
     )
-    return Event(row[0], row[1], job, row[2], row[3])
+    return expand(row[0], row[_STEPS], row[_STEPS + 1], row[1], job, row[2], row[3], after=after)
 
 
 class PostgresOutbox(Store):
@@ -88,17 +87,27 @@ class PostgresOutbox(Store):
 
     _database: Database
 
-    def _write_events(self, conn: psycopg.Connection[Any], noted: Sequence[Noted]) -> list[Event]:
-        """Number ``noted`` and write them, last in their transaction (the counter's lock
-        is held until the commit)."""
-        if not noted:
+    def _write_events(
+        self, conn: psycopg.Connection[Any], writes: Sequence[Sequence[Step]]
+    ) -> list[Event]:
+        """Number the events of ``writes`` (each one job's, oldest first) and write them,
+        a row per job, last in their transaction (the counter's lock is held until the
+        commit)."""
+        if not writes:
             return []
         origin = self.origin
+        events: list[Event] = []
         rows = []
-        for i, (name, job, at) in enumerate(noted):
+        texts: dict[Any, str | None] = {}
+        offset = 0  # the events up to each row's last, counted from the commit's first
+        for _, steps, earlier in rows_of(writes, texts):
+            for name, job, at, _ in steps:
+                offset += 1
+                events.append(Event(offset, name, job, at, origin))
+            name, job, at, _ = steps[-1]
             rows.append(
-                (
-                    len(noted) - 1 - i,
+                [
+                    offset,
                     name,
                     at,
                     origin,
@@ -110,24 +119,28 @@ class PostgresOutbox(Store):
                     Jsonb(job.context),
                     Jsonb(job.result),
                     *(getattr(job, field) for field in TIMESTAMP_FIELDS),
-                )
+                    len(steps),
+                    earlier,
+                ]
             )
+        total = offset
+        for row in rows:
+            row[0] = total - row[0]  # how far below the counter's new value
         # One round trip: the counter first (its row lock is held until the commit,
         # so the shorter the better), then the rows, numbered on the server from it.
         with conn.pipeline():
             counter = conn.execute(
                 f"UPDATE {EVENT_SEQ} SET last = last + %s "
                 f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
-                [len(noted)],
+                [total],
             )
             with conn.cursor() as cur:
                 cur.executemany(_INSERT, rows)
-        row = counter.fetchone()
-        assert row is not None
-        first = int(row[0]) - len(noted) + 1
+        found = counter.fetchone()
+        assert found is not None
+        before = int(found[0]) - total  # the seq of the last event committed before these
         return [
-            Event(seq, name, job, at, origin)
-            for seq, (name, job, at) in enumerate(noted, start=first)
+            Event(before + event.seq, event.event, event.job, event.at, origin) for event in events
         ]
 
     def _committed(self, events: list[Event]) -> None:
@@ -176,12 +189,15 @@ class PostgresOutbox(Store):
                 last, horizon = int(row[0]), int(row[1])
                 if after is not None and after < horizon:
                     found = conn.execute(
-                        f"SELECT min(seq) FROM {EVENTS} WHERE seq > %s", [horizon]
+                        f"SELECT seq - steps + 1 FROM {EVENTS} WHERE seq > %s ORDER BY seq LIMIT 1",
+                        [horizon],
                     ).fetchone()
                     oldest = found[0] if found and found[0] is not None else horizon + 1
                     return [], last, horizon, int(oldest)
                 if after is not None and after > last:
                     return [], last, horizon, None
+                # A row holds one event or more: ``limit`` rows hold at least ``limit``
+                # events after ``after`` (a row is read when its last event is).
                 rows = conn.execute(
                     f"SELECT {_SELECT_EVENT} FROM {EVENTS} WHERE {' AND '.join(where)} "
                     "ORDER BY seq LIMIT %s",
@@ -199,7 +215,13 @@ class PostgresOutbox(Store):
                 f"after={after} is beyond the last event of this database (seq {last}): "
                 "a position read from another database?"
             )
-        return [_event(row) for row in rows]
+        start = horizon if after is None else after
+        events: list[Event] = []
+        for row in rows:
+            events += _events(row, start)
+            if len(events) >= limit:
+                return events[:limit]
+        return events
 
     @boundary
     def last_seq(self) -> int:
@@ -213,21 +235,21 @@ class PostgresOutbox(Store):
     @boundary
     def prune_events(self, *, before: datetime, limit: int) -> int:
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> int:
-            through = None
-            for seq, at in conn.execute(
-                f"SELECT seq, at FROM {EVENTS} ORDER BY seq LIMIT %s", [limit]
-            ):
-                if at >= before:
+            through, deleted = None, 0
+            for seq, at, steps in conn.execute(
+                f"SELECT seq, at, steps FROM {EVENTS} ORDER BY seq LIMIT %s", [limit]
+            ).fetchall():
+                if deleted >= limit or at >= before:
                     break
-                through = seq
+                through, deleted = seq, deleted + steps
             if through is None:
                 return 0
-            deleted = conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= %s", [through]).rowcount
+            conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= %s", [through])
             conn.execute(
                 f"UPDATE {EVENT_SEQ} SET pruned_through = greatest(pruned_through, %s)",
                 [through],
             )
-            return int(deleted)
+            return deleted
 
         return self._database.write(work)
 

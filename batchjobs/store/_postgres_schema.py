@@ -18,7 +18,7 @@ from ..models import ACTIVE_STATUSES
 TABLE = "batch_jobs"
 COUNTS = "batch_job_counts"
 SCHEDULES = "batch_job_schedules"
-#: The outbox: one row per event; its seq counter (and pruning horizon); readers' cursors.
+#: The outbox: a row per job and commit; its seq counter (and pruning horizon); readers' cursors.
 EVENTS = "batch_job_events"
 EVENT_SEQ = "batch_job_event_seq"
 CURSORS = "batch_job_event_cursors"
@@ -177,6 +177,11 @@ CREATE TABLE {CURSORS} (
     owner text,
     expires_at timestamptz
 );
+""",
+    # 5: a row holds the events of one job in one commit (``_event_rows``): how
+    # many, and the earlier ones as JSON text. Rows written before hold one event.
+    f"""
+ALTER TABLE {EVENTS} ADD COLUMN steps integer NOT NULL DEFAULT 1, ADD COLUMN earlier text;
 """,
 )
 #: The schema version this code writes.

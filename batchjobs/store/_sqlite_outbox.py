@@ -1,36 +1,41 @@
 """The SQLite store's outbox: event rows written in each change's transaction, read by seq.
 
 A write notes its events (``_note``) while its transaction is open; just
-before the commit, ``_write_events`` inserts them all in one statement and
-numbers them; once committed, ``_committed`` hands them to ``on_events``. A
-transaction that rolls back writes and hands over nothing.
+before the commit, ``_write_events`` numbers them from the last seq given
+and inserts them in one statement, a row per job (``_event_rows``); once
+committed, ``_committed`` hands them to ``on_events``. A transaction that
+rolls back writes and hands over nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from ..errors import EventsPrunedError, InvalidDataError
-from ..models import TIMESTAMP_FIELDS, BatchJob, Event
+from ..models import Event
+from ._event_rows import EVENT_COLUMNS, Step, expand
+from ._event_rows import rows as rows_of
 from ._sqlite_connections import Connections, boundary
 from ._sqlite_rows import job_record, marks, ts
 from ._sqlite_schema import CURSORS, EVENTS, EVENTS_HORIZON
-from .base import EVENT_COLUMNS, Store
+from .base import Store
 
 log = logging.getLogger("batchjobs.store")
 
 #: Rows inserted by one statement at most (SQLite caps a statement's parameters).
 _ROWS_PER_INSERT = 500
-_INSERT_ONE = f"({marks(EVENT_COLUMNS)})"
-#: The last seq ever given (kept by SQLite for AUTOINCREMENT, even once rows are deleted).
+_INSERT_ONE = f"(?, {marks(EVENT_COLUMNS)})"
+#: The last seq ever given (kept by SQLite for AUTOINCREMENT, even once rows are deleted:
+#: the highest ever inserted, a row's seq being its last event's).
 _LAST_SEQ = f"coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{EVENTS}'), 0)"
-
-_UNSEEN = object()
-#: (event name, job as of the event, when, context JSON, result JSON): a noted event.
-Noted = tuple[str, BatchJob, datetime, str, str]
+_NO_TEXTS: Mapping[datetime, str | None] = {}
+#: One write's events (of one job), then the job's context and result JSON and its
+#: timestamps as stored (``TIMESTAMP_FIELDS``' order), then timestamps' texts known already.
+Noted = tuple[Sequence[Step], str, str, Sequence["str | None"], Mapping[datetime, "str | None"]]
 
 
 def _check_seq(name: str, value: Any, *, optional: bool) -> None:
@@ -50,37 +55,46 @@ class SQLiteOutbox(Store):
         self._connections.before_commit = self._write_events
         self._connections.after_commit = self._committed
 
-    def _note(self, event: str, job: BatchJob, at: datetime, context: str, result: str) -> None:
-        """Note ``event`` of ``job`` (as of the event) in the open write transaction."""
-        self._connections.pending.append((event, job, at, context, result))
+    def _note(
+        self,
+        steps: Sequence[Step],
+        context: str,
+        result: str,
+        stamps: Sequence[str | None],
+        texts: Mapping[datetime, str | None] = _NO_TEXTS,
+    ) -> None:
+        """Note the events ``steps`` of one write of a job in the open write transaction:
+        the job's context and result JSON and its timestamps as written (``stamps``),
+        and ``texts`` of other timestamps already formatted."""
+        self._connections.pending.append((steps, context, result, stamps, texts))
 
     def _write_events(self, conn: sqlite3.Connection, noted: list[Noted]) -> list[Event]:
         origin = self.origin
         events: list[Event] = []
-        # The events of one commit share most of their timestamps: each is formatted once.
-        texts: dict[Any, str | None] = {None: None}
-        for start in range(0, len(noted), _ROWS_PER_INSERT):
-            chunk = noted[start : start + _ROWS_PER_INSERT]
-            params: list[Any] = []
-            for name, job, at, context, result in chunk:
-                params += (name, at.isoformat(), origin, job.id, job.type, job.status.value)
-                params += (job.created_by, int(job.dry_run), context, result)
-                for field in TIMESTAMP_FIELDS:
-                    value = getattr(job, field)
-                    text = texts.get(value, _UNSEEN)
-                    if text is _UNSEEN:
-                        text = texts[value] = value.isoformat()
-                    params.append(text)
-            cursor = conn.execute(
-                f"INSERT INTO {EVENTS} ({', '.join(EVENT_COLUMNS)}) "
-                f"VALUES {', '.join([_INSERT_ONE] * len(chunk))}",
-                params,
-            )
-            # One statement numbers its rows one by one: the last one's seq says all.
-            seq = int(cursor.lastrowid or 0) - len(chunk)
-            for name, job, at, _, _ in chunk:
+        texts: dict[Any, str | None] = {}
+        for note in noted:
+            texts.update(note[4])
+        rows: list[list[Any]] = []
+        # The write lock is ours since BEGIN IMMEDIATE: nobody else numbers events meanwhile.
+        (seq,) = conn.execute(f"SELECT {_LAST_SEQ}").fetchone()
+        for last, steps, earlier in rows_of([note[0] for note in noted], texts):
+            for name, job, at, _ in steps:
                 seq += 1
                 events.append(Event(seq, name, job, at, origin))
+            _, context, result, stamps, _ = noted[last]
+            name, job, at, _ = steps[-1]
+            at_text = texts.get(at) or at.isoformat()
+            row = [seq, name, at_text, origin, job.id, job.type, job.status.value]
+            row += (job.created_by, int(job.dry_run), context, result, *stamps)
+            row += (len(steps), earlier)
+            rows.append(row)
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            conn.execute(
+                f"INSERT INTO {EVENTS} (seq, {', '.join(EVENT_COLUMNS)}) "
+                f"VALUES {', '.join([_INSERT_ONE] * len(chunk))}",
+                [value for row in chunk for value in row],
+            )
         return events
 
     def _committed(self, events: list[Event]) -> None:
@@ -127,7 +141,8 @@ class SQLiteOutbox(Store):
                 after = horizon
             elif after < horizon:
                 (oldest,) = conn.execute(
-                    f"SELECT coalesce(min(seq), ?) FROM {EVENTS} WHERE seq > ?",
+                    f"SELECT coalesce(min(seq - steps + 1), ?) FROM {EVENTS} "
+                    f"WHERE seq = (SELECT min(seq) FROM {EVENTS} WHERE seq > ?)",
                     [horizon + 1, horizon],
                 ).fetchone()
                 raise EventsPrunedError(after, oldest)
@@ -136,22 +151,29 @@ class SQLiteOutbox(Store):
                     f"after={after} is beyond the last event of this database (seq {last}): "
                     "a position read from another database?"
                 )
+            # A row holds one event or more: ``limit`` rows hold at least ``limit`` events
+            # after ``after`` (a row is read when its last event is).
             rows = conn.execute(
                 f"SELECT * FROM {EVENTS}{index} WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
                 [after, *params, limit],
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        return [
-            Event(
+        events: list[Event] = []
+        for row in rows:
+            events += expand(
                 row["seq"],
+                row["steps"],
+                row["earlier"],
                 row["event"],
                 job_record(row),
                 datetime.fromisoformat(row["at"]),
                 row["origin"],
+                after=after,
             )
-            for row in rows
-        ]
+            if len(events) >= limit:
+                return events[:limit]
+        return events
 
     @boundary
     def last_seq(self) -> int:
@@ -163,19 +185,21 @@ class SQLiteOutbox(Store):
     @boundary
     def prune_events(self, *, before: datetime, limit: int) -> int:
         with self._connections.write() as conn:
-            rows = conn.execute(f"SELECT seq, at FROM {EVENTS} ORDER BY seq LIMIT ?", [limit])
-            through = None
-            for seq, at in rows.fetchall():
-                if datetime.fromisoformat(at) >= before:
+            rows = conn.execute(
+                f"SELECT seq, at, steps FROM {EVENTS} ORDER BY seq LIMIT ?", [limit]
+            )
+            through, deleted = None, 0
+            for seq, at, steps in rows.fetchall():
+                if deleted >= limit or datetime.fromisoformat(at) >= before:
                     break
-                through = seq
+                through, deleted = seq, deleted + steps
             if through is None:
                 return 0
-            deleted = conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= ?", [through]).rowcount
+            conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= ?", [through])
             conn.execute(
                 f"UPDATE {EVENTS_HORIZON} SET pruned_through = max(pruned_through, ?)", [through]
             )
-        return int(deleted)
+        return deleted
 
     def _delete_events(self, conn: sqlite3.Connection, ids: list[str]) -> None:
         """Delete the events of jobs ``ids`` (in the transaction deleting the jobs)."""

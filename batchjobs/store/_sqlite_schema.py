@@ -169,7 +169,7 @@ CURSORS = "batch_job_event_cursors"
 def m007_batch_job_events(db: sqlite_utils.Database) -> None:
     # The outbox. AUTOINCREMENT: a seq is never reused, even once the newest
     # events are deleted; writers take the write lock up front, so seqs grow
-    # one by one in commit order.
+    # in commit order.
     timestamps = ", ".join(f"{name} TEXT" for name in (*_M001_TIMESTAMPS, "paused_at"))
     db.execute(
         f"CREATE TABLE {EVENTS} (seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL, "
@@ -189,3 +189,11 @@ def m007_batch_job_events(db: sqlite_utils.Database) -> None:
         f"CREATE TABLE {CURSORS} (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, owner TEXT, "
         "expires_at TEXT)"
     )
+
+
+@migrations()
+def m008_event_rows(db: sqlite_utils.Database) -> None:
+    # A row holds the events of one job in one commit (``_event_rows``): how many,
+    # and the earlier ones. Rows written before hold one event each, as the default says.
+    db.execute(f"ALTER TABLE {EVENTS} ADD COLUMN steps INTEGER NOT NULL DEFAULT 1")
+    db.execute(f"ALTER TABLE {EVENTS} ADD COLUMN earlier TEXT")

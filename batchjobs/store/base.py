@@ -28,18 +28,21 @@ too, and inserts the fire's jobs in its transaction: a fire time makes its
 jobs once, however many processes try.
 
 Events (the outbox). Every write that changes a job also writes, in its
-transaction, one row per event it makes: ``insert`` ``batch.created``;
+transaction, the events it makes: ``insert`` ``batch.created``;
 ``transition`` the event of the status entered; ``merge`` ``batch.updated``;
 ``save`` one per step and ``batch.updated`` when it changed the result, the
 context or the cursor (``checkpoint_events`` says which, in which order);
-``fire_schedule`` its jobs' ``batch.created``. Each row gets the next ``seq``:
-seqs increase by one per event in the order the transactions commit, so a
-reader that has seen ``seq`` never later finds an event below it. A row holds
-the job as of its event. Nothing is written for a write whose guard failed or
-that rolled back. After the commit, ``on_events`` (if set) gets the events the
-transaction wrote, in the committing thread. ``delete`` deletes the jobs'
-events with them; ``prune_events`` deletes the oldest events, and a read
-``after`` a seq it deleted raises ``EventsPrunedError``, never skips them.
+``fire_schedule`` its jobs' ``batch.created``. Each event gets the next
+``seq``: seqs increase by one per event in the order the transactions commit,
+so a reader that has seen ``seq`` never later finds an event below it. Each
+event carries the job as of the event. Nothing is written for a write whose
+guard failed or that rolled back. After the commit, ``on_events`` (if set)
+gets the events the transaction wrote, in the committing thread. A backend
+stores the events of one job in one transaction as one row (the job as of
+its last event, and what differs at each earlier one: ``_event_rows``), so
+``delete``, which deletes the jobs' events with them, and ``prune_events``,
+which deletes the oldest events, remove whole rows; a read ``after`` a seq
+that was pruned raises ``EventsPrunedError``, never skips them.
 
 Cursors. A named cursor (``take_cursor``/``move_cursor``) is a reader's
 position in the outbox, leased to one owner at a time: how the Redis mirror
@@ -75,7 +78,6 @@ from ..models import (
 )
 
 __all__ = [
-    "EVENT_COLUMNS",
     "DATE_OPERATORS",
     "FILTER_NAMES",
     "ORDER_FIELDS",
@@ -224,50 +226,50 @@ class StoredJob:
 
 
 def checkpoint_events(
-    before: BatchJob, after: BatchJob, checkpoint: Checkpoint
-) -> list[tuple[str, BatchJob, datetime]]:
-    """The events ``checkpoint`` makes, turning ``before`` into ``after``: (name, job, at).
+    after: BatchJob, checkpoint: Checkpoint, earlier: Mapping[str, Any]
+) -> list[tuple[str, BatchJob, datetime, Mapping[str, Any]]]:
+    """The events ``checkpoint`` makes, the job ending as ``after``: (name, job, at,
+    the fields in which that job differs from ``after``).
 
-    One per step, each with the job as at that step (its result as
-    committed), and ``batch.updated`` when the checkpoint changed the result,
-    the context or the cursor: after the steps, or before a final
-    ``completed``/``failed`` step. Every backend writes exactly these.
+    ``earlier`` holds the values, before the checkpoint, of the timestamp
+    fields its steps set (its status before was ``checkpoint.expect``: its
+    guard). One event per step, each with the job as at that step (its result
+    as committed), and ``batch.updated`` when the checkpoint changed the
+    result, the context or the cursor: after the steps, or before a final
+    ``completed``/``failed`` step. The last event's job is ``after``. Every
+    backend writes exactly these.
     """
-    steps = list(checkpoint.steps)
+    steps = checkpoint.steps
     names: list[str | None] = [None] * len(steps)
     if checkpoint.result or checkpoint.context or checkpoint.cursor is not None:
         final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
         names.insert(len(names) - final, UPDATED_EVENT)
-    if not names:
-        return []
-    earlier = {s.timestamp_field: getattr(before, s.timestamp_field) for s, _ in steps}
-    job = after.replace(status=before.status, **earlier) if steps else after
-    events = []
+    if not steps:
+        return [(UPDATED_EVENT, after, checkpoint.now, {})] if names else []
+    # The fields the steps set, as at the event: from before the checkpoint, step by step.
+    state: dict[str, Any] = {"status": checkpoint.expect}
+    for status, _ in steps:
+        state[status.timestamp_field] = earlier[status.timestamp_field]
+    events: list[tuple[str, BatchJob, datetime, Mapping[str, Any]]] = []
+    done = 0
+    job: BatchJob | None = None
+    changes: dict[str, Any] = {}
     for name in names:
         if name is None:
-            status, at = steps.pop(0)
-            job = job.replace(status=status, **{status.timestamp_field: at})
-            events.append((status_event(status), job, at))
+            status, at = steps[done]
+            done += 1
+            state["status"], state[status.timestamp_field] = status, at
+            name, job = status_event(status), None
         else:
-            events.append((name, job, checkpoint.now))
+            at = checkpoint.now
+        if job is None:  # the state moved: the job as of it
+            if done == len(steps):
+                job, changes = after, {}
+            else:
+                changes = {f: v for f, v in state.items() if v != getattr(after, f)}
+                job = after.replace(**changes) if changes else after
+        events.append((name, job, at, changes))
     return events
-
-
-#: An event row's columns after its ``seq``: the event, then the job as of the event
-#: (every backend's outbox table).
-EVENT_COLUMNS = (
-    "event",
-    "at",
-    "origin",
-    "id",
-    "type",
-    "status",
-    "created_by",
-    "dry_run",
-    "context",
-    "result",
-    *TIMESTAMP_FIELDS,
-)
 
 
 class Store(abc.ABC):
@@ -589,8 +591,9 @@ class Store(abc.ABC):
         """Up to ``limit`` events with a seq above ``after``, oldest first, from one snapshot.
 
         ``after=None`` reads from the oldest event kept. Only job ``job_id``'s,
-        or only those of jobs ``created_by`` that user, when given.
-        ``EventsPrunedError`` (with the oldest seq kept) when events after
+        or only those of jobs ``created_by`` that user, when given. ``limit``
+        counts events (a page may end inside a row, and ``after`` fall inside
+        one). ``EventsPrunedError`` (with the oldest seq kept) when events after
         ``after`` were deleted by ``prune_events``; ``InvalidDataError`` for a
         negative ``after`` or one beyond the last seq ever written (a
         position in another database).
@@ -608,9 +611,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def prune_events(self, *, before: datetime, limit: int) -> int:
-        """Delete up to ``limit`` of the oldest events, stopping at the first one at or
-        after ``before``: one transaction, the oldest first, so what is kept is
-        always every event above one seq. Returns how many were deleted."""
+        """Delete the oldest events, stopping at the first one at or after ``before``
+        and once ``limit`` are deleted: one transaction, the oldest first, so what is
+        kept is always every event above one seq. The events of one job in one
+        transaction go together (their row), dated by the last of them, so up to
+        one row's worth more than ``limit`` may go. Returns how many were deleted."""
 
     @abc.abstractmethod
     def take_cursor(

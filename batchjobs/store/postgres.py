@@ -30,8 +30,9 @@ from ..models import (
     status_event,
     utcnow,
 )
+from ._event_rows import Step
 from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
-from ._postgres_outbox import Noted, PostgresOutbox, with_one_event
+from ._postgres_outbox import PostgresOutbox, with_one_event
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
     COUNTS,
@@ -205,7 +206,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             cur.executemany(f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({marks})", rows)
         wake.update(job.type for job in jobs if job.status in _ACTIVE)
         return self._write_events(
-            conn, [("batch.created", job, job.created_at or utcnow()) for job in jobs]
+            conn, [[("batch.created", job, job.created_at or utcnow(), {})] for job in jobs]
         )
 
     @boundary
@@ -230,7 +231,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 if job.status in _ACTIVE:
                     wake.add(job.type)
                 at = job.created_at or utcnow()
-                return job, self._write_events(conn, [("batch.created", job, at)])
+                return job, self._write_events(conn, [[("batch.created", job, at, {})]])
             found = self._by_key(conn, key, job.created_by)
             if found is None:  # pragma: no cover - the key's holder was deleted meanwhile
                 raise StoreError(f"The job with key {key!r} vanished while it was read")
@@ -293,7 +294,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             job = _record(row)
             if to in _ACTIVE:
                 wake.add(job.type)
-            return job, self._write_events(conn, [(status_event(to), job, now)])
+            return job, self._write_events(conn, [[(status_event(to), job, now, {})]])
 
         return self._write(work)
 
@@ -319,7 +320,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             if row is None:
                 return None, []
             job = _record(row)
-            return job, self._write_events(conn, [(UPDATED_EVENT, job, now)])
+            return job, self._write_events(conn, [[(UPDATED_EVENT, job, now, {})]])
 
         return self._write(work)
 
@@ -510,14 +511,14 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
 
     @staticmethod
-    def _saved(row: Sequence[Any] | None, cp: Checkpoint) -> tuple[BatchJob | None, list[Noted]]:
+    def _saved(row: Sequence[Any] | None, cp: Checkpoint) -> tuple[BatchJob | None, list[Step]]:
         """The job a checkpoint's statement returned, and the events it makes."""
         if row is None:
             return None, []
         job = _record(row)
         olds = list(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
-        before = job.replace(status=cp.expect, **dict(zip(olds, row[len(COLUMNS) :], strict=True)))
-        return job, checkpoint_events(before, job, cp)
+        earlier = dict(zip(olds, row[len(COLUMNS) :], strict=True))
+        return job, checkpoint_events(job, cp, earlier)
 
     @boundary
     def save(self, checkpoint: Checkpoint) -> BatchJob | None:
@@ -550,12 +551,12 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
         ) -> tuple[BatchJob | None, list[Event]]:
-            job, noted = self._saved(conn.execute(query, params).fetchone(), checkpoint)
+            job, steps = self._saved(conn.execute(query, params).fetchone(), checkpoint)
             if job is None:
                 return None, []
             if checkpoint.release and checkpoint.until is None and job.status in _ACTIVE:
                 wake.add(job.type)  # handed over: another worker may take it now
-            return job, self._write_events(conn, noted)
+            return job, self._write_events(conn, [steps] if steps else [])
 
         return self._write(work)
 
@@ -609,16 +610,17 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 released = self._release_cursor(conn, leases)
                 claimed = None if claim_query is None else conn.execute(*claim_query)
             jobs: list[BatchJob | None] = []
-            noted: list[Noted] = []
+            writes: list[list[Step]] = []
             for cur, cp in zip(saved, checkpoints, strict=True):
-                job, made = self._saved(cur.fetchone(), cp)
+                job, steps = self._saved(cur.fetchone(), cp)
                 jobs.append(job)
-                noted.extend(made)
+                if steps:
+                    writes.append(steps)
             if released is not None:
                 wake.update(row[0] for row in released if Status(row[1]) in _ACTIVE)
             claims = [] if claimed is None else [_claim(row) for row in claimed]
             claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
-            return (jobs, claims), self._write_events(conn, noted)
+            return (jobs, claims), self._write_events(conn, writes)
 
         return self._write(work)
 

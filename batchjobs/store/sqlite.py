@@ -22,6 +22,7 @@ import sqlite_utils
 
 from ..errors import InvalidDataError
 from ..models import TIMESTAMP_FIELDS, UPDATED_EVENT, BatchJob, Status, status_event, utcnow
+from ._event_rows import Step
 from ._sqlite_connections import Connections, boundary
 from ._sqlite_outbox import SQLiteOutbox
 from ._sqlite_rows import job_fields as _fields
@@ -169,8 +170,10 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
                 if found is not None:
                     return found
             conn.execute(insert, list(row.values()))
+            stamps = [row[name] for name in TIMESTAMP_FIELDS]
             at = job.created_at or utcnow()
-            self._note("batch.created", job, at, context, result)
+            texts = {at: row["created_at"]} if job.created_at else {}
+            self._note([("batch.created", job, at, {})], context, result, stamps, texts)
         return job
 
     def _by_key(self, key: str, created_by: str | None) -> BatchJob | None:
@@ -216,7 +219,10 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
             if row is None:
                 return None
             job = _record(row)
-            self._note(status_event(to), job, now, row["context"], row["result"])
+            stamps = [row[name] for name in TIMESTAMP_FIELDS]
+            event: list[Step] = [(status_event(to), job, now, {})]
+            texts = {now: row["updated_at"]}
+            self._note(event, row["context"], row["result"], stamps, texts)
         return job
 
     @boundary
@@ -237,12 +243,15 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
             new_result = {**job.result, **(result or {})}
             context_text = json.dumps(new_context, allow_nan=False)
             result_text = json.dumps(new_result, allow_nan=False)
+            now_text = _ts(now)
             conn.execute(
                 f"UPDATE {TABLE} SET context = ?, result = ?, updated_at = ? WHERE id = ?",
-                [context_text, result_text, _ts(now), id],
+                [context_text, result_text, now_text, id],
             )
             job = job.replace(context=new_context, result=new_result, updated_at=now)
-            self._note(UPDATED_EVENT, job, now, context_text, result_text)
+            stamps = [now_text if name == "updated_at" else row[name] for name in TIMESTAMP_FIELDS]
+            event: list[Step] = [(UPDATED_EVENT, job, now, {})]
+            self._note(event, context_text, result_text, stamps, {now: now_text})
         return job
 
     @boundary
@@ -375,11 +384,14 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         if row is None:
             return None
         fields = _fields(row)
-        before = BatchJob(**fields)
-        sets = {"updated_at": _ts(cp.now)}
+        earlier = {status.timestamp_field: fields[status.timestamp_field] for status, _ in cp.steps}
+        now = _ts(cp.now)
+        sets: dict[str, Any] = {"updated_at": now}
+        texts = {cp.now: now}  # the event row writes these timestamps too
         for status, at in cp.steps:
             fields["status"], fields[status.timestamp_field] = status, at
-            sets["status"], sets[status.timestamp_field] = status.value, _ts(at)
+            text = texts[at] = _ts(at)
+            sets["status"], sets[status.timestamp_field] = status.value, text
         if cp.result:
             fields["result"] = {**fields["result"], **cp.result}
             sets["result"] = json.dumps(fields["result"], allow_nan=False)
@@ -398,11 +410,15 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
             [*sets.values(), cp.lease.id],
         )
         job = BatchJob(**fields)
-        events = checkpoint_events(before, job, cp)
+        events = checkpoint_events(job, cp, earlier)
         if events:
-            context, result = sets.get("context", row["context"]), sets.get("result", row["result"])
-            for event, as_of, at in events:
-                self._note(event, as_of, at, context, result)
+            self._note(
+                events,
+                sets.get("context", row["context"]),
+                sets.get("result", row["result"]),
+                [sets.get(name, row[name]) for name in TIMESTAMP_FIELDS],
+                texts,
+            )
         return job
 
     @boundary
