@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -150,8 +151,16 @@ class BatchJob:
         return not (isinstance(last, dict) and last.get("code") == "invalid_data")
 
     def replace(self, **changes: Any) -> BatchJob:
-        """A copy of this record with ``changes`` applied (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
+        """A copy of this record with ``changes`` applied (as ``dataclasses.replace``)."""
+        # By position: a checkpoint's events build one record per step, and
+        # dataclasses.replace looks at every field's metadata each time.
+        values = list(_job_values(self))
+        for name, value in changes.items():
+            index = _JOB_FIELD_INDEX.get(name)
+            if index is None:
+                raise TypeError(f"replace() got an unexpected keyword argument {name!r}")
+            values[index] = value
+        return BatchJob(*values)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: ISO 8601 timestamps, plain values."""
@@ -166,6 +175,10 @@ class BatchJob:
             **{name: _iso(getattr(self, name)) for name in TIMESTAMP_FIELDS},
         }
 
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(BatchJob))
+_JOB_FIELD_INDEX = {name: i for i, name in enumerate(_JOB_FIELDS)}
+_job_values = operator.attrgetter(*_JOB_FIELDS)
 
 
 @dataclass(frozen=True)

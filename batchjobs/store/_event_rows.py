@@ -28,6 +28,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "JOB_COLUMNS",
     "Step",
+    "earlier",
     "expand",
     "rows",
 ]
@@ -88,22 +89,22 @@ def rows(
                 stop += 1
             yield stop - 1, merged, _compared(merged, texts)
         else:
-            yield start, steps, _earlier(steps, texts)
+            yield start, steps, earlier(steps, texts)
         start = stop
 
 
 def _json_value(value: Any, texts: dict[Any, str | None]) -> Any:
+    """``value`` as JSON holds it: a timestamp as its ISO text (formatted once a
+    commit, through ``texts``); the rest as it is (a ``Status`` is text)."""
     if isinstance(value, datetime):
         text = texts.get(value)
         if text is None:
             text = texts[value] = value.isoformat()
         return text
-    if isinstance(value, Status):
-        return value.value
     return value
 
 
-def _earlier(steps: Sequence[Step], texts: dict[Any, str | None]) -> str | None:
+def earlier(steps: Sequence[Step], texts: dict[Any, str | None]) -> str | None:
     """The ``earlier`` column of one write's events, from the differences they carry."""
     if len(steps) < 2:
         return None
@@ -111,8 +112,11 @@ def _earlier(steps: Sequence[Step], texts: dict[Any, str | None]) -> str | None:
         [
             (
                 name,
-                _json_value(at, texts),
-                {field: _json_value(value, texts) for field, value in changed.items()},
+                texts.get(at) or _json_value(at, texts),
+                {
+                    field: _json_value(value, texts) if value is not None else None
+                    for field, value in changed.items()
+                },
             )
             for name, _, at, changed in steps[:-1]
         ]

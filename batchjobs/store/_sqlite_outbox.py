@@ -9,6 +9,7 @@ rolls back writes and hands over nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import Event
-from ._event_rows import EVENT_COLUMNS, Step, expand
+from ._event_rows import EVENT_COLUMNS, Step, earlier, expand
 from ._event_rows import rows as rows_of
 from ._sqlite_connections import Connections, boundary
 from ._sqlite_rows import job_record, marks, ts
@@ -28,14 +29,43 @@ log = logging.getLogger("batchjobs.store")
 
 #: Rows inserted by one statement at most (SQLite caps a statement's parameters).
 _ROWS_PER_INSERT = 500
+_INSERT_COLUMNS = f"seq, {', '.join(EVENT_COLUMNS)}"
 _INSERT_ONE = f"(?, {marks(EVENT_COLUMNS)})"
 #: The last seq ever given (kept by SQLite for AUTOINCREMENT, even once rows are deleted:
 #: the highest ever inserted, a row's seq being its last event's).
 _LAST_SEQ = f"coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{EVENTS}'), 0)"
+#: One row, its seq the last seq given plus its first parameter (its count of events):
+#: one statement instead of a read and an insert.
+_INSERT_NEXT = (
+    f"INSERT INTO {EVENTS} ({_INSERT_COLUMNS}) VALUES ({_LAST_SEQ} + ?, {marks(EVENT_COLUMNS)})"
+)
 _NO_TEXTS: Mapping[datetime, str | None] = {}
 #: One write's events (of one job), then the job's context and result JSON and its
 #: timestamps as stored (``TIMESTAMP_FIELDS``' order), then timestamps' texts known already.
 Noted = tuple[Sequence[Step], str, str, Sequence["str | None"], Mapping[datetime, "str | None"]]
+
+
+def _row(
+    steps: Sequence[Step],
+    context: str,
+    result: str,
+    stamps: Sequence[str | None],
+    encoded: str | None,
+    texts: dict[Any, str | None],
+    origin: str | None,
+) -> list[Any]:
+    """The row of one job's ``steps``, as ``_INSERT_COLUMNS``; its seq left at 0."""
+    name, job, at, _ = steps[-1]
+    text = texts.get(at) or at.isoformat()
+    row = [0, name, text, origin, job.id, job.type, job.status.value, job.created_by]
+    row += (int(job.dry_run), context, result, *stamps, len(steps), encoded)
+    return row
+
+
+@functools.lru_cache(maxsize=8)
+def _insert(rows: int) -> str:
+    """The statement inserting ``rows`` rows, their seqs given."""
+    return f"INSERT INTO {EVENTS} ({_INSERT_COLUMNS}) VALUES {', '.join([_INSERT_ONE] * rows)}"
 
 
 def _check_seq(name: str, value: Any, *, optional: bool) -> None:
@@ -70,31 +100,33 @@ class SQLiteOutbox(Store):
 
     def _write_events(self, conn: sqlite3.Connection, noted: list[Noted]) -> list[Event]:
         origin = self.origin
-        events: list[Event] = []
-        texts: dict[Any, str | None] = {}
+        if len(noted) == 1:  # one write (most commits): one row, numbered as it is inserted
+            steps, context, result, stamps, known = noted[0]
+            texts = dict(known)
+            row = _row(steps, context, result, stamps, earlier(steps, texts), texts, origin)
+            row[0] = len(steps)
+            last = conn.execute(_INSERT_NEXT, row).lastrowid
+            assert last is not None
+            seq = last - len(steps)
+            return [Event(seq + i, s[0], s[1], s[2], origin) for i, s in enumerate(steps, 1)]
+        texts = {}
         for note in noted:
             texts.update(note[4])
+        events: list[Event] = []
         rows: list[list[Any]] = []
         # The write lock is ours since BEGIN IMMEDIATE: nobody else numbers events meanwhile.
         (seq,) = conn.execute(f"SELECT {_LAST_SEQ}").fetchone()
-        for last, steps, earlier in rows_of([note[0] for note in noted], texts):
+        for last, steps, encoded in rows_of([note[0] for note in noted], texts):
             for name, job, at, _ in steps:
                 seq += 1
                 events.append(Event(seq, name, job, at, origin))
             _, context, result, stamps, _ = noted[last]
-            name, job, at, _ = steps[-1]
-            at_text = texts.get(at) or at.isoformat()
-            row = [seq, name, at_text, origin, job.id, job.type, job.status.value]
-            row += (job.created_by, int(job.dry_run), context, result, *stamps)
-            row += (len(steps), earlier)
+            row = _row(steps, context, result, stamps, encoded, texts, origin)
+            row[0] = seq
             rows.append(row)
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
-            conn.execute(
-                f"INSERT INTO {EVENTS} (seq, {', '.join(EVENT_COLUMNS)}) "
-                f"VALUES {', '.join([_INSERT_ONE] * len(chunk))}",
-                [value for row in chunk for value in row],
-            )
+            conn.execute(_insert(len(chunk)), [value for row in chunk for value in row])
         return events
 
     def _committed(self, events: list[Event]) -> None:

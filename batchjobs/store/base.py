@@ -240,35 +240,34 @@ def checkpoint_events(
     backend writes exactly these.
     """
     steps = checkpoint.steps
-    names: list[str | None] = [None] * len(steps)
-    if checkpoint.result or checkpoint.context or checkpoint.cursor is not None:
-        final = bool(steps) and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
-        names.insert(len(names) - final, UPDATED_EVENT)
-    if not steps:
-        return [(UPDATED_EVENT, after, checkpoint.now, {})] if names else []
-    # The fields the steps set, as at the event: from before the checkpoint, step by step.
-    state: dict[str, Any] = {"status": checkpoint.expect}
-    for status, _ in steps:
-        state[status.timestamp_field] = earlier[status.timestamp_field]
+    count = len(steps)
+    updated = bool(checkpoint.result or checkpoint.context or checkpoint.cursor is not None)
+    if not count:
+        return [(UPDATED_EVENT, after, checkpoint.now, {})] if updated else []
+    # Each step's timestamp field as it was before that step (an earlier step may
+    # have set it too), then undone from the end: how the job differs from
+    # ``after`` once k steps are taken (as_of[k]; none for k = count).
+    values = dict(earlier)
+    before = []
+    for status, at in steps:
+        field = status.timestamp_field
+        before.append(values[field])
+        values[field] = at
+    as_of: list[dict[str, Any]] = [{}] * (count + 1)
+    undone: dict[str, Any] = {}
+    for k in range(count - 1, -1, -1):
+        undone[steps[k][0].timestamp_field] = before[k]
+        as_of[k] = {"status": steps[k - 1][0] if k else checkpoint.expect, **undone}
+    final = updated and steps[-1][0] in (Status.COMPLETED, Status.FAILED)
     events: list[tuple[str, BatchJob, datetime, Mapping[str, Any]]] = []
-    done = 0
-    job: BatchJob | None = None
-    changes: dict[str, Any] = {}
-    for name in names:
-        if name is None:
-            status, at = steps[done]
-            done += 1
-            state["status"], state[status.timestamp_field] = status, at
-            name, job = status_event(status), None
-        else:
-            at = checkpoint.now
-        if job is None:  # the state moved: the job as of it
-            if done == len(steps):
-                job, changes = after, {}
-            else:
-                changes = {f: v for f, v in state.items() if v != getattr(after, f)}
-                job = after.replace(**changes) if changes else after
-        events.append((name, job, at, changes))
+    job = after.replace(**as_of[0]) if final and count == 1 else after
+    for k, (status, at) in enumerate(steps, start=1):
+        if final and k == count:
+            events.append((UPDATED_EVENT, job, checkpoint.now, as_of[k - 1]))
+        job = after.replace(**as_of[k]) if k < count else after
+        events.append((status_event(status), job, at, as_of[k]))
+    if updated and not final:
+        events.append((UPDATED_EVENT, after, checkpoint.now, {}))
     return events
 
 
