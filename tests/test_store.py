@@ -837,6 +837,190 @@ def test_pruned_events_are_refused_with_the_oldest_kept_never_skipped(store: Sto
     assert store.prune_events(before=T0, limit=10) == 0
 
 
+# -- events: several in one row (one job's in one commit) ----------------------------
+
+RUN = (  # a one-chunk job's run, as one checkpoint: four steps and its result
+    (Status.PRE_PROCESSED, T0 + timedelta(seconds=1)),
+    (Status.CONFIRMED, T0 + timedelta(seconds=2)),
+    (Status.PROCESSING, T0 + timedelta(seconds=3)),
+    (Status.COMPLETED, T0 + timedelta(seconds=4)),
+)
+RUN_EVENTS = [
+    "batch.pre_processed",
+    "batch.confirmed",
+    "batch.processing",
+    "batch.updated",
+    "batch.completed",
+]
+
+
+def _run(claim: Claim, *, at: datetime = T0) -> Checkpoint:
+    steps = tuple((status, when - T0 + at) for status, when in RUN)
+    return Checkpoint(
+        claim.lease,
+        Status.CREATED,
+        at + timedelta(seconds=5),
+        steps=steps,
+        result={"count": 1, "advancement_count": 1},
+        release=True,
+    )
+
+
+def test_a_run_s_events_read_back_one_by_one_from_any_seq_with_any_limit(store: Store) -> None:
+    handed: list[Any] = []
+    store.on_events = handed.extend
+    (job,) = insert(store, make_job(created_by="usr_1"))
+    final = store.save(_run(claim_one(store)))
+    events = store.events(after=0)
+    assert [e.event for e in events] == ["batch.created", *RUN_EVENTS]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6] and store.last_seq() == 6
+    assert handed == events
+    # Each event has the job as of it: its status, and only the timestamps set so far.
+    assert [e.job.status for e in events] == [
+        Status.CREATED,
+        Status.PRE_PROCESSED,
+        Status.CONFIRMED,
+        Status.PROCESSING,
+        Status.PROCESSING,
+        Status.COMPLETED,
+    ]
+    assert events[2].job.pre_processed_at == RUN[0][1] and events[2].job.confirmed_at == RUN[1][1]
+    assert events[2].job.processing_at is None and events[4].job.completed_at is None
+    assert events[5].job == final == store.get(job.id)
+    assert {e.job.result["count"] for e in events[1:]} == {1}  # the result as committed
+    assert [e.at for e in events[1:]] == [
+        *(at for _, at in RUN[:3]),
+        T0 + timedelta(seconds=5),
+        RUN[3][1],
+    ]
+    for after in range(7):  # after= inside the row: its earlier events are left out
+        assert store.events(after=after) == events[after:]
+    for limit in range(1, 7):  # a limit may end a page inside the row
+        assert store.events(after=1, limit=limit) == events[1 : 1 + limit]
+    assert store.events(after=3, limit=2) == events[3:5]
+    pages, seen = [], 0
+    while page := store.events(after=seen, limit=2):
+        pages.append([e.seq for e in page])
+        seen = page[-1].seq
+    assert pages == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_filters_read_whole_and_partial_rows_of_their_jobs_only(store: Store) -> None:
+    mine, theirs = insert(store, make_job(created_by="usr_1"), make_job(created_by="usr_2"))
+    c1, c2 = store.claim(request(limit=2))
+    store.commit([_run(c1), _run(c2)])  # seqs 3-7 mine, 8-12 theirs
+    assert [e.seq for e in store.events(job_id=mine.id)] == [1, 3, 4, 5, 6, 7]
+    assert [e.seq for e in store.events(created_by="usr_2", after=9)] == [10, 11, 12]
+    assert [e.event for e in store.events(job_id=theirs.id, after=8, limit=2)] == RUN_EVENTS[1:3]
+    assert store.events(created_by="usr_1", after=7) == []
+    assert {e.job.id for e in store.events(created_by="usr_2", after=2)} == {theirs.id}
+
+
+def test_a_batch_commit_numbers_its_jobs_events_one_after_another(store: Store) -> None:
+    handed: list[Any] = []
+    store.on_events = handed.extend
+    jobs = insert(store, *(make_job(at=T0 + timedelta(seconds=i)) for i in range(3)))
+    claims = store.claim(request(limit=3))
+    saved, _ = store.commit([_run(claim) for claim in claims])
+    events = store.events(after=3)
+    assert [e.seq for e in events] == list(range(4, 19)) and store.last_seq() == 18
+    assert [e.job.id for e in events] == [job.id for job in jobs for _ in RUN_EVENTS]
+    assert [e.event for e in events] == RUN_EVENTS * 3
+    assert [events[i].job for i in (4, 9, 14)] == saved
+    assert handed[3:] == events
+
+
+def test_two_writes_of_one_job_in_one_commit_read_back_as_they_were(store: Store) -> None:
+    (job,) = insert(store, make_job())
+    claim = claim_one(store)
+    t1, t2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    first = Checkpoint(
+        claim.lease, Status.CREATED, t1, steps=((Status.PRE_PROCESSED, t1),), result={"count": 2}
+    )
+    second = Checkpoint(
+        claim.lease,
+        Status.PRE_PROCESSED,
+        t2,
+        steps=((Status.CONFIRMED, t2),),
+        result={"advancement_count": 1},
+        context={"k": 1},
+    )
+    (one, two), _ = store.commit([first, second])
+    events = store.events(after=1)
+    assert [(e.seq, e.event) for e in events] == [
+        (2, "batch.pre_processed"),
+        (3, "batch.updated"),
+        (4, "batch.confirmed"),
+        (5, "batch.updated"),
+    ]
+    assert events[1].job == one and events[3].job == two == store.get(job.id)
+    assert events[0].job.result == {"count": 2} and events[0].job.context == {}
+    assert store.events(after=2, limit=1)[0].job == one
+
+
+def test_pruning_takes_whole_rows_and_names_the_oldest_event_kept(store: Store) -> None:
+    old = T0 - timedelta(days=30)
+    a, b = insert(store, make_job(at=old), make_job(at=old + timedelta(seconds=1)))
+    ca, cb = store.claim(request(old + timedelta(seconds=2), limit=2))
+    store.save(_run(ca, at=old))  # seqs 3-7, its last event at old + 5 s
+    store.save(_run(cb, at=T0))  # seqs 8-12: recent
+    week = T0 - timedelta(days=7)
+    assert store.prune_events(before=week, limit=2) == 2  # two one-event rows
+    assert store.prune_events(before=week, limit=1) == 5  # one row, whole
+    assert store.prune_events(before=week, limit=10) == 0  # the next row is recent
+    with pytest.raises(EventsPrunedError) as pruned:
+        store.events(after=4)
+    assert (pruned.value.after, pruned.value.oldest) == (4, 8)
+    assert [e.seq for e in store.events()] == list(range(8, 13))
+    assert store.events(after=7)[0].job.id == b.id and store.last_seq() == 12
+    store.delete([b.id])  # a job's rows go with it; its seqs are never given again
+    assert store.events() == [] and store.last_seq() == 12
+    insert(store, make_job())
+    assert [e.seq for e in store.events(after=12)] == [13]
+    assert a.id not in {e.job.id for e in store.events()}
+
+
+def test_concurrent_writers_commit_seqs_in_order_without_gaps(make_store: MakeStore) -> None:
+    writers, jobs_each = 4, 8
+    stores = [make_store() for _ in range(writers)]
+    reader = make_store()
+    done = threading.Event()
+    seen: list[int] = []
+    broken: list[str] = []
+
+    def write(store: Store) -> None:
+        for job in insert(store, *(make_job(type="c") for _ in range(jobs_each))):
+            claim = claim_one(store, ids=(job.id,), types=("c",), owner=job.id)
+            store.save(_run(claim))
+
+    def read() -> None:
+        # A reader that has seen seq n never later finds an event at or below it:
+        # every page continues exactly where the last one ended.
+        while not done.is_set() or seen[-1:] != [reader.last_seq()]:
+            page = reader.events(after=seen[-1] if seen else 0)
+            expected = list(range(len(seen) + 1, len(seen) + 1 + len(page)))
+            if [e.seq for e in page] != expected:
+                broken.append(f"after {len(seen)}: {[e.seq for e in page]}")
+                return
+            seen.extend(e.seq for e in page)
+
+    threads = [threading.Thread(target=write, args=(store,)) for store in stores]
+    follower = threading.Thread(target=read)
+    follower.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    follower.join(timeout=60)
+    assert not broken and not follower.is_alive()
+    total = writers * jobs_each * (1 + len(RUN_EVENTS))
+    assert seen == list(range(1, total + 1))
+    events = reader.events(limit=total)
+    for job_id in {e.job.id for e in events}:
+        assert [e.event for e in events if e.job.id == job_id] == ["batch.created", *RUN_EVENTS]
+
+
 @pytest.mark.parametrize(
     ("after", "limit", "message"),
     [

@@ -19,7 +19,7 @@ from batchjobs.errors import StoreCorruptError, StoreError, StoreUnreachableErro
 from batchjobs.models import TIMESTAMP_FIELDS, BatchJob, new_job_id, utcnow
 from batchjobs.store import ClaimRequest, open_store
 from batchjobs.store._postgres_connections import _Unknown
-from batchjobs.store._postgres_schema import VERSION, VERSIONS
+from batchjobs.store._postgres_schema import MIGRATIONS, VERSION, VERSIONS
 from batchjobs.store.postgres import PostgresStore
 from tests.strategies import read_ledger
 
@@ -314,3 +314,40 @@ def test_a_worker_in_another_process_picks_a_job_up_by_notify(
             worker.terminate()
             worker.communicate(timeout=20)
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+
+
+def test_events_written_a_row_each_read_back_after_the_migration(url: str) -> None:
+    # A database as the outbox's first version left it: a row per event.
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute(f"CREATE TABLE {VERSIONS} (version integer NOT NULL)")
+        conn.execute(f"INSERT INTO {VERSIONS} VALUES (4)")
+        for step in MIGRATIONS[:4]:
+            conn.execute(step)  # type: ignore[arg-type]
+        at = utcnow()
+        for seq, (event, status) in enumerate(
+            [("batch.created", "created"), ("batch.canceled", "canceled")], start=1
+        ):
+            conn.execute(
+                "INSERT INTO batch_job_events (seq, event, at, origin, id, type, status, "
+                "created_by, dry_run, context, result, created_at, updated_at, canceled_at) "
+                "VALUES (%s, %s, %s, 'old', 'batch_1', 't', %s, 'usr_1', false, '{}', "
+                "'{\"n\": 1}', %s, %s, %s)",
+                [seq, event, at, status, at, at, at if status == "canceled" else None],
+            )
+        conn.execute("UPDATE batch_job_event_seq SET last = 2")
+    store = PostgresStore(url)
+    try:
+        events = store.events()
+        assert [(e.seq, e.event, e.job.status) for e in events] == [
+            (1, "batch.created", Status.CREATED),
+            (2, "batch.canceled", Status.CANCELED),
+        ]
+        assert events[1].job.canceled_at == at and events[0].job.canceled_at is None
+        assert {e.origin for e in events} == {"old"} and events[0].job.result == {"n": 1}
+        assert store.events(after=1) == events[1:] and store.events(created_by="usr_1") == events
+        store.insert(make_job())  # new rows go on from the old ones' seqs
+        assert [e.seq for e in store.events(after=2)] == [3] and store.last_seq() == 3
+        assert store.prune_events(before=utcnow(), limit=2) == 2
+        assert [e.seq for e in store.events()] == [3]
+    finally:
+        store.close()

@@ -201,3 +201,40 @@ def test_a_sqlite_url_with_mode_ro_opens_the_file_read_only(db_path: Path) -> No
     store.close()
     with pytest.raises(ValueError, match="the only option of a SQLite URL is mode=ro"):
         open_store(f"sqlite:///{db_path}?cache=shared")
+
+
+def test_events_written_a_row_each_read_back_after_the_migration(db_path: Path) -> None:
+    # A file as the outbox's first version left it: a row per event.
+    db = sqlite_utils.Database(db_path)
+    migrations.apply(db, stop_before="m008_event_rows")
+    at = utcnow()
+    for event, status in [("batch.created", "created"), ("batch.canceled", "canceled")]:
+        db.execute(
+            "INSERT INTO batch_job_events (event, at, origin, id, type, status, created_by, "
+            "dry_run, context, result, created_at, updated_at, canceled_at) "
+            "VALUES (?, ?, 'old', 'batch_1', 't', ?, 'usr_1', 0, '{}', '{\"n\": 1}', ?, ?, ?)",
+            [
+                event,
+                at.isoformat(),
+                status,
+                at.isoformat(),
+                at.isoformat(),
+                at.isoformat() if status == "canceled" else None,
+            ],
+        )
+    db.conn.commit()
+    db.close()
+    store = SQLiteStore(db_path)
+    events = store.events()
+    assert [(e.seq, e.event, e.job.status) for e in events] == [
+        (1, "batch.created", Status.CREATED),
+        (2, "batch.canceled", Status.CANCELED),
+    ]
+    assert events[1].job.canceled_at == at and events[0].job.canceled_at is None
+    assert {e.origin for e in events} == {"old"} and events[0].job.result == {"n": 1}
+    assert store.events(after=1) == events[1:] and store.events(created_by="usr_1") == events
+    store.insert(make_job())  # new rows go on from the old ones' seqs
+    assert [e.seq for e in store.events(after=2)] == [3] and store.last_seq() == 3
+    assert store.prune_events(before=utcnow(), limit=2) == 2
+    assert [e.seq for e in store.events()] == [3]
+    store.close()
