@@ -1850,7 +1850,7 @@ def before_outbox(b: Bench) -> Path | None:
 def outbox_lifecycle(b: Bench) -> list[Row]:
     """One-chunk jobs with the outbox vs the same code before it (child processes, paired)."""
     n = b.sizes.jobs
-    label = f"lifecycle of {n:,} one-chunk jobs with the outbox (6 event rows each)"
+    label = f"lifecycle of {n:,} one-chunk jobs with the outbox (6 events in 2 rows each)"
     goal = ">= 0.85x"
     old = before_outbox(b)
     if old is None:
@@ -1952,41 +1952,76 @@ def follow(b: Bench) -> list[Row]:
 
 
 def fill_events(path: Path, total: int) -> None:
-    """An outbox of ``total`` events (the schema's own table), written straight by sqlite3."""
+    """An outbox of ``total`` events (the schema's own table), written straight by sqlite3
+    as the store writes them: per one-chunk job, a row for its create and one for its
+    run's five events (the earlier four as the row's JSON)."""
     BatchJobs(path).close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
     now = datetime.now(timezone.utc).isoformat()
-    names = [
-        "batch.created",
-        "batch.pre_processed",
-        "batch.confirmed",
-        "batch.processing",
-        "batch.updated",
-        "batch.completed",
-    ]
-    statuses = ["created", "pre_processed", "confirmed", "processing", "processing", "completed"]
     result = '{"count":1,"advancement_count":1,"progress":1.0}'
+    earlier = json.dumps(
+        [
+            [
+                "batch.pre_processed",
+                now,
+                {
+                    "status": "pre_processed",
+                    "confirmed_at": None,
+                    "processing_at": None,
+                    "completed_at": None,
+                },
+            ],
+            [
+                "batch.confirmed",
+                now,
+                {"status": "confirmed", "processing_at": None, "completed_at": None},
+            ],
+            ["batch.processing", now, {"status": "processing", "completed_at": None}],
+            ["batch.updated", now, {"status": "processing", "completed_at": None}],
+        ],
+        separators=(",", ":"),
+    )
+    created = ("batch.created", "created", None, None, None, 1, None)
+    run = ("batch.completed", "completed", now, now, now, 5, earlier)
+
+    def rows(start: int, stop: int) -> Iterator[tuple[Any, ...]]:
+        # Event numbers start..stop-1 (0-based): a job's are 6j (created) to 6j + 5.
+        for first in range(start - start % 6, stop, 6):
+            job = f"batch_{first // 6:026d}"
+            user = f"usr_{first // 6 % 50}"
+            # A partial job at the end: its remaining events one row each.
+            shapes = [created, run] if first + 6 <= stop else [created] * (stop - first)
+            seq = first
+            for event, status, pre, confirmed, completed, steps, more in shapes:
+                seq += steps
+                yield (
+                    seq,
+                    event,
+                    now,
+                    job,
+                    status,
+                    user,
+                    result,
+                    now,
+                    now,
+                    pre,
+                    confirmed,
+                    pre,
+                    completed,
+                    steps,
+                    more,
+                )
+
     batch = 100_000
     for start in range(0, total, batch):
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO batch_job_events (event, at, id, type, status, created_by, dry_run, "
-            "context, result, created_at, updated_at) VALUES (?, ?, ?, 'trivial', ?, ?, 0, "
-            "'{}', ?, ?, ?)",
-            (
-                (
-                    names[i % 6],
-                    now,
-                    f"batch_{i // 6:026d}",
-                    statuses[i % 6],
-                    f"usr_{i % 50}",
-                    result,
-                    now,
-                    now,
-                )
-                for i in range(start, min(start + batch, total))
-            ),
+            "INSERT INTO batch_job_events (seq, event, at, id, type, status, created_by, "
+            "dry_run, context, result, created_at, updated_at, pre_processed_at, confirmed_at, "
+            "processing_at, completed_at, steps, earlier) VALUES (?, ?, ?, ?, 'trivial', ?, ?, "
+            "0, '{}', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows(start, min(start + batch, total)),
         )
         conn.execute("COMMIT")
     conn.close()
