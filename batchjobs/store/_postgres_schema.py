@@ -180,8 +180,12 @@ CREATE TABLE {CURSORS} (
 """,
     # 5: a row holds the events of one job in one commit (``_event_rows``): how
     # many, and the earlier ones as JSON text. Rows written before hold one event.
+    # Only events of jobs with a creator are read by creator: the others (an
+    # application's own jobs) no longer write to that index.
     f"""
 ALTER TABLE {EVENTS} ADD COLUMN steps integer NOT NULL DEFAULT 1, ADD COLUMN earlier text;
+DROP INDEX {EVENTS}_creator;
+CREATE INDEX {EVENTS}_creator ON {EVENTS} (created_by, seq) WHERE created_by IS NOT NULL;
 """,
 )
 #: The schema version this code writes.

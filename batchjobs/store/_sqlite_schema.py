@@ -197,3 +197,9 @@ def m008_event_rows(db: sqlite_utils.Database) -> None:
     # and the earlier ones. Rows written before hold one event each, as the default says.
     db.execute(f"ALTER TABLE {EVENTS} ADD COLUMN steps INTEGER NOT NULL DEFAULT 1")
     db.execute(f"ALTER TABLE {EVENTS} ADD COLUMN earlier TEXT")
+    # Only events of jobs with a creator are read by creator: the others (an
+    # application's own jobs) no longer write to that index.
+    db.execute(f"DROP INDEX {EVENTS}_creator")
+    db.execute(
+        f"CREATE INDEX {EVENTS}_creator ON {EVENTS} (created_by) WHERE created_by IS NOT NULL"
+    )
