@@ -6,10 +6,11 @@ holds the job as of its last event (``JOB_COLUMNS``), that event's name and
 time, and ``seq``, that event's seq; ``steps`` is how many events the row
 holds (the first one's seq is ``seq - steps + 1``: seqs stay one per
 event), and ``earlier`` the events before the last, as compact JSON: for
-each its name, its time and only the fields of its job that differ from the
-last event's job (a checkpoint's steps differ by their status and
-timestamps). A row of one event (and every row written before rows held
-several) has ``steps = 1`` and no ``earlier``.
+each a list of its name, its time, then only the fields of its job that
+differ from the last event's job, each name followed by its value (a
+checkpoint's steps differ by their status and timestamps). A row of one
+event (and every row written before rows held several) has ``steps = 1``
+and no ``earlier``.
 
 So a one-chunk job, six events, is two rows: its create's and its run's.
 """
@@ -55,7 +56,8 @@ Step = tuple[str, BatchJob, datetime, Mapping[str, Any]]
 #: A job's fields that may differ between the events of one row (not its id).
 _FIELDS = tuple(name for name in JOB_COLUMNS if name != "id")
 _values = operator.attrgetter(*_FIELDS)
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: Compact; no check for cycles (the values are plain: texts, numbers, JSON objects).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
 def _parse_ts(value: str | None) -> datetime | None:
@@ -105,37 +107,34 @@ def _json_value(value: Any, texts: dict[Any, str | None]) -> Any:
 
 
 def earlier(steps: Sequence[Step], texts: dict[Any, str | None]) -> str | None:
-    """The ``earlier`` column of one write's events, from the differences they carry."""
+    """The ``earlier`` column of one write's events, from the differences they carry:
+    for each event but the last, ``[name, at, field, value, field, value...]``."""
     if len(steps) < 2:
         return None
-    return _ENCODER.encode(
-        [
-            (
-                name,
-                texts.get(at) or _json_value(at, texts),
-                {
-                    field: _json_value(value, texts) if value is not None else None
-                    for field, value in changed.items()
-                },
-            )
-            for name, _, at, changed in steps[:-1]
-        ]
-    )
+    encoded = []
+    for name, _, at, changed in steps[:-1]:
+        step = [name, texts.get(at) or _json_value(at, texts)]
+        for field, value in changed.items():
+            step.append(field)
+            step.append(value if value is None else _json_value(value, texts))
+        encoded.append(step)
+    return _ENCODER.encode(encoded)
 
 
 def _compared(steps: Sequence[Step], texts: dict[Any, str | None]) -> str:
     """The ``earlier`` column of several writes' events, each job compared with the last."""
     last = steps[-1][1]
     final = _values(last)
-    earlier = []
+    encoded = []
     for name, job, at, _ in steps[:-1]:
-        changed = {}
+        step = [name, _json_value(at, texts)]
         if job is not last:
             for field, value, now in zip(_FIELDS, _values(job), final, strict=True):
                 if value is not now and value != now:
-                    changed[field] = _json_value(value, texts)
-        earlier.append((name, _json_value(at, texts), changed))
-    return _ENCODER.encode(earlier)
+                    step.append(field)
+                    step.append(_json_value(value, texts))
+        encoded.append(step)
+    return _ENCODER.encode(encoded)
 
 
 def expand(
@@ -156,12 +155,12 @@ def expand(
         return [last]
     first = seq - steps + 1
     events = []
-    for offset, (name, when, changed) in enumerate(json.loads(earlier)):
+    for offset, (name, when, *changed) in enumerate(json.loads(earlier)):
         if first + offset <= after:
             continue
         changes = {
             field: _DECODERS[field](value) if field in _DECODERS else value
-            for field, value in changed.items()
+            for field, value in zip(changed[::2], changed[1::2], strict=True)
         }
         as_of = job.replace(**changes) if changes else job
         events.append(Event(first + offset, name, as_of, datetime.fromisoformat(when), origin))
