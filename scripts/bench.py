@@ -2020,7 +2020,7 @@ def fill_events(path: Path, total: int) -> None:
                     more,
                 )
 
-    batch = 100_000
+    batch = 120_000  # events a transaction: whole jobs
     for start in range(0, total, batch):
         conn.execute("BEGIN")
         conn.executemany(
