@@ -21,6 +21,7 @@ from batchjobs.store import ClaimRequest, open_store
 from batchjobs.store._postgres_connections import _Unknown
 from batchjobs.store._postgres_schema import MIGRATIONS, VERSION, VERSIONS
 from batchjobs.store.postgres import PostgresStore
+from tests.event_rows import check_old_event_rows
 from tests.strategies import read_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,17 +338,6 @@ def test_events_written_a_row_each_read_back_after_the_migration(url: str) -> No
         conn.execute("UPDATE batch_job_event_seq SET last = 2")
     store = PostgresStore(url)
     try:
-        events = store.events()
-        assert [(e.seq, e.event, e.job.status) for e in events] == [
-            (1, "batch.created", Status.CREATED),
-            (2, "batch.canceled", Status.CANCELED),
-        ]
-        assert events[1].job.canceled_at == at and events[0].job.canceled_at is None
-        assert {e.origin for e in events} == {"old"} and events[0].job.result == {"n": 1}
-        assert store.events(after=1) == events[1:] and store.events(created_by="usr_1") == events
-        store.insert(make_job())  # new rows go on from the old ones' seqs
-        assert [e.seq for e in store.events(after=2)] == [3] and store.last_seq() == 3
-        assert store.prune_events(before=utcnow(), limit=2) == 2
-        assert [e.seq for e in store.events()] == [3]
+        check_old_event_rows(store, at)
     finally:
         store.close()
