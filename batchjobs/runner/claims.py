@@ -176,20 +176,24 @@ class _LeaseOwners:
         self.store = store
         #: As last read: (monotonic time, as of, owners).
         self._seen: tuple[float, datetime, list[str]] | None = None
-        #: Whether the last call answered from the cache rather than the store.
-        self.from_cache = False
+        self._thread = threading.local()  # several worker threads drain at once
+
+    @property
+    def from_cache(self) -> bool:
+        """Whether this thread's last call answered from the cache, not the store."""
+        return bool(getattr(self._thread, "from_cache", False))
 
     def __call__(self, now: datetime, *, cached: bool) -> list[str]:
         seen, clock = self._seen, time.monotonic()
-        self.from_cache = (
+        if (
             cached
             and seen is not None
             and clock - seen[0] < OWNERS_FOR
             and abs((now - seen[1]).total_seconds()) < OWNERS_FOR
-        )
-        if self.from_cache:
-            assert seen is not None
+        ):
+            self._thread.from_cache = True
             return seen[2]
+        self._thread.from_cache = False
         owners = self.store.lease_owners(now)
         self._seen = (clock, now, owners)
         return owners
