@@ -30,7 +30,7 @@ from ..models import (
     status_event,
     utcnow,
 )
-from ._event_rows import Step
+from ._event_rows import JOB_COLUMNS, Step
 from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
 from ._postgres_outbox import PostgresOutbox, with_one_event
 from ._postgres_schedules import PostgresSchedules
@@ -65,21 +65,9 @@ DEFAULT_POOL_SIZE = 5
 #: Connections beyond one per worker thread: the heartbeat, the pre-processing
 #: lane, the application's own calls.
 POOL_SPARE = 3
-#: A job's columns, in the order ``_record`` and ``_claim`` read them.
-COLUMNS = (
-    "id",
-    "type",
-    "status",
-    "created_by",
-    "dry_run",
-    "context",
-    "result",
-    *TIMESTAMP_FIELDS,
-    "lease",
-    "available_at",
-    "attempts",
-    "cursor",
-)
+#: A job's columns, in the order ``_record`` and ``_claim`` read them: the record's
+#: (as an event row holds them), then the lease's and the run's.
+COLUMNS = (*JOB_COLUMNS, "lease", "available_at", "attempts", "cursor")
 _SELECT = ", ".join(COLUMNS)
 _TS = 7  # where the timestamps start in COLUMNS
 _LEASE = _TS + len(TIMESTAMP_FIELDS)
