@@ -53,13 +53,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize("backend", marker.args, indirect=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first (order otherwise kept): pytest-xdist hands the first
-    tests out one per worker in turn, so the long ones start at once, side by
-    side, instead of ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     """The store backend this test runs on (``sqlite`` unless it is marked ``backends``)."""
