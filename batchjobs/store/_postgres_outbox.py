@@ -96,14 +96,13 @@ class PostgresOutbox(Store):
         if not writes:
             return []
         origin = self.origin
-        events: list[Event] = []
+        noted: list[Step] = []  # numbered once the counter answers
         rows = []
         texts: dict[Any, str | None] = {}
         offset = 0  # the events up to each row's last, counted from the commit's first
         for _, steps, earlier in rows_of(writes, texts):
-            for name, job, at, _ in steps:
-                offset += 1
-                events.append(Event(offset, name, job, at, origin))
+            noted += steps
+            offset += len(steps)
             name, job, at, _ = steps[-1]
             rows.append(
                 [
@@ -140,7 +139,8 @@ class PostgresOutbox(Store):
         assert found is not None
         before = int(found[0]) - total  # the seq of the last event committed before these
         return [
-            Event(before + event.seq, event.event, event.job, event.at, origin) for event in events
+            Event(before + i, name, job, at, origin)
+            for i, (name, job, at, _) in enumerate(noted, start=1)
         ]
 
     def _committed(self, events: list[Event]) -> None:
