@@ -77,10 +77,11 @@ def pins() -> dict[str, str]:
 def test_the_test_tools_run_at_their_pins() -> None:
     pinned = pins()
     assert {"pytest", "pytest-cov", "coverage", "mypy", "ruff", "freezegun", "huey"} <= set(pinned)
-    installed = {
-        re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower(): dist.version
-        for dist in metadata.distributions()
-    }
+    # The first of a name on sys.path is the one that imports (a venv made with
+    # --system-site-packages also sees the system's older copies, listed after it).
+    installed: dict[str, str] = {}
+    for dist in metadata.distributions():
+        installed.setdefault(re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower(), dist.version)
     # Some pins only matter on some Pythons (tomli on 3.10): those absent are not checked.
     drifted = {
         name: (installed[name], version)
