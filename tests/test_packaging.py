@@ -1,5 +1,6 @@
 """The built-in strategies install as ``batchjobs.strategies``, from a wheel and editable;
-the test tools run at their pins; the package installs and runs without them."""
+the test tools run at their pins, and only the pytest plugins the suite names; the package
+installs and runs without the pins."""
 
 from __future__ import annotations
 
@@ -101,6 +102,32 @@ import batchjobs, batchjobs.cli, batchjobs.http, batchjobs.pubsub, batchjobs.sto
 from batchjobs.strategies import csv_export, csv_import
 assert batchjobs.__file__.startswith(sys.prefix), batchjobs.__file__
 """
+
+
+def test_a_pytest_plugin_installed_beside_the_project_does_not_load(tmp_path: Path) -> None:
+    # A plugin registered as an installed one is (a ``pytest11`` entry point) that would
+    # stop any run it joins, as pytest-benchmark stops one under xdist.
+    (tmp_path / "intruder.py").write_text("raise RuntimeError('the intruder plugin loaded')\n")
+    info = tmp_path / "intruder-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: intruder\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pytest11]\nintruder = intruder\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    one_test = "tests/test_packaging.py::test_the_import_name_maps_to_the_strategies_folder"
+
+    def collect(*options: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pytest", "--co", "-q", "--no-cov", "-n0", *options]
+        return subprocess.run(
+            [*command, one_test], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+
+    done = collect()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "intruder" not in done.stdout + done.stderr
+    # Asked for by name, it loads: it is a real plugin, which the run left out.
+    asked = collect("-p", "intruder")
+    assert asked.returncode != 0
+    assert "the intruder plugin loaded" in asked.stdout + asked.stderr
 
 
 @pytest.mark.slow
