@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -541,14 +541,16 @@ class BatchJobs:
 
     # -- events ---------------------------------------------------------------
 
-    def _committed(self, events: list[Event]) -> None:
+    def _committed(self, events: Sequence[Event]) -> None:
         """After a commit that wrote ``events``: wake the feeds and the mirror, then the
-        receivers, in the committing thread, in seq order."""
+        receivers, in the committing thread, in seq order. With neither a mirror nor
+        a receiver, no ``Event`` record is made (``CommittedEvents``)."""
         self._notifier.notify()
         if self.mirror is not None:
             self.mirror.wake(events)
-        for event in events:
-            signals.emit(event.event, self, event.job, seq=event.seq)
+        if signals.received():
+            for event in events:
+                signals.emit(event.event, self, event.job, seq=event.seq)
 
     def events(
         self,

@@ -823,6 +823,36 @@ def test_events_filter_by_job_and_creator_and_go_with_their_deleted_jobs(store: 
     assert store.events(after=3)[0].seq == 4
 
 
+def test_a_commits_events_are_handed_over_as_one_sequence_read_as_often_as_wanted(
+    store: Store,
+) -> None:
+    handed: list[Any] = []
+    store.on_events = handed.append
+    (job,) = insert(store, make_job())
+    claim = claim_one(store)
+    steps = ((Status.PRE_PROCESSED, T0), (Status.CONFIRMED, T0))
+    store.save(Checkpoint(claim.lease, Status.CREATED, T0, steps=steps, result={"n": 1}))
+    created, saved = handed
+    assert (len(created), len(saved)) == (1, 3)  # counted without reading them
+    assert list(saved) == store.events(after=1) and saved == store.events(after=1)
+    assert saved[0] is saved[0] and saved[1:] == list(saved)[1:]  # made once
+    assert [e.seq for e in saved] == [2, 3, 4] and saved[-1].job == store.get(job.id)
+    assert list(created) == store.events(job_id=job.id)[:1]
+
+
+def test_seqs_go_on_after_every_event_is_pruned_or_deleted(store: Store) -> None:
+    old = T0 - timedelta(days=30)
+    first, second = insert(store, make_job(at=old), make_job(at=old))
+    assert store.prune_events(before=T0, limit=10) == 2  # the outbox is empty
+    assert store.events() == [] and store.last_seq() == 2
+    (third,) = insert(store, make_job())
+    assert [e.seq for e in store.events()] == [3]
+    store.delete([first.id, second.id, third.id])  # the newest row goes too
+    assert store.events() == [] and store.last_seq() == 3
+    insert(store, make_job())
+    assert [e.seq for e in store.events()] == [4]
+
+
 def test_pruned_events_are_refused_with_the_oldest_kept_never_skipped(store: Store) -> None:
     old, new = T0, T0 + timedelta(days=8)
     insert(store, *(make_job(at=old) for _ in range(3)), make_job(at=new), make_job(at=old))

@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -178,7 +178,7 @@ class RedisMirror:
         self._head = 0
         #: This process's committed events, as handed over by ``wake`` (one list per
         #: commit), and those taken from there that wait for their turn, by seq.
-        self._handed: deque[list[Event]] = deque()
+        self._handed: deque[Sequence[Event]] = deque()
         self._waiting: list[Event] = []
         #: Set when a commit's events were not handed over: the next round reads the outbox.
         self._look = False
@@ -200,7 +200,7 @@ class RedisMirror:
                 down=self._outages.down,
             )
 
-    def wake(self, events: list[Event] | None = None) -> None:
+    def wake(self, events: Sequence[Event] | None = None) -> None:
         """Publish what was committed: called after each commit (cheap, never blocks).
 
         ``events`` (this process's events of that commit, as the store handed

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
 from ._event_rows import EVENT_COLUMNS as ROW_COLUMNS
-from ._event_rows import JOB_COLUMNS, Step, expand
+from ._event_rows import JOB_COLUMNS, CommittedEvents, Step, expand
 from ._event_rows import rows as rows_of
 from ._postgres_connections import Database, Listener, boundary
 from ._postgres_schema import CURSORS, EVENT_SEQ, EVENTS, EVENTS_CHANNEL
@@ -89,7 +89,7 @@ class PostgresOutbox(Store):
 
     def _write_events(
         self, conn: psycopg.Connection[Any], writes: Sequence[Sequence[Step]]
-    ) -> list[Event]:
+    ) -> Sequence[Event]:
         """Number the events of ``writes`` (each one job's, oldest first) and write them,
         a row per job, last in their transaction (the counter's lock is held until the
         commit)."""
@@ -138,12 +138,9 @@ class PostgresOutbox(Store):
         found = counter.fetchone()
         assert found is not None
         before = int(found[0]) - total  # the seq of the last event committed before these
-        return [
-            Event(before + i, name, job, at, origin)
-            for i, (name, job, at, _) in enumerate(noted, start=1)
-        ]
+        return CommittedEvents([(before + 1, noted)], origin)
 
-    def _committed(self, events: list[Event]) -> None:
+    def _committed(self, events: Sequence[Event]) -> None:
         listener = self.on_events
         if not events or listener is None:
             return

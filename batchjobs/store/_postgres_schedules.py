@@ -68,8 +68,8 @@ class PostgresSchedules(Store):
 
     _database: Database
     #: Writes new jobs in an open transaction (``PostgresStore``'s).
-    _insert: Callable[[psycopg.Connection[Any], Sequence[BatchJob], set[str]], list[Event]]
-    _committed: Callable[[list[Event]], None]
+    _insert: Callable[[psycopg.Connection[Any], Sequence[BatchJob], set[str]], Sequence[Event]]
+    _committed: Callable[[Sequence[Event]], None]
 
     @boundary
     def get_schedule(self, name: str) -> Schedule | None:
@@ -152,7 +152,7 @@ class PostgresSchedules(Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[Schedule | None, list[Event]]:
+        ) -> tuple[Schedule | None, Sequence[Event]]:
             claimed = conn.execute(
                 f"UPDATE {SCHEDULES} SET next_fire_at = %s, last_fired_at = %s, "
                 "last_job_id = %s, last_error = %s, updated_at = %s, revision = %s "

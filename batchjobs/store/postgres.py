@@ -185,7 +185,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     def _insert(
         self, conn: psycopg.Connection[Any], jobs: Sequence[BatchJob], wake: set[str]
-    ) -> list[Event]:
+    ) -> Sequence[Event]:
         """Insert ``jobs`` and their ``batch.created`` events; the events, numbered."""
         names = COLUMNS[:_LEASE]
         rows = [_job_row(job) for job in jobs]
@@ -214,7 +214,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             "RETURNING id"
         )
 
-        def work(conn: psycopg.Connection[Any], wake: set[str]) -> tuple[BatchJob, list[Event]]:
+        def work(conn: psycopg.Connection[Any], wake: set[str]) -> tuple[BatchJob, Sequence[Event]]:
             if conn.execute(query, values).fetchone() is not None:
                 if job.status in _ACTIVE:
                     wake.add(job.type)
@@ -275,7 +275,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[BatchJob | None, list[Event]]:
+        ) -> tuple[BatchJob | None, Sequence[Event]]:
             row = conn.execute(query, params).fetchone()
             if row is None:
                 return None, []
@@ -303,7 +303,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[BatchJob | None, list[Event]]:
+        ) -> tuple[BatchJob | None, Sequence[Event]]:
             row = conn.execute(query, params).fetchone()
             if row is None:
                 return None, []
@@ -538,7 +538,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[BatchJob | None, list[Event]]:
+        ) -> tuple[BatchJob | None, Sequence[Event]]:
             job, steps = self._saved(conn.execute(query, params).fetchone(), checkpoint)
             if job is None:
                 return None, []
@@ -591,7 +591,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[tuple[list[BatchJob | None], list[Claim]], list[Event]]:
+        ) -> tuple[tuple[list[BatchJob | None], list[Claim]], Sequence[Event]]:
             # One round trip for the lot: the statements are pipelined.
             with conn.pipeline():
                 saved = [conn.execute(*query) for query in saves]
@@ -613,7 +613,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         return self._write(work)
 
     def _write(
-        self, work: Callable[[psycopg.Connection[Any], set[str]], tuple[T, list[Event]]]
+        self, work: Callable[[psycopg.Connection[Any], set[str]], tuple[T, Sequence[Event]]]
     ) -> T:
         """Run ``work`` in one transaction (``Database.write``); then hand the events it
         wrote to ``on_events``, once committed."""
