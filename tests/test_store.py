@@ -316,6 +316,26 @@ def test_a_live_lease_blocks_claims_until_it_expires_or_is_renewed(make_store: M
     assert two.holder(job.id).token == taken.lease.token  # type: ignore[union-attr]
 
 
+def test_holding_answers_holds_for_several_leases_at_once(make_store: MakeStore) -> None:
+    one, two = make_store(), make_store()
+    a, b, c = insert(one, *(make_job(at=T0 + timedelta(seconds=i)) for i in range(3)))
+    ca, cb, cc = one.claim(request(limit=3))
+    assert one.holding([cc.lease, ca.lease, cb.lease]) == [Status.CREATED] * 3
+    one.transition(b.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=T0)
+    assert one.release([cc.lease]) == 1
+    taken = claim_one(two, owner="w2")
+    assert taken.job.id == c.id
+    # Canceled under the lease; given back (then taken by another); and one twice.
+    assert two.holding([ca.lease, cb.lease, cc.lease, taken.lease, ca.lease]) == [
+        Status.CREATED,
+        Status.CANCELED,
+        None,
+        Status.CREATED,
+        Status.CREATED,
+    ]
+    assert one.holding([]) == []
+
+
 def test_a_gone_owner_s_live_lease_is_expired_at_once_and_only_its(store: Store) -> None:
     a, b, free = insert(store, *(make_job(at=T0 + timedelta(seconds=i)) for i in range(3)))
     claim_one(store, owner="dead", ids=(a.id,))

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import pytest
 
 from batchjobs import BatchJobs, Status
 from batchjobs.errors import StoreCorruptError, StoreError, StoreUnreachableError
-from batchjobs.models import TIMESTAMP_FIELDS, BatchJob, new_job_id, utcnow
-from batchjobs.store import ClaimRequest, open_store
+from batchjobs.models import TIMESTAMP_FIELDS, BatchJob, Event, new_job_id, utcnow
+from batchjobs.store import Checkpoint, ClaimRequest, open_store
 from batchjobs.store._postgres_connections import _Unknown
 from batchjobs.store._postgres_schema import MIGRATIONS, VERSION, VERSIONS
 from batchjobs.store.postgres import PostgresStore
@@ -264,6 +265,69 @@ def test_a_commit_whose_answer_was_lost_is_looked_up_never_applied_twice(
         assert len(runs) == (1 if committed else 2)
         assert moved is not None and moved.status == Status.CANCELED
         assert store.status_of(job.id) == Status.CANCELED
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_batch_commit_whose_answer_was_lost_is_read_again_never_applied_twice(
+    url: str, committed: bool
+) -> None:
+    # A batch's commit is pipelined: its COMMIT's answer brings the events' seqs.
+    # Lost though it committed, the seqs are read again; rolled back, all is redone.
+    store = PostgresStore(url)
+    seen: list[Event] = []
+    store.on_events = seen.extend
+    try:
+        done, later = make_job(), make_job()
+        store.insert(done)
+        store.insert(later)
+        now = utcnow()
+        (claim,) = store.claim(ClaimRequest("w", ("t",), now, now + timedelta(seconds=30)))
+        assert claim.job.id == done.id
+        database = store._database
+        real = database._pipelined_once
+        runs: list[str] = []
+
+        def lose_the_answer(work: Any) -> Any:
+            recovers: list[Any] = []
+
+            def spy(conn: psycopg.Connection[Any], wake: set[str]) -> Any:
+                (xid,) = conn.execute("SELECT pg_current_xact_id()::text").fetchone()  # type: ignore[misc]
+                runs.append(xid)
+                finish, recover = work(conn, wake)
+                recovers.append(recover)
+                if not committed and len(runs) == 1:
+                    raise psycopg.errors.AdminShutdown("the server went away")
+                return finish, recover
+
+            try:
+                result = real(spy)
+            except psycopg.errors.AdminShutdown:
+                result = None  # rolled back; the client cannot tell either
+            if len(runs) == 1:  # the client never heard how the COMMIT went
+                raise _Unknown(runs[0], result, recovers[0])
+            return result
+
+        database._pipelined_once = lose_the_answer  # type: ignore[method-assign]
+        finished = Checkpoint(
+            claim.lease,
+            Status.CREATED,
+            now,
+            steps=tuple((status, now) for status in (Status.PRE_PROCESSED, Status.COMPLETED)),
+            result={"n": 1},
+            release=True,
+        )
+        request = ClaimRequest("w", ("t",), now, now + timedelta(seconds=31))
+        stored, claims = store.commit([finished], claim=request)
+        assert len(runs) == (1 if committed else 2)
+        assert stored[0] is not None and stored[0].status == Status.COMPLETED
+        assert [c.job.id for c in claims] == [later.id]
+        # The events as committed, once each, and as numbered in the outbox.
+        written = store.events(after=0)
+        assert [e.seq for e in written] == list(range(1, len(written) + 1))
+        assert [(e.seq, e.event, e.job) for e in seen] == [(e.seq, e.event, e.job) for e in written]
+        assert "batch.completed" in [e.event for e in seen[2:]]
     finally:
         store.close()
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..models import ACTIVE_STATUSES, BatchJob, Status, utcnow
-from ..store import Checkpoint, Claim, ClaimRequest, Store
+from ..store import Checkpoint, Claim, ClaimRequest, Lease, Store
 from ..strategy import StrategyRegistry
 from .holders import Presence, this_process
 from .job import DEFERRED, DirectSaver, JobExecution, RunContext, _Deferred
@@ -51,6 +51,12 @@ BATCH_SPAN = 2
 #: (``gone``), so that each batch's claim does not read them again: a process of
 #: this host that dies during a long drain is found at most this much later.
 OWNERS_FOR = 1.0
+#: Seconds for which one read of the leases of the jobs waiting in a batch says which
+#: of them may start: a job starts only if a read this recent found it still ours (its
+#: lease, its status as claimed). Short jobs share a read; a job waits behind another
+#: longer than this only behind a read of its own. The window is of the order of the
+#: read's own round trip under load.
+STILL_OURS_FOR = 0.002
 #: Seconds ``run_until_idle`` waits between two looks when nothing is runnable.
 IDLE_PAUSE = 0.05
 IDLE_PAUSE_MAX = 0.5
@@ -81,11 +87,25 @@ class _Batch:
         #: Claimed, not started yet; given back when a job of the batch turns out long.
         self.waiting: list[tuple[Claim, HeldLease]] = []
         self.deferred: list[JobExecution] = []
+        #: The last read of the waiting jobs' leases: when (monotonic), and what it found.
+        self._seen: tuple[float, dict[Lease, Status | None]] = (0.0, {})
 
     def hold(self, claims: list[Claim]) -> list[tuple[Claim, HeldLease]]:
         held = [(claim, self.ctx.leases.hold(claim.lease)) for claim in claims]
         self.waiting.extend(held)
+        self._seen = (0.0, {})
         return held
+
+    def holds(self, claim: Claim) -> Status | None:
+        """The status of ``claim``'s job if its lease still holds it, as read at most
+        ``STILL_OURS_FOR`` seconds ago; a read answers for every job still waiting."""
+        at, seen = self._seen
+        if claim.lease in seen and time.monotonic() - at < STILL_OURS_FOR:
+            return seen[claim.lease]
+        leases = [claim.lease, *(waiting.lease for waiting, _ in self.waiting)]
+        at = time.monotonic()  # before the read: its age counts from its start
+        self._seen = (at, dict(zip(leases, self.ctx.store.holding(leases), strict=True)))
+        return self._seen[1][claim.lease]
 
     def start(self, held: HeldLease) -> bool:
         """Take ``held`` out of the waiting jobs to run it; False if it was given back."""
@@ -427,7 +447,7 @@ class JobRunner:
                         break
                     if not batch.start(held):
                         continue  # given back with a long job's checkpoint
-                    if n > 0 and not self._still_ours(claim, held):
+                    if n > 0 and not self._still_ours(claim, held, batch.holds(claim)):
                         continue
                     ran += 1
                     started = time.monotonic()
@@ -448,9 +468,9 @@ class JobRunner:
             raise
         return ran
 
-    def _still_ours(self, claim: Claim, held: HeldLease) -> bool:
-        """Whether a job that waited in its batch may start: still ours, not moved."""
-        status = self.store.holds(claim.lease)
+    def _still_ours(self, claim: Claim, held: HeldLease, status: Status | None) -> bool:
+        """Whether a job that waited in its batch may start: still ours, not moved
+        (``status``: its job's, as its lease was last read to hold it, or ``None``)."""
         if status == claim.job.status:
             return True
         if status == Status.CANCELED:  # a cleanup, if its processing began (the store decides)

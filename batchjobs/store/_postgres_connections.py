@@ -58,12 +58,26 @@ _RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01"})
 
 
 class _Unknown(Exception):
-    """The connection was lost while a ``COMMIT`` was under way."""
+    """The connection was lost while a ``COMMIT`` was under way. If it committed, the
+    answer is ``result``, or what ``recover`` reads (the commit's own answers lost)."""
 
-    def __init__(self, xid: str, result: Any) -> None:
+    def __init__(
+        self,
+        xid: str,
+        result: Any,
+        recover: Callable[[psycopg.Connection[Any], str], Any] | None = None,
+    ) -> None:
         super().__init__(xid)
         self.xid = xid
         self.result = result
+        self.recover = recover
+
+
+#: What a pipelined write's work returns: reads its answers once the ``COMMIT``'s
+#: round trip is back; and, if that round trip was lost but the transaction committed,
+#: reads them again on another connection.
+#: (The second is given the transaction's id.)
+Finish = tuple[Callable[[], T], Callable[[psycopg.Connection[Any], str], T]]
 
 
 class InjectedFault(psycopg.DatabaseError):
@@ -177,6 +191,48 @@ class Database:
         """
         return self._retrying(lambda: self._write_once(work))
 
+    def write_pipelined(self, work: Callable[[psycopg.Connection[Any], set[str]], Finish[T]]) -> T:
+        """As ``write``, in two round trips for the whole transaction: the ``BEGIN`` goes
+        with ``work``'s first statements (sent in pipeline mode, so the first answer
+        ``work`` fetches brings them all), and the ``COMMIT``, with its ``NOTIFY``s,
+        with the statements ``work`` sent after its last fetch. ``work`` returns the
+        way to read those last answers (called after the ``COMMIT``), and the way to
+        read them again if the ``COMMIT``'s answer was lost though it committed.
+        No statement waits on the client between the last fetch and the ``COMMIT``:
+        a row lock taken there is held for the server's time alone.
+        """
+        return self._retrying(lambda: self._pipelined_once(work))
+
+    def _pipelined_once(self, work: Callable[[psycopg.Connection[Any], set[str]], Finish[T]]) -> T:
+        with self._connection() as conn:
+            committing = False
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN READ ONLY" if self.read_only else "BEGIN", prepare=False)
+                    if self.fault_timeout:
+                        timeout = int(self.fault_timeout * 1000)
+                        conn.execute(f"SET LOCAL lock_timeout = {timeout}", prepare=False)
+                    began = conn.execute("SELECT pg_current_xact_id()::text", prepare=False)
+                    wake: set[str] = set()
+                    finish, recover = work(conn, wake)
+                    (xid,) = began.fetchone()  # type: ignore[misc]
+                    if self._take_failing_commit():
+                        raise InjectedFault("the commit failed (injected by batchjobs.testing)")
+                    for kind in sorted(wake):
+                        conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, kind])
+                    conn.execute("COMMIT", prepare=False)
+                    committing = True
+                # Out of the pipeline: the COMMIT's round trip is back.
+            except BaseException as error:
+                lost = conn.broken or (isinstance(error, Exception) and _retryable(error))
+                if not conn.broken:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                if committing and lost:
+                    raise _Unknown(xid, None, recover) from error
+                raise
+            return finish()
+
     def _read_once(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._connection() as conn:
             try:
@@ -284,6 +340,8 @@ class Database:
                 return attempt()
             except _Unknown as unknown:
                 committed = self._committed(unknown.xid, deadline)
+                if committed and unknown.recover is not None:
+                    return self._recovered(unknown)
                 if committed:
                     return unknown.result  # type: ignore[no-any-return]
                 last: BaseException = unknown.__cause__ or unknown
@@ -296,6 +354,12 @@ class Database:
             log.warning("lost the connection to %s (%s); retrying", self.location, last)
             time.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, RETRY_DELAY_MAX)
+
+    def _recovered(self, unknown: _Unknown) -> Any:
+        """What a committed transaction whose answer was lost answered: read again."""
+        recover, xid = unknown.recover, unknown.xid
+        assert recover is not None
+        return self._retrying(lambda: self._read_once(lambda conn: recover(conn, xid)))
 
     def _committed(self, xid: str, deadline: float) -> bool:
         """Whether transaction ``xid`` committed, asked until the server answers."""

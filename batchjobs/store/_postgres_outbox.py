@@ -92,9 +92,26 @@ class PostgresOutbox(Store):
     ) -> Sequence[Event]:
         """Number the events of ``writes`` (each one job's, oldest first) and write them,
         a row per job, last in their transaction (the counter's lock is held until the
-        commit)."""
+        commit): one round trip."""
+        with conn.pipeline():
+            events, _ = self._send_events(conn, writes)
+        return events()
+
+    def _send_events(
+        self, conn: psycopg.Connection[Any], writes: Sequence[Sequence[Step]]
+    ) -> tuple[
+        Callable[[], Sequence[Event]], Callable[[psycopg.Connection[Any], str], Sequence[Event]]
+    ]:
+        """Send (in pipeline mode: nothing waits for them) the statements that number the
+        events of ``writes`` and write them, a row per job: the counter first (its row
+        lock is held until the commit, so they should be the transaction's last), then
+        the rows, numbered on the server from it.
+
+        Returns the events, numbered, once the statements' answers are in; and the same
+        read again on another connection, for a commit whose answer was lost (the rows
+        found by the transaction that wrote them)."""
         if not writes:
-            return []
+            return list, lambda conn, xid: []
         origin = self.origin
         noted: list[Step] = []  # numbered once the counter answers
         rows = []
@@ -125,20 +142,34 @@ class PostgresOutbox(Store):
         total = offset
         for row in rows:
             row[0] = total - row[0]  # how far below the counter's new value
-        # One round trip: the counter first (its row lock is held until the commit,
-        # so the shorter the better), then the rows, numbered on the server from it.
-        with conn.pipeline():
-            counter = conn.execute(
-                f"UPDATE {EVENT_SEQ} SET last = last + %s "
-                f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
-                [total],
-            )
-            with conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
-        found = counter.fetchone()
-        assert found is not None
-        before = int(found[0]) - total  # the seq of the last event committed before these
-        return CommittedEvents([(before + 1, noted)], origin)
+        counter = conn.execute(
+            f"UPDATE {EVENT_SEQ} SET last = last + %s "
+            f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
+            [total],
+        )
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT, rows)
+        last_id = rows[-1][4]
+
+        def numbered(last: int) -> Sequence[Event]:
+            before = last - total  # the seq of the last event committed before these
+            return CommittedEvents([(before + 1, noted)], origin)
+
+        def answered() -> Sequence[Event]:
+            found = counter.fetchone()
+            assert found is not None
+            return numbered(int(found[0]))
+
+        def recover(conn: psycopg.Connection[Any], xid: str) -> Sequence[Event]:
+            # The last row holds the commit's last seq; the transaction wrote it (xmin:
+            # the low 32 bits of its id). Gone since (pruned, its job deleted): none.
+            found = conn.execute(
+                f"SELECT max(seq) FROM {EVENTS} WHERE id = %s AND xmin = %s::text::xid",
+                [last_id, str(int(xid) & 0xFFFFFFFF)],
+            ).fetchone()
+            return [] if found is None or found[0] is None else numbered(int(found[0]))
+
+        return answered, recover
 
     def _committed(self, events: Sequence[Event]) -> None:
         listener = self.on_events

@@ -470,6 +470,11 @@ class Store(abc.ABC):
     def holds(self, lease: Lease) -> Status | None:
         """The job's status if ``lease`` still holds it, else ``None``."""
 
+    def holding(self, leases: Sequence[Lease]) -> list[Status | None]:
+        """``holds`` for each of ``leases``, in order (a store over a network reads them
+        at once)."""
+        return [self.holds(lease) for lease in leases]
+
     @abc.abstractmethod
     def lease_owners(self, now: datetime) -> list[str]:
         """The owners of the leases live at ``now``, each once (a read: whether one of

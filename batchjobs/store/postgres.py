@@ -31,7 +31,7 @@ from ..models import (
     utcnow,
 )
 from ._event_rows import JOB_COLUMNS, Step
-from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Listener, boundary
+from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Finish, Listener, boundary
 from ._postgres_outbox import PostgresOutbox, with_one_event
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
@@ -591,12 +591,13 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
-        ) -> tuple[tuple[list[BatchJob | None], list[Claim]], Sequence[Event]]:
-            # One round trip for the lot: the statements are pipelined.
-            with conn.pipeline():
-                saved = [conn.execute(*query) for query in saves]
-                released = self._release_cursor(conn, leases)
-                claimed = None if claim_query is None else conn.execute(*claim_query)
+        ) -> Finish[tuple[tuple[list[BatchJob | None], list[Claim]], Sequence[Event]]]:
+            # Two round trips for the lot (the connection is in pipeline mode): the
+            # BEGIN, the saves, the releases and the claim; then the events (the
+            # counter, whose lock the commit holds, and the rows) and the COMMIT.
+            saved = [conn.execute(*query) for query in saves]
+            released = self._release_cursor(conn, leases)
+            claimed = None if claim_query is None else conn.execute(*claim_query)
             jobs: list[BatchJob | None] = []
             writes: list[list[Step]] = []
             for cur, cp in zip(saved, checkpoints, strict=True):
@@ -605,12 +606,16 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 if steps:
                     writes.append(steps)
             if released is not None:
-                wake.update(row[0] for row in released if Status(row[1]) in _ACTIVE)
-            claims = [] if claimed is None else [_claim(row) for row in claimed]
+                wake.update(row[0] for row in released.fetchall() if Status(row[1]) in _ACTIVE)
+            claims = [] if claimed is None else [_claim(row) for row in claimed.fetchall()]
             claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
-            return (jobs, claims), self._write_events(conn, writes)
+            result = (jobs, claims)
+            events, recover = self._send_events(conn, writes)
+            return (lambda: (result, events())), (lambda conn, xid: (result, recover(conn, xid)))
 
-        return self._write(work)
+        result, events = self._database.write_pipelined(work)
+        self._committed(events)
+        return result
 
     def _write(
         self, work: Callable[[psycopg.Connection[Any], set[str]], tuple[T, Sequence[Event]]]
@@ -680,6 +685,19 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             ).fetchone()
         )
         return None if row is None else Status(row[0])
+
+    @boundary
+    def holding(self, leases: Sequence[Lease]) -> list[Status | None]:
+        if not leases:
+            return []
+        rows = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT id, lease, status FROM {TABLE} WHERE id = ANY(%s) AND lease = ANY(%s)",
+                [[lease.id for lease in leases], [lease.token for lease in leases]],
+            ).fetchall()
+        )
+        found = {(id, token): Status(status) for id, token, status in rows}
+        return [found.get((lease.id, lease.token)) for lease in leases]
 
     @boundary
     def lease_owners(self, now: datetime) -> list[str]:
