@@ -543,14 +543,12 @@ class BatchJobs:
 
     def _committed(self, events: Sequence[Event]) -> None:
         """After a commit that wrote ``events``: wake the feeds and the mirror, then the
-        receivers, in the committing thread, in seq order. With neither a mirror nor
-        a receiver, no ``Event`` record is made (``CommittedEvents``)."""
+        receivers, in the committing thread, in seq order."""
         self._notifier.notify()
         if self.mirror is not None:
             self.mirror.wake(events)
-        if signals.received():
-            for event in events:
-                signals.emit(event.event, self, event.job, seq=event.seq)
+        for event in events:
+            signals.emit(event.event, self, event.job, seq=event.seq)
 
     def events(
         self,

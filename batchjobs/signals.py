@@ -29,7 +29,6 @@ __all__ = [
     "emit",
     "event_for_status",
     "has_receivers",
-    "received",
     "signal_for",
 ]
 
@@ -67,7 +66,6 @@ EVENTS = (
 
 #: The signals by event name: a plain dict, read on every event.
 _SIGNALS: dict[str, Signal] = {event: namespace.signal(event) for event in EVENTS}
-_SIGNAL_LIST = tuple(_SIGNALS.values())
 
 
 def signal_for(event: str) -> Signal:
@@ -81,12 +79,6 @@ def signal_for(event: str) -> Signal:
 def event_for_status(status: Status) -> str:
     """The event sent when a job enters ``status``."""
     return status_event(status)
-
-
-def received() -> bool:
-    """Whether any event has a receiver at all, from any sender (else a commit's
-    events need no records)."""
-    return any(signal.receivers for signal in _SIGNAL_LIST)
 
 
 def has_receivers(event: str, sender: Any) -> bool:

@@ -21,13 +21,12 @@ import json
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, overload
+from typing import Any
 
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
 
 __all__ = [
     "EVENT_COLUMNS",
-    "CommittedEvents",
     "JOB_COLUMNS",
     "Step",
     "earlier",
@@ -167,57 +166,3 @@ def expand(
         events.append(Event(first + offset, name, as_of, datetime.fromisoformat(when), origin))
     events.append(last)
     return events
-
-
-class CommittedEvents(Sequence[Event]):
-    """The events one commit wrote, in seq order, as ``on_events`` gets them.
-
-    Each ``Event`` is made when the events are first read: a commit whose
-    events nobody reads one by one (no receiver, no mirror) makes none.
-    ``rows`` are the commit's rows, each the seq of its first event and its
-    events (``Step``s, oldest first).
-    """
-
-    __slots__ = ("_events", "_origin", "_rows")
-
-    def __init__(self, rows: Sequence[tuple[int, Sequence[Step]]], origin: str | None) -> None:
-        self._rows = rows
-        self._origin = origin
-        self._events: list[Event] | None = None
-
-    def _made(self) -> list[Event]:
-        events = self._events
-        if events is None:  # two threads may both make them: the same records
-            origin = self._origin
-            events = [
-                Event(first + i, name, job, at, origin)
-                for first, steps in self._rows
-                for i, (name, job, at, _) in enumerate(steps)
-            ]
-            self._events = events
-        return events
-
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Event]: ...
-
-    def __getitem__(self, index: int | slice) -> Event | list[Event]:
-        return self._made()[index]
-
-    def __len__(self) -> int:
-        return sum(len(steps) for _, steps in self._rows)
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self._made())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, CommittedEvents):
-            return self._made() == other._made()
-        return isinstance(other, list) and self._made() == other
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"CommittedEvents({self._made()!r})"

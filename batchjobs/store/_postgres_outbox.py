@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
 from ._event_rows import EVENT_COLUMNS as ROW_COLUMNS
-from ._event_rows import JOB_COLUMNS, CommittedEvents, Step, expand
+from ._event_rows import JOB_COLUMNS, Step, expand
 from ._event_rows import rows as rows_of
 from ._postgres_connections import Database, Listener, boundary
 from ._postgres_schema import CURSORS, EVENT_SEQ, EVENTS, EVENTS_CHANNEL
@@ -153,7 +153,10 @@ class PostgresOutbox(Store):
 
         def numbered(last: int) -> Sequence[Event]:
             before = last - total  # the seq of the last event committed before these
-            return CommittedEvents([(before + 1, noted)], origin)
+            return [
+                Event(before + i, name, job, at, origin)
+                for i, (name, job, at, _) in enumerate(noted, start=1)
+            ]
 
         def answered() -> Sequence[Event]:
             found = counter.fetchone()

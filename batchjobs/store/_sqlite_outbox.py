@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import Event
-from ._event_rows import EVENT_COLUMNS, CommittedEvents, Step, earlier, expand
+from ._event_rows import EVENT_COLUMNS, Step, earlier, expand
 from ._event_rows import rows as rows_of
 from ._sqlite_connections import Connections, boundary
 from ._sqlite_rows import job_record, marks, ts
@@ -98,7 +98,7 @@ class SQLiteOutbox(Store):
         and ``texts`` of other timestamps already formatted."""
         self._connections.pending.append((steps, context, result, stamps, texts))
 
-    def _write_events(self, conn: sqlite3.Connection, noted: list[Noted]) -> CommittedEvents:
+    def _write_events(self, conn: sqlite3.Connection, noted: list[Noted]) -> list[Event]:
         origin = self.origin
         if len(noted) == 1:  # one write (most commits): one row, numbered as it is inserted
             steps, context, result, stamps, known = noted[0]
@@ -107,17 +107,19 @@ class SQLiteOutbox(Store):
             row[0] = len(steps)
             last = conn.execute(_INSERT_NEXT, row).lastrowid
             assert last is not None
-            return CommittedEvents([(last - len(steps) + 1, steps)], origin)
+            seq = last - len(steps)
+            return [Event(seq + i, s[0], s[1], s[2], origin) for i, s in enumerate(steps, 1)]
         texts = {}
         for note in noted:
             texts.update(note[4])
-        written: list[tuple[int, Sequence[Step]]] = []
+        events: list[Event] = []
         rows: list[list[Any]] = []
         # The write lock is ours since BEGIN IMMEDIATE: nobody else numbers events meanwhile.
         (seq,) = conn.execute(f"SELECT {_LAST_SEQ}").fetchone()
         for last, steps, encoded in rows_of([note[0] for note in noted], texts):
-            written.append((seq + 1, steps))
-            seq += len(steps)
+            for name, job, at, _ in steps:
+                seq += 1
+                events.append(Event(seq, name, job, at, origin))
             _, context, result, stamps, _ = noted[last]
             row = _row(steps, context, result, stamps, encoded, texts, origin)
             row[0] = seq
@@ -125,9 +127,9 @@ class SQLiteOutbox(Store):
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             conn.execute(_insert(len(chunk)), [value for row in chunk for value in row])
-        return CommittedEvents(written, origin)
+        return events
 
-    def _committed(self, events: CommittedEvents) -> None:
+    def _committed(self, events: list[Event]) -> None:
         listener = self.on_events
         if listener is None:
             return

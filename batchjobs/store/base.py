@@ -285,8 +285,7 @@ class Store(abc.ABC):
     origin: str | None = None
     #: Called after each commit that wrote events, with them in seq order, in the
     #: committing thread; never for a transaction that rolled back. What it raises
-    #: is logged: the write it reports is committed. The sequence makes its
-    #: ``Event`` records when first read (``CommittedEvents``).
+    #: is logged: the write it reports is committed.
     on_events: Callable[[Sequence[Event]], None] | None = None
 
     # -- the store itself ------------------------------------------------------
