@@ -40,13 +40,15 @@ def url(make_database: Callable[..., str]) -> str:
     return make_database(empty=True)
 
 
-def backends_of(url: str) -> list[int]:
-    """The server processes connected to ``url``'s database, but ours here."""
+def backends_of(url: str, *, busy: bool = False) -> list[int]:
+    """The server processes connected to ``url``'s database, but ours here (``busy``:
+    only those running a statement or inside a transaction)."""
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [name],
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+            "AND (NOT %s OR state IN ('active', 'idle in transaction'))",
+            [name, busy],
         ).fetchall()
     return [row[0] for row in rows]
 
@@ -225,6 +227,49 @@ def test_a_job_survives_its_connections_being_killed_mid_run(
     assert finished.status == Status.COMPLETED, finished.result
     assert finished.result["advancement_count"] == 300
     assert sorted(int(line) for line in read_ledger(ledger)) == list(range(300))  # none twice
+
+
+def test_short_jobs_drained_while_connections_are_killed_complete_with_their_events_once(
+    url: str, tmp_path: Path, make_jobs: Callable[..., BatchJobs]
+) -> None:
+    # Batches of short jobs end in pipelined commits; a connection killed anywhere in
+    # one (only busy ones: idle ones in the pool die unseen), the commit either
+    # happened (looked up, its events read back) or is redone.
+    jobs = make_jobs(url, files_dir=tmp_path / "files", lease_seconds=30)
+    seen: list[Any] = []
+    jobs.store.on_events = seen.extend
+    ledger = tmp_path / "ledger.txt"
+    context = {"n": 1, "sleep": 0.002, "ledger": str(ledger), "tagged": True}
+    made = [jobs.create("ledger", context) for _ in range(400)]
+    done = threading.Event()
+    killed = 0
+
+    def kill_connections() -> None:
+        nonlocal killed
+        while not done.wait(0.02):
+            pids = backends_of(url, busy=True)
+            terminate(url, pids)
+            killed += len(pids)
+
+    killer = threading.Thread(target=kill_connections)
+    killer.start()
+    try:
+        jobs.run_until_idle(timeout=120)
+    finally:
+        done.set()
+        killer.join()
+    assert killed > 3
+    assert all(jobs.retrieve(job.id).status == Status.COMPLETED for job in made)
+    ran = {line.split(":")[0] for line in read_ledger(ledger)}
+    assert ran == {job.id for job in made}
+    written = jobs.store.events(after=0, limit=10_000)
+    assert [e.seq for e in written] == list(range(1, len(written) + 1))
+    completed = [e.job.id for e in written if e.event == "batch.completed"]
+    assert sorted(completed) == sorted(job.id for job in made)  # each once
+    # What the receivers got is what the outbox holds, seq for seq.
+    assert {(e.seq, e.event, e.job.id) for e in seen} <= {
+        (e.seq, e.event, e.job.id) for e in written
+    }
 
 
 @pytest.mark.parametrize("committed", [True, False])
