@@ -7,7 +7,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -199,31 +200,39 @@ def test_counts_kept_by_triggers_match_the_rows(url: str) -> None:
         store.close()
 
 
+@contextmanager
+def killing_connections(url: str, *, every: float, busy: bool = False) -> Iterator[list[int]]:
+    """Terminate the server's connections to ``url`` (with ``busy``, only those in a
+    statement or a transaction) every ``every`` seconds while the block runs; yields how
+    many were killed so far, as a one-item list."""
+    done = threading.Event()
+    killed = [0]
+
+    def kill() -> None:
+        while not done.wait(every):
+            pids = backends_of(url, busy=busy)
+            terminate(url, pids)
+            killed[0] += len(pids)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        killer.join()
+
+
 def test_a_job_survives_its_connections_being_killed_mid_run(
     url: str, tmp_path: Path, make_jobs: Callable[..., BatchJobs]
 ) -> None:
     jobs = make_jobs(url, files_dir=tmp_path / "files", lease_seconds=30)
     ledger = tmp_path / "ledger.txt"
     job = jobs.create("ledger", {"n": 300, "chunk_size": 5, "sleep": 0.02, "ledger": str(ledger)})
-    done = threading.Event()
-    killed = 0
-
-    def kill_connections() -> None:
-        nonlocal killed
-        while not done.wait(0.25):
-            pids = backends_of(url)
-            terminate(url, pids)
-            killed += len(pids)
-
-    killer = threading.Thread(target=kill_connections)
-    killer.start()
-    try:
+    with killing_connections(url, every=0.25) as killed:
         jobs.run_until_idle(timeout=60)
-    finally:
-        done.set()
-        killer.join()
     finished = jobs.retrieve(job.id)
-    assert killed > 3
+    assert killed[0] > 3
     assert finished.status == Status.COMPLETED, finished.result
     assert finished.result["advancement_count"] == 300
     assert sorted(int(line) for line in read_ledger(ledger)) == list(range(300))  # none twice
@@ -241,24 +250,9 @@ def test_short_jobs_drained_while_connections_are_killed_complete_with_their_eve
     ledger = tmp_path / "ledger.txt"
     context = {"n": 1, "sleep": 0.002, "ledger": str(ledger), "tagged": True}
     made = [jobs.create("ledger", context) for _ in range(400)]
-    done = threading.Event()
-    killed = 0
-
-    def kill_connections() -> None:
-        nonlocal killed
-        while not done.wait(0.02):
-            pids = backends_of(url, busy=True)
-            terminate(url, pids)
-            killed += len(pids)
-
-    killer = threading.Thread(target=kill_connections)
-    killer.start()
-    try:
+    with killing_connections(url, every=0.02, busy=True) as killed:
         jobs.run_until_idle(timeout=120)
-    finally:
-        done.set()
-        killer.join()
-    assert killed > 3
+    assert killed[0] > 3
     assert all(jobs.retrieve(job.id).status == Status.COMPLETED for job in made)
     ran = {line.split(":")[0] for line in read_ledger(ledger)}
     assert ran == {job.id for job in made}
