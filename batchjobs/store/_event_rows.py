@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,8 @@ __all__ = [
     "Step",
     "earlier",
     "expand",
+    "page",
+    "prunable",
     "rows",
 ]
 
@@ -166,3 +168,28 @@ def expand(
         events.append(Event(first + offset, name, as_of, datetime.fromisoformat(when), origin))
     events.append(last)
     return events
+
+
+def page(rows: Iterable[list[Event]], limit: int) -> list[Event]:
+    """The first ``limit`` events of ``rows`` (each row's events, as ``expand`` gives them),
+    reading no more rows than they take."""
+    events: list[Event] = []
+    for expanded in rows:
+        events += expanded
+        if len(events) >= limit:
+            return events[:limit]
+    return events
+
+
+def prunable(
+    rows: Iterable[tuple[int, datetime, int]], *, before: datetime, limit: int
+) -> tuple[int | None, int]:
+    """Of the oldest rows, ``(seq, at, steps)`` in seq order, those to prune: up to the
+    first dated at or after ``before``, and until ``limit`` events are taken (a row goes
+    whole). Returns the last such row's seq (``None``: none) and how many events they hold."""
+    through, taken = None, 0
+    for seq, at, steps in rows:
+        if taken >= limit or at >= before:
+            break
+        through, taken = seq, taken + steps
+    return through, taken

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import TIMESTAMP_FIELDS, BatchJob, Event, Status
 from ._event_rows import EVENT_COLUMNS as ROW_COLUMNS
-from ._event_rows import JOB_COLUMNS, Step, expand
+from ._event_rows import JOB_COLUMNS, Step, expand, page, prunable
 from ._event_rows import rows as rows_of
 from ._postgres_connections import Database, Listener, boundary
 from ._postgres_schema import CURSORS, EVENT_SEQ, EVENTS, EVENTS_CHANNEL
@@ -32,7 +32,8 @@ log = logging.getLogger("batchjobs.store")
 #: An event row's columns: its seq, the event, then the job as of the event, its steps.
 EVENT_COLUMNS = ("seq", *ROW_COLUMNS)
 _SELECT_EVENT = ", ".join(EVENT_COLUMNS)
-_TS = EVENT_COLUMNS.index("created_at")  # where the timestamps start
+_JOB = EVENT_COLUMNS.index("id")  # where the job's columns start
+_JOB_TS = JOB_COLUMNS.index("created_at")  # where a job's timestamps start among them
 _STEPS = EVENT_COLUMNS.index("steps")
 #: An event row; its seq given as how far below the counter's new value it is (the
 #: counter row was updated earlier in the same transaction, and its lock is ours).
@@ -67,18 +68,25 @@ def _check_seq(name: str, value: Any, *, optional: bool) -> None:
         raise InvalidDataError(f"{name} must be a non-negative integer (a seq), not {value!r}")
 
 
+def job_record(row: Sequence[Any], start: int = 0) -> BatchJob:
+    """The job whose ``JOB_COLUMNS`` are ``row``'s from ``start`` on (a job row's from 0,
+    an event row's after its seq, event, time and origin)."""
+    ts = start + _JOB_TS
+    return BatchJob(
+        id=row[start],
+        type=row[start + 1],
+        status=Status(row[start + 2]),
+        created_by=row[start + 3],
+        dry_run=row[start + 4],
+        context=row[start + 5],
+        result=row[start + 6],
+        **dict(zip(TIMESTAMP_FIELDS, row[ts : ts + len(TIMESTAMP_FIELDS)], strict=True)),
+    )
+
+
 def _events(row: Sequence[Any], after: int) -> list[Event]:
     """The events of ``row`` (its columns as ``EVENT_COLUMNS``) with a seq above ``after``."""
-    job = BatchJob(
-        id=row[4],
-        type=row[5],
-        status=Status(row[6]),
-        created_by=row[7],
-        dry_run=row[8],
-        context=row[9],
-        result=row[10],
-        **dict(zip(TIMESTAMP_FIELDS, row[_TS:_STEPS], strict=True)),
-    )
+    job = job_record(row, _JOB)
     return expand(row[0], row[_STEPS], row[_STEPS + 1], row[1], job, row[2], row[3], after=after)
 
 
@@ -247,12 +255,7 @@ class PostgresOutbox(Store):
                 "a position read from another database?"
             )
         start = horizon if after is None else after
-        events: list[Event] = []
-        for row in rows:
-            events += _events(row, start)
-            if len(events) >= limit:
-                return events[:limit]
-        return events
+        return page((_events(row, start) for row in rows), limit)
 
     @boundary
     def last_seq(self) -> int:
@@ -266,13 +269,10 @@ class PostgresOutbox(Store):
     @boundary
     def prune_events(self, *, before: datetime, limit: int) -> int:
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> int:
-            through, deleted = None, 0
-            for seq, at, steps in conn.execute(
+            oldest = conn.execute(
                 f"SELECT seq, at, steps FROM {EVENTS} ORDER BY seq LIMIT %s", [limit]
-            ).fetchall():
-                if deleted >= limit or at >= before:
-                    break
-                through, deleted = seq, deleted + steps
+            ).fetchall()
+            through, deleted = prunable(oldest, before=before, limit=limit)
             if through is None:
                 return 0
             conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= %s", [through])

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import EventsPrunedError, InvalidDataError
 from ..models import Event
-from ._event_rows import EVENT_COLUMNS, Step, earlier, expand
+from ._event_rows import EVENT_COLUMNS, Step, earlier, expand, page, prunable
 from ._event_rows import rows as rows_of
 from ._sqlite_connections import Connections, boundary
 from ._sqlite_rows import job_record, marks, ts
@@ -191,9 +191,8 @@ class SQLiteOutbox(Store):
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        events: list[Event] = []
-        for row in rows:
-            events += expand(
+        expanded = (
+            expand(
                 row["seq"],
                 row["steps"],
                 row["earlier"],
@@ -203,9 +202,9 @@ class SQLiteOutbox(Store):
                 row["origin"],
                 after=after,
             )
-            if len(events) >= limit:
-                return events[:limit]
-        return events
+            for row in rows
+        )
+        return page(expanded, limit)
 
     @boundary
     def last_seq(self) -> int:
@@ -219,12 +218,9 @@ class SQLiteOutbox(Store):
         with self._connections.write() as conn:
             rows = conn.execute(
                 f"SELECT seq, at, steps FROM {EVENTS} ORDER BY seq LIMIT ?", [limit]
-            )
-            through, deleted = None, 0
-            for seq, at, steps in rows.fetchall():
-                if deleted >= limit or datetime.fromisoformat(at) >= before:
-                    break
-                through, deleted = seq, deleted + steps
+            ).fetchall()  # all read before the DELETE
+            oldest = ((seq, datetime.fromisoformat(at), steps) for seq, at, steps in rows)
+            through, deleted = prunable(oldest, before=before, limit=limit)
             if through is None:
                 return 0
             conn.execute(f"DELETE FROM {EVENTS} WHERE seq <= ?", [through])

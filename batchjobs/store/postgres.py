@@ -33,6 +33,7 @@ from ..models import (
 from ._event_rows import JOB_COLUMNS, Step
 from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Finish, Listener, boundary
 from ._postgres_outbox import PostgresOutbox, with_one_event
+from ._postgres_outbox import job_record as _record
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
     COUNTS,
@@ -69,26 +70,12 @@ POOL_SPARE = 3
 #: (as an event row holds them), then the lease's and the run's.
 COLUMNS = (*JOB_COLUMNS, "lease", "available_at", "attempts", "cursor")
 _SELECT = ", ".join(COLUMNS)
-_TS = 7  # where the timestamps start in COLUMNS
-_LEASE = _TS + len(TIMESTAMP_FIELDS)
+_LEASE = len(JOB_COLUMNS)  # where the lease's columns start in COLUMNS
 _SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 #: Columns that may be null: ordered with nulls first, as SQLite does.
 _NULLABLE_ORDER = frozenset(TIMESTAMP_FIELDS) - {"created_at"} | {"created_by"}
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 _TOKEN = "md5(random()::text || clock_timestamp()::text)"
-
-
-def _record(row: Sequence[Any]) -> BatchJob:
-    return BatchJob(
-        id=row[0],
-        type=row[1],
-        status=Status(row[2]),
-        created_by=row[3],
-        dry_run=row[4],
-        context=row[5],
-        result=row[6],
-        **dict(zip(TIMESTAMP_FIELDS, row[_TS:_LEASE], strict=True)),
-    )
 
 
 def _job_row(job: BatchJob) -> tuple[Any, ...]:
@@ -679,12 +666,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     @boundary
     def holds(self, lease: Lease) -> Status | None:
-        row = self._database.read(
-            lambda conn: conn.execute(
-                f"SELECT status FROM {TABLE} WHERE id = %s AND lease = %s", [lease.id, lease.token]
-            ).fetchone()
-        )
-        return None if row is None else Status(row[0])
+        return self.holding([lease])[0]
 
     @boundary
     def holding(self, leases: Sequence[Lease]) -> list[Status | None]:
