@@ -210,3 +210,29 @@ def test_a_dead_workers_job_is_taken_over_before_newer_short_jobs(make_jobs: Any
         jobs.subscribe("batch.completed", lambda sender, *, job, **kw: order.append(job.id))
         assert jobs.runner.drain() == 21
     assert order.index(orphan.id) == 0  # its expired lease goes before every free job
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_waiting_job_whose_cleanup_cannot_be_taken_is_given_back(tidy: BatchJobs) -> None:
+    class Cancels(Tidy):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            other = run.job.context.get("cancel")
+            if other:  # the next job of its batch, waiting: its cleanup cannot be taken
+                tidy.cancel(other)
+                tidy.store.fail_commits(1)
+            return super().process_chunk(run, start, size)
+
+    tidy.register(Cancels)
+    first = tidy.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    canceller = tidy.create("ledger", {"n": 1})
+    waiting = handed_over(tidy)  # processing began: a cleanup is owed once canceled
+    tidy.update(canceller.id, context={"cancel": waiting})
+    with pytest.raises(StoreError, match="disk I/O error"):
+        tidy.runner.drain()
+    assert tidy.runner.leases.live() == []  # the heartbeat renews nothing
+    assert tidy.store.holder(waiting) is None  # any worker may take its cleanup now
+    tidy.run_until_idle(timeout=10)
+    assert Tidy.cleaned == [waiting]
+    assert tidy.retrieve(first.id).status == tidy.retrieve(canceller.id).status
+    assert tidy.retrieve(canceller.id).status == Status.COMPLETED
+

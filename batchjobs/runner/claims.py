@@ -108,12 +108,44 @@ class _Batch:
         self._seen = (at, dict(zip(leases, self.ctx.store.holding(leases), strict=True)))
         return self._seen[1][claim.lease]
 
-    def start(self, held: HeldLease) -> bool:
-        """Take ``held`` out of the waiting jobs to run it; False if it was given back."""
-        for i, (_, waiting) in enumerate(self.waiting):
-            if waiting is held:
-                del self.waiting[i]
-                return True
+    def take(self, claim: Claim, held: HeldLease, *, waited: bool) -> bool:
+        """Take ``held`` out of the waiting jobs to run it; False if it was given back
+        (with a long job's checkpoint), or if it ``waited`` (it is not the first of its
+        claim) and is no longer ours as claimed. Once out, its lease is given back if
+        the look fails."""
+        if not any(waiting is held for _, waiting in self.waiting):
+            return False
+        self.waiting = [(c, waiting) for c, waiting in self.waiting if waiting is not held]
+        if not waited:
+            return True
+        try:
+            return self._may_start(claim, held, self.holds(claim))
+        except BaseException:
+            self.ctx.leases.release([held])  # a no-op if its cleanup ran (and ended it)
+            raise
+
+    def _may_start(self, claim: Claim, held: HeldLease, status: Status | None) -> bool:
+        """Whether a job that waited may start: ``status``, its job's as its lease was
+        last read to hold it (``None``: it does not), is still as claimed."""
+        if status == claim.job.status:
+            return True
+        ctx = self.ctx
+        if status == Status.CANCELED:  # a cleanup, if its processing began (the store decides)
+            now = utcnow()
+            cleanup = ctx.store.claim_cleanup(
+                claim.job.id,
+                owner=ctx.owner,
+                now=now,
+                lease_until=now + ctx.lease,
+                lease=claim.lease,
+            )
+            if cleanup is not None:
+                JobExecution(ctx, cleanup, held, DirectSaver(ctx.store)).execute()
+                return False
+        if status is None:
+            ctx.leases.move(held, LeaseState.LOST)  # taken over, or gone
+        else:
+            ctx.leases.release([held])  # moved (canceled): give it back
         return False
 
     def save(
@@ -446,9 +478,7 @@ class JobRunner:
                 for n, (claim, held) in enumerate(batch.hold(claims)):
                     if self.stopping.is_set():
                         break
-                    if not batch.start(held):
-                        continue  # given back with a long job's checkpoint
-                    if n > 0 and not self._still_ours(claim, held, batch.holds(claim)):
+                    if not batch.take(claim, held, waited=n > 0):
                         continue
                     ran += 1
                     started = time.monotonic()
@@ -468,26 +498,6 @@ class JobRunner:
             batch.settle()
             raise
         return ran
-
-    def _still_ours(self, claim: Claim, held: HeldLease, status: Status | None) -> bool:
-        """Whether a job that waited in its batch may start: still ours, not moved
-        (``status``: its job's, as its lease was last read to hold it, or ``None``)."""
-        if status == claim.job.status:
-            return True
-        if status == Status.CANCELED:  # a cleanup, if its processing began (the store decides)
-            now = utcnow()
-            until = now + self.lease
-            cleanup = self.store.claim_cleanup(
-                claim.job.id, owner=self.owner, now=now, lease_until=until, lease=claim.lease
-            )
-            if cleanup is not None:
-                JobExecution(self.ctx, cleanup, held, DirectSaver(self.store)).execute()
-                return False
-        if status is None:
-            self.leases.move(held, LeaseState.LOST)  # taken over, or gone
-        else:
-            self.leases.release([held])  # moved (canceled): give it back
-        return False
 
     def run_job(
         self, id: str, *, on_wait: Callable[[BatchJob], object] | None = None
