@@ -236,3 +236,38 @@ def test_a_waiting_job_whose_cleanup_cannot_be_taken_is_given_back(tidy: BatchJo
     assert tidy.retrieve(first.id).status == tidy.retrieve(canceller.id).status
     assert tidy.retrieve(canceller.id).status == Status.COMPLETED
 
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_failure_after_a_batch_commit_ends_every_run_and_leaves_no_claim_leased(
+    tidy: BatchJobs, make_jobs: Any
+) -> None:
+    opened: list[Resource] = []
+
+    class Cancels(Tidy):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            opened.append(run.closing(Resource()))
+            other = run.job.context.get("cancel")
+            if other:  # the job before it in its batch, done and waiting for the commit
+                tidy.cancel(other)
+            return super().process_chunk(run, start, size)
+
+    tidy.register(Cancels)
+    first = tidy.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    lost = tidy.create("ledger", {"n": 1})
+    last = tidy.create("ledger", {"n": 1, "cancel": lost.id})
+    rest = [tidy.create("ledger", {"n": 1}) for _ in range(4)]  # the next claim's
+
+    def failing(sender: Any, *, job: Any, **extra: Any) -> None:
+        if job.id == last.id:  # sent after the batch's commit, before its runs are ended
+            tidy.store.fail_commits(1)  # the lost job's cleanup cannot be taken
+
+    tidy.subscribe("batch.completed", failing)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        tidy.runner.drain()
+    assert [r.closed for r in opened] == [True] * 3  # every run was ended
+    assert tidy.runner.leases.live() == []  # the heartbeat renews nothing
+    assert [tidy.store.holder(j.id) for j in rest] == [None] * 4  # nothing waits to expire
+    other = make_jobs(lease_seconds=60)
+    assert other.runner.drain() == 4
+    assert [other.retrieve(j.id).status for j in (first, last, *rest)] == [Status.COMPLETED] * 6
+    assert other.retrieve(lost.id).status == Status.CANCELED

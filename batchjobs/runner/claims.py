@@ -168,7 +168,9 @@ class _Batch:
 
         If the commit fails, nothing of it happened: the finished jobs' runs are
         closed and their leases given back (another worker redoes their last
-        chunk at once), the unstarted ones too, and the error goes on.
+        chunk at once), the unstarted ones too, and the error goes on. If it succeeds
+        but ending a run fails (a lost job's look at the store), every other run is
+        still ended and the new claims are given back before the error goes on.
         """
         deferred, self.deferred = self.deferred, []
         waiting, self.waiting = self.waiting, []
@@ -193,12 +195,19 @@ class _Batch:
             raise
         for _, held in waiting:
             self.ctx.leases.move(held, LeaseState.RELEASED)
+        failed: BaseException | None = None
         for execution, result in zip(deferred, stored, strict=False):
+            # Every run is ended, even if one fails to (a lost job's look at the store).
             try:
                 assert execution.waiting is not None
                 execution.committed(execution.waiting, result)
+            except BaseException as error:
+                failed = failed or error
             finally:
                 execution.close()
+        if failed is not None:  # the error goes on: the new claims are given back first
+            self.ctx.leases.release([self.ctx.leases.hold(claim.lease) for claim in claims])
+            raise failed
         return claims, (stored[-1] if also is not None else None)
 
     def settle(self) -> None:
