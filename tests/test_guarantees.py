@@ -8,6 +8,7 @@ last committed; a close after ``shutdown(wait=False)`` hands jobs over;
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,38 @@ def test_a_failure_after_a_batch_commit_ends_every_run_and_leaves_no_claim_lease
     assert other.runner.drain() == 4
     assert [other.retrieve(j.id).status for j in (first, last, *rest)] == [Status.COMPLETED] * 6
     assert other.retrieve(lost.id).status == Status.CANCELED
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_jobs_waiting_behind_a_long_job_of_their_batch_are_given_back_at_the_heartbeat(
+    make_jobs: Any,
+) -> None:
+    jobs = make_jobs(lease_seconds=60)
+    started, release = threading.Event(), threading.Event()
+
+    class Long(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if run.job.context.get("long"):  # one chunk that takes long: no checkpoint
+                started.set()
+                release.wait(10)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Long)
+    first = jobs.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    long = jobs.create("ledger", {"n": 1, "long": True})
+    behind = jobs.create("ledger", {"n": 1})
+    drainer = threading.Thread(target=jobs.runner.drain)
+    drainer.start()
+    try:
+        assert started.wait(10)
+        deadline = time.monotonic() + 5
+        while jobs.store.holder(behind.id) is not None and time.monotonic() < deadline:
+            jobs.runner.renew_leases()  # the heartbeat, while the long job runs
+            release.wait(0.01)
+        other = make_jobs(lease_seconds=60)
+        assert other.runner.drain() == 1  # not held up by the long job
+        assert other.retrieve(behind.id).status == Status.COMPLETED
+    finally:
+        release.set()
+        drainer.join(10)
+    assert [jobs.retrieve(j.id).status for j in (first, long)] == [Status.COMPLETED] * 2

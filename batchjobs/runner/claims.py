@@ -58,6 +58,10 @@ OWNERS_FOR = 1.0
 #: longer than this only behind a read of its own. The window is of the order of the
 #: read's own round trip under load.
 STILL_OURS_FOR = 0.002
+#: Seconds after its claim from which the jobs still waiting in a batch are given back
+#: by the heartbeat rather than renewed: a job of the batch turned long without a
+#: checkpoint (one long chunk, a long pre-processing), and others may run them meanwhile.
+GIVE_BACK_AFTER = 0.5
 #: Seconds ``run_until_idle`` waits between two looks when nothing is runnable.
 IDLE_PAUSE = 0.05
 IDLE_PAUSE_MAX = 0.5
@@ -78,6 +82,8 @@ class _Batch:
 
     It is the ``Saver`` of the jobs it runs: a job's last checkpoint waits
     for the batch's commit; any other checkpoint takes the waiting ones with it.
+    The heartbeat may give the waiting jobs back from its thread (``give_back``):
+    ``waiting`` changes under ``_lock``.
     """
 
     def __init__(self, ctx: RunContext, request: Callable[[_Batch], ClaimRequest]) -> None:
@@ -90,12 +96,26 @@ class _Batch:
         self.deferred: list[JobExecution] = []
         #: The last read of the waiting jobs' leases: when (monotonic), and what it found.
         self._seen: tuple[float, dict[Lease, Status | None]] = (0.0, {})
+        #: When the jobs waiting now were claimed (monotonic).
+        self._claimed = 0.0
+        self._lock = threading.Lock()
 
     def hold(self, claims: list[Claim]) -> list[tuple[Claim, HeldLease]]:
         held = [(claim, self.ctx.leases.hold(claim.lease)) for claim in claims]
-        self.waiting.extend(held)
+        with self._lock:
+            self.waiting.extend(held)
+            self._claimed = time.monotonic()
         self._seen = (0.0, {})
         return held
+
+    def give_back(self) -> None:
+        """Give back the waiting jobs if they were claimed ``GIVE_BACK_AFTER`` seconds ago
+        or more (the heartbeat's thread): a job of the batch is long. Never raises."""
+        with self._lock:
+            if not self.waiting or time.monotonic() - self._claimed < GIVE_BACK_AFTER:
+                return
+            waiting, self.waiting = self.waiting, []
+        self.ctx.leases.release(held for _, held in waiting)
 
     def holds(self, claim: Claim) -> Status | None:
         """The status of ``claim``'s job if its lease still holds it, as read at most
@@ -103,19 +123,21 @@ class _Batch:
         at, seen = self._seen
         if claim.lease in seen and time.monotonic() - at < STILL_OURS_FOR:
             return seen[claim.lease]
-        leases = [claim.lease, *(waiting.lease for waiting, _ in self.waiting)]
+        with self._lock:
+            leases = [claim.lease, *(waiting.lease for waiting, _ in self.waiting)]
         at = time.monotonic()  # before the read: its age counts from its start
         self._seen = (at, dict(zip(leases, self.ctx.store.holding(leases), strict=True)))
         return self._seen[1][claim.lease]
 
     def take(self, claim: Claim, held: HeldLease, *, waited: bool) -> bool:
         """Take ``held`` out of the waiting jobs to run it; False if it was given back
-        (with a long job's checkpoint), or if it ``waited`` (it is not the first of its
-        claim) and is no longer ours as claimed. Once out, its lease is given back if
-        the look fails."""
-        if not any(waiting is held for _, waiting in self.waiting):
-            return False
-        self.waiting = [(c, waiting) for c, waiting in self.waiting if waiting is not held]
+        (with a long job's checkpoint, or by the heartbeat), or if it ``waited`` (it is
+        not the first of its claim) and is no longer ours as claimed. Once out, its
+        lease is given back if the look fails."""
+        with self._lock:
+            if not any(waiting is held for _, waiting in self.waiting):
+                return False
+            self.waiting = [(c, waiting) for c, waiting in self.waiting if waiting is not held]
         if not waited:
             return True
         try:
@@ -173,7 +195,8 @@ class _Batch:
         still ended and the new claims are given back before the error goes on.
         """
         deferred, self.deferred = self.deferred, []
-        waiting, self.waiting = self.waiting, []
+        with self._lock:
+            waiting, self.waiting = self.waiting, []
         checkpoints = [execution.waiting for execution in deferred]
         if also is not None:
             checkpoints.append(also)
@@ -301,6 +324,8 @@ class JobRunner:
         self._present = False
         self._owners = _LeaseOwners(store)
         self.leases = Leases(store, self.lease)
+        #: The batches being drained now (the heartbeat gives back what waits too long).
+        self._batches: set[_Batch] = set()
         self.ctx = RunContext(
             store=store,
             registry=registry,
@@ -320,6 +345,7 @@ class JobRunner:
         self.owner = self.ctx.owner = self.presence.owner()
         self._present = False
         self.leases.forget()
+        self._batches = set()
 
     @property
     def stopping(self) -> threading.Event:
@@ -345,8 +371,12 @@ class JobRunner:
         return self.leases.newest_start()
 
     def renew_leases(self, now: datetime | None = None) -> int:
-        """Extend the leases of every job held here (the heartbeat); returns how many."""
+        """Extend the leases of every job held here (the heartbeat); returns how many.
+
+        Jobs waiting in a batch since ``GIVE_BACK_AFTER`` are given back instead."""
         self.presence.touch()
+        for batch in list(self._batches):
+            batch.give_back()
         return self.leases.renew(now)
 
     def release_all(self) -> int:
@@ -481,6 +511,7 @@ class JobRunner:
         claims = self._owners.first_claim(self.store.claim, request)
         now = None  # the later claims: as of when they are made
         ran = 0
+        self._batches.add(batch)
         try:
             while claims:
                 longest = 0.0
@@ -506,6 +537,8 @@ class JobRunner:
         except BaseException:
             batch.settle()
             raise
+        finally:
+            self._batches.discard(batch)
         return ran
 
     def run_job(
