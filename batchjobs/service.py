@@ -315,14 +315,18 @@ class BatchJobService:
             # It moved between our write and our read (confirmed → processing): again.
 
     def resume(self, id: str) -> BatchJob:
-        """Send a paused job back to be processed from its checkpoint."""
+        """Send a paused job back to be processed from its checkpoint.
+
+        A worker that still holds it (it had not reached its checkpoint since the
+        pause) keeps its lease: it commits that checkpoint and gives the job up, and
+        no other worker runs the job meanwhile.
+        """
         job = self.store.transition(
             id,
             from_statuses=[Status.PAUSED],
             to=Status.CONFIRMED,
             now=utcnow(),
             clear=["paused_at"],
-            reset_claim=True,
         )
         if job is None:
             current = self.retrieve(id)

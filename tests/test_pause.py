@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from batchjobs import (
 from batchjobs.cli import cli
 from batchjobs.http import create_app
 from batchjobs.models import utcnow
-from tests.strategies import read_ledger
+from tests.strategies import Ledger, read_ledger
 from tests.test_crash import progress, wait_for
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
@@ -144,6 +145,38 @@ def test_a_running_job_stops_at_its_next_checkpoint_and_resumes_repeating_nothin
     jobs.run_until_idle(timeout=10)
     assert jobs.retrieve(job.id).status == Status.COMPLETED
     assert read_ledger(ledger) == [str(i) for i in range(50)]
+
+
+def test_a_job_paused_and_resumed_during_a_chunk_never_runs_in_two_workers_at_once(
+    make_jobs: Callable[..., BatchJobs], tmp_path: Path
+) -> None:
+    jobs = make_jobs(lease_seconds=60)
+    in_chunk, release = threading.Event(), threading.Event()
+
+    class Held(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if start == 10 and not in_chunk.is_set():
+                in_chunk.set()
+                release.wait(10)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Held)
+    ledger = tmp_path / "ledger.txt"
+    job = jobs.create("ledger", {"n": 30, "ledger": str(ledger), "cursor": True})
+    worker = threading.Thread(target=jobs.runner.drain)
+    worker.start()
+    try:
+        assert in_chunk.wait(10)
+        jobs.pause(job.id)
+        jobs.resume(job.id)  # before the worker reached its next checkpoint
+        other = make_jobs(lease_seconds=60)
+        assert other.runner.drain() == 0  # the first worker still runs it
+    finally:
+        release.set()
+        worker.join(10)
+    jobs.run_until_idle(timeout=10)
+    assert jobs.retrieve(job.id).status == Status.COMPLETED
+    assert read_ledger(ledger) == [str(i) for i in range(30)]  # each record once
 
 
 def test_a_pause_during_the_last_chunk_lets_the_job_complete(jobs: BatchJobs) -> None:

@@ -8,9 +8,10 @@ commit and sent to receivers after it. After every commit ``run.job`` is the
 job as committed, whoever listens.
 
 A checkpoint whose guard fails means the job moved under us: paused (the
-checkpoint is committed under ``paused`` and the lease given up), canceled
-(its cleanup is taken by one guarded write, and run here), or its lease
-taken over.
+checkpoint is committed under ``paused`` and the lease given up), paused and
+resumed (the resume kept our lease: committed under ``confirmed``, the lease
+given up), canceled (its cleanup is taken by one guarded write, and run
+here), or its lease taken over.
 """
 
 from __future__ import annotations
@@ -147,6 +148,19 @@ def _paused(checkpoint: Checkpoint) -> Checkpoint:
     return replace(
         checkpoint, expect=Status.PAUSED, steps=steps if ends else (), until=None, release=True
     )
+
+
+def _resumed(checkpoint: Checkpoint) -> Checkpoint:
+    """The checkpoint of a job paused and resumed before it got there, as it is committed
+    under ``confirmed`` (the lease, kept by the resume, still ours), giving the lease up:
+    any worker goes on from it. A job whose work is over still completes (or fails)."""
+    steps = checkpoint.steps
+    if not (steps and steps[-1][0] in (Status.COMPLETED, Status.FAILED)):
+        steps = ()
+    elif all(status != Status.PROCESSING for status, _ in steps):
+        steps = ((Status.PROCESSING, steps[0][1]), *steps)
+    until = checkpoint.until if checkpoint.release else None
+    return replace(checkpoint, expect=Status.CONFIRMED, steps=steps, until=until, release=True)
 
 
 class JobExecution:
@@ -406,22 +420,22 @@ class JobExecution:
         return True
 
     def _lost(self, checkpoint: Checkpoint) -> None:
-        """A checkpoint's guard failed: the job was paused or canceled, or its lease taken over."""
+        """A checkpoint's guard failed: paused (resumed since), canceled, or lease taken over."""
         ctx = self.ctx
         current = ctx.store.get(self.job.id)
         if current is not None:
             self.job = current
             if self.run is not None:
                 self.run.job = current
-        if current is not None and current.status == Status.PAUSED:
-            paused = _paused(checkpoint)
-            stored = ctx.store.save(paused)  # guarded: paused, and our lease (a pause keeps it)
-            if stored is not None:
-                log.info("batch job %s was paused; stopped at its checkpoint", self.job.id)
-                self.pending.clear()
-                self.committed(paused, stored)
-                return
-            current = ctx.store.get(self.job.id)  # canceled or resumed meanwhile
+        for status, moved in ((Status.PAUSED, _paused), (Status.CONFIRMED, _resumed)):
+            if current is not None and current.status == status:  # the lease kept: ours?
+                stored = ctx.store.save(kept := moved(checkpoint))  # guarded: status, lease
+                if stored is not None:
+                    log.info("batch job %s was %s; gave it up", current.id, status.value)
+                    self.pending.clear()
+                    self.committed(kept, stored)
+                    return
+                current = ctx.store.get(self.job.id)  # canceled or resumed meanwhile
         if current is not None and current.status == Status.CANCELED:
             log.info("batch job %s was canceled; stopping", current.id)
             now = utcnow()
