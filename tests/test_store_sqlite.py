@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from batchjobs.errors import StoreCorruptError, StoreReadOnlyError, StoreUnreachableError
+from batchjobs.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreReadOnlyError,
+    StoreUnreachableError,
+)
 from batchjobs.models import BatchJob, Status, new_job_id, utcnow
 from batchjobs.store import ClaimRequest, SQLiteStore, open_store
 from batchjobs.store.sqlite import migrations
@@ -228,3 +233,28 @@ def test_events_written_a_row_each_read_back_after_the_migration(db_path: Path) 
     store = SQLiteStore(db_path)
     check_old_event_rows(store, at)
     store.close()
+
+
+def test_a_commit_that_fails_is_rolled_back_and_later_writes_commit(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    refused = make_job()
+
+    def no_commit(action: int, *args: Any) -> int:
+        if action == sqlite3.SQLITE_TRANSACTION and args[0] == "COMMIT":
+            return sqlite3.SQLITE_DENY  # SQLite refuses the COMMIT: the transaction stays open
+        return sqlite3.SQLITE_OK
+
+    conn = store.db.conn
+    conn.set_authorizer(no_commit)
+    with pytest.raises(StoreError):
+        store.insert(refused)
+    conn.set_authorizer(None)
+    assert store.get(refused.id) is None  # nothing of it happened
+    written = store.insert(make_job())  # its own transaction, committed
+    other = SQLiteStore(db_path, busy_timeout=1)  # another connection sees it, and may write
+    try:
+        assert other.get(written.id) == written
+        other.insert(make_job())
+    finally:
+        other.close()
+        store.close()

@@ -159,7 +159,14 @@ class Connections:
             raise
         finally:
             self._local.pending = None
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that fails may leave the transaction open (SQLITE_BUSY, for
+            # one): the next write would join it, and the lock would stay held.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         if written and self.after_commit is not None:
             self.after_commit(written)
 
