@@ -275,7 +275,7 @@ def test_a_failure_after_a_batch_commit_ends_every_run_and_leaves_no_claim_lease
 
 
 @pytest.mark.usefixtures("short_jobs")
-def test_jobs_waiting_behind_a_long_job_of_their_batch_are_given_back_at_the_heartbeat(
+def test_a_long_job_of_a_batch_holds_up_neither_the_jobs_done_before_it_nor_those_after(
     make_jobs: Any,
 ) -> None:
     jobs = make_jobs(lease_seconds=60)
@@ -289,21 +289,71 @@ def test_jobs_waiting_behind_a_long_job_of_their_batch_are_given_back_at_the_hea
             return super().process_chunk(run, start, size)
 
     jobs.register(Long)
-    first = jobs.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    # Claimed 1, then 2, then 4 at a time: the third batch is the last three jobs.
+    first = [jobs.create("ledger", {"n": 1}) for _ in range(3)]
+    done = jobs.create("ledger", {"n": 1})  # its end waits for its batch's commit
     long = jobs.create("ledger", {"n": 1, "long": True})
-    behind = jobs.create("ledger", {"n": 1})
+    behind = jobs.create("ledger", {"n": 1})  # claimed, not started
+    drainer = threading.Thread(target=jobs.runner.drain)
+    drainer.start()
+    try:
+        assert started.wait(10)
+        other = make_jobs(lease_seconds=60)
+        deadline = time.monotonic() + 5
+        while other.store.holder(behind.id) is not None and time.monotonic() < deadline:
+            jobs.runner.renew_leases()  # the heartbeat, while the long job runs
+            release.wait(0.01)
+        assert other.retrieve(done.id).status == Status.COMPLETED  # committed meanwhile
+        assert other.runner.drain() == 1  # not held up by the long job
+        assert other.retrieve(behind.id).status == Status.COMPLETED
+        assert other.store.holder(long.id) is not None  # still running there
+    finally:
+        release.set()
+        drainer.join(10)
+    statuses = [jobs.retrieve(j.id).status for j in (*first, done, long)]
+    assert statuses == [Status.COMPLETED] * 5
+    assert jobs.runner.leases.live() == []
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_the_receivers_of_what_the_heartbeat_commits_never_hold_up_the_heartbeat(
+    make_jobs: Any,
+) -> None:
+    jobs = make_jobs(lease_seconds=60)
+    started, release = threading.Event(), threading.Event()
+    entered, finished, free = threading.Event(), threading.Event(), threading.Event()
+
+    class Long(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if run.job.context.get("long"):
+                started.set()
+                release.wait(10)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Long)
+    jobs.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    done = jobs.create("ledger", {"n": 1})
+    jobs.create("ledger", {"n": 1, "long": True})
+
+    def slow(sender: Any, *, job: Any, **extra: Any) -> None:
+        if job.id == done.id:  # an email sent, say: it takes a while
+            entered.set()
+            free.wait(10)
+            finished.set()
+
+    jobs.subscribe("batch.completed", slow)
     drainer = threading.Thread(target=jobs.runner.drain)
     drainer.start()
     try:
         assert started.wait(10)
         deadline = time.monotonic() + 5
-        while jobs.store.holder(behind.id) is not None and time.monotonic() < deadline:
+        while not entered.is_set() and time.monotonic() < deadline:
             jobs.runner.renew_leases()  # the heartbeat, while the long job runs
             release.wait(0.01)
-        other = make_jobs(lease_seconds=60)
-        assert other.runner.drain() == 1  # not held up by the long job
-        assert other.retrieve(behind.id).status == Status.COMPLETED
+        assert entered.is_set() and not finished.is_set()  # the beat went on meanwhile
+        assert jobs.runner.renew_leases() == 1  # the long job's lease, renewed at once
     finally:
+        free.set()
         release.set()
         drainer.join(10)
-    assert [jobs.retrieve(j.id).status for j in (first, long)] == [Status.COMPLETED] * 2
+    assert jobs.runner.leases.live() == []

@@ -58,9 +58,9 @@ OWNERS_FOR = 1.0
 #: longer than this only behind a read of its own. The window is of the order of the
 #: read's own round trip under load.
 STILL_OURS_FOR = 0.002
-#: Seconds after its claim from which the jobs still waiting in a batch are given back
-#: by the heartbeat rather than renewed: a job of the batch turned long without a
-#: checkpoint (one long chunk, a long pre-processing), and others may run them meanwhile.
+#: Seconds a job of a batch runs without a checkpoint (one long chunk, a long
+#: pre-processing) before the heartbeat commits the ends of the jobs done before it and
+#: gives back those not started, rather than renewing them while it runs.
 GIVE_BACK_AFTER = 0.5
 #: Seconds ``run_until_idle`` waits between two looks when nothing is runnable.
 IDLE_PAUSE = 0.05
@@ -82,8 +82,9 @@ class _Batch:
 
     It is the ``Saver`` of the jobs it runs: a job's last checkpoint waits
     for the batch's commit; any other checkpoint takes the waiting ones with it.
-    The heartbeat may give the waiting jobs back from its thread (``give_back``):
-    ``waiting`` changes under ``_lock``.
+    While a job runs long, the heartbeat starts that commit in a thread of its own
+    (``give_back``): ``waiting``, ``deferred`` and the job running change under
+    ``_lock``, and a commit never takes the job running (it is still the drain's).
     """
 
     def __init__(self, ctx: RunContext, request: Callable[[_Batch], ClaimRequest]) -> None:
@@ -96,26 +97,50 @@ class _Batch:
         self.deferred: list[JobExecution] = []
         #: The last read of the waiting jobs' leases: when (monotonic), and what it found.
         self._seen: tuple[float, dict[Lease, Status | None]] = (0.0, {})
-        #: When the jobs waiting now were claimed (monotonic).
-        self._claimed = 0.0
+        #: The job running now, and since when (monotonic).
+        self._running: tuple[JobExecution, float] | None = None
+        #: The thread of the last commit ``give_back`` started.
+        self._flush: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def hold(self, claims: list[Claim]) -> list[tuple[Claim, HeldLease]]:
         held = [(claim, self.ctx.leases.hold(claim.lease)) for claim in claims]
         with self._lock:
             self.waiting.extend(held)
-            self._claimed = time.monotonic()
         self._seen = (0.0, {})
         return held
 
-    def give_back(self) -> None:
-        """Give back the waiting jobs if they were claimed ``GIVE_BACK_AFTER`` seconds ago
-        or more (the heartbeat's thread): a job of the batch is long. Never raises."""
+    def run(self, execution: JobExecution, *, stop_after_pre_process: bool) -> None:
+        """Run ``execution`` in the drain's thread (``give_back`` may commit the others)."""
         with self._lock:
-            if not self.waiting or time.monotonic() - self._claimed < GIVE_BACK_AFTER:
+            self._running = (execution, time.monotonic())
+        try:
+            execution.execute(stop_after_pre_process=stop_after_pre_process)
+        finally:
+            with self._lock:
+                self._running = None
+
+    def give_back(self) -> None:
+        """From the heartbeat's thread, once the job running has run ``GIVE_BACK_AFTER``
+        seconds: commit the ends of the jobs done before it and give back the jobs not
+        started, so that it holds up no one. The commit (and the receivers of its events)
+        runs in a thread of its own, never holding up the heartbeat. Never raises."""
+        with self._lock:
+            running, flush = self._running, self._flush
+            if running is None or time.monotonic() - running[1] < GIVE_BACK_AFTER:
                 return
-            waiting, self.waiting = self.waiting, []
-        self.ctx.leases.release(held for _, held in waiting)
+            if flush is not None and flush.is_alive():
+                return
+            self._flush = threading.Thread(
+                target=self.settle, name="batchjobs-batch-commit", daemon=True
+            )
+            self._flush.start()
+
+    def join(self) -> None:
+        """Wait for the commit ``give_back`` started, if any (the drain's thread, at its end)."""
+        flush = self._flush
+        if flush is not None:
+            flush.join()
 
     def holds(self, claim: Claim) -> Status | None:
         """The status of ``claim``'s job if its lease still holds it, as read at most
@@ -176,7 +201,8 @@ class _Batch:
         if not (self.deferred or self.waiting or ends):
             return self.ctx.store.save(checkpoint)
         if ends:
-            self.deferred.append(execution)
+            with self._lock:
+                self.deferred.append(execution)
             return DEFERRED
         _, stored = self.commit(claim_next=False, also=checkpoint)
         return stored
@@ -194,8 +220,10 @@ class _Batch:
         but ending a run fails (a lost job's look at the store), every other run is
         still ended and the new claims are given back before the error goes on.
         """
-        deferred, self.deferred = self.deferred, []
         with self._lock:
+            running = self._running[0] if self._running is not None else None
+            deferred = [execution for execution in self.deferred if execution is not running]
+            self.deferred = [execution for execution in self.deferred if execution is running]
             waiting, self.waiting = self.waiting, []
         checkpoints = [execution.waiting for execution in deferred]
         if also is not None:
@@ -324,7 +352,7 @@ class JobRunner:
         self._present = False
         self._owners = _LeaseOwners(store)
         self.leases = Leases(store, self.lease)
-        #: The batches being drained now (the heartbeat gives back what waits too long).
+        #: The batches being drained now (the heartbeat commits what waits behind a long job).
         self._batches: set[_Batch] = set()
         self.ctx = RunContext(
             store=store,
@@ -373,11 +401,13 @@ class JobRunner:
     def renew_leases(self, now: datetime | None = None) -> int:
         """Extend the leases of every job held here (the heartbeat); returns how many.
 
-        Jobs waiting in a batch since ``GIVE_BACK_AFTER`` are given back instead."""
+        Then a batch whose job has run ``GIVE_BACK_AFTER`` commits the ends of the jobs
+        done before it, and gives back the jobs not started."""
         self.presence.touch()
+        renewed = self.leases.renew(now)
         for batch in list(self._batches):
             batch.give_back()
-        return self.leases.renew(now)
+        return renewed
 
     def release_all(self) -> int:
         """Give up every lease this runner holds in the store (after its workers stopped)."""
@@ -523,7 +553,7 @@ class JobRunner:
                     ran += 1
                     started = time.monotonic()
                     execution = JobExecution(self.ctx, claim, held, batch)
-                    execution.execute(stop_after_pre_process=stop_after_pre_process)
+                    batch.run(execution, stop_after_pre_process=stop_after_pre_process)
                     longest = max(longest, time.monotonic() - started)
                     if longest > SHORT_JOB and batch.waiting:  # slow: others take the rest
                         batch.commit(claim_next=False)
@@ -539,6 +569,7 @@ class JobRunner:
             raise
         finally:
             self._batches.discard(batch)
+            batch.join()  # its jobs' ends committed, before the leases may be given back
         return ran
 
     def run_job(

@@ -9,8 +9,8 @@ the last three (``Leases.release`` in a ``finally`` sees to it)::
       │         ├──────────────────▶ LOST          a guard failed: canceled, paused, taken over
       └─────────┴──────────────────▶ ABANDONED     the worker is dying: left to expire
 
-``HELD``: claimed in a batch, not started (given back by the heartbeat if it
-waits long: ``claims.GIVE_BACK_AFTER``). ``RUNNING``: its job runs here.
+``HELD``: claimed in a batch, not started (given back by the heartbeat behind a
+long job: ``claims.GIVE_BACK_AFTER``). ``RUNNING``: its job runs here.
 ``DEFERRED``: its job is done, its final checkpoint waits for the batch's one
 commit. ``ABANDONED``: the thread is leaving with a ``BaseException`` that is
 not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``, a simulated crash):
