@@ -420,11 +420,14 @@ class BatchJobs:
         self.store.close()
 
     def run_until_idle(self, timeout: float | None = None) -> None:
-        """Run jobs in the calling thread until every job of a registered type rests."""
+        """Run jobs in the calling thread until every job of a registered type rests
+        (after the workers of a ``shutdown(wait=False)`` stopped)."""
+        self._join_stopping()
         self.runner.run_until_idle(timeout)
 
     def run_next(self, now: Any = None) -> BatchJob | None:
         """Claim and run one job in the calling thread; ``None`` if none was runnable."""
+        self._join_stopping()
         return self.runner.run_next(now)
 
     def run(

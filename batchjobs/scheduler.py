@@ -168,12 +168,15 @@ class Scheduler:
         """Wait until the workers of a scheduler that was shut down have stopped.
 
         Then every lease left is given back: a job is never left leased to a
-        process that no longer runs it.
+        process that no longer runs it; and the runner no longer stops its jobs
+        (``run_until_idle`` runs them in the calling thread).
         """
         if self._pool is None:
             return
         self._pool.shutdown(wait=True)
         self._pool = None
+        if not self._started:
+            self.runner.stopping.clear()
         try:
             self.runner.release_all()
         except StoreError as error:

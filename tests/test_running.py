@@ -608,6 +608,18 @@ def test_a_job_canceled_while_waiting_in_a_batch_never_starts(
     assert jobs.store.holder(later[1].id) is None  # not left leased
 
 
+@pytest.mark.parametrize("wait", [True, False])
+def test_jobs_run_here_after_the_workers_were_shut_down(jobs: BatchJobs, wait: bool) -> None:
+    jobs.start()
+    jobs.shutdown(wait=wait)
+    job = jobs.create("ledger", {"n": 30})
+    jobs.run_until_idle(timeout=5)  # the workers' stop is not this thread's
+    assert jobs.retrieve(job.id).status == Status.COMPLETED
+    again = jobs.create("ledger", {"n": 30})
+    assert jobs.run_next() is not None
+    assert jobs.retrieve(again.id).status == Status.COMPLETED
+
+
 def test_run_runs_one_job_here_and_reports_its_progress(jobs: BatchJobs) -> None:
     other = jobs.create("ledger", {"n": 5})
     job = jobs.create("ledger", {"n": 35})
