@@ -357,3 +357,32 @@ def test_the_receivers_of_what_the_heartbeat_commits_never_hold_up_the_heartbeat
         release.set()
         drainer.join(10)
     assert jobs.runner.leases.live() == []
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_job_given_back_behind_a_long_one_is_run_by_another_worker_without_a_poll(
+    make_jobs: Any,
+) -> None:
+    jobs = make_jobs(lease_seconds=0.6, poll_interval=60)  # a beat every 0.2 s, no poll
+    started, release = threading.Event(), threading.Event()
+
+    class Long(Ledger):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            if run.job.context.get("long"):
+                started.set()
+                release.wait(10)
+            return super().process_chunk(run, start, size)
+
+    jobs.register(Long)
+    jobs.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
+    long = jobs.create("ledger", {"n": 1, "long": True})
+    behind = jobs.create("ledger", {"n": 1})
+    jobs.start(concurrency=2)
+    try:
+        assert started.wait(10)
+        # Given back by the heartbeat, it is taken by the other worker thread at once.
+        assert jobs.wait(behind.id, timeout=5).status == Status.COMPLETED
+        assert jobs.retrieve(long.id).status != Status.COMPLETED
+    finally:
+        release.set()
+    assert jobs.wait(long.id, timeout=10).status == Status.COMPLETED

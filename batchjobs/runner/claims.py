@@ -246,6 +246,8 @@ class _Batch:
             raise
         for _, held in waiting:
             self.ctx.leases.move(held, LeaseState.RELEASED)
+        if waiting and self.ctx.on_runnable is not None:
+            self.ctx.on_runnable()  # given back: another worker may run them now
         failed: BaseException | None = None
         for execution, result in zip(deferred, stored, strict=False):
             # Every run is ended, even if one fails to (a lost job's look at the store).
