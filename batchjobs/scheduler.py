@@ -167,8 +167,9 @@ class Scheduler:
     def join(self) -> None:
         """Wait until the workers of a scheduler that was shut down have stopped.
 
-        Then every lease left is given back: a job is never left leased to a
-        process that no longer runs it; and the runner no longer stops its jobs
+        Then every lease left is given back (unless a job still runs here in
+        another thread): a job is never left leased to a process that no longer
+        runs it; and the runner no longer stops its jobs
         (``run_until_idle`` runs them in the calling thread).
         """
         if self._pool is None:

@@ -386,3 +386,31 @@ def test_a_job_given_back_behind_a_long_one_is_run_by_another_worker_without_a_p
     finally:
         release.set()
     assert jobs.wait(long.id, timeout=10).status == Status.COMPLETED
+
+
+def test_a_cleanup_running_in_the_cancelling_thread_keeps_its_lease_through_a_shutdown(
+    tidy: BatchJobs, make_jobs: Any
+) -> None:
+    entered, free = threading.Event(), threading.Event()
+
+    class Slow(Tidy):
+        def on_cancel(self, run: JobRun) -> None:
+            entered.set()
+            free.wait(10)
+            super().on_cancel(run)
+
+    tidy.register(Slow)
+    id = handed_over(tidy)
+    canceller = threading.Thread(target=tidy.cancel, args=(id,))  # a request's thread, say
+    canceller.start()
+    try:
+        assert entered.wait(10)  # its on_cancel runs there, under a lease of tidy's runner
+        tidy.start()
+        tidy.shutdown()  # the workers stop: what they left is given back, not this
+        other = make_jobs(lease_seconds=60)
+        assert other.runner.drain() == 0  # the cleanup is not there to take twice
+    finally:
+        free.set()
+        canceller.join(10)
+    assert Tidy.cleaned == [id]
+    assert tidy.store.holder(id) is None

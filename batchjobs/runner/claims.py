@@ -412,7 +412,12 @@ class JobRunner:
         return renewed
 
     def release_all(self) -> int:
-        """Give up every lease this runner holds in the store (after its workers stopped)."""
+        """Give up every lease this runner holds in the store (after its workers stopped),
+        unless a job still runs here in another thread (a cleanup run by ``cancel``, a
+        ``run_until_idle``): its lease is its own to end, and what the workers left
+        expires by itself then."""
+        if self.leases.live():
+            return 0
         return self.store.release_all(self.owner)
 
     def close(self) -> None:
