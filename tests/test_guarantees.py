@@ -18,6 +18,7 @@ from freezegun import freeze_time
 
 from batchjobs import BatchJobs, JobRun, Status
 from batchjobs.errors import StoreError
+from batchjobs.models import utcnow
 from batchjobs.testing import Faults
 from tests.strategies import Ledger
 
@@ -414,3 +415,34 @@ def test_a_cleanup_running_in_the_cancelling_thread_keeps_its_lease_through_a_sh
         canceller.join(10)
     assert Tidy.cleaned == [id]
     assert tidy.store.holder(id) is None
+
+
+def test_a_cleanup_run_by_cancel_keeps_its_lease_however_long_on_cancel_takes(
+    make_jobs: Any,
+) -> None:
+    Tidy.cleaned = []
+    jobs = make_jobs(lease_seconds=0.3)  # no workers started here: nothing else renews
+    entered, free = threading.Event(), threading.Event()
+
+    class Slow(Tidy):
+        def on_cancel(self, run: JobRun) -> None:
+            entered.set()
+            free.wait(10)
+            super().on_cancel(run)
+
+    jobs.register(Slow)
+    id = handed_over(jobs)
+    canceller = threading.Thread(target=jobs.cancel, args=(id,))
+    canceller.start()
+    try:
+        assert entered.wait(10)
+        holder = jobs.store.holder(id)
+        assert holder is not None and holder.expires_at is not None
+        while utcnow() <= holder.expires_at + timedelta(seconds=0.1):  # past its first term
+            free.wait(0.02)
+        other = make_jobs(lease_seconds=60)
+        assert other.runner.drain() == 0  # the cleanup is still held: not taken twice
+    finally:
+        free.set()
+        canceller.join(10)
+    assert Tidy.cleaned == [id]

@@ -518,7 +518,8 @@ class JobRunner:
         )
         if claim is None:
             return False
-        self.run_claim(claim)
+        with Heartbeat(self.renew_leases, self.lease.total_seconds() / 3):  # a long on_cancel
+            self.run_claim(claim)
         return True
 
     # -- draining ------------------------------------------------------------------
