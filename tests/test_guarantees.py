@@ -446,3 +446,47 @@ def test_a_cleanup_run_by_cancel_keeps_its_lease_however_long_on_cancel_takes(
         free.set()
         canceller.join(10)
     assert Tidy.cleaned == [id]
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_a_long_cleanup_of_a_job_canceled_in_its_batch_holds_up_no_one(
+    tidy: BatchJobs, make_jobs: Any
+) -> None:
+    entered, free = threading.Event(), threading.Event()
+
+    class Slow(Tidy):
+        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+            other = run.job.context.get("cancel")
+            if other:  # the next job of its batch, waiting: its worker cleans it up
+                tidy.cancel(other)
+            return super().process_chunk(run, start, size)
+
+        def on_cancel(self, run: JobRun) -> None:
+            entered.set()
+            free.wait(10)
+            super().on_cancel(run)
+
+    tidy.register(Slow)
+    # Claimed 1, then 2, then 4 at a time: the third batch is the last three jobs.
+    for _ in range(3):
+        tidy.create("ledger", {"n": 1})
+    canceller = tidy.create("ledger", {"n": 1})
+    canceled = handed_over(tidy)  # processing began: a cleanup is owed once canceled
+    tidy.update(canceller.id, context={"cancel": canceled})
+    behind = tidy.create("ledger", {"n": 1})
+    drainer = threading.Thread(target=tidy.runner.drain)
+    drainer.start()
+    try:
+        assert entered.wait(10)
+        other = make_jobs(lease_seconds=60)
+        deadline = time.monotonic() + 5
+        while other.store.holder(behind.id) is not None and time.monotonic() < deadline:
+            tidy.runner.renew_leases()  # the heartbeat, while on_cancel runs
+            free.wait(0.01)
+        assert other.retrieve(canceller.id).status == Status.COMPLETED
+        assert other.runner.drain() == 1
+        assert other.retrieve(behind.id).status == Status.COMPLETED
+    finally:
+        free.set()
+        drainer.join(10)
+    assert Tidy.cleaned == [canceled]

@@ -186,8 +186,9 @@ class _Batch:
                 lease_until=now + ctx.lease,
                 lease=claim.lease,
             )
-            if cleanup is not None:
-                JobExecution(ctx, cleanup, held, DirectSaver(ctx.store)).execute()
+            if cleanup is not None:  # run as a job of the batch: a long one holds up no one
+                cleaning = JobExecution(ctx, cleanup, held, DirectSaver(ctx.store))
+                self.run(cleaning, stop_after_pre_process=False)
                 return False
         if status is None:
             ctx.leases.move(held, LeaseState.LOST)  # taken over, or gone
