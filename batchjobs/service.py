@@ -397,7 +397,10 @@ class BatchJobService:
             if not page:
                 break
             if not dry_run:
-                gone = set(self.store.delete([j.id for j in page], statuses=RESTING_STATUSES))
+                # Guarded as listed: a job retried and ended again meanwhile stays.
+                ids = [job.id for job in page]
+                kept_in = [Status(status) for status in wanted]
+                gone = set(self.store.delete(ids, statuses=kept_in, updated_before=cutoff))
                 page = [job for job in page if job.id in gone]
                 for job in page:
                     key = job.result.get("file_key")

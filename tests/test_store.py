@@ -197,6 +197,18 @@ def test_delete_keeps_a_job_that_left_the_given_statuses(store: Store) -> None:
     assert store.delete([active.id]) == [active.id]
 
 
+def test_delete_keeps_a_job_updated_since_the_given_time(store: Store) -> None:
+    old, recent = insert(
+        store,
+        make_job(status=Status.FAILED, at=T0),
+        make_job(status=Status.FAILED, at=T0 + timedelta(days=2)),
+    )
+    cutoff = T0 + timedelta(days=1)
+    deleted = store.delete([old.id, recent.id], statuses=[Status.FAILED], updated_before=cutoff)
+    assert deleted == [old.id]
+    assert store.get(old.id) is None and store.get(recent.id) == recent
+
+
 def test_list_and_count_filter_order_and_page(store: Store) -> None:
     jobs = [
         make_job(

@@ -396,8 +396,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
-        """Delete jobs ``ids`` (only those still in ``statuses``, if given), atomically.
+    def delete(
+        self,
+        ids: Iterable[str],
+        *,
+        statuses: Iterable[Status] | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[str]:
+        """Delete jobs ``ids`` (only those still in ``statuses``, and last updated before
+        ``updated_before``, if given), atomically.
 
         Returns the ids actually deleted: a job that moved meanwhile stays.
         """

@@ -300,7 +300,13 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         return self._write(work)
 
     @boundary
-    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
+    def delete(
+        self,
+        ids: Iterable[str],
+        *,
+        statuses: Iterable[Status] | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[str]:
         ids = list(ids)
         if not ids:
             return []
@@ -309,6 +315,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         if statuses is not None:
             query += " AND status = ANY(%s)"
             params.append([Status(s).value for s in statuses])
+        if updated_before is not None:
+            query += " AND updated_at < %s"
+            params.append(updated_before)
 
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> list[str]:
             deleted = [row[0] for row in conn.execute(f"{query} RETURNING id", params)]

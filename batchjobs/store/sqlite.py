@@ -255,7 +255,13 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         return job
 
     @boundary
-    def delete(self, ids: Iterable[str], *, statuses: Iterable[Status] | None = None) -> list[str]:
+    def delete(
+        self,
+        ids: Iterable[str],
+        *,
+        statuses: Iterable[Status] | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[str]:
         ids = list(ids)
         if not ids:
             return []
@@ -265,6 +271,9 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
             values = [Status(s).value for s in statuses]
             sql += f" AND status IN ({_marks(values)})"
             params.extend(values)
+        if updated_before is not None:
+            sql += " AND updated_at < ?"
+            params.append(_ts(updated_before))
         with self.write() as conn:  # the jobs and their events
             deleted = [row[0] for row in conn.execute(f"{sql} RETURNING id", params).fetchall()]
             self._delete_events(conn, deleted)
