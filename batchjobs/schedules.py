@@ -27,7 +27,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .errors import BatchJobError, InvalidDataError, NotFoundError
+from .errors import BatchJobError, InvalidDataError, NotFoundError, StoreError
 from .models import BatchJob, Schedule, utcnow
 from .service import BatchJobService, check_json_object
 from .store import Store
@@ -446,7 +446,14 @@ class RecurringJobs:
         now = now or utcnow()
         created: list[BatchJob] = []
         for schedule in self.store.due_schedules(now, self.registry.types):
-            created.extend(self._fire(schedule, now))
+            try:
+                created.extend(self._fire(schedule, now))
+            except StoreError:
+                raise  # the database's trouble, every schedule's: the caller backs off
+            except Exception:
+                # The strategy's code failed unexpectedly (a bug, a service away): the
+                # fire stays due, to be tried again at the next poll; the others go on.
+                log.exception("schedule %s: could not fire; trying again", schedule.name)
         return created
 
     def _fire(self, schedule: Schedule, now: datetime) -> list[BatchJob]:

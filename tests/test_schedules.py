@@ -18,6 +18,8 @@ from freezegun import freeze_time
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, NotFoundError, Schedule
 from batchjobs.limits import MAX_LIST_LIMIT
 from batchjobs.schedules import MAX_CATCH_UP, fire_times
+from batchjobs.strategy import JobDraft
+from tests.strategies import Words
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -206,6 +208,38 @@ def test_schedules_of_a_type_this_process_lacks_wait_for_a_process_that_has_it(
     finally:
         bare.close()
     assert len(full.fire_schedules(at("2024-06-01 10:30"))) == 1
+
+
+class Flaky(Words):
+    """``words`` whose ``prepare`` fails unexpectedly (a bug, a service away) while asked to."""
+
+    batch_type = "flaky-words"
+    failing = True
+
+    def prepare(self, draft: JobDraft) -> JobDraft:
+        if Flaky.failing:
+            raise KeyError("the strategy's lookup failed")
+        return super().prepare(draft)
+
+
+def test_a_schedule_whose_strategy_crashes_holds_up_no_other_and_keeps_its_fire(
+    jobs: BatchJobs, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs.register(Flaky)
+    Flaky.failing = True
+    with freeze_time("2024-06-01 10:15:00"):
+        jobs.schedule("a-flaky", "flaky-words", {"words": ["a"]}, cron="30 * * * *")
+        jobs.schedule("b-sound", "words", {"words": ["b"]}, cron="30 * * * *")
+    with caplog.at_level(logging.ERROR, logger="batchjobs.schedules"):
+        fired = jobs.fire_schedules(at("2024-06-01 10:30"))
+    assert [job.type for job in fired] == ["words"]
+    assert "a-flaky" in caplog.text and "KeyError" in caplog.text
+    # The crashed fire is not spent: once the strategy works again, its job is made.
+    flaky = jobs.store.get_schedule("a-flaky")
+    assert flaky is not None and flaky.next_fire_at == at("2024-06-01 10:30")
+    Flaky.failing = False
+    [job] = jobs.fire_schedules(at("2024-06-01 10:31"))
+    assert job.context["scheduled_for"] == "2024-06-01T10:30:00+00:00"
 
 
 # -- fire times -----------------------------------------------------------------------------
