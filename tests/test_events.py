@@ -362,3 +362,38 @@ def test_an_idle_event_stream_sends_heartbeats(
     conn.close()
     assert lines[:2] == [b"retry: 2000\n", b"\n"]
     assert lines[2:] == [b": heartbeat\n", b"\n"]
+
+
+def test_an_idle_event_stream_moves_its_position_past_other_users_events(
+    jobs: BatchJobs, served: AdminServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller whose jobs are quiet while others' run resumes, once those are pruned,
+    from the position its stream reached, not from its last own event (gone: 410)."""
+    from batchjobs.http import api
+
+    monkeypatch.setattr(api, "HEARTBEAT_SECONDS", 0.05)
+    stream = "/admin/batch-jobs/events"
+    conn, response = _get(served, stream, Accept="text/event-stream")
+    assert response.status == 200
+    _run(jobs, "b", created_by="usr_2")  # not the caller's
+    last = jobs.last_seq()
+    position = None
+    for _ in range(200):  # heartbeats come every 0.05 s
+        line = response.readline().decode()
+        assert line, "the stream ended"
+        if line.startswith("id: "):
+            position = int(line[4:])
+            if position == last:
+                break
+    conn.close()
+    assert position == last  # what an EventSource sends back as Last-Event-ID
+    jobs.prune_events(utcnow() + timedelta(days=8))  # usr_2's events are gone
+    conn, response = _get(
+        served, stream, Accept="text/event-stream", **{"Last-Event-ID": str(position)}
+    )
+    assert response.status == 200
+    mine = jobs.create("words", {"words": ["a"]}, created_by="usr_1")
+    [event] = _read_sse(response, 1)
+    conn.close()
+    assert (event["id"], event["event"]) == (str(last + 1), "batch.created")
+    assert json.loads(event["data"])["batch_job"]["id"] == mine.id

@@ -448,11 +448,19 @@ def _event_stream(feed: EventFeed) -> Response:
     def stream() -> Iterator[str]:
         try:
             yield f"retry: {STREAM_RETRY_MS}\n\n"
+            sent = feed.after  # the position the client knows
             while not feed.closed:
                 events = feed.read(timeout=HEARTBEAT_SECONDS)
                 if not events:
-                    yield ": heartbeat\n\n"
+                    # A caller's feed moves on past other users' events: an ``id:`` with
+                    # no data tells the client (an EventSource's Last-Event-ID) without
+                    # an event, so that it resumes from there, not from before events
+                    # retention has pruned meanwhile.
+                    moved = f"id: {feed.after}\n" if feed.after != sent else ""
+                    sent = feed.after
+                    yield f": heartbeat\n{moved}\n"
                 for event in events:
+                    sent = event.seq
                     yield _sse(event)
         finally:
             feed.close()
