@@ -242,6 +242,17 @@ def test_a_schedule_whose_strategy_crashes_holds_up_no_other_and_keeps_its_fire(
     assert job.context["scheduled_for"] == "2024-06-01T10:30:00+00:00"
 
 
+def test_a_schedule_fires_at_its_instant_whatever_the_zone_of_now(jobs: BatchJobs) -> None:
+    with freeze_time("2024-06-01 10:15:00"):
+        jobs.schedule("s", "words", {"words": ["a"]}, cron="30 * * * *")
+    # 10:29 UTC written in Paris (12:29+02:00), then 10:30 UTC in New York (06:30-04:00).
+    assert jobs.fire_schedules(at("2024-06-01 10:29").astimezone(PARIS)) == []
+    new_york = ZoneInfo("America/New_York")
+    [job] = jobs.fire_schedules(at("2024-06-01 10:30").astimezone(new_york))
+    assert job.context["scheduled_for"] == "2024-06-01T10:30:00+00:00"
+    assert jobs.schedules()[0].next_fire_at == at("2024-06-01 11:30")
+
+
 # -- fire times -----------------------------------------------------------------------------
 
 

@@ -244,6 +244,27 @@ def test_list_and_count_filter_order_and_page(store: Store) -> None:
         store.list_and_count(order="context")
 
 
+def test_date_filters_and_order_hold_whatever_the_zone_of_the_times(store: Store) -> None:
+    paris, new_york = timezone(timedelta(hours=2)), timezone(timedelta(hours=-5))
+    # The same instants, written with UTC, Paris and New York offsets.
+    zones = [timezone.utc, paris, new_york, timezone.utc]
+    jobs = insert(
+        store, *(make_job(at=(T0 + timedelta(hours=i)).astimezone(zones[i])) for i in range(4))
+    )
+    page, _ = store.list_and_count(order="created_at", limit=10)
+    assert [j.id for j in page] == [j.id for j in jobs]
+    cases: list[tuple[dict[str, Any], list[int]]] = [
+        ({"created_at": {"gte": (T0 + timedelta(hours=1)).astimezone(paris)}}, [1, 2, 3]),
+        ({"created_at": {"gt": (T0 + timedelta(hours=1)).astimezone(new_york)}}, [2, 3]),
+        ({"created_at": {"lt": (T0 + timedelta(hours=2)).astimezone(paris)}}, [0, 1]),
+        ({"created_at": {"lte": (T0 + timedelta(hours=2)).astimezone(new_york)}}, [0, 1, 2]),
+    ]
+    for filters, expected in cases:
+        page, count = store.list_and_count(filters=filters, order="created_at", limit=10)
+        assert [j.id for j in page] == [jobs[i].id for i in expected], filters
+        assert count == len(expected), filters
+
+
 # -- claims ----------------------------------------------------------------------
 
 

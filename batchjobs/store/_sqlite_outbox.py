@@ -56,7 +56,7 @@ def _row(
 ) -> list[Any]:
     """The row of one job's ``steps``, as ``_INSERT_COLUMNS``; its seq left at 0."""
     name, job, at, _ = steps[-1]
-    text = texts.get(at) or at.isoformat()
+    text = texts.get(at) or ts(at)
     row = [0, name, text, origin, job.id, job.type, job.status.value, job.created_by]
     row += (int(job.dry_run), context, result, *stamps, len(steps), encoded)
     return row

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..models import TIMESTAMP_FIELDS, BatchJob, Status
 
 
 def ts(value: datetime | None) -> str | None:
-    """A timestamp as stored (ISO 8601 text)."""
-    return None if value is None else value.isoformat()
+    """A timestamp as stored: ISO 8601 text, in UTC, so that SQLite compares and
+    sorts the texts as the times they are (whatever the zone of the ``datetime``)."""
+    if value is None:
+        return None
+    if value.tzinfo is not timezone.utc and value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat()
 
 
 def parse_ts(value: str | None) -> datetime | None:

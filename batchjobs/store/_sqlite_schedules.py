@@ -10,6 +10,7 @@ from typing import Any
 
 from ..models import BatchJob, Schedule
 from ._sqlite_connections import Connections, boundary
+from ._sqlite_rows import ts as _ts
 from ._sqlite_schema import SCHEDULES
 from .base import Store
 
@@ -34,10 +35,6 @@ COLUMNS = (
     "revision",
 )
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM {SCHEDULES}"
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def _parse_ts(value: str | None) -> datetime | None:
