@@ -444,6 +444,9 @@ class RecurringJobs:
         not). The scheduler's workers call it every ``poll_interval``.
         """
         now = now or utcnow()
+        if now.tzinfo is None:
+            # Local time or UTC? Either guess would fire at the wrong hour somewhere.
+            raise InvalidDataError(f"now must be timezone-aware, not {now!r}")
         created: list[BatchJob] = []
         for schedule in self.store.due_schedules(now, self.registry.types):
             try:

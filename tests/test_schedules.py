@@ -251,6 +251,8 @@ def test_a_schedule_fires_at_its_instant_whatever_the_zone_of_now(jobs: BatchJob
     [job] = jobs.fire_schedules(at("2024-06-01 10:30").astimezone(new_york))
     assert job.context["scheduled_for"] == "2024-06-01T10:30:00+00:00"
     assert jobs.schedules()[0].next_fire_at == at("2024-06-01 11:30")
+    with pytest.raises(InvalidDataError, match="now must be timezone-aware"):
+        jobs.fire_schedules(datetime(2024, 6, 1, 11, 30, 0, 500))  # local time? UTC?
 
 
 # -- fire times -----------------------------------------------------------------------------
