@@ -3,6 +3,7 @@ lost connections, NOTIFY wake-ups, the claim's index, counts kept by triggers.""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -168,15 +169,74 @@ def test_a_claim_commits_without_waiting_for_its_flush_and_nothing_after_it_does
 ) -> None:
     store = PostgresStore(url)
     try:
-        store.insert(make_job())
-        now = utcnow()
-        query, params = store._claim_query(ClaimRequest("w", ("t",), now, now))  # type: ignore[misc]
+        jobs = [make_job() for _ in range(3)]
+        for job in jobs:
+            store.insert(job)
         with psycopg.connect(url, autocommit=True) as conn:
-            with conn.transaction():
-                assert len(conn.execute(query, params).fetchall()) == 1
-                (during,) = conn.execute("SHOW synchronous_commit").fetchone()  # type: ignore[misc]
+            # Each claimed row notes the setting its transaction runs with.
+            conn.execute(
+                "CREATE TABLE seen (id text, sync text); "
+                "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO seen VALUES (NEW.id, current_setting('synchronous_commit')); "
+                "RETURN NULL; END $$; "
+                "CREATE TRIGGER note AFTER UPDATE OF owner ON batch_jobs FOR EACH ROW "
+                "WHEN (NEW.owner IS NOT NULL) EXECUTE FUNCTION note()"
+            )
+            now = utcnow()
+            (claim,) = store.claim(ClaimRequest("w", ("t",), now, now + timedelta(seconds=30)))
+            # A batch's commit that ends a job and claims the next: flushed as ever.
+            done = Checkpoint(claim.lease, Status.CREATED, now, ((Status.FAILED, now),))
+            request = ClaimRequest("w", ("t",), now, now + timedelta(seconds=30))
+            _, (second,) = store.commit([done], claim=request)
+            # Giving back and claiming, nothing else written: as a claim alone.
+            _, (third,) = store.commit([], release=[second.lease], claim=request)
+            seen = dict(conn.execute("SELECT id, sync FROM seen ORDER BY id").fetchall())
             (after,) = conn.execute("SHOW synchronous_commit").fetchone()  # type: ignore[misc]
-        assert (during, after) == ("off", "on")
+        assert claim.job.id == jobs[0].id and second.job.id == third.job.id == jobs[1].id
+        assert seen == {jobs[0].id: "off", jobs[1].id: "off"}, seen
+        assert after == "on"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("TRUNCATE seen")
+            store.insert(make_job())
+            _, (claimed,) = store.commit(
+                [Checkpoint(third.lease, Status.CREATED, now, ((Status.FAILED, now),))],
+                claim=request,
+            )
+            seen = dict(conn.execute("SELECT id, sync FROM seen").fetchall())
+        assert claimed.job.id == jobs[2].id and seen == {jobs[2].id: "on"}, seen
+    finally:
+        store.close()
+
+
+def test_claims_read_their_indexes_in_order_without_statistics(url: str) -> None:
+    # A queue filled at once and never analyzed (autovacuum off, or not yet run): the
+    # planner knows nothing of the rows. A claim still reads the free jobs from an index
+    # in their order (the runnable jobs', or for created ones the statuses' by age) and
+    # the expired leases from the leased jobs', stopping at its limit: sorting none of
+    # them (an incremental sort, by id within one created_at, reads no further).
+    store = PostgresStore(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO batch_jobs (id, type, status, created_at) SELECT "
+                "'batch_' || lpad(i::text, 5, '0'), 't', 'created', now() "
+                "FROM generate_series(1, 2000) i"
+            )
+            conn.execute("UPDATE batch_jobs SET owner = 'x', lease = 'l' WHERE id <= 'batch_00100'")
+            now = utcnow()
+            for request in (
+                ClaimRequest("w", ("t", "u"), now, now, limit=32),
+                ClaimRequest("w", ("t",), now, now, statuses=(Status.CREATED,), cleanups=False),
+            ):
+                query, params = store._claim_query(request)  # type: ignore[misc]
+                with conn.transaction():
+                    conn.execute(store._claim_settings(request, flush=False))
+                    plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}", params))
+                expired, free = plan.split("CTE free")
+                free = free.split("Append")[0]  # not the update of the rows found
+                assert "Index Scan using batch_jobs_leased" in expired, plan
+                assert re.search(r"Index Scan using batch_jobs_(runnable|status)", free), plan
+                assert not re.search(r"->  Sort|Seq Scan", expired + free), plan
     finally:
         store.close()
 

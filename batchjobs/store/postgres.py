@@ -407,19 +407,27 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             return None
         wanted = ", ".join(f"'{Status(s).value}'" for s in request.statuses) or "NULL"
         status_sql = f"status IN ({wanted})"
+        # The same statuses, as the expired leases are read: the runnable ones among the
+        # claim's, named by the statuses they are not (a status is always one of
+        # Status), so that the planner reads the leased jobs' index, not every runnable
+        # job (the runnable index's condition cannot be inferred from these terms).
+        claimable = {Status(s) for s in request.statuses} & _ACTIVE
+        others = ", ".join(f"'{s.value}'" for s in Status if s not in claimable)
+        leased_sql = f"status <> ALL(ARRAY[{others}])"
         if request.cleanups:
             status_sql = f"({status_sql} OR cleanup)"
-        where = f"{status_sql} AND type = ANY(%(types)s)"
+            leased_sql = f"({leased_sql} OR cleanup)"
+        where = " AND type = ANY(%(types)s)"
         if request.ids is not None:
             where += " AND id = ANY(%(ids)s)"
         # An expired lease first, and alone: its worker died, and jobs waiting
         # in a batch must not be charged an attempt if this one kills us too.
         query = (
             f"WITH expired AS (SELECT id FROM {TABLE} WHERE owner IS NOT NULL "
-            f"AND (available_at <= %(now)s OR owner = ANY(%(gone)s)) AND {RUNNABLE} AND {where} "
+            f"AND (available_at <= %(now)s OR owner = ANY(%(gone)s)) AND {leased_sql}{where} "
             "ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED), "
-            f"free AS (SELECT id FROM {TABLE} WHERE {RUNNABLE} AND {where} AND owner IS NULL "
-            "AND (available_at IS NULL OR available_at <= %(now)s) "
+            f"free AS (SELECT id FROM {TABLE} WHERE {RUNNABLE} AND {status_sql}{where} "
+            "AND owner IS NULL AND (available_at IS NULL OR available_at <= %(now)s) "
             "AND NOT EXISTS (SELECT FROM expired) "
             "ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"UPDATE {TABLE} j SET owner = %(owner)s, lease = {_TOKEN}, "
@@ -427,12 +435,6 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             # An array of the ids, not IN (subquery): the rows are found by their
             # primary key whatever the planner thinks of the table's size.
             "WHERE j.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM free)) "
-            # The claim's COMMIT does not wait for its WAL flush (this transaction only:
-            # what the job then commits is flushed as ever). A claim lost with a crash
-            # of the server leaves its job unleased, as it was; the worker's next write,
-            # guarded by the lease, fails and it lets the job go. A later flushed commit
-            # flushes the claim with it: no write can outlive the claim it rests on.
-            "AND set_config('synchronous_commit', 'off', true) IS NOT NULL "
             f"RETURNING {', '.join(f'j.{c}' for c in COLUMNS)}"
         )
         params = {
@@ -446,11 +448,39 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         }
         return query, params
 
+    @staticmethod
+    def _claim_settings(request: ClaimRequest, *, flush: bool) -> str:
+        """The statement that sets, for the rest of its transaction, how a claim is planned
+        and committed (sent just before the claim, in the same round trip).
+
+        The planner reads the indexes in their order and stops after ``limit`` jobs,
+        instead of sorting every runnable job (no sort: the runnable jobs' index for the
+        free ones, the leased jobs' for the expired), whatever it guesses of the table:
+        statistics may be missing or old, since a queue fills and empties faster than
+        ``ANALYZE`` runs. A claim of given ids finds them by primary key and sorts them.
+
+        Without ``flush`` the ``COMMIT`` does not wait for its WAL flush: for a
+        transaction that claims and writes nothing else (a checkpoint committed with a
+        claim is flushed as ever). A claim lost with a crash of the server leaves its job
+        unleased, as it was; the worker's next write, guarded by the lease, fails and it
+        lets the job go. A later flushed commit flushes the claim with it: no write can
+        outlive the claim it rests on.
+        """
+        settings = [] if request.ids is not None else ["set_config('enable_sort', 'off', true)"]
+        if not flush:
+            settings.append("set_config('synchronous_commit', 'off', true)")
+        return f"SELECT {', '.join(settings) or 'NULL'}"
+
     def _claim(self, conn: psycopg.Connection[Any], request: ClaimRequest) -> list[Claim]:
         built = self._claim_query(request)
         if built is None:
             return []
-        claims = [_claim(row) for row in conn.execute(*built)]
+        # One round trip, one transaction: the two statements are pipelined (without
+        # a BEGIN, what is sent before a pipeline's sync is one transaction).
+        with conn.pipeline():
+            conn.execute(self._claim_settings(request, flush=False))
+            cur = conn.execute(*built)
+        claims = [_claim(row) for row in cur.fetchall()]
         claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
         return claims
 
@@ -593,7 +623,10 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             # counter, whose lock the commit holds, and the rows) and the COMMIT.
             saved = [conn.execute(*query) for query in saves]
             released = self._release_cursor(conn, leases)
-            claimed = None if claim_query is None else conn.execute(*claim_query)
+            claimed = None
+            if claim is not None and claim_query is not None:
+                conn.execute(self._claim_settings(claim, flush=bool(saves)))
+                claimed = conn.execute(*claim_query)
             jobs: list[BatchJob | None] = []
             writes: list[list[Step]] = []
             for cur, cp in zip(saved, checkpoints, strict=True):
