@@ -78,8 +78,10 @@ class Connections:
         self.read_only = False
         self.fault_timeout = 0.0
         self.failing_commits = 0
-        #: Connections a forked child inherited: kept, never used or closed (they are
-        #: the parent's; SQLite connections must not cross a fork).
+        #: The forking thread's connection, in a forked child: kept, never used or
+        #: closed (it is the parent's; SQLite connections must not cross a fork). The
+        #: other threads' connections are closed as Python clears those threads in the
+        #: child, before this hook runs; a close there releases only the child's locks.
         self._inherited: list[_ThreadConnection] = []
         _EVERY.add(self)
 
