@@ -935,3 +935,9 @@ def test_download_refuses_jobs_without_a_whole_file(
     jobs.files.delete(f"exports/{done}.csv")
     refused(invoke("download", done), f"The file of batch job {done} (exports/{done}.csv) is gone")
     assert list((tmp_path / "here").iterdir()) == []  # no empty file left behind
+    nowhere = tmp_path / "missing" / "out.csv"
+    refused(invoke("download", done, "-o", str(nowhere)), "The file of batch job")
+    ok = invoke("run", "csv-export", "--set", "table=products").stdout.strip()
+    result = invoke("download", ok, "-o", str(nowhere))
+    refused(result, f"Cannot write {nowhere}: No such file or directory")
+    assert len(result.stderr.splitlines()) == 1

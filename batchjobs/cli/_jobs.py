@@ -370,7 +370,10 @@ def download(jobs: BatchJobs, job_id: str, output: str | None) -> None:
             target = "stdout"
         else:
             path = Path(output or key.rsplit("/", 1)[-1])
-            with path.open("wb") as out:
-                shutil.copyfileobj(source, out)
+            try:
+                with path.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+            except OSError as error:  # a missing folder, no permission, a full disk
+                raise CommandError(f"Cannot write {path}: {error.strerror or error}") from None
             target = str(path)
     click.echo(f"Wrote {size} bytes to {target}.", err=True)
