@@ -641,6 +641,7 @@ def _after_fork() -> None:
         jobs.origin = jobs.store.origin = _new_origin()
         if jobs.mirror is not None:
             jobs.mirror.origin = jobs.origin
+            jobs.mirror._after_fork()
 
 
 if hasattr(os, "register_at_fork"):

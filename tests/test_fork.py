@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,60 @@ def test_a_forked_child_uses_connections_and_a_name_of_its_own(
         origins = {e.job.id: e.origin for e in jobs.events(limit=1000)}
     assert {origins[id] for id in child["made"]} == {child["origin"]}
     assert {origins[id] for id in parent["made"]} == {parent["origin"]}
+
+
+#: Builds BatchJobs with a mirror and commits (its publisher thread starts), forks;
+#: the parent closes its BatchJobs (no more publishing there), then the child commits.
+FORK_MIRRORED = """
+import os, sys
+from batchjobs import BatchJobs
+from tests.strategies import Ledger
+
+options = {"files_dir": sys.argv[2]} if "://" in sys.argv[1] else {}
+jobs = BatchJobs(sys.argv[1], redis_url=sys.argv[3], channel_prefix=sys.argv[4], **options)
+jobs.register(Ledger)
+jobs.create("ledger", {"n": 1})  # the parent's publisher thread runs
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(write)
+    os.read(read, 1)  # the parent has closed its BatchJobs
+    jobs.create("ledger", {"n": 1})
+    jobs.close()
+    os._exit(0)
+os.close(read)
+jobs.close()
+os.write(write, b"x")
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.redis
+def test_a_forked_child_publishes_its_own_events_to_redis(
+    db_url: str | Path, tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe(f"{prefix}:*")
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
+        args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
+        done = subprocess.run(
+            [sys.executable, "-c", FORK_MIRRORED, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        seqs = []
+        while (message := pubsub.get_message(timeout=1)) is not None:
+            seqs.append(json.loads(message["data"])["seq"])
+    finally:
+        pubsub.close()
+        client.close()
+    assert seqs == [1, 2]  # the child's event too, published by the child

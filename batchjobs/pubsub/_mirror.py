@@ -224,6 +224,28 @@ class RedisMirror:
                 )
                 self._thread.start()
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's publisher and listeners are not running here.
+
+        The child starts a publisher of its own at its first commit (its origin
+        is its own: it holds no cursor); what the parent had been handed is the
+        parent's to publish, or is in the outbox.
+        """
+        closing = self._closing.is_set()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._closing = threading.Event()
+        if closing:
+            self._closing.set()
+        self._thread = None
+        self._holding = False
+        self._held_until = 0.0
+        self._handed = deque()
+        self._waiting = []
+        self._look = True
+        self._listeners = []
+        self._listener = None
+
     # -- publishing ------------------------------------------------------------
 
     def publish_pending(self) -> bool | None:
