@@ -24,6 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -109,6 +110,8 @@ class _Timing:
     """A schedule's trigger, asked for fire times in UTC."""
 
     trigger: BaseTrigger
+    #: The zone the trigger reads its times in.
+    zone: ZoneInfo
     cron: bool
 
     def after(self, t: datetime) -> datetime | None:
@@ -117,7 +120,7 @@ class _Timing:
         # ignored. Asked in the trigger's zone: given a UTC time in an hour the
         # clocks go back over, APScheduler 3 may answer that same instant.
         after = t.astimezone(timezone.utc)
-        probe = t.astimezone(self.trigger.timezone)  # type: ignore[attr-defined]
+        probe = t.astimezone(self.zone)
         while True:
             found = self.trigger.get_next_fire_time(probe, probe)
             if found is None:
@@ -131,7 +134,7 @@ class _Timing:
                 probe = found
             else:
                 probe = (probe.astimezone(timezone.utc) + timedelta(seconds=1)).astimezone(
-                    self.trigger.timezone  # type: ignore[attr-defined]
+                    self.zone
                 )
 
     def at_or_after(self, t: datetime) -> datetime | None:
@@ -139,7 +142,7 @@ class _Timing:
         start = t.astimezone(timezone.utc)
         found = self.trigger.get_next_fire_time(
             None,
-            t.astimezone(self.trigger.timezone),  # type: ignore[attr-defined]
+            t.astimezone(self.zone),
         )
         if found is None:
             return None
@@ -174,12 +177,23 @@ def _timing(schedule: Schedule, anchor: datetime) -> _Timing:
     zone = _zone(schedule.timezone)
     if schedule.cron is not None:
         fields = schedule.cron.split()
-        if len(fields) == 5:
-            fields[4] = _crontab_weekdays(fields[4])
-        return _Timing(CronTrigger.from_crontab(" ".join(fields), timezone=zone), cron=True)
+        if len(fields) != 5:
+            return _Timing(CronTrigger.from_crontab(schedule.cron, timezone=zone), zone, cron=True)
+        minute, hour, day, month, weekday = fields
+        weekdays = _crontab_weekdays(weekday)
+        if day.startswith("*") or weekday.startswith("*"):
+            crontab = f"{minute} {hour} {day} {month} {weekdays}"
+            return _Timing(CronTrigger.from_crontab(crontab, timezone=zone), zone, cron=True)
+        # Both days restricted: cron fires on a day matching either (APScheduler on one
+        # matching both), so the earliest of a trigger for each.
+        by_day = CronTrigger.from_crontab(f"{minute} {hour} {day} {month} *", timezone=zone)
+        by_weekday = f"{minute} {hour} * {month} {weekdays}"
+        either = OrTrigger([by_day, CronTrigger.from_crontab(by_weekday, timezone=zone)])
+        return _Timing(either, zone, cron=True)
     assert schedule.every is not None
     return _Timing(
         IntervalTrigger(seconds=schedule.every.total_seconds(), start_date=anchor, timezone=zone),
+        zone,
         cron=False,
     )
 

@@ -275,6 +275,20 @@ def test_crontab_weekday_numbers_count_from_sunday(jobs: BatchJobs) -> None:
         assert [t.strftime("%a") for t in found] == expected, field
 
 
+def test_a_crontab_restricting_both_days_fires_on_either_as_cron_does() -> None:
+    # cron(8): with both day of month and day of week restricted (neither starting
+    # with *), a day matching either fires; with one of them *, both must match.
+    saturday = at("2024-06-01 10:00")
+    days = {
+        "0 9 1 * 1": ["06-03 Mon", "06-10 Mon", "06-17 Mon", "06-24 Mon", "07-01 Mon", "07-08 Mon"],
+        "0 9 13 * 5": ["06-07 Fri", "06-13 Thu", "06-14 Fri", "06-21 Fri", "06-28 Fri"],
+        "0 9 1 * *": ["07-01 Mon", "08-01 Thu"],
+    }
+    for cron, expected in days.items():
+        found = fire_times(Schedule("s", "words", cron=cron), saturday, len(expected))
+        assert [t.strftime("%m-%d %a") for t in found] == expected, cron
+
+
 def test_fire_times_follow_the_timezone_across_dst_changes(jobs: BatchJobs) -> None:
     # 09:00 in Paris: 08:00 UTC in winter, 07:00 UTC once the clocks go forward.
     with freeze_time("2024-03-29 12:00:00"):
