@@ -358,10 +358,10 @@ def test_an_idle_event_stream_sends_heartbeats(
 
     monkeypatch.setattr(api, "HEARTBEAT_SECONDS", 0.05)
     conn, response = _get(served, "/admin/batch-jobs/events", Accept="text/event-stream")
-    lines = [response.readline() for _ in range(4)]
+    lines = [response.readline() for _ in range(5)]
     conn.close()
-    assert lines[:2] == [b"retry: 2000\n", b"\n"]
-    assert lines[2:] == [b": heartbeat\n", b"\n"]
+    assert lines[:3] == [b"retry: 2000\n", b"id: 0\n", b"\n"]
+    assert lines[3:] == [b": heartbeat\n", b"\n"]
 
 
 def test_an_idle_event_stream_moves_its_position_past_other_users_events(
@@ -397,3 +397,24 @@ def test_an_idle_event_stream_moves_its_position_past_other_users_events(
     conn.close()
     assert (event["id"], event["event"]) == (str(last + 1), "batch.created")
     assert json.loads(event["data"])["batch_job"]["id"] == mine.id
+
+
+def test_an_event_stream_tells_its_start_so_a_client_dropped_before_any_event_resumes(
+    jobs: BatchJobs, served: AdminServer
+) -> None:
+    _run(jobs, "a", created_by="usr_1")
+    start = jobs.last_seq()
+    stream = "/admin/batch-jobs/events"
+    conn, response = _get(served, stream, Accept="text/event-stream")
+    first = [response.readline() for _ in range(3)]
+    conn.close()  # dropped before any event of the caller came
+    assert first == [b"retry: 2000\n", f"id: {start}\n".encode(), b"\n"]
+    job = jobs.create("words", {"words": ["b"]}, created_by="usr_1")  # while it was away
+    # What an EventSource sends back: the id it was told.
+    conn, response = _get(
+        served, stream, Accept="text/event-stream", **{"Last-Event-ID": str(start)}
+    )
+    [event] = _read_sse(response, 1)
+    conn.close()
+    assert (event["id"], event["event"]) == (str(start + 1), "batch.created")
+    assert json.loads(event["data"])["batch_job"]["id"] == job.id

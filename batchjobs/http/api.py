@@ -447,8 +447,11 @@ def _event_stream(feed: EventFeed) -> Response:
 
     def stream() -> Iterator[str]:
         try:
-            yield f"retry: {STREAM_RETRY_MS}\n\n"
-            sent = feed.after  # the position the client knows
+            # The position the stream starts from, as an ``id:`` without data: a client
+            # dropped before any event came resumes from there (Last-Event-ID), not
+            # from whatever is "now" when it reconnects.
+            sent = feed.after
+            yield f"retry: {STREAM_RETRY_MS}\nid: {sent}\n\n"
             while not feed.closed:
                 events = feed.read(timeout=HEARTBEAT_SECONDS)
                 if not events:
