@@ -134,6 +134,24 @@ def tidy(make_jobs: Any) -> BatchJobs:
     return jobs
 
 
+class SlowTidy(Tidy):
+    """A ``Tidy`` whose ``on_cancel`` sets ``entered``, then waits for ``free``."""
+
+    entered = threading.Event()
+    free = threading.Event()
+
+    def on_cancel(self, run: JobRun) -> None:
+        type(self).entered.set()
+        type(self).free.wait(10)
+        super().on_cancel(run)
+
+
+@pytest.fixture
+def slow_tidy() -> type[SlowTidy]:
+    SlowTidy.entered, SlowTidy.free = threading.Event(), threading.Event()
+    return SlowTidy
+
+
 def handed_over(jobs: BatchJobs, n: int = 100) -> str:
     """A job left processing after its first checkpoint, its lease released."""
     job = jobs.create("ledger", {"n": n})
@@ -390,17 +408,10 @@ def test_a_job_given_back_behind_a_long_one_is_run_by_another_worker_without_a_p
 
 
 def test_a_cleanup_running_in_the_cancelling_thread_keeps_its_lease_through_a_shutdown(
-    tidy: BatchJobs, make_jobs: Any
+    tidy: BatchJobs, make_jobs: Any, slow_tidy: type[SlowTidy]
 ) -> None:
-    entered, free = threading.Event(), threading.Event()
-
-    class Slow(Tidy):
-        def on_cancel(self, run: JobRun) -> None:
-            entered.set()
-            free.wait(10)
-            super().on_cancel(run)
-
-    tidy.register(Slow)
+    entered, free = slow_tidy.entered, slow_tidy.free
+    tidy.register(slow_tidy)
     id = handed_over(tidy)
     canceller = threading.Thread(target=tidy.cancel, args=(id,))  # a request's thread, say
     canceller.start()
@@ -418,19 +429,12 @@ def test_a_cleanup_running_in_the_cancelling_thread_keeps_its_lease_through_a_sh
 
 
 def test_a_cleanup_run_by_cancel_keeps_its_lease_however_long_on_cancel_takes(
-    make_jobs: Any,
+    make_jobs: Any, slow_tidy: type[SlowTidy]
 ) -> None:
     Tidy.cleaned = []
     jobs = make_jobs(lease_seconds=0.3)  # no workers started here: nothing else renews
-    entered, free = threading.Event(), threading.Event()
-
-    class Slow(Tidy):
-        def on_cancel(self, run: JobRun) -> None:
-            entered.set()
-            free.wait(10)
-            super().on_cancel(run)
-
-    jobs.register(Slow)
+    entered, free = slow_tidy.entered, slow_tidy.free
+    jobs.register(slow_tidy)
     id = handed_over(jobs)
     canceller = threading.Thread(target=jobs.cancel, args=(id,))
     canceller.start()
@@ -450,21 +454,16 @@ def test_a_cleanup_run_by_cancel_keeps_its_lease_however_long_on_cancel_takes(
 
 @pytest.mark.usefixtures("short_jobs")
 def test_a_long_cleanup_of_a_job_canceled_in_its_batch_holds_up_no_one(
-    tidy: BatchJobs, make_jobs: Any
+    tidy: BatchJobs, make_jobs: Any, slow_tidy: type[SlowTidy]
 ) -> None:
-    entered, free = threading.Event(), threading.Event()
+    entered, free = slow_tidy.entered, slow_tidy.free
 
-    class Slow(Tidy):
+    class Slow(SlowTidy):  # its events are slow_tidy's, set afresh for this test
         def process_chunk(self, run: JobRun, start: int, size: int) -> int:
             other = run.job.context.get("cancel")
             if other:  # the next job of its batch, waiting: its worker cleans it up
                 tidy.cancel(other)
             return super().process_chunk(run, start, size)
-
-        def on_cancel(self, run: JobRun) -> None:
-            entered.set()
-            free.wait(10)
-            super().on_cancel(run)
 
     tidy.register(Slow)
     # Claimed 1, then 2, then 4 at a time: the third batch is the last three jobs.
