@@ -117,6 +117,26 @@ def test_close_after_shutdown_without_waiting_hands_running_jobs_over(
     assert other.retrieve(job.id).status == Status.COMPLETED
 
 
+class LongLedger(Ledger):
+    """A ``Ledger`` whose job with ``"long"`` in its context runs one chunk that takes
+    long, with no checkpoint: it sets ``started``, then waits for ``release``."""
+
+    started = threading.Event()
+    release = threading.Event()
+
+    def process_chunk(self, run: JobRun, start: int, size: int) -> int:
+        if run.job.context.get("long"):
+            type(self).started.set()
+            type(self).release.wait(10)
+        return super().process_chunk(run, start, size)
+
+
+@pytest.fixture
+def long_ledger() -> type[LongLedger]:
+    LongLedger.started, LongLedger.release = threading.Event(), threading.Event()
+    return LongLedger
+
+
 class Tidy(Ledger):
     """Counts its cleanups in ``cleaned`` (a list of job ids) on the class."""
 
@@ -295,19 +315,11 @@ def test_a_failure_after_a_batch_commit_ends_every_run_and_leaves_no_claim_lease
 
 @pytest.mark.usefixtures("short_jobs")
 def test_a_long_job_of_a_batch_holds_up_neither_the_jobs_done_before_it_nor_those_after(
-    make_jobs: Any,
+    make_jobs: Any, long_ledger: type[LongLedger]
 ) -> None:
     jobs = make_jobs(lease_seconds=60)
-    started, release = threading.Event(), threading.Event()
-
-    class Long(Ledger):
-        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
-            if run.job.context.get("long"):  # one chunk that takes long: no checkpoint
-                started.set()
-                release.wait(10)
-            return super().process_chunk(run, start, size)
-
-    jobs.register(Long)
+    started, release = long_ledger.started, long_ledger.release
+    jobs.register(long_ledger)
     # Claimed 1, then 2, then 4 at a time: the third batch is the last three jobs.
     first = [jobs.create("ledger", {"n": 1}) for _ in range(3)]
     done = jobs.create("ledger", {"n": 1})  # its end waits for its batch's commit
@@ -336,20 +348,13 @@ def test_a_long_job_of_a_batch_holds_up_neither_the_jobs_done_before_it_nor_thos
 
 @pytest.mark.usefixtures("short_jobs")
 def test_the_receivers_of_what_the_heartbeat_commits_never_hold_up_the_heartbeat(
-    make_jobs: Any,
+    make_jobs: Any, long_ledger: type[LongLedger]
 ) -> None:
     jobs = make_jobs(lease_seconds=60)
-    started, release = threading.Event(), threading.Event()
+    started, release = long_ledger.started, long_ledger.release
     entered, finished, free = threading.Event(), threading.Event(), threading.Event()
 
-    class Long(Ledger):
-        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
-            if run.job.context.get("long"):
-                started.set()
-                release.wait(10)
-            return super().process_chunk(run, start, size)
-
-    jobs.register(Long)
+    jobs.register(long_ledger)
     jobs.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
     done = jobs.create("ledger", {"n": 1})
     jobs.create("ledger", {"n": 1, "long": True})
@@ -380,19 +385,11 @@ def test_the_receivers_of_what_the_heartbeat_commits_never_hold_up_the_heartbeat
 
 @pytest.mark.usefixtures("short_jobs")
 def test_a_job_given_back_behind_a_long_one_is_run_by_another_worker_without_a_poll(
-    make_jobs: Any,
+    make_jobs: Any, long_ledger: type[LongLedger]
 ) -> None:
     jobs = make_jobs(lease_seconds=0.6, poll_interval=60)  # a beat every 0.2 s, no poll
-    started, release = threading.Event(), threading.Event()
-
-    class Long(Ledger):
-        def process_chunk(self, run: JobRun, start: int, size: int) -> int:
-            if run.job.context.get("long"):
-                started.set()
-                release.wait(10)
-            return super().process_chunk(run, start, size)
-
-    jobs.register(Long)
+    started, release = long_ledger.started, long_ledger.release
+    jobs.register(long_ledger)
     jobs.create("ledger", {"n": 1})  # a batch of its own; the next claim takes 2
     long = jobs.create("ledger", {"n": 1, "long": True})
     behind = jobs.create("ledger", {"n": 1})
