@@ -63,7 +63,12 @@ def _as_datetime(name: str, value: Any) -> datetime:
             raise InvalidDataError(f"{name}: {value!r} is not an ISO 8601 date") from None
     if not isinstance(value, datetime):
         raise InvalidDataError(f"{name} takes a datetime or an ISO 8601 string")
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:  # in UTC, as times are stored: the same instant on every backend
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidDataError(f"{name}: {value.isoformat()} is out of range in UTC") from None
 
 
 def _check_draft(draft: JobDraft) -> JobDraft:

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,13 @@ def test_the_list_filters_the_medusa_way(api: Api, jobs: BatchJobs) -> None:
     assert listed(api, "status[]=completed&type[]=words") == []
     assert listed(api, "expand=created_by_user&fields=id,status&type=words") == [words.id]
     assert listed(api, "type[]=words", as_user="usr_2") == []
+    # Any offset, compared as the instant it names; beyond what UTC can write: refused.
+    paris = words.created_at.astimezone(timezone(timedelta(hours=2)))  # type: ignore[union-attr]
+    assert listed(api, f"created_at[gt]={paris.isoformat().replace('+', '%2B')}") == [ledger.id]
+    for edge in ("0001-01-01T00:00:00%2B14:00", "9999-12-31T23:00:00-14:00"):
+        refused = api("GET", f"{URL}?created_at[gt]={edge}")
+        assert refused.status_code == 400, refused.get_data(as_text=True)
+        assert "is out of range in UTC" in refused.get_json()["message"]
 
 
 def test_every_medusa_list_filter_answers(api: Api, jobs: BatchJobs) -> None:
