@@ -364,7 +364,8 @@ def test_an_upload_is_previewed_confirmed_and_imported_step_by_step(
     page.get_by_label("CSV file").focus()
     expect(page.get_by_label("CSV file")).to_be_focused()
     with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Space")
+        # Focus and key in one step: nothing can take the focus between them.
+        page.get_by_label("CSV file").press("Space")
     chooser.value.set_files(
         {"name": "copy.csv", "mimeType": "text/csv", "buffer": data.encode()}
     )
