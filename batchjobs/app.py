@@ -639,6 +639,10 @@ def _after_fork() -> None:
     # cursor must not pass for its parent's (the stores reopen their connections).
     for jobs in list(_EVERY):
         jobs.origin = jobs.store.origin = _new_origin()
+        # The listeners waking the parent's feeds (Redis, NOTIFY) do not run here, and
+        # stopping them is the parent's business: the child's first follow() starts its own.
+        jobs._watching = False
+        jobs._unwatch = []
         if jobs.mirror is not None:
             jobs.mirror.origin = jobs.origin
             jobs.mirror._after_fork()

@@ -117,3 +117,54 @@ def test_a_forked_child_publishes_its_own_events_to_redis(
         pubsub.close()
         client.close()
     assert seqs == [1, 2]  # the child's event too, published by the child
+
+
+#: The parent follows (its feeds woken by Redis), forks; the child follows too, with a
+#: poll too slow to matter, and times how long the parent's next event takes to reach it.
+FORK_FOLLOWING = """
+import os, sys, time
+from batchjobs import BatchJobs
+from tests.strategies import Ledger
+
+options = {"files_dir": sys.argv[2]} if "://" in sys.argv[1] else {}
+jobs = BatchJobs(sys.argv[1], redis_url=sys.argv[3], channel_prefix=sys.argv[4],
+                 poll_interval=30, **options)
+jobs.register(Ledger)
+jobs.follow().close()  # the parent's feeds listen to Redis
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    feed = jobs.follow()  # returns once its Redis subscription is made
+    os.write(write, b"x")
+    started = time.monotonic()
+    events = feed.read(timeout=20)
+    print(f"{len(events)} {time.monotonic() - started:.2f}", flush=True)
+    jobs.close()
+    os._exit(0)
+os.close(write)
+os.read(read, 1)  # the child is following
+jobs.create("ledger", {"n": 1})
+_, status = os.waitpid(pid, 0)
+jobs.close()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.redis
+def test_a_forked_child_following_is_woken_by_redis(
+    db_url: str | Path, tmp_path: Path, redis_url: str
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_FOLLOWING, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    count, seconds = done.stdout.split()
+    assert count == "1"
+    assert float(seconds) < 10  # woken by the message, not by the 30 s poll
