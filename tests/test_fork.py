@@ -15,6 +15,20 @@ from batchjobs import BatchJobs
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a new interpreter from the project's root; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 #: Builds BatchJobs and uses it, forks, then parent and child each create jobs at
 #: once; the child closes its BatchJobs before it exits, the parent creates one more.
 FORKS = """
@@ -43,14 +57,7 @@ jobs.close()
 def test_a_forked_child_uses_connections_and_a_name_of_its_own(
     db_url: str | Path, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", FORKS, str(db_url), str(tmp_path / "files")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(FORKS, str(db_url), str(tmp_path / "files"))
     child, parent = (json.loads(line) for line in done.stdout.splitlines())
     assert parent["child_status"] == 0
     assert child["origin"] != parent["origin"]
@@ -102,14 +109,7 @@ def test_a_forked_child_publishes_its_own_events_to_redis(
     try:
         assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
         args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
-        done = subprocess.run(
-            [sys.executable, "-c", FORK_MIRRORED, *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
+        run_script(FORK_MIRRORED, *args)
         seqs = []
         while (message := pubsub.get_message(timeout=1)) is not None:
             seqs.append(json.loads(message["data"])["seq"])
@@ -157,14 +157,7 @@ def test_a_forked_child_following_is_woken_by_redis(
 ) -> None:
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
-    done = subprocess.run(
-        [sys.executable, "-c", FORK_FOLLOWING, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(FORK_FOLLOWING, *args)
     count, seconds = done.stdout.split()
     assert count == "1"
     assert float(seconds) < 10  # woken by the message, not by the 30 s poll
