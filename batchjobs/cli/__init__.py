@@ -4,7 +4,8 @@ A thin client of ``BatchJobs``: each command makes one or two calls on it and
 prints the result. Data goes to stdout (``--json``: exactly one JSON
 document), progress bars and messages to stderr. Exit status: 0 success; 1
 when a watched or run job ends failed or canceled; 2 for bad input and every
-``BatchJobError``, with its message and no traceback.
+``BatchJobError``, with its message and no traceback; 130 when Ctrl-C
+interrupts a command (a worker or a server stops gracefully instead: 0).
 
 The group mounts in a host application's click CLI::
 

@@ -13,7 +13,7 @@ from ..app import BatchJobs
 from ..migrate import migrate as migrate_jobs
 from ..models import RESTING_STATUSES
 from ..store import SQLITE_VERSION
-from ._app import CommandError, cli, pass_jobs
+from ._app import EXIT_INTERRUPTED, CommandError, cli, pass_jobs
 from ._input import _Duration, _json_option
 from ._output import _event_line, _outbox_line, _print_json, _table, _when
 from ._validators import Count, JobId, Text
@@ -71,7 +71,9 @@ def template(jobs: BatchJobs, batch_type: str) -> None:
     metavar="SEQ",
     help="Only events after this seq (the last one you handled) [default: every event kept].",
 )
-@click.option("--follow", "-f", is_flag=True, help="Then wait for new events; Ctrl-C stops.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then wait for new events; Ctrl-C stops (exit 130)."
+)
 @click.option("--job", "job_id", type=JobId(), metavar="ID", help="Only this job's events.")
 @click.option(
     "--user", "created_by", type=Text(), metavar="ID", help="Only the events of this user's jobs."
@@ -115,7 +117,8 @@ def events(
     stores the last seq it handled and restarts with --after SEQ misses no
     event and gets none twice. --json: {"seq", "event", "at", "batch_job"}
     per line. Exits 2 if events after SEQ were pruned (the message gives
-    the oldest kept). --redis tails the raw Redis mirror instead.
+    the oldest kept), 130 when stopped by Ctrl-C. --redis tails the raw
+    Redis mirror instead.
 
     \b
     Examples:
@@ -148,6 +151,7 @@ def events(
                     return
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     finally:
         feed.close()
 
@@ -185,6 +189,7 @@ def _tail_mirror(
                 break
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     finally:
         subscription.close()
 

@@ -242,13 +242,17 @@ def pass_jobs(f: F) -> F:
 
 
 class _Group(click.Group):
-    """The command group; turns ``BatchJobError`` into exit status 2 at the boundary."""
+    """The command group; at the boundary, turns ``BatchJobError`` into exit status 2
+    and a Ctrl-C no command handled into 130 (not click's "Aborted!" and 1)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BatchJobError as error:
             raise CommandError(error.message) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 @click.group(name="batchjobs", cls=_Group)

@@ -323,7 +323,8 @@ def watch(jobs: BatchJobs, job_id: str, timeout: float | None, as_json: bool) ->
     """Follow a job's progress until it rests.
 
     A progress bar with records/s and ETA, on stderr. Exits 0 when it
-    completes (or rests pre-processed), 1 when it fails or is canceled.
+    completes (or rests pre-processed), 1 when it fails or is canceled, 130
+    when Ctrl-C stops watching it (the job goes on; its id on stdout).
 
     \b
     Example:

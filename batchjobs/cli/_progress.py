@@ -170,25 +170,39 @@ def _follow(
     finished: threading.Event | None = None,
     tick: Callable[[], None] | None = None,
 ) -> BatchJob:
-    """Show job ``job_id``'s progress until it rests (or ``finished`` is set)."""
+    """Show job ``job_id``'s progress until it rests (or ``finished`` is set).
+
+    Ctrl-C stops following, not the job: the command exits 130 with the
+    job's id on stdout, as ``run`` does.
+    """
     bar = _ProgressBar(tty=_stderr_is_tty())
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = finished or threading.Event()
-    with bar.sharing_the_terminal():
-        while True:
-            ended = pause.is_set()
-            job = jobs.retrieve(job_id)
-            if job.is_resting or ended:
-                break
-            bar.update(job)
-            if deadline is not None and time.monotonic() >= deadline:
-                bar.finish(job)
-                raise click.ClickException(
-                    f"{job_id} is still {job.status.value} after {timeout:g} seconds"
-                )
-            if tick is not None:
-                tick()
-            pause.wait(FOLLOW_INTERVAL)
+    try:
+        with bar.sharing_the_terminal():
+            while True:
+                ended = pause.is_set()
+                job = jobs.retrieve(job_id)
+                if job.is_resting or ended:
+                    break
+                bar.update(job)
+                if deadline is not None and time.monotonic() >= deadline:
+                    bar.finish(job)
+                    raise click.ClickException(
+                        f"{job_id} is still {job.status.value} after {timeout:g} seconds"
+                    )
+                if tick is not None:
+                    tick()
+                pause.wait(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        job = jobs.retrieve(job_id)
+        bar.finish(job)
+        click.echo(job_id)  # on stdout, for a script to follow it again
+        click.echo(
+            f"Stopped watching {job_id}; it goes on in a worker: {_session().prog} watch {job_id}",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     bar.finish(job)
     return job
 
@@ -249,8 +263,9 @@ def _trap_interrupt(stop: threading.Event) -> Callable[[], None]:
     def on_interrupt(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        click.echo("\nStopping at the next checkpoint (Ctrl-C again: at once)...", err=True)
+        # Set before saying so: a second Ctrl-C may come as soon as the line shows.
         stop.set()
+        click.echo("\nStopping at the next checkpoint (Ctrl-C again: at once)...", err=True)
 
     signal.signal(signal.SIGINT, on_interrupt)
 

@@ -18,7 +18,7 @@ from .. import signals
 from ..app import BatchJobs
 from ..limits import MAX_INTEGER
 from ..models import BatchJob, Status
-from ._app import CommandError, cli, pass_jobs
+from ._app import EXIT_INTERRUPTED, CommandError, cli, pass_jobs
 from ._input import _TokenUser
 from ._output import _count_text
 from ._validators import PositiveInt, PositiveSeconds, Text
@@ -89,9 +89,10 @@ def _trap_signals(stop: threading.Event) -> dict[int, Any]:
     def on_signal(signum: int, frame: Any) -> None:
         if stop.is_set():
             click.echo("Stopping at once.", err=True)
-            os._exit(130)
-        click.echo("Stopping: running jobs save a checkpoint and hand over...", err=True)
+            os._exit(EXIT_INTERRUPTED)
+        # Set before saying so: a second signal may come as soon as the line shows.
         stop.set()
+        click.echo("Stopping: running jobs save a checkpoint and hand over...", err=True)
 
     # A worker started in the background of a script ignores SIGINT (Ctrl-C): keep it so.
     trapped = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
