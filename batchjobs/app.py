@@ -644,8 +644,7 @@ def _after_fork() -> None:
         jobs._watching = False
         jobs._unwatch = []
         if jobs.mirror is not None:
-            jobs.mirror.origin = jobs.origin
-            jobs.mirror._after_fork()
+            jobs.mirror.reset_after_fork(jobs.origin)
 
 
 if hasattr(os, "register_at_fork"):

@@ -250,6 +250,43 @@ def test_the_mirror_writes_the_keys_the_listeners_read() -> None:
     assert event.origin == "host:1:ab" and event.at == at.isoformat()
 
 
+def _commit(*seqs: int) -> list[Event]:
+    """One commit's events, of one job, with these seqs."""
+    job = BatchJob(id="batch_1", type="words", status=Status.CREATED)
+    return [Event(seq, "batch.updated", job, utcnow()) for seq in seqs]
+
+
+def test_the_hand_over_gives_the_events_that_continue_the_cursor_in_seq_order() -> None:
+    from batchjobs.pubsub._handover import Handover
+
+    handover = Handover()
+    assert handover.offer(_commit(3, 4), limit=2) and handover.offer(_commit(1, 2), limit=2)
+    assert not handover.offer(_commit(5), limit=2)  # full: left to the outbox
+    taken = handover.take(1, size=3, keep=100)  # commits noted out of order come sorted
+    assert [e.seq for e in taken or []] == [1, 2, 3]
+    assert handover.newest == 4 and handover.pending and handover.waiting
+    assert [e.seq for e in handover.take(4, size=3, keep=100) or []] == [4]
+    assert not handover.pending
+    handover.offer(_commit(6, 7), limit=2)
+    assert handover.take(5, size=3, keep=100) is None  # seq 5 is missing: a gap
+    assert handover.waiting  # 6 and 7 wait for their turn
+    assert [e.seq for e in handover.take(6, size=3, keep=100) or []] == [6, 7]
+
+
+def test_the_hand_over_drops_what_was_published_from_the_outbox_or_waits_too_long() -> None:
+    from batchjobs.pubsub._handover import Handover
+
+    handover = Handover()
+    handover.offer(_commit(1, 2, 3), limit=10)
+    assert [e.seq for e in handover.take(3, size=10, keep=100) or []] == [3]  # 1, 2 dropped
+    handover.offer(_commit(4, 5, 6), limit=10)
+    handover.forget(5)
+    assert [e.seq for e in handover.take(6, size=10, keep=100) or []] == [6]
+    handover.offer(_commit(8, 9, 10), limit=10)
+    assert handover.take(7, size=10, keep=2) is None  # more than keep wait: all dropped
+    assert not handover.pending and handover.newest == 0
+
+
 @pytest.mark.redis
 def test_events_committed_while_redis_is_away_are_published_in_order_once_it_is_back(
     redis_server: Callable[..., RedisServer], prefix: str, db_path: Path

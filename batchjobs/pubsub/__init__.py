@@ -24,8 +24,11 @@ Other processes follow the events with ``Subscription`` (an iterator) or
 ``EventListener`` (a callback thread); ``relay_to_signals`` re-emits them as
 local blinker signals marked ``remote=True``.
 
-``_mirror`` publishes, ``_subscription`` follows, and ``_connection`` holds
-what both share: the client's settings, the backoff, the outage reports.
+``_mirror`` publishes, with its parts: ``_cursor`` (its position in the
+database, leased), ``_handover`` (this process's events, in memory),
+``_sender`` (the messages and their sending) and ``_wakeups`` (its listeners
+on other processes); ``_subscription`` follows, and ``_connection`` holds
+what both sides share: the client's settings, the backoff, the outage reports.
 """
 
 from __future__ import annotations
@@ -42,19 +45,17 @@ from ._connection import (  # noqa: F401
     SOCKET_TIMEOUT,
     check_url,
 )
+from ._cursor import CURSOR_LEASE, STORE_SECONDS  # noqa: F401
 from ._mirror import (  # noqa: F401
-    CURSOR_LEASE,
     HANDOFF_LIMIT,
     IDLE_SECONDS,
     LINGER,
     PIPELINE_SIZE,
-    STORE_SECONDS,
     SWEEP_SECONDS,
-    WAKE_EVENTS,
     MirrorStats,
     RedisMirror,
-    message,
 )
+from ._sender import message  # noqa: F401
 from ._subscription import (  # noqa: F401
     DEFAULT_PATTERN,
     LISTEN_STEP,
@@ -64,6 +65,7 @@ from ._subscription import (  # noqa: F401
     Subscription,
     relay_to_signals,
 )
+from ._wakeups import WAKE_EVENTS
 
 __all__ = [
     "CONNECT_TIMEOUT",

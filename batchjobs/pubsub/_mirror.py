@@ -23,51 +23,30 @@ dropped hand-over) is read from the outbox, so nothing committed is skipped.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import Enum
 
-import redis
-
 from ..errors import EventsPrunedError
-from ..models import Event, utcnow
+from ..models import Event
 from ..store import Store
-from ._connection import (
-    _REDIS_ERRORS,
-    CLOSE_TIMEOUT,
-    DEFAULT_PREFIX,
-    MESSAGE_KEYS,
-    _Backoff,
-    _client,
-    _display,
-    _Outages,
-    log,
-)
-from ._subscription import DEFAULT_PATTERN, EventListener
-
-#: Events a worker wakes up for: a job became claimable.
-WAKE_EVENTS = ("batch.created", "batch.confirmed")
+from ._connection import CLOSE_TIMEOUT, DEFAULT_PREFIX, _Backoff, _display, _Outages, log
+from ._cursor import CursorLease
+from ._handover import Handover
+from ._sender import MessageSender
+from ._wakeups import WakeListeners
 
 #: Events read from the outbox and published in one pipeline at most.
 PIPELINE_SIZE = 500
 #: Seconds between two publishing rounds while events keep coming: an event
 #: after a quiet spell goes out at once, a burst goes out in batches.
 LINGER = 0.005
-#: How long the cursor stays leased to the process publishing (renewed each time
-#: its position is written).
-CURSOR_LEASE = timedelta(seconds=10)
-#: Seconds between two writes of the cursor's position while publishing: what a
-#: process that dies mid-stream leaves to be published again (a write transaction
-#: per round would compete with the jobs' own for the database's write lock).
-STORE_SECONDS = 0.5
 #: Seconds without a commit here after which the publisher writes its position and
 #: gives the cursor up, so that another process may publish (until then, it looks
-#: for other processes' events every LINGER and publishes them).
+#: for other processes' events every LINGER and publishes them). Also how long a
+#: process that found the cursor held waits before it tries to take it again.
 IDLE_SECONDS = 0.1
 #: Commits whose events may wait in memory for the publisher; beyond, they are left
 #: to the outbox (Redis down: the publisher backs off while jobs go on).
@@ -75,29 +54,6 @@ HANDOFF_LIMIT = 1000
 #: Seconds between two looks at the outbox for events nobody published (a
 #: process that died before publishing them, a process without a mirror).
 SWEEP_SECONDS = 1.0
-
-#: Publishes KEYS[i] (channels) with ARGV[i] (messages), in order. A batch is one
-#: command and one reply: a pipeline costs the publisher thread (and so the job's
-#: thread, through the GIL) a reply to parse per message (docs/benchmarks.md).
-_PUBLISH_SCRIPT = "for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end return #KEYS"
-#: One encoder for every message (``json.dumps`` with options makes one per call).
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def message(event: Event) -> str:
-    """The JSON message for ``event``, its keys in ``MESSAGE_KEYS``' order."""
-    job = event.job
-    values = (
-        event.event,
-        job.id,
-        job.type,
-        job.status.value,
-        job.result,
-        event.at.isoformat(),
-        event.origin,
-        event.seq,
-    )
-    return _ENCODE(dict(zip(MESSAGE_KEYS, values, strict=True)))
 
 
 class _Round(Enum):
@@ -123,6 +79,124 @@ class MirrorStats:
     down: bool
 
 
+class CursorPublisher:
+    """Publishes the events after the cursor, a round at a time, in seq order.
+
+    A round takes the cursor's lease if this process does not hold it, then
+    publishes what follows the cursor: from the hand-over (this process's
+    events, in memory) while it continues the cursor exactly, else from the
+    outbox. ``RedisMirror`` decides when rounds run.
+    """
+
+    def __init__(self, store: Store, lease: CursorLease, sender: MessageSender) -> None:
+        self.store = store
+        self.lease = lease
+        self.sender = sender
+        self.handover = Handover()
+        #: Paces the rounds after Redis was found unreachable; a publish resets it.
+        self.backoff = _Backoff()
+        #: Before this (monotonic), another process was found holding the cursor.
+        self.held_until = 0.0
+        #: The last seq committed, as last read or handed over.
+        self.head = 0
+        #: Set when a commit's events were not handed over: the next round reads the outbox.
+        self.look = False
+
+    @property
+    def behind(self) -> int:
+        """Events committed but not yet published, as last seen."""
+        return max(self.head - self.lease.seq, 0)
+
+    def offer(self, events: Sequence[Event] | None) -> None:
+        """Hand over a commit's events; the outbox is read instead if there are none or
+        too many wait."""
+        if not (events and self.handover.offer(events, limit=HANDOFF_LIMIT)):
+            self.look = True
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: no lease held, nothing handed over; the outbox is read."""
+        self.lease.holding = False
+        self.held_until = 0.0
+        self.handover = Handover()
+        self.look = True
+        self.sender.reset_after_fork()
+
+    def round(self, *, look: bool) -> _Round:
+        """Publish the next events after the cursor, taking its lease first if needed.
+
+        Events come from the hand-over while they continue the cursor, else
+        from the outbox; with nothing handed over, ``look`` reads the outbox
+        for events of other processes (or handed over to nobody).
+        """
+        lease = self.lease
+        if not lease.holding:
+            if time.monotonic() < self.held_until:
+                return _Round.HELD
+            self.head = self.store.last_seq()
+            if self.head <= lease.seq:
+                self.handover.forget(lease.seq)
+                return _Round.DONE
+            if not lease.take():
+                self.held_until = time.monotonic() + IDLE_SECONDS
+                return _Round.HELD
+        elif lease.write_due and not self._write(keep=True):
+            return _Round.HELD  # (the position written, the lease renewed) lost it meanwhile
+        look, self.look = look or self.look, False
+        events = self.handover.take(lease.seq + 1, size=PIPELINE_SIZE, keep=HANDOFF_LIMIT * 10)
+        self.head = max(self.head, self.handover.newest)
+        if events is None:
+            if not self.handover.waiting:
+                # Nothing handed over: only other processes' events (or those handed
+                # over to nobody) may wait, and only a look at the last seq says.
+                if not look:
+                    return _Round.DONE
+                self.head = max(self.head, self.store.last_seq())
+                if self.head <= lease.seq:
+                    return _Round.DONE
+            events = self._outbox_events()
+            if events is None:
+                return _Round.MORE
+        if not events:
+            return _Round.DONE
+        if not self.sender.publish(events):
+            self.give_up()
+            self.look = True  # those events left the hand-over: the outbox has them
+            return _Round.DOWN
+        self.backoff.reset()
+        lease.seq = events[-1].seq
+        self.head = max(self.head, lease.seq)
+        if len(events) == PIPELINE_SIZE or self.handover.pending:
+            return _Round.MORE
+        return _Round.DONE
+
+    def _outbox_events(self) -> list[Event] | None:
+        """The events after the cursor read from the outbox, or None if some were pruned
+        (the cursor then moves past them)."""
+        try:
+            return self.store.events(after=self.lease.seq, limit=PIPELINE_SIZE)
+        except EventsPrunedError as pruned:
+            log.warning(
+                "events %d to %d were pruned before they were published to Redis",
+                self.lease.seq + 1,
+                pruned.oldest - 1,
+            )
+            self.lease.seq = pruned.oldest - 1
+            self._write(keep=True)
+            return None
+
+    def _write(self, *, keep: bool) -> bool:
+        """Write the cursor's position, renewing the lease if ``keep``, else giving it
+        up. False if this process no longer holds it (another took over)."""
+        if not self.lease.write(keep=keep):
+            self.held_until = time.monotonic() + IDLE_SECONDS
+        return self.lease.holding
+
+    def give_up(self) -> None:
+        """Write the cursor's position and give the cursor up, if this process holds it."""
+        if self.lease.holding:
+            self._write(keep=False)
+
+
 class RedisMirror:
     """Publishes the outbox of ``store`` to Redis, off the jobs' path, in seq order.
 
@@ -133,6 +207,9 @@ class RedisMirror:
     ``batch.confirmed`` messages and calls ``wake()`` for each, so a worker
     claims their jobs at once instead of at its next poll; ``watch(callback)``
     calls back on every other process's message (``follow`` wakes on it).
+
+    The mirror runs the publishing thread, which decides when a round of its
+    ``CursorPublisher`` runs; the listeners are its ``WakeListeners``.
     """
 
     def __init__(
@@ -147,58 +224,45 @@ class RedisMirror:
         self.store = store
         self.url = url
         self.prefix = prefix
-        #: Names the ``BatchJobs`` whose events these are (``"origin"``): its listeners skip them.
-        self.origin = origin
         self.sweep_seconds = sweep_seconds
         #: The cursor's name in the database: one per Redis server and prefix.
         self.cursor = f"redis {_display(url)} {prefix}"
-        self._client = _client(url)
         self._outages = _Outages("batch job events mirror", url)
-        self._backoff = _Backoff()
-        self._channels: dict[str, str] = {}
-        #: False once Redis refused the publishing script (ACL, cluster): a pipeline.
-        self._scripting = True
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._published = 0
-        #: The last seq published (or the cursor as taken), and whether this mirror
-        #: holds the cursor's lease.
-        self._seen = 0
-        self._holding = False
-        #: When this mirror last wrote the cursor's position (monotonic).
-        self._stored_at = 0.0
-        #: Before this (monotonic), another process was found holding the cursor.
-        self._held_until = 0.0
-        #: Where the cursor starts if no mirror ever published this database to this
-        #: Redis: what was committed before this mirror existed is not published.
-        self._start = store.last_seq()
-        #: The last seq committed, as last read or handed over.
-        self._head = 0
-        #: This process's committed events, as handed over by ``wake`` (one list per
-        #: commit), and those taken from there that wait for their turn, by seq.
-        self._handed: deque[Sequence[Event]] = deque()
-        self._waiting: list[Event] = []
-        #: Set when a commit's events were not handed over: the next round reads the outbox.
-        self._look = False
-        self._listeners: list[EventListener] = []
-        self._listener: EventListener | None = None
+        sender = MessageSender(
+            url, prefix=prefix, outages=self._outages, closing=lambda: self._closing.is_set()
+        )
+        # If no mirror ever published this database to this Redis, the cursor starts
+        # at the last event: what was committed before this mirror existed is not published.
+        lease = CursorLease(store, self.cursor, owner=origin, start=store.last_seq())
+        self._publisher = CursorPublisher(store, lease, sender)
+        self._wakeups = WakeListeners(url, prefix=prefix, origin=origin, outages=self._outages)
 
     def __repr__(self) -> str:
         return f"<RedisMirror {_display(self.url)!r} prefix={self.prefix!r}>"
 
     @property
+    def origin(self) -> str:
+        """Names the ``BatchJobs`` whose events these are (``"origin"``): its listeners
+        skip them, and it holds the cursor under this name."""
+        return self._publisher.lease.owner
+
+    @origin.setter
+    def origin(self, origin: str) -> None:
+        self._publisher.lease.owner = self._wakeups.origin = origin
+
+    @property
     def stats(self) -> MirrorStats:
         """A snapshot of the counters."""
-        behind = max(self._head - self._seen, 0)
-        with self._lock:
-            return MirrorStats(
-                published=self._published,
-                behind=behind,
-                outages=self._outages.count,
-                down=self._outages.down,
-            )
+        return MirrorStats(
+            published=self._publisher.sender.published,
+            behind=self._publisher.behind,
+            outages=self._outages.count,
+            down=self._outages.down,
+        )
 
     def wake(self, events: Sequence[Event] | None = None) -> None:
         """Publish what was committed: called after each commit (cheap, never blocks).
@@ -207,10 +271,7 @@ class RedisMirror:
         them over) spare the publisher a read of the outbox while they
         continue exactly from the cursor.
         """
-        if events and len(self._handed) < HANDOFF_LIMIT:
-            self._handed.append(events)
-        else:
-            self._look = True  # nothing handed over: the next round reads the outbox
+        self._publisher.offer(events)
         if self._thread is None:
             self.start()
         self._wakeup.set()
@@ -224,13 +285,15 @@ class RedisMirror:
                 )
                 self._thread.start()
 
-    def _after_fork(self) -> None:
-        """In a forked child: the parent's publisher and listeners are not running here.
+    def reset_after_fork(self, origin: str) -> None:
+        """In a forked child: publish as ``origin`` (the child's own name) from now on.
 
-        The child starts a publisher of its own at its first commit (its origin
-        is its own: it holds no cursor); what the parent had been handed is the
-        parent's to publish, or is in the outbox.
+        The parent's publisher and listeners do not run here. The child starts
+        a publisher of its own at its first commit (it holds no cursor); what
+        the parent had been handed is the parent's to publish, or is in the
+        outbox. ``BatchJobs`` calls it from its fork hook.
         """
+        self.origin = origin
         closing = self._closing.is_set()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -238,13 +301,8 @@ class RedisMirror:
         if closing:
             self._closing.set()
         self._thread = None
-        self._holding = False
-        self._held_until = 0.0
-        self._handed = deque()
-        self._waiting = []
-        self._look = True
-        self._listeners = []
-        self._listener = None
+        self._publisher.reset_after_fork()
+        self._wakeups.reset_after_fork(origin)
 
     # -- publishing ------------------------------------------------------------
 
@@ -257,186 +315,19 @@ class RedisMirror:
         remain or another process holds the cursor; False if Redis could not
         be reached (the cursor stays where it was, for the next attempt).
         """
-        self._held_until = 0.0
-        ended = self._round(look=True)
+        self._publisher.held_until = 0.0
+        ended = self._publisher.round(look=True)
         if ended is _Round.DONE:
-            self._give_up()
+            self._publisher.give_up()
             return True
         return False if ended is _Round.DOWN else None
 
-    def _round(self, *, look: bool) -> _Round:
-        """Publish the next events after the cursor, taking its lease first if needed.
-
-        Events come from the hand-over while they continue the cursor, else
-        from the outbox; with nothing handed over, ``look`` reads the outbox
-        for events of other processes (or handed over to nobody).
-        """
-        if not self._holding:
-            if time.monotonic() < self._held_until:
-                return _Round.HELD
-            self._head = self.store.last_seq()
-            if self._head <= self._seen:
-                self._forget_handed()
-                return _Round.DONE
-            now = utcnow()
-            self._seen, self._holding = self.store.take_cursor(
-                self.cursor,
-                owner=self.origin,
-                now=now,
-                until=now + CURSOR_LEASE,
-                start=self._start,
-            )
-            self._stored_at = time.monotonic()
-            if not self._holding:
-                self._held_until = time.monotonic() + IDLE_SECONDS
-                return _Round.HELD
-        elif time.monotonic() - self._stored_at >= STORE_SECONDS and not self._store(keep=True):
-            return _Round.HELD  # (the position written, the lease renewed) lost it meanwhile
-        look, self._look = look or self._look, False
-        events = self._handed_events()
-        if events is None:
-            if not self._waiting:
-                # Nothing handed over: only other processes' events (or those handed
-                # over to nobody) may wait, and only a look at the last seq says.
-                if not look:
-                    return _Round.DONE
-                self._head = max(self._head, self.store.last_seq())
-                if self._head <= self._seen:
-                    return _Round.DONE
-            events = self._outbox_events()
-            if events is None:
-                return _Round.MORE
-        if not events:
-            return _Round.DONE
-        if not self._publish(events):
-            self._give_up()
-            self._look = True  # those events left the hand-over: the outbox has them
-            return _Round.DOWN
-        self._seen = events[-1].seq
-        self._head = max(self._head, self._seen)
-        if len(events) == PIPELINE_SIZE or self._handed or self._waiting:
-            return _Round.MORE
-        return _Round.DONE
-
-    def _handed_events(self) -> list[Event] | None:
-        """The events handed over that continue the cursor (at most ``PIPELINE_SIZE``),
-        or None if those waiting do not (a gap: the outbox has what is missing)."""
-        waiting = self._waiting
-        while self._handed:
-            events = self._handed.popleft()
-            if waiting and events[0].seq < waiting[-1].seq:
-                waiting.extend(events)
-                waiting.sort(key=lambda event: event.seq)  # noted by threads out of order
-            else:
-                waiting.extend(events)
-        if len(waiting) > HANDOFF_LIMIT * 10:
-            waiting.clear()  # Redis away for a while: the outbox has them all
-        if waiting:
-            self._head = max(self._head, waiting[-1].seq)
-        expect, skipped = self._seen + 1, 0
-        taken: list[Event] = []
-        for event in waiting:
-            if event.seq < expect:
-                skipped += 1  # published already (read from the outbox)
-                continue
-            if event.seq != expect or len(taken) == PIPELINE_SIZE:
-                break
-            taken.append(event)
-            expect += 1
-        del waiting[: skipped + len(taken)]
-        if not taken and waiting:
-            return None
-        return taken or None
-
-    def _outbox_events(self) -> list[Event] | None:
-        """The events after the cursor read from the outbox, or None if some were pruned
-        (the cursor then moves past them)."""
-        try:
-            return self.store.events(after=self._seen, limit=PIPELINE_SIZE)
-        except EventsPrunedError as pruned:
-            log.warning(
-                "events %d to %d were pruned before they were published to Redis",
-                self._seen + 1,
-                pruned.oldest - 1,
-            )
-            self._seen = pruned.oldest - 1
-            self._store(keep=True)
-            return None
-
-    def _forget_handed(self) -> None:
-        """Drop the events handed over that were published already (read from the outbox)."""
-        waiting = self._waiting
-        while self._handed:
-            waiting.extend(self._handed.popleft())
-        self._waiting = sorted(
-            (event for event in waiting if event.seq > self._seen), key=lambda event: event.seq
-        )
-
-    def _publish(self, events: list[Event]) -> bool:
-        batch = [(self._channel(event.event), message(event)) for event in events]
-        # A connection that went stale while idle (Redis restarted) fails once;
-        # only a second failure in a row is an outage.
-        attempts = 1 if self._outages.down else 2
-        for attempt in range(attempts):
-            try:
-                self._send(batch)
-                break
-            except _REDIS_ERRORS as error:
-                if self._closing.is_set():
-                    return False  # close() cut the connection: no outage, no retry
-                if self._scripting and isinstance(error, redis.ResponseError):
-                    log.info("Redis refused the publishing script (%s): a pipeline instead", error)
-                    self._scripting = False
-                    return self._publish(events)
-                if attempt + 1 == attempts or isinstance(error, redis.TimeoutError):
-                    self._outages.failed("publish", error)
-                    return False
-        with self._lock:
-            self._published += len(events)
-        self._backoff.reset()
-        self._outages.recovered("publish")
-        return True
-
-    def _send(self, batch: list[tuple[str, str]]) -> None:
-        """Publish ``batch`` with redis-py: one EVAL of a loop of PUBLISHes (one
-        reply for the batch), or a pipeline of PUBLISHes where scripts are refused."""
-        if self._scripting:
-            channels, messages = zip(*batch, strict=True)
-            self._client.execute_command("EVAL", _PUBLISH_SCRIPT, len(batch), *channels, *messages)
-            return
-        pipeline = self._client.pipeline(transaction=False)
-        for channel, text in batch:
-            pipeline.publish(channel, text)
-        pipeline.execute()
-
-    def _channel(self, event: str) -> str:
-        channel = self._channels.get(event)
-        if channel is None:
-            channel = self._channels[event] = f"{self.prefix}:{event}"
-        return channel
-
-    def _store(self, *, keep: bool) -> bool:
-        """Write the cursor's position (``_seen``), renewing the lease if ``keep``, else
-        giving it up. False if this mirror no longer holds it (another took over)."""
-        until = utcnow() + CURSOR_LEASE if keep else None
-        held = self.store.move_cursor(self.cursor, owner=self.origin, seq=self._seen, until=until)
-        if held:
-            self._stored_at = time.monotonic()
-        else:
-            self._held_until = time.monotonic() + IDLE_SECONDS
-        self._holding = held and keep
-        return self._holding
-
-    def _give_up(self) -> None:
-        """Write the cursor's position and give the cursor up, if this mirror holds it."""
-        if self._holding:
-            self._store(keep=False)
-
     def _run(self) -> None:
+        publisher = self._publisher
         active_at = 0.0  # when this process's own events last came (monotonic)
         try:
             while not self._closing.is_set():
-                if not self._holding:
+                if not publisher.lease.holding:
                     self._wakeup.wait(self.sweep_seconds)
                     self._wakeup.clear()
                     active_at = time.monotonic()
@@ -452,33 +343,34 @@ class RedisMirror:
                     self._publish_until_done(look=True)
                     quiet = time.monotonic() - active_at >= IDLE_SECONDS
                     if quiet and not self._wakeup.is_set():
-                        self._give_up()
+                        publisher.give_up()
                     continue
                 # While events keep coming, let them gather: a round per LINGER at most
                 # (the commits meanwhile wake nobody), an event after a quiet spell at once.
-                if self._holding and self._closing.wait(LINGER):
+                if publisher.lease.holding and self._closing.wait(LINGER):
                     break
         finally:
             try:
-                self._give_up()
+                publisher.give_up()
             except Exception:
                 log.debug("could not release the mirror's cursor", exc_info=True)
-                self._holding = False
+                publisher.lease.holding = False
 
     def _publish_until_done(self, *, look: bool) -> None:
+        publisher = self._publisher
         while not self._closing.is_set():
             try:
-                ended = self._round(look=look)
+                ended = publisher.round(look=look)
             except Exception:
                 if self._closing.is_set():
                     return  # the store was closed under it
                 log.exception("could not publish batch job events; trying again")
-                self._holding = False
-                self._look = True
+                publisher.lease.holding = False
+                publisher.look = True
                 ended = _Round.DOWN
             if ended is _Round.DONE or ended is _Round.HELD:
                 return
-            wait = self._backoff.next() if ended is _Round.DOWN else LINGER
+            wait = publisher.backoff.next() if ended is _Round.DOWN else LINGER
             if self._closing.wait(wait):
                 return
 
@@ -492,9 +384,7 @@ class RedisMirror:
         polling covers the gap). Also wakes after every reconnection, for the
         messages missed meanwhile.
         """
-        self.stop_listening()
-        self._listener = self._listen(lambda event: wake(), WAKE_EVENTS, wake)
-        return self._listener.start(timeout)
+        return self._wakeups.listen(wake, timeout)
 
     def watch(self, callback: Callable[[], None], timeout: float | None = None) -> bool:
         """Call ``callback()`` on every other process's event (and on each reconnection).
@@ -502,32 +392,11 @@ class RedisMirror:
         For readers of the outbox (``follow``): a message says "read again".
         Stops with ``close``. Returns as ``listen`` does.
         """
-        listener = self._listen(lambda event: callback(), None, callback)
-        self._listeners.append(listener)
-        return listener.start(timeout)
-
-    def _listen(
-        self,
-        callback: Callable[..., None],
-        events: tuple[str, ...] | None,
-        on_connect: Callable[[], None],
-    ) -> EventListener:
-        return EventListener(
-            self.url,
-            callback,
-            prefix=self.prefix,
-            events=events,
-            pattern=None if events else DEFAULT_PATTERN,
-            ignore_origin=self.origin,
-            on_connect=on_connect,
-            _outages=self._outages,
-        )
+        return self._wakeups.watch(callback, timeout)
 
     def stop_listening(self) -> None:
         """Stop the listener started by ``listen``, if any."""
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        self._wakeups.stop_listening()
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop mirroring: publish what is committed, waiting up to ``timeout`` seconds.
@@ -535,23 +404,20 @@ class RedisMirror:
         What is left stays in the outbox, for the next mirror on this database
         to publish.
         """
-        self.stop_listening()
-        for listener in self._listeners:
-            listener.stop()
-        self._listeners = []
+        self._wakeups.close()
         with self._lock:
             thread = self._thread
             if thread is None:
                 self._closing.set()
         if thread is not None:
-            self._held_until = 0.0  # another process may have given the cursor up since
+            self._publisher.held_until = 0.0  # another process may have given it up since
             self._wakeup.set()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and not self._outages.down:
-                if self.store.last_seq() <= self._seen:
+                if self.store.last_seq() <= self._publisher.lease.seq:
                     break
                 time.sleep(LINGER)
             self._closing.set()
             self._wakeup.set()
             thread.join(max(deadline - time.monotonic(), LINGER))
-        self._client.close()
+        self._publisher.sender.close()
