@@ -120,9 +120,7 @@ def check_key(value: Any) -> str:
     """``value`` if it is a job's idempotency key: text, 1 to ``MAX_KEY_LENGTH`` characters."""
     check_text("key", value)
     if not value or len(value) > MAX_KEY_LENGTH:
-        raise InvalidDataError(
-            f"key must be 1 to {MAX_KEY_LENGTH} characters, not {len(value)}"
-        )
+        raise InvalidDataError(f"key must be 1 to {MAX_KEY_LENGTH} characters, not {len(value)}")
     return str(value)
 
 

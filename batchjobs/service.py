@@ -335,9 +335,7 @@ class BatchJobService:
         )
         if job is None:
             current = self.retrieve(id)
-            raise NotAllowedError(
-                f'Cannot resume a batch job with status "{current.status.value}"'
-            )
+            raise NotAllowedError(f'Cannot resume a batch job with status "{current.status.value}"')
         self._runnable()
         return job
 

@@ -152,4 +152,3 @@ def test_any_command_line_exits_0_1_or_2_without_a_traceback(
         repr(result.exception),
     )
     assert "Traceback" not in result.output, (args, result.output[-2000:])
-

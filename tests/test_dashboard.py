@@ -399,11 +399,12 @@ def test_pause_and_resume_are_posts_and_a_refusal_shows_the_services_message(
     resumed = post_form(client, page, f"{page}/resume")
     assert resumed.status_code == 303 and resumed.headers["Location"] == f"{page}?done=resume"
     assert jobs.retrieve(job.id).status == Status.CONFIRMED
-    assert "Job resumed: it continues from its last checkpoint." in client.get(
-        resumed.headers["Location"]
-    ).text
+    assert (
+        "Job resumed: it continues from its last checkpoint."
+        in client.get(resumed.headers["Location"]).text
+    )
     again = post_form(client, page, f"{page}/resume")
-    assert 'data-focus-on-load>Cannot resume a batch job with status' in again.text
+    assert "data-focus-on-load>Cannot resume a batch job with status" in again.text
     jobs.run_until_idle()
     assert jobs.retrieve(job.id).status == Status.COMPLETED
 

@@ -366,9 +366,7 @@ def test_an_upload_is_previewed_confirmed_and_imported_step_by_step(
     with page.expect_file_chooser() as chooser:
         # Focus and key in one step: nothing can take the focus between them.
         page.get_by_label("CSV file").press("Space")
-    chooser.value.set_files(
-        {"name": "copy.csv", "mimeType": "text/csv", "buffer": data.encode()}
-    )
+    chooser.value.set_files({"name": "copy.csv", "mimeType": "text/csv", "buffer": data.encode()})
     page.get_by_role("button", name="Upload and preview").click()
     notice = page.get_by_role("status")
     expect(notice).to_contain_text("File uploaded. A dry run is checking it")

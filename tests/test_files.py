@@ -299,9 +299,7 @@ def test_two_users_racing_for_one_key_never_both_get_it(store: FileStore, how: s
         key = f"exports/chosen-{round}.csv"
         barrier = threading.Barrier(len(users))
         won: list[str] = []
-        threads = [
-            threading.Thread(target=take, args=(user, key, barrier, won)) for user in users
-        ]
+        threads = [threading.Thread(target=take, args=(user, key, barrier, won)) for user in users]
         for thread in threads:
             thread.start()
         for thread in threads:

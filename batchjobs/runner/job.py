@@ -330,9 +330,7 @@ class JobExecution:
             retry = False
         entry = _error_entry(error)
         if not retry:
-            outcomes.error(
-                "batch job %s failed: %s", self.job.id, entry["message"], exc_info=error
-            )
+            outcomes.error("batch job %s failed: %s", self.job.id, entry["message"], exc_info=error)
             self._fail(entry)
             return
         outcomes.warning(
