@@ -123,6 +123,7 @@ class Database:
         self.url = url
         self.location = redact(url)
         self.retry_for = retry_for
+        self._checkout_timeout = max(retry_for, 1.0)
         self.lock_timeout = lock_timeout
         self.closed = False
         self.kwargs: dict[str, Any] = {
@@ -299,8 +300,13 @@ class Database:
             raise StoreClosedError(
                 f"The database {self.location} is closed", location=self.location
             )
-        with self.pool.connection(timeout=max(self.retry_for, 1.0)) as conn:
+        # getconn/putconn, not the pool's own context manager: that one also runs
+        # psycopg's connection exit (a commit, a no-op here), on every call.
+        conn = self.pool.getconn(timeout=self._checkout_timeout)
+        try:
             yield conn
+        finally:
+            self.pool.putconn(conn)
 
     def statement(
         self,

@@ -10,6 +10,7 @@ wakes ``follow`` in every process.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -45,6 +46,7 @@ _INSERT = (
 _ONE_EVENT = ("seq", "event", "at", "origin", *JOB_COLUMNS)
 
 
+@functools.lru_cache(maxsize=256)
 def with_one_event(update: str) -> str:
     """``update`` (an ``UPDATE`` of one job ``RETURNING`` its columns) and the event it
     makes, in one statement: the counter and the event row are written only if the

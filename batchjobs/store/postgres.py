@@ -11,6 +11,7 @@ become ``StoreError`` subclasses here, and only here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -99,6 +100,33 @@ def _claim(row: Sequence[Any]) -> Claim:
         expires_at=row[_LEASE + 1],
         cursor=row[_LEASE + 3] or {},
         attempts=row[_LEASE + 2],
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _save_statement(
+    sets: tuple[str, ...], result: bool, context: bool, olds: tuple[str, ...]
+) -> str:
+    """The guarded ``UPDATE`` of a checkpoint of this shape (the text alone: a
+    checkpoint's shapes are few, and a progress checkpoint is the hot path)."""
+    assignments = [f"{name} = %s" for name in sets]
+    if result:
+        assignments.append("result = result || %s")
+    if context:
+        assignments.append("context = context || %s")
+    if not olds:
+        return (
+            f"UPDATE {TABLE} SET {', '.join(assignments)} "
+            f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+        )
+    # The steps' timestamps as they were, returned too: the events of the steps
+    # before the last carry the job as at each step (checkpoint_events).
+    old = ", ".join(f"{name} AS old_{name}" for name in olds)
+    return (
+        f"UPDATE {TABLE} SET {', '.join(assignments)} "
+        f"FROM (SELECT id AS old_id, {old} FROM {TABLE} WHERE id = %s FOR UPDATE) AS old "
+        f"WHERE id = old.old_id AND status = %s AND lease = %s "
+        f"RETURNING {_SELECT}, {', '.join(f'old_{name}' for name in olds)}"
     )
 
 
@@ -498,30 +526,13 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             sets["available_at"] = cp.until  # None: claimable at once
         elif cp.until is not None:
             sets["available_at"] = cp.until  # else the lease stays as it is
-        assignments = [f"{name} = %s" for name in sets]
         params = list(sets.values())
         if cp.result:
-            assignments.append("result = result || %s")
             params.append(Jsonb(dict(cp.result)))
         if cp.context:
-            assignments.append("context = context || %s")
             params.append(Jsonb(dict(cp.context)))
-        olds = list(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
-        if not olds:
-            query = (
-                f"UPDATE {TABLE} SET {', '.join(assignments)} "
-                f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
-            )
-            return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
-        # The steps' timestamps as they were, returned too: the events of the steps
-        # before the last carry the job as at each step (checkpoint_events).
-        old = ", ".join(f"{name} AS old_{name}" for name in olds)
-        query = (
-            f"UPDATE {TABLE} SET {', '.join(assignments)} "
-            f"FROM (SELECT id AS old_id, {old} FROM {TABLE} WHERE id = %s FOR UPDATE) AS old "
-            f"WHERE id = old.old_id AND status = %s AND lease = %s "
-            f"RETURNING {_SELECT}, {', '.join(f'old_{name}' for name in olds)}"
-        )
+        olds = tuple(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
+        query = _save_statement(tuple(sets), bool(cp.result), bool(cp.context), olds)
         return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
 
     @staticmethod
