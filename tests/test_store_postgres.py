@@ -3,7 +3,9 @@ lost connections, NOTIFY wake-ups, the claim's index, counts kept by triggers.""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -156,7 +158,7 @@ def test_claims_read_the_partial_indexes_not_the_finished_jobs(url: str) -> None
             )
             conn.execute("ANALYZE batch_jobs")
             now = utcnow()
-            query, params = store._claim_query(ClaimRequest("w", ("t",), now, now))  # type: ignore[misc]
+            query, params = store._claim_query(ClaimRequest("w", ("t",), now, now), "t0")  # type: ignore[misc]
             plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}", params))
         assert "batch_jobs_runnable" in plan, plan
         assert "Seq Scan" not in plan and plan.count("LockRows") == 2, plan
@@ -228,7 +230,7 @@ def test_claims_read_their_indexes_in_order_without_statistics(url: str) -> None
                 ClaimRequest("w", ("t", "u"), now, now, limit=32),
                 ClaimRequest("w", ("t",), now, now, statuses=(Status.CREATED,), cleanups=False),
             ):
-                query, params = store._claim_query(request)  # type: ignore[misc]
+                query, params = store._claim_query(request, "t0")  # type: ignore[misc]
                 with conn.transaction():
                     conn.execute(store._claim_settings(request, flush=False))
                     plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}", params))
@@ -503,4 +505,116 @@ def test_events_written_a_row_each_read_back_after_the_migration(url: str) -> No
     try:
         check_old_event_rows(store, at)
     finally:
+        store.close()
+
+
+def waiting_for_a_lock(url: str, count: int = 1, timeout: float = 10) -> list[tuple[int, int]]:
+    """Wait until ``count`` server processes of ``url``'s database wait for a lock;
+    their pids and client ports."""
+    name = url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT pid, client_port FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock'",
+                [name],
+            ).fetchall()
+            if len(rows) >= count or time.monotonic() > deadline:
+                return [(pid, port) for pid, port in rows]
+            time.sleep(0.01)
+
+
+def cut_client_side(port: int) -> None:
+    """Cut this process's connection whose local port is ``port`` (the network failed,
+    as the client sees it): the server, busy with its statement, does not notice yet."""
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if (
+                    sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.getsockname()[1] == port
+                ):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    return
+            except OSError:
+                continue
+    raise AssertionError(f"no connection of ours from port {port}")
+
+
+@pytest.mark.parametrize("same_time", [False, True])
+def test_a_checkpoint_lost_in_flight_is_applied_once_and_answered_as_itself(
+    url: str, same_time: bool
+) -> None:
+    # The client loses its connection while the server still runs the checkpoint
+    # (here: waiting for a row lock); the server commits it later. The store must
+    # neither apply it twice (found nothing committed, it runs it again) nor take an
+    # earlier checkpoint of the same lease for it (same_time: both at one instant, as
+    # under a frozen or coarse clock): one event, each handed out once, the answer its own.
+    store = PostgresStore(url)
+    seen: list[Event] = []
+    store.on_events = seen.extend
+    locker = psycopg.connect(url)
+    try:
+        job = make_job()
+        store.insert(job)
+        now = utcnow()
+        (claim,) = store.claim(ClaimRequest("w", ("t",), now, now + timedelta(seconds=30)))
+        store.save(Checkpoint(claim.lease, Status.CREATED, now, ((Status.PROCESSING, now),)))
+        at = utcnow()
+        if same_time:
+            store.save(Checkpoint(claim.lease, Status.PROCESSING, at, result={"done": 5}))
+        locker.execute("SELECT FROM batch_jobs WHERE id = %s FOR UPDATE", [job.id])
+        saved: list[Any] = []
+        checkpoint = Checkpoint(claim.lease, Status.PROCESSING, at, result={"done": 10})
+        saving = threading.Thread(target=lambda: saved.append(store.save(checkpoint)))
+        saving.start()
+        ((_, port),) = waiting_for_a_lock(url)
+        cut_client_side(port)
+        waiting_for_a_lock(url, count=2, timeout=5)  # run again, if it is, behind the first
+        locker.rollback()
+        saving.join(timeout=30)
+        assert not saving.is_alive()
+        assert saved and saved[0] is not None and saved[0].result["done"] == 10
+        assert store.get(job.id).result["done"] == 10  # type: ignore[union-attr]
+        updates = [e for e in store.events(after=0) if e.event == "batch.updated"]
+        assert [e.job.result["done"] for e in updates] == ([5, 10] if same_time else [10])
+        handed = [e.seq for e in seen if e.event == "batch.updated"]
+        assert handed == [e.seq for e in updates], (handed, updates)
+    finally:
+        locker.close()
+        store.close()
+
+
+def test_a_claim_lost_in_flight_leaves_no_job_leased_to_no_one(url: str) -> None:
+    # The client loses its connection while the server still runs its claim (here:
+    # waiting for a table lock), then claims again. The lost claim, committed later,
+    # must not leave a job leased to this worker that it does not know of: that job
+    # would wait for its lease to expire, then be charged an attempt as if it had died.
+    store = PostgresStore(url)
+    locker = psycopg.connect(url)
+    try:
+        jobs = [make_job() for _ in range(3)]
+        for job in jobs:
+            store.insert(job)
+        locker.execute("LOCK TABLE batch_jobs IN EXCLUSIVE MODE")
+        now = utcnow()
+        claimed: list[Any] = []
+        request = ClaimRequest("w", ("t",), now, now + timedelta(seconds=30))
+        claiming = threading.Thread(target=lambda: claimed.append(store.claim(request)))
+        claiming.start()
+        ((_, port),) = waiting_for_a_lock(url)
+        cut_client_side(port)
+        waiting_for_a_lock(url, count=2, timeout=5)  # claimed again, if it is, behind the first
+        locker.rollback()
+        claiming.join(timeout=30)
+        assert not claiming.is_alive() and len(claimed) == 1
+        held = {job.id for job in jobs if store.holder(job.id) is not None}
+        assert held == {claim.job.id for claim in claimed[0]} and len(held) == 1, (held, claimed)
+    finally:
+        locker.close()
         store.close()

@@ -316,25 +316,35 @@ class Database:
         """Run one guarded statement in its own transaction: one round trip.
 
         When the connection is lost while it runs, nobody knows whether it
-        committed: ``recover`` (a read on a new connection) finds its effect
-        and answers what it returned, or ``None`` when it did not commit, and
-        the statement runs again. While a fault is injected, the statement
-        runs as ``write`` runs it, so the faults apply alike.
+        committed, nor whether the server is still running it: ``recover`` (a
+        read on a new connection) finds its effect and answers what it
+        returned, or ``None`` when it did not commit, and the statement runs
+        again. A statement run again whose guard refuses it (``None``) may have
+        been committed meanwhile by the lost run: ``recover`` looks again. So
+        ``run`` must write nothing when its own effect is already there. While
+        a fault is injected, the statement runs as ``write`` runs it, so the
+        faults apply alike.
         """
         if self.read_only or self.fault_timeout or self.failing_commits:
             return self.write(lambda conn, wake: run(conn))
+        lost = False
 
         def attempt() -> T:
+            nonlocal lost
             try:
                 with self._connection() as conn:
-                    return run(conn)
+                    done = run(conn)
             except Exception as error:
                 if not _retryable(error) or self.closed:
                     raise
+                lost = True
                 found = self._retrying(lambda: self._read_once(recover))
                 if found is None:
                     raise
                 return found
+            if done is None and lost:
+                return self._retrying(lambda: self._read_once(recover))  # type: ignore[return-value]
+            return done
 
         return self._retrying(attempt)
 

@@ -194,6 +194,10 @@ CREATE INDEX {EVENTS}_creator ON {EVENTS} (created_by, seq) WHERE created_by IS 
 DROP INDEX batch_jobs_leased;
 CREATE INDEX batch_jobs_leased ON {TABLE} (created_at, id) WHERE owner IS NOT NULL;
 """,
+    # 7: the token of the claim or checkpoint that last wrote the job (a random one per
+    # write): one whose connection was lost is found by it, and a checkpoint run again
+    # after it committed writes nothing twice.
+    f"ALTER TABLE {TABLE} ADD COLUMN written text;",
 )
 #: The schema version this code writes.
 VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ become ``StoreError`` subclasses here, and only here.
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -77,6 +78,8 @@ _SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _NULLABLE_ORDER = frozenset(TIMESTAMP_FIELDS) - {"created_at"} | {"created_by"}
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 _TOKEN = "md5(random()::text || clock_timestamp()::text)"
+#: The first key of the transaction locks that claims hold (the second: their token's).
+CLAIM_LOCK = 0x626A6362  # "bjcb"
 
 
 def _job_row(job: BatchJob) -> tuple[Any, ...]:
@@ -114,10 +117,14 @@ def _save_statement(
         assignments.append("result = result || %s")
     if context:
         assignments.append("context = context || %s")
+    # Its token written, and not written yet: run again after its connection was lost,
+    # a checkpoint that the lost run committed meanwhile changes nothing (and is found).
+    assignments.append("written = %s")
+    guard = "status = %s AND lease = %s AND written IS DISTINCT FROM %s"
     if not olds:
         return (
             f"UPDATE {TABLE} SET {', '.join(assignments)} "
-            f"WHERE id = %s AND status = %s AND lease = %s RETURNING {_SELECT}"
+            f"WHERE id = %s AND {guard} RETURNING {_SELECT}"
         )
     # The steps' timestamps as they were, returned too: the events of the steps
     # before the last carry the job as at each step (checkpoint_events).
@@ -125,7 +132,7 @@ def _save_statement(
     return (
         f"UPDATE {TABLE} SET {', '.join(assignments)} "
         f"FROM (SELECT id AS old_id, {old} FROM {TABLE} WHERE id = %s FOR UPDATE) AS old "
-        f"WHERE id = old.old_id AND status = %s AND lease = %s "
+        f"WHERE id = old.old_id AND {guard} "
         f"RETURNING {_SELECT}, {', '.join(f'old_{name}' for name in olds)}"
     )
 
@@ -413,13 +420,19 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     @boundary
     def claim(self, request: ClaimRequest) -> list[Claim]:
-        # One statement (a claim never wakes anyone): its own transaction. Lost in
-        # flight, it is found again by its owner and exact expiry, both unique.
+        # One statement (a claim never wakes anyone): its own transaction, which holds
+        # a lock named by the claim's token. Lost in flight, the claim is waited for
+        # (the server may still be running it), then found by its owner and token.
+        token = secrets.token_hex(8)
+        lock = [CLAIM_LOCK, int(token[:8], 16) - 2**31]
+
         def recover(conn: psycopg.Connection[Any]) -> list[Claim] | None:
-            rows = conn.execute(
-                f"SELECT {_SELECT} FROM {TABLE} WHERE owner = %s AND available_at = %s",
-                [request.owner, request.lease_until],
-            ).fetchall()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+                rows = conn.execute(
+                    f"SELECT {_SELECT} FROM {TABLE} WHERE owner = %s AND written = %s",
+                    [request.owner, token],
+                ).fetchall()
             if not rows:
                 return None
             return sorted(
@@ -427,10 +440,13 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 key=lambda c: (c.job.created_at or datetime.min, c.job.id),
             )
 
-        return self._database.statement(lambda conn: self._claim(conn, request), recover)
+        return self._database.statement(
+            lambda conn: self._claim(conn, request, token, lock), recover
+        )
 
     @staticmethod
-    def _claim_query(request: ClaimRequest) -> tuple[str, dict[str, Any]] | None:
+    def _claim_query(request: ClaimRequest, token: str) -> tuple[str, dict[str, Any]] | None:
+        """The claim's statement and its parameters; ``token`` names this claim."""
         if not request.types or request.limit < 1 or (request.ids is not None and not request.ids):
             return None
         wanted = ", ".join(f"'{Status(s).value}'" for s in request.statuses) or "NULL"
@@ -459,7 +475,8 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             "AND NOT EXISTS (SELECT FROM expired) "
             "ORDER BY created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"UPDATE {TABLE} j SET owner = %(owner)s, lease = {_TOKEN}, "
-            "available_at = %(until)s, attempts = j.attempts + (j.owner IS NOT NULL)::int "
+            "available_at = %(until)s, attempts = j.attempts + (j.owner IS NOT NULL)::int, "
+            "written = %(token)s "
             # An array of the ids, not IN (subquery): the rows are found by their
             # primary key whatever the planner thinks of the table's size.
             "WHERE j.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM free)) "
@@ -473,6 +490,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             "owner": request.owner,
             "until": request.lease_until,
             "gone": list(request.gone),
+            "token": token,
         }
         return query, params
 
@@ -499,21 +517,26 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             settings.append("set_config('synchronous_commit', 'off', true)")
         return f"SELECT {', '.join(settings) or 'NULL'}"
 
-    def _claim(self, conn: psycopg.Connection[Any], request: ClaimRequest) -> list[Claim]:
-        built = self._claim_query(request)
+    def _claim(
+        self, conn: psycopg.Connection[Any], request: ClaimRequest, token: str, lock: list[int]
+    ) -> list[Claim]:
+        built = self._claim_query(request, token)
         if built is None:
             return []
         # One round trip, one transaction: the two statements are pipelined (without
-        # a BEGIN, what is sent before a pipeline's sync is one transaction).
+        # a BEGIN, what is sent before a pipeline's sync is one transaction). The
+        # first takes the claim's lock, before the claim may wait for anything.
         with conn.pipeline():
-            conn.execute(self._claim_settings(request, flush=False))
+            settings = self._claim_settings(request, flush=False)
+            conn.execute(f"{settings}, pg_advisory_xact_lock(%s, %s)", lock)
             cur = conn.execute(*built)
         claims = [_claim(row) for row in cur.fetchall()]
         claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
         return claims
 
     @staticmethod
-    def _save_query(cp: Checkpoint) -> tuple[str, list[Any]]:
+    def _save_query(cp: Checkpoint, token: str) -> tuple[str, list[Any]]:
+        """A checkpoint's statement and its parameters; ``token`` names this write of it."""
         sets: dict[str, Any] = {}
         for status, at in cp.steps:
             sets["status"] = status.value
@@ -533,7 +556,8 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             params.append(Jsonb(dict(cp.context)))
         olds = tuple(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
         query = _save_statement(tuple(sets), bool(cp.result), bool(cp.context), olds)
-        return query, [*params, cp.lease.id, cp.expect.value, cp.lease.token]
+        guard = [cp.lease.id, cp.expect.value, cp.lease.token, token]
+        return query, [*params, token, *guard]
 
     @staticmethod
     def _saved(row: Sequence[Any] | None, cp: Checkpoint) -> tuple[BatchJob | None, list[Step]]:
@@ -547,17 +571,17 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     @boundary
     def save(self, checkpoint: Checkpoint) -> BatchJob | None:
-        query, params = self._save_query(checkpoint)
+        token = secrets.token_hex(8)
+        query, params = self._save_query(checkpoint, token)
         cp = checkpoint
         makes_events = bool(cp.steps or cp.result or cp.context or cp.cursor is not None)
         if not checkpoint.release and not makes_events:
             # One statement: its own transaction. Lost in flight, it is found
-            # again by its exact updated_at under the same lease.
+            # again by its token.
             def recover(conn: psycopg.Connection[Any]) -> BatchJob | None:
                 row = conn.execute(
-                    f"SELECT {_SELECT} FROM {TABLE} WHERE id = %s AND lease = %s "
-                    "AND updated_at = %s",
-                    [checkpoint.lease.id, checkpoint.lease.token, checkpoint.now],
+                    f"SELECT {_SELECT} FROM {TABLE} WHERE id = %s AND written = %s",
+                    [checkpoint.lease.id, token],
                 ).fetchone()
                 return None if row is None else _record(row)
 
@@ -571,7 +595,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             )
 
         if not checkpoint.release and not cp.steps:
-            return self._save_progress(checkpoint, query, params)
+            return self._save_progress(checkpoint, query, params, token)
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
@@ -585,11 +609,13 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
         return self._write(work)
 
-    def _save_progress(self, cp: Checkpoint, query: str, params: list[Any]) -> BatchJob | None:
+    def _save_progress(
+        self, cp: Checkpoint, query: str, params: list[Any], token: str
+    ) -> BatchJob | None:
         """A checkpoint that changes the run's progress and nothing else: its one
         ``batch.updated`` event written by the same statement, its own transaction
         (one round trip, as a bare ``UPDATE``). Lost in flight, it is found again by
-        its exact updated_at under the same lease, and its event by its time."""
+        its token, and its event by its time."""
         statement = with_one_event(query)
         values = [*params, UPDATED_EVENT, cp.now, self.origin]
 
@@ -601,8 +627,8 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             row = conn.execute(
                 f"SELECT {_SELECT}, (SELECT max(seq) FROM {EVENTS} e WHERE e.id = j.id "
                 "AND e.event = %s AND e.at = %s) "
-                f"FROM {TABLE} j WHERE id = %s AND lease = %s AND updated_at = %s",
-                [UPDATED_EVENT, cp.now, cp.lease.id, cp.lease.token, cp.now],
+                f"FROM {TABLE} j WHERE id = %s AND written = %s",
+                [UPDATED_EVENT, cp.now, cp.lease.id, token],
             ).fetchone()
             return None if row is None else (_record(row), row[-1])
 
@@ -622,9 +648,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         release: Iterable[Lease] = (),
         claim: ClaimRequest | None = None,
     ) -> tuple[list[BatchJob | None], list[Claim]]:
-        saves = [self._save_query(cp) for cp in checkpoints]
+        saves = [self._save_query(cp, secrets.token_hex(8)) for cp in checkpoints]
         leases = list(release)
-        claim_query = None if claim is None else self._claim_query(claim)
+        claim_query = None if claim is None else self._claim_query(claim, secrets.token_hex(8))
 
         def work(
             conn: psycopg.Connection[Any], wake: set[str]
