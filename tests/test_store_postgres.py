@@ -618,3 +618,142 @@ def test_a_claim_lost_in_flight_leaves_no_job_leased_to_no_one(url: str) -> None
     finally:
         locker.close()
         store.close()
+
+
+def _scans(node: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """Every scan of a JSON plan: its node type, relation (or CTE) and index."""
+    if "Relation Name" in node or "Index Name" in node:
+        yield node["Node Type"], node.get("Relation Name", ""), node.get("Index Name", "")
+    for child in node.get("Plans", []):
+        yield from _scans(child)
+
+
+#: The indexes a statement may read the jobs through, whatever it looks for: the
+#: primary key, the idempotency keys, and (claims) the runnable and the leased jobs.
+_FINDING = {"batch_jobs_pkey", "batch_jobs_key", "batch_jobs_runnable", "batch_jobs_leased"}
+
+
+def test_statements_prepared_on_a_tiny_table_read_no_more_once_it_is_large(url: str) -> None:
+    # psycopg prepares a statement after 5 runs, and PostgreSQL then keeps one plan for
+    # it (a generic plan) as long as nothing invalidates it: without statistics (no
+    # autovacuum), a plan made while the table was tiny is kept however large it grows.
+    # On a tiny table a scan of the whole table, or of the index of a status, costs as
+    # little as a look-up by id; on a large one it reads every job (of that status).
+    store = PostgresStore(url, pool_size=1)  # one connection: every statement's plans
+    try:
+        for _ in range(12):
+            prepare_every_statement(store)
+        with store._database.pool.connection() as conn:
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            try:
+                prepared = conn.execute(
+                    "SELECT name, statement, parameter_types::text[] FROM pg_prepared_statements"
+                ).fetchall()
+                assert len(prepared) > 10
+                bad = []
+                for name, statement, types in prepared:
+                    if statement.split()[0].upper() not in ("SELECT", "WITH", "UPDATE", "DELETE"):
+                        continue  # BEGIN, COMMIT, INSERT ... VALUES: no scan to plan
+                    nulls = f"({', '.join(f'NULL::{t}' for t in types)})" if types else ""
+                    explain = f"EXPLAIN (FORMAT JSON) EXECUTE {name}{nulls}"
+                    (plan,) = conn.execute(explain).fetchone()  # type: ignore[misc]
+                    if plan[0]["Plan"]["Total Cost"] > 1e9:  # a path the settings disabled
+                        bad.append((statement, "disabled", plan[0]["Plan"]["Total Cost"]))
+                    for kind, relation, index in _scans(plan[0]["Plan"]):
+                        if relation in ("batch_jobs", "batch_job_events") and kind == "Seq Scan":
+                            bad.append((statement, kind, relation))
+                        if index.startswith("batch_jobs_") and index not in _FINDING:
+                            bad.append((statement, kind, index))
+            finally:
+                conn.execute("RESET plan_cache_mode")
+        assert not bad, "\n".join(map(str, bad))
+    finally:
+        store.close()
+
+
+def prepare_every_statement(store: PostgresStore) -> None:
+    """Run (nearly) every statement of the store once, on a table of a few jobs."""
+    now = utcnow()
+    until = now + timedelta(seconds=30)
+    first, second, third = make_job(created_by="usr_1"), make_job(), make_job()
+    for job in (first, second, third):
+        store.insert(job)
+    store.insert(make_job(), key=new_job_id())
+    store.get_by_key("k", created_by=None)
+    (claim,) = store.claim(ClaimRequest("w", ("t",), now, until))
+    lease = claim.lease
+    steps = tuple((status, now) for status in (Status.PRE_PROCESSED, Status.CONFIRMED))
+    store.save(Checkpoint(lease, Status.CREATED, now, steps, result={"count": 3}))
+    store.save(Checkpoint(lease, Status.CONFIRMED, now, ((Status.PROCESSING, now),)))
+    store.save(Checkpoint(lease, Status.PROCESSING, utcnow(), result={"done": 1}))
+    store.save(Checkpoint(lease, Status.PROCESSING, utcnow(), until=until))
+    store.save(Checkpoint(lease, Status.PROCESSING, utcnow(), result={"done": 2}, cursor={}))
+    store.renew([lease], until)
+    store.holding([lease])
+    store.holder(first.id)
+    store.status_of(first.id)
+    store.get(first.id)
+    store.merge(first.id, now=utcnow(), result={"note": 1})
+    store.transition(second.id, from_statuses=[Status.CREATED], to=Status.CANCELED, now=now)
+    store.transition(first.id, from_statuses=[Status.PROCESSING], to=Status.PAUSED, now=now)
+    store.transition(first.id, from_statuses=[Status.PAUSED], to=Status.CONFIRMED, now=now)
+    ids = (third.id,)
+    (again,) = store.claim(ClaimRequest("w", ("t",), now, until, ids=ids))
+    store.save(Checkpoint(again.lease, Status.CREATED, now, ((Status.PROCESSING, now),)))
+    store.transition(third.id, from_statuses=[Status.PROCESSING], to=Status.CANCELED, now=now)
+    store.claim_cleanup(
+        third.id, owner="w", now=now, lease_until=until, lease=again.lease, began=True
+    )
+    store.finish_cleanup(again.lease)
+    store.claim_cleanup(third.id, owner="w", now=now, lease_until=until)
+    done = Checkpoint(
+        lease, Status.CONFIRMED, now, ((Status.PROCESSING, now), (Status.COMPLETED, now))
+    )
+    _, claims = store.commit([done], claim=ClaimRequest("w", ("t",), now, until, limit=2))
+    store.release([c.lease for c in claims])
+    store.release_all("w")
+    store.lease_owners(now)
+    store.pending(["t"])
+    store.list_and_count(filters={"status": "processing"}, limit=5)
+    store.list_and_count(filters={"created_by": "usr_1"}, limit=5)
+    store.count(filters={"type": "t"})
+    store.events(after=0, limit=5)
+    store.events(after=0, limit=5, job_id=first.id)
+    store.events(after=0, limit=5, created_by="usr_1")
+    store.delete([second.id], statuses=[Status.CANCELED], updated_before=utcnow())
+    store.prune_events(before=now - timedelta(days=1), limit=10)
+
+
+def test_a_claim_runs_without_sequential_scans_and_what_follows_it_with(url: str) -> None:
+    # A claim's plan, kept, must not scan the whole table once it is large; the
+    # events written after it in the same commit can only scan their counter, and
+    # planned with scans disabled they would cost so much the server compiles them.
+    store = PostgresStore(url)
+    try:
+        for _ in range(2):
+            store.insert(make_job())
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE seen (what text, scans text); "
+                "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO seen VALUES (TG_TABLE_NAME, current_setting('enable_seqscan')); "
+                "RETURN NULL; END $$; "
+                "CREATE TRIGGER note AFTER UPDATE OF owner ON batch_jobs FOR EACH ROW "
+                "WHEN (NEW.owner IS NOT NULL) EXECUTE FUNCTION note(); "
+                "CREATE TRIGGER note AFTER INSERT ON batch_job_events FOR EACH ROW "
+                "EXECUTE FUNCTION note()"
+            )
+            now = utcnow()
+            request = ClaimRequest("w", ("t",), now, now + timedelta(seconds=30))
+            (claim,) = store.claim(request)
+            done = Checkpoint(claim.lease, Status.CREATED, now, ((Status.FAILED, now),))
+            _, (second,) = store.commit([done], claim=request)
+            seen = conn.execute("SELECT what, scans FROM seen").fetchall()
+        assert second.job.id != claim.job.id
+        assert seen == [
+            ("batch_jobs", "off"),
+            ("batch_jobs", "off"),
+            ("batch_job_events", "on"),
+        ], seen
+    finally:
+        store.close()

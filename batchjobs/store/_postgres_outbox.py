@@ -290,7 +290,7 @@ class PostgresOutbox(Store):
     def _delete_events(conn: psycopg.Connection[Any], ids: list[str]) -> None:
         """Delete the events of jobs ``ids`` (in the transaction deleting the jobs)."""
         if ids:
-            conn.execute(f"DELETE FROM {EVENTS} WHERE id = ANY(%s)", [ids])
+            conn.execute(f"DELETE FROM {EVENTS} WHERE id = ANY(%s)", [ids], prepare=False)
 
     @boundary
     def take_cursor(

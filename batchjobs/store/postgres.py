@@ -7,6 +7,16 @@ which is shallow, as the protocol says). A transaction that makes a job
 runnable sends ``NOTIFY`` with its ``COMMIT``, and ``listen`` wakes this
 process's workers on it, whichever machine made the change. psycopg errors
 become ``StoreError`` subclasses here, and only here.
+
+Plans. psycopg prepares a statement run five times, and the server then keeps
+one plan for it (a generic plan) until something invalidates it: without
+statistics (no autovacuum), a plan made while the table was tiny stays however
+large the table grows, and on a tiny table a whole scan, or one of a status's
+index, costs as little as a look-up by id. So the hot statements are written so
+that no other plan exists (a checkpoint's guard is one expression no index
+answers: its row is found by id alone; a claim runs with sequential scans and
+sorts off), and the others are not prepared (``prepare=False``): planned at each
+run, with the table as it is then.
 """
 
 from __future__ import annotations
@@ -78,6 +88,8 @@ _SQL_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _NULLABLE_ORDER = frozenset(TIMESTAMP_FIELDS) - {"created_at"} | {"created_by"}
 _ACTIVE = frozenset(ACTIVE_STATUSES)
 _TOKEN = "md5(random()::text || clock_timestamp()::text)"
+#: Sent after a claim in a transaction that goes on (``_claim_settings``).
+_CLAIMED = "SET LOCAL enable_seqscan TO DEFAULT"
 #: The first key of the transaction locks that claims hold (the second: their token's).
 CLAIM_LOCK = 0x626A6362  # "bjcb"
 
@@ -119,20 +131,20 @@ def _save_statement(
         assignments.append("context = context || %s")
     # Its token written, and not written yet: run again after its connection was lost,
     # a checkpoint that the lost run committed meanwhile changes nothing (and is found).
+    # The status and lease compared as one row: no index answers that, so the job is
+    # found by its id alone whatever plan is kept (see the module's docstring).
     assignments.append("written = %s")
-    guard = "status = %s AND lease = %s AND written IS DISTINCT FROM %s"
+    guard = (
+        "id = %s AND (status, lease) IS NOT DISTINCT FROM (%s, %s) AND written IS DISTINCT FROM %s"
+    )
     if not olds:
-        return (
-            f"UPDATE {TABLE} SET {', '.join(assignments)} "
-            f"WHERE id = %s AND {guard} RETURNING {_SELECT}"
-        )
+        return f"UPDATE {TABLE} SET {', '.join(assignments)} WHERE {guard} RETURNING {_SELECT}"
     # The steps' timestamps as they were, returned too: the events of the steps
     # before the last carry the job as at each step (checkpoint_events).
     old = ", ".join(f"{name} AS old_{name}" for name in olds)
     return (
         f"UPDATE {TABLE} SET {', '.join(assignments)} "
-        f"FROM (SELECT id AS old_id, {old} FROM {TABLE} WHERE id = %s FOR UPDATE) AS old "
-        f"WHERE id = old.old_id AND {guard} "
+        f"FROM (SELECT {old} FROM {TABLE} WHERE id = %s FOR UPDATE) AS old WHERE {guard} "
         f"RETURNING {_SELECT}, {', '.join(f'old_{name}' for name in olds)}"
     )
 
@@ -355,7 +367,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             params.append(updated_before)
 
         def work(conn: psycopg.Connection[Any], wake: set[str]) -> list[str]:
-            deleted = [row[0] for row in conn.execute(f"{query} RETURNING id", params)]
+            deleted = [
+                row[0] for row in conn.execute(f"{query} RETURNING id", params, prepare=False)
+            ]
             self._delete_events(conn, deleted)  # the jobs' events go with them
             return deleted
 
@@ -504,6 +518,11 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         free ones, the leased jobs' for the expired), whatever it guesses of the table:
         statistics may be missing or old, since a queue fills and empties faster than
         ``ANALYZE`` runs. A claim of given ids finds them by primary key and sorts them.
+        No sequential scan either: a plan kept from when the table was tiny would read
+        the whole table at every claim once it is large (the jobs are updated by id).
+        A statement after the claim in its transaction must not run so (``_CLAIMED``):
+        one that can only scan (the events' counter) would be planned at a cost that
+        makes the server compile it (JIT), a tenth of a second at every commit.
 
         Without ``flush`` the ``COMMIT`` does not wait for its WAL flush: for a
         transaction that claims and writes nothing else (a checkpoint committed with a
@@ -512,10 +531,18 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         lets the job go. A later flushed commit flushes the claim with it: no write can
         outlive the claim it rests on.
         """
-        settings = [] if request.ids is not None else ["set_config('enable_sort', 'off', true)"]
+        settings = ["set_config('enable_seqscan', 'off', true)"]
+        if request.ids is None:
+            settings.append("set_config('enable_sort', 'off', true)")
         if not flush:
             settings.append("set_config('synchronous_commit', 'off', true)")
-        return f"SELECT {', '.join(settings) or 'NULL'}"
+        return f"SELECT {', '.join(settings)}"
+
+    @staticmethod
+    def _claim_prepared(request: ClaimRequest) -> bool | None:
+        """Whether a claim's statement may be prepared: not one of given ids, whose
+        plan (kept) would read the jobs of its types, not those ids, by their index."""
+        return None if request.ids is None else False
 
     def _claim(
         self, conn: psycopg.Connection[Any], request: ClaimRequest, token: str, lock: list[int]
@@ -529,7 +556,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         with conn.pipeline():
             settings = self._claim_settings(request, flush=False)
             conn.execute(f"{settings}, pg_advisory_xact_lock(%s, %s)", lock)
-            cur = conn.execute(*built)
+            cur = conn.execute(*built, prepare=self._claim_prepared(request))
         claims = [_claim(row) for row in cur.fetchall()]
         claims.sort(key=lambda c: (c.job.created_at or datetime.min, c.job.id))
         return claims
@@ -557,6 +584,8 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         olds = tuple(dict.fromkeys(status.timestamp_field for status, _ in cp.steps))
         query = _save_statement(tuple(sets), bool(cp.result), bool(cp.context), olds)
         guard = [cp.lease.id, cp.expect.value, cp.lease.token, token]
+        if olds:
+            return query, [*params, token, cp.lease.id, *guard]
         return query, [*params, token, *guard]
 
     @staticmethod
@@ -663,7 +692,8 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             claimed = None
             if claim is not None and claim_query is not None:
                 conn.execute(self._claim_settings(claim, flush=bool(saves)))
-                claimed = conn.execute(*claim_query)
+                claimed = conn.execute(*claim_query, prepare=self._claim_prepared(claim))
+                conn.execute(_CLAIMED, prepare=False)
             jobs: list[BatchJob | None] = []
             writes: list[list[Step]] = []
             for cur, cp in zip(saved, checkpoints, strict=True):
@@ -703,7 +733,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         )
         params = [until, [lease.id for lease in leases], [lease.token for lease in leases]]
         return self._database.write(
-            lambda conn, wake: [row[0] for row in conn.execute(query, params)]
+            lambda conn, wake: [row[0] for row in conn.execute(query, params, prepare=False)]
         )
 
     @staticmethod
@@ -716,6 +746,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             f"UPDATE {TABLE} SET owner = NULL, lease = NULL, available_at = NULL "
             "WHERE id = ANY(%s) AND lease = ANY(%s) RETURNING type, status",
             [[lease.id for lease in leases], [lease.token for lease in leases]],
+            prepare=False,
         )
 
     @staticmethod
@@ -740,7 +771,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             "WHERE owner = %s RETURNING type, status"
         )
         return self._database.write(
-            lambda conn, wake: self._released(conn.execute(query, [owner]), wake)
+            lambda conn, wake: self._released(conn.execute(query, [owner], prepare=False), wake)
         )
 
     @boundary
@@ -755,6 +786,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             lambda conn: conn.execute(
                 f"SELECT id, lease, status FROM {TABLE} WHERE id = ANY(%s) AND lease = ANY(%s)",
                 [[lease.id for lease in leases], [lease.token for lease in leases]],
+                prepare=False,
             ).fetchall()
         )
         found = {(id, token): Status(status) for id, token, status in rows}
@@ -766,6 +798,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             lambda conn: conn.execute(
                 f"SELECT DISTINCT owner FROM {TABLE} WHERE owner IS NOT NULL AND available_at > %s",
                 [now],
+                prepare=False,
             ).fetchall()
         )
         return [row[0] for row in rows]
@@ -809,7 +842,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 f"RETURNING {_SELECT}"
             )
             params = [owner, lease_until, id, canceled, now, list(gone)]
-        row = self._database.write(lambda conn, wake: conn.execute(query, params).fetchone())
+        row = self._database.write(
+            lambda conn, wake: conn.execute(query, params, prepare=False).fetchone()
+        )
         return None if row is None else _claim(row)
 
     @boundary
@@ -851,6 +886,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
                 f"SELECT count(*), bool_or(available_at IS NULL), min(available_at) FROM {TABLE} "
                 f"WHERE {RUNNABLE} AND type = ANY(%s)",
                 [list(types)],
+                prepare=False,
             ).fetchone()
         )
         assert row is not None
@@ -887,7 +923,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
             f"ORDER BY {column} {direction}{nulls}, id {direction} LIMIT %s OFFSET %s) page ON true"
         )
         rows = self._database.read(
-            lambda conn: conn.execute(query, [*params, *params, limit, offset]).fetchall()
+            lambda conn: conn.execute(
+                query, [*params, *params, limit, offset], prepare=False
+            ).fetchall()
         )
         count = int(rows[0][0]) if rows else 0
         return [_record(row[1:]) for row in rows if row[1] is not None], count
@@ -898,7 +936,9 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         where, params = self._where(filters)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         row = self._database.read(
-            lambda conn: conn.execute(self._count_sql(filters, clause), params).fetchone()
+            lambda conn: conn.execute(
+                self._count_sql(filters, clause), params, prepare=False
+            ).fetchone()
         )
         return int(row[0]) if row else 0
 
