@@ -80,6 +80,27 @@ def test_open_store_takes_either_url_scheme_and_hides_the_password(url: str, sch
         store.close()
 
 
+def test_a_url_s_options_give_the_store_a_schema_of_its_own(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA jobs")
+    store = open_store(f"{url}?options=-csearch_path%3Djobs")
+    try:
+        job = make_job()
+        store.insert(job)
+        with store._database.connect() as conn:  # the store's own settings kept too
+            assert conn.execute("SHOW timezone").fetchone() == ("UTC",)
+    finally:
+        store.close()
+    with psycopg.connect(url) as conn:
+        where = conn.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'batch_jobs'"
+        ).fetchall()
+        assert where == [("jobs",)]
+        assert conn.execute("SELECT id FROM jobs.batch_jobs").fetchall() == [(job.id,)]
+    with pytest.raises(StoreError):  # a schema that does not exist is not made up
+        open_store(f"{url}?options=-csearch_path%3Dnope")
+
+
 def test_without_the_extra_a_postgres_url_names_it(
     url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -104,6 +104,16 @@ def redact(url: str) -> str:
     return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{name}"
 
 
+def given_options(url: str) -> str:
+    """The server options ``url`` sets (``?options=-csearch_path%3Djobs``), or else
+    ``PGOPTIONS``: ours are added after them, and would otherwise replace them."""
+    try:
+        options = psycopg.conninfo.conninfo_to_dict(url).get("options")
+    except psycopg.ProgrammingError:
+        options = None  # connecting reports the bad URL
+    return str(options or os.environ.get("PGOPTIONS", "")).strip()
+
+
 #: Every ``Database`` of this process, for the fork hook.
 _EVERY: weakref.WeakSet[Database] = weakref.WeakSet()
 
@@ -126,9 +136,12 @@ class Database:
         self._checkout_timeout = max(retry_for, 1.0)
         self.lock_timeout = lock_timeout
         self.closed = False
+        ms = int(lock_timeout * 1000)
         self.kwargs: dict[str, Any] = {
             "autocommit": True,  # each transaction is opened and ended by us
-            "options": f"-c timezone=UTC -c lock_timeout={int(lock_timeout * 1000)}",
+            "options": " ".join(
+                filter(None, [given_options(url), f"-c timezone=UTC -c lock_timeout={ms}"])
+            ),
             "connect_timeout": CONNECT_TIMEOUT,
         }
         self.pool_size = max(pool_size, 1)
