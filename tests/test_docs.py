@@ -11,13 +11,16 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from batchjobs import BatchJobs, Status
 from batchjobs.cli import cli
 from batchjobs.runner import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS
+from examples.shout import Shout
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -255,3 +258,36 @@ def test_run_s_exit_statuses_are_in_its_help_and_the_readme() -> None:
         assert re.search(rf"^    {status} +\S", helped, re.M), helped
     text = " ".join(section("Command line").split())
     assert "130 when `run` is interrupted by Ctrl-C, its job's id still on stdout" in text
+
+
+def test_the_readme_postgres_extra_is_pyproject_s_and_the_pool_the_store_s() -> None:
+    text = " ".join(section("PostgreSQL").split())
+    assert "pip install 'batchjobs[postgres]'" in text
+    found = re.search(r"^postgres = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert found and re.findall(r'"([a-z_\[\]-]+)[<>=]', found[1]) == [
+        "psycopg[binary]",
+        "psycopg-pool",
+    ]
+    from batchjobs.store.postgres import POOL_SPARE
+
+    assert f"a pool of up to `concurrency + {POOL_SPARE}` connections" in text
+
+
+@pytest.mark.slow
+def test_the_readme_migrate_command_moves_a_file_s_jobs_into_postgresql(
+    tmp_path: Path, make_database: Callable[..., str]
+) -> None:
+    block = re.search(r"```sh\n(batchjobs migrate .*?)\n```", section("PostgreSQL"), re.S)
+    assert block, "the PostgreSQL section shows no batchjobs migrate command"
+    url = make_database(empty=True)
+    command = re.sub(r"postgresql://\S+", url, block[1])  # the README's server is made up
+    assert command == f"batchjobs migrate --from jobs.db --to {url}"
+    with BatchJobs(tmp_path / "jobs.db") as jobs:
+        jobs.register(Shout)
+        job = jobs.create("shout", {"words": ["a", "b", "c"]})
+    result = shell(command, tmp_path)
+    assert result.returncode == 0, result.stdout
+    with BatchJobs(url, files_dir=tmp_path / "files") as moved:
+        moved.register(Shout)
+        moved.run_until_idle(timeout=30)
+        assert moved.retrieve(job.id).status == Status.COMPLETED

@@ -98,6 +98,9 @@ def test_the_migrate_command_reports_what_it_copied(
         "schedules": 1,
         "schedules_written": 1,
     }
-    assert "Copied 3 of 3 job(s) and 1 of 1 schedule(s)" in result.stderr
+    assert "Copied 3 of 3 job(s) and 1 of 1 schedule(s)." in result.stderr
+    again = CliRunner().invoke(cli, args[:-1])
+    assert again.exit_code == 0, again.output
+    assert "Copied 0 of 3 job(s) and 0 of 1 schedule(s) (the rest were" in again.stderr
     missing = CliRunner().invoke(cli, ["migrate", "--from", str(path)])
     assert missing.exit_code == 2 and "Missing option '--to'" in missing.stderr

@@ -247,7 +247,11 @@ def prune(
     help="The database to copy from: a SQLite file or a URL.",
 )
 @click.option(
-    "--to", "target", required=True, metavar="DB", help="The database to copy into (a URL)."
+    "--to",
+    "target",
+    required=True,
+    metavar="DB",
+    help="The database to copy into: a URL or a SQLite file.",
 )
 @_json_option
 def migrate(source: str, target: str, as_json: bool) -> None:
@@ -256,7 +260,9 @@ def migrate(source: str, target: str, as_json: bool) -> None:
     Active jobs resume on the new database from their last checkpoint. Stop
     the workers on the old one first (a job a worker holds is refused). The
     old database is left as it is; jobs the new one already has are skipped,
-    so running it again finishes a migration that was cut short.
+    so running it again finishes a migration that was cut short. Files are
+    not copied: copy the files directory (beside a SQLite file) to the one
+    the new database's workers use (--files-dir).
 
     \b
     Example:
@@ -272,9 +278,10 @@ def migrate(source: str, target: str, as_json: bool) -> None:
                 "schedules_written": done.schedules_written,
             }
         )
+    rest = done.jobs_written < done.jobs or done.schedules_written < done.schedules
     click.echo(
         f"Copied {done.jobs_written} of {done.jobs} job(s) and {done.schedules_written} of "
-        f"{done.schedules} schedule(s) (the rest were there already).",
+        f"{done.schedules} schedule(s){' (the rest were there already)' if rest else ''}.",
         err=True,
     )
 

@@ -262,6 +262,7 @@ class _Group(click.Group):
     default=f"./{DEFAULT_DB}",
     show_default=True,
     type=FilePath(dir_okay=False),
+    metavar="PATH|URL",
     help="The SQLite file, or a postgresql:// URL [env: BATCHJOBS_DB].",
 )
 @click.option(

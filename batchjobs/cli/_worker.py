@@ -42,8 +42,9 @@ def worker(
     """Run jobs in the foreground until SIGINT or SIGTERM.
 
     On the signal, running jobs finish their chunk, save their checkpoint
-    and hand over; a second signal stops at once (jobs resume from their
-    last checkpoint when their lease expires).
+    and hand over; a second signal stops at once (its jobs resume from their
+    last checkpoint: at once in a worker on this host, on another host once
+    their lease expires).
 
     \b
     Examples:

@@ -155,7 +155,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     ``url`` is any libpq URL (``postgresql://user:password@host:5432/db``,
     ``postgres://`` too; ``?options=-csearch_path%3Dmyschema`` for a schema of
-    its own). The schema is created, or migrated, on first use. ``pool_size``
+    its own, which must exist). Its tables are created, or migrated, on first use. ``pool_size``
     connections at most are open (one per worker thread, plus room for the
     heartbeat and the application's calls), and ``listen`` opens one more. A
     lost connection is retried, with backoff, for ``retry_for`` seconds.
