@@ -9,7 +9,6 @@ connections ended) once the test is done; none is ever handed out twice.
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import secrets
@@ -19,8 +18,8 @@ import psycopg
 
 #: Databases of each kind kept ready ahead of the tests that will ask for them.
 AHEAD = 2
-# Work for the thread, most urgent first: the databases a test waits for, then the
-# drops, then the end.
+# Work for the thread, done in the order asked: the drops are not left to pile up
+# for the end of the session, where every test process would wait for them.
 _MAKE, _DROP, _STOP = range(3)
 
 
@@ -32,8 +31,7 @@ class Databases:
     def __init__(self, admin_url: str) -> None:
         self._admin_url = admin_url
         self._ready: dict[str, queue.Queue[str | Exception]] = {}
-        self._work: queue.PriorityQueue[tuple[int, int, str]] = queue.PriorityQueue()
-        self._order = itertools.count()  # first come, first served within a priority
+        self._work: queue.Queue[tuple[int, str]] = queue.Queue()
         self._lock = threading.Lock()
         self._closing = False
         self._failed: list[Exception] = []  # drops that failed, raised by ``close``
@@ -67,30 +65,39 @@ class Databases:
         self._closing = True  # no more databases made
         self._put(_STOP, "")
         self._thread.join()
-        with psycopg.connect(self._admin_url, autocommit=True) as conn:
-            for ready in self._ready.values():
-                while not ready.empty():
-                    got = ready.get()
-                    if isinstance(got, str):
-                        conn.execute(f"DROP DATABASE IF EXISTS {got} WITH (FORCE)")
+        left = [got for ready in self._ready.values() for got in ready.queue]
+        # At the same time: each drop mostly waits on the server.
+        droppers = [threading.Thread(target=self._drop_now, args=(name,)) for name in left]
+        for dropper in droppers:
+            dropper.start()
+        for dropper in droppers:
+            dropper.join()
         if self._failed:
             raise self._failed[0]
 
-    def _put(self, priority: int, argument: str) -> None:
-        self._work.put((priority, next(self._order), argument))
+    def _drop_now(self, name: str | Exception) -> None:
+        if isinstance(name, str):
+            try:
+                with psycopg.connect(self._admin_url, autocommit=True) as conn:
+                    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except Exception as error:
+                self._failed.append(error)
+
+    def _put(self, what: int, argument: str) -> None:
+        self._work.put((what, argument))
 
     def _run(self) -> None:
         conn: psycopg.Connection | None = None
         while True:
-            priority, _, argument = self._work.get()
-            if priority == _STOP:
+            what, argument = self._work.get()
+            if what == _STOP:
                 break
-            if priority == _MAKE and self._closing:
+            if what == _MAKE and self._closing:
                 continue
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self._admin_url, autocommit=True)
-                if priority == _MAKE:
+                if what == _MAKE:
                     name = f"batchjobs_test_{os.getpid()}_{secrets.token_hex(4)}"
                     copy = f" TEMPLATE {argument}" if argument else ""
                     conn.execute(f"CREATE DATABASE {name}{copy}")
@@ -100,7 +107,7 @@ class Databases:
             except Exception as error:
                 if conn is not None:
                     conn.close()
-                if priority == _MAKE:
+                if what == _MAKE:
                     self._ready[argument].put(error)  # the test waiting for it fails
                 else:
                     self._failed.append(error)
