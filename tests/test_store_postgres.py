@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -284,17 +284,24 @@ def test_counts_kept_by_triggers_match_the_rows(url: str) -> None:
 
 
 @contextmanager
-def killing_connections(url: str, *, every: float, busy: bool = False) -> Iterator[list[int]]:
+def killing_connections(
+    url: str, *, every: float, progress: threading.Event, busy: bool = False
+) -> Iterator[list[int]]:
     """Terminate the server's connections to ``url`` (with ``busy``, only those in a
-    statement or a transaction) every ``every`` seconds while the block runs; yields how
-    many were killed so far, as a one-item list."""
+    statement or a transaction) while the block runs: at most every ``every`` seconds,
+    and only once ``progress`` was set since the last time (the work got on after it).
+    However slow the machine, a retry is not killed time after time until the store
+    gives up. Yields how many were killed so far, as a one-item list."""
     done = threading.Event()
     killed = [0]
 
     def kill() -> None:
         while not done.wait(every):
+            if not progress.is_set():
+                continue
             pids = backends_of(url, busy=busy)
             terminate(url, pids)
+            progress.clear()  # what it sets from now on was done after this kill
             killed[0] += len(pids)
 
     killer = threading.Thread(target=kill)
@@ -306,13 +313,21 @@ def killing_connections(url: str, *, every: float, busy: bool = False) -> Iterat
         killer.join()
 
 
+def on_event(jobs: BatchJobs, event: str) -> threading.Event:
+    """An event set whenever ``jobs`` commits an ``event`` (such as a checkpoint)."""
+    happened = threading.Event()
+    jobs.subscribe(event, lambda sender, **extra: happened.set())
+    return happened
+
+
 def test_a_job_survives_its_connections_being_killed_mid_run(
     url: str, tmp_path: Path, make_jobs: Callable[..., BatchJobs]
 ) -> None:
     jobs = make_jobs(url, files_dir=tmp_path / "files", lease_seconds=30)
     ledger = tmp_path / "ledger.txt"
     job = jobs.create("ledger", {"n": 300, "chunk_size": 5, "sleep": 0.02, "ledger": str(ledger)})
-    with killing_connections(url, every=0.25) as killed:
+    checkpointed = on_event(jobs, "batch.updated")
+    with killing_connections(url, every=0.25, progress=checkpointed) as killed:
         jobs.run_until_idle(timeout=60)
     finished = jobs.retrieve(job.id)
     assert killed[0] > 3
@@ -329,11 +344,18 @@ def test_short_jobs_drained_while_connections_are_killed_complete_with_their_eve
     # happened (looked up, its events read back) or is redone.
     jobs = make_jobs(url, files_dir=tmp_path / "files", lease_seconds=30)
     seen: list[Any] = []
-    jobs.store.on_events = seen.extend
+    committed = threading.Event()
+
+    def hear(events: Sequence[Event]) -> None:
+        seen.extend(events)
+        committed.set()
+
+    jobs.store.on_events = hear
     ledger = tmp_path / "ledger.txt"
     context = {"n": 1, "sleep": 0.002, "ledger": str(ledger), "tagged": True}
     made = [jobs.create("ledger", context) for _ in range(400)]
-    with killing_connections(url, every=0.02, busy=True) as killed:
+    committed.clear()  # the creations' events
+    with killing_connections(url, every=0.02, progress=committed, busy=True) as killed:
         jobs.run_until_idle(timeout=120)
     assert killed[0] > 3
     assert all(jobs.retrieve(job.id).status == Status.COMPLETED for job in made)
@@ -499,7 +521,12 @@ def test_a_worker_in_another_process_picks_a_job_up_by_notify(
             assert jobs.wait(job.id, timeout=10).status == Status.COMPLETED
         finally:
             worker.terminate()
-            worker.communicate(timeout=20)
+            try:
+                worker.communicate(timeout=20)
+            finally:
+                if worker.poll() is None:  # it did not stop: no process outlives the test
+                    worker.kill()
+                    worker.communicate()
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
 
 
