@@ -23,7 +23,7 @@ from batchjobs import BatchJobs, Status
 from batchjobs.errors import StoreCorruptError, StoreError, StoreUnreachableError
 from batchjobs.models import TIMESTAMP_FIELDS, BatchJob, Event, new_job_id, utcnow
 from batchjobs.store import Checkpoint, ClaimRequest, open_store
-from batchjobs.store._postgres_connections import _Unknown
+from batchjobs.store._postgres_connections import Database, Listener, _Unknown
 from batchjobs.store._postgres_schema import MIGRATIONS, VERSION, VERSIONS
 from batchjobs.store.postgres import PostgresStore
 from tests.event_rows import check_old_event_rows
@@ -498,6 +498,29 @@ def test_listen_wakes_on_a_change_made_by_another_store(url: str) -> None:
             stop()
         listening.close()
         other.close()
+
+
+def test_a_listener_stopped_once_its_thread_ended_writes_to_no_other_file(url: str) -> None:
+    # A stop racing the listener's end (it saw the first stop, or a notification,
+    # and closed its pipe) must not write to the pipe's descriptor numbers, which
+    # may name another file of the process by then.
+    database = Database(url, pool_size=1)  # its pool never opened: no thread but ours
+    listener = Listener(database, lambda: None)
+    listener.start()
+    listener.stop()
+    listener._thread.join(10)
+    assert not listener._thread.is_alive()
+    read, write = os.pipe()
+    try:
+        assert (read, write) == (listener._stop_read, listener._stop_write)  # the numbers again
+        listener.stop()
+        os.set_blocking(read, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read, 1)
+    finally:
+        os.close(read)
+        os.close(write)
+        database.close()
 
 
 @pytest.mark.slow

@@ -498,6 +498,10 @@ class Listener:
         self.ready = threading.Event()
         self._stop_read, self._stop_write = os.pipe()
         self._stopped = False
+        # The thread closes the pipe as it ends, which a ``stop`` may race: once
+        # closed, its descriptor numbers may name another file of this process.
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
         self._thread = threading.Thread(target=self._run, name="batchjobs-listen", daemon=True)
 
     def start(self, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -508,8 +512,9 @@ class Listener:
     def stop(self) -> None:
         """Stop listening and close the connection (returns at once)."""
         self._stopped = True
-        with suppress(OSError):
-            os.write(self._stop_write, b"x")
+        with self._pipe_lock, suppress(OSError):
+            if self._pipe_open:
+                os.write(self._stop_write, b"x")
 
     def _run(self) -> None:
         delay = RETRY_DELAY
@@ -537,9 +542,11 @@ class Listener:
                         select.select([self._stop_read], [], [], delay)
                     delay = min(delay * 2, RETRY_DELAY_MAX)
         finally:
-            for fd in (self._stop_read, self._stop_write):
-                with suppress(OSError):
-                    os.close(fd)
+            with self._pipe_lock:
+                self._pipe_open = False
+                for fd in (self._stop_read, self._stop_write):
+                    with suppress(OSError):
+                        os.close(fd)
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         while not self._stopped:
