@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import threading
 import time
 
 from batchjobs import BatchJobs, JobRun
@@ -23,8 +22,9 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--lease-seconds", type=float, default=1.0)
     args = parser.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Blocked before any thread starts (see tests/worker.py): SIGTERM, whenever it
+    # comes, waits for the ``sigwait`` below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     jobs = BatchJobs(
         args.db, files_dir=args.files_dir, poll_interval=0.05, lease_seconds=args.lease_seconds
     )
@@ -39,7 +39,7 @@ def main() -> None:
     jobs.register(Paced())
     jobs.start()
     print("ready", flush=True)
-    stop.wait()
+    signal.sigwait({signal.SIGTERM})
     jobs.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 
 from batchjobs import BatchJobs
 from tests.strategies import ALL
@@ -24,9 +23,12 @@ def main() -> None:
     parser.add_argument("--lease-seconds", type=float, default=1.0)
     parser.add_argument("--max-attempts", type=int, default=5)
     args = parser.parse_args()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Blocked before any thread starts, so every thread inherits the mask: a signal
+    # sent at any time, during start-up too, waits for the ``sigwait`` below. (A
+    # Python handler setting an Event can deadlock: it runs in the main thread,
+    # which may hold that Event's lock right then.)
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     jobs = BatchJobs(
         args.db,
         files_dir=args.files_dir,
@@ -39,7 +41,7 @@ def main() -> None:
         jobs.register(strategy)
     jobs.start()
     print("ready", flush=True)
-    stop.wait()
+    signal.sigwait(stop_signals)
     jobs.close()
     sys.exit(0)
 
