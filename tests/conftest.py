@@ -51,13 +51,35 @@ BACKENDS = ("sqlite", "postgres")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Compile the project's bytecode once, before xdist's workers start: the tests start
-    hundreds of Python processes, and where no bytecode is written
-    (``PYTHONDONTWRITEBYTECODE``) each would compile every module it imports again
-    (a tenth of a second of CPU each)."""
-    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
-        for folder in ("batchjobs", "strategies", "tests"):
-            compileall.compile_dir(ROOT / folder, quiet=2)
+    """Compile once, before xdist's workers start, what each would compile again where no
+    bytecode is written (``PYTHONDONTWRITEBYTECODE``): the project's modules, which the
+    suite's hundreds of Python processes import (a tenth of a second of CPU each), and
+    the test modules with their asserts rewritten, which every worker imports (half of
+    its collection's CPU)."""
+    if hasattr(config, "workerinput"):  # a worker: the controller did it
+        return
+    for folder in ("batchjobs", "strategies", "tests"):
+        compileall.compile_dir(ROOT / folder, quiet=2)
+    if getattr(config.option, "numprocesses", None):
+        _rewrite_test_modules(config)
+
+
+def _rewrite_test_modules(config: pytest.Config) -> None:
+    """Write pytest's cache of the test modules with their asserts rewritten, which its
+    import hook reads even where it may not write one. Through pytest's own functions
+    (not public API): where they have changed, each worker rewrites them as before."""
+    try:
+        from _pytest.assertion import rewrite
+
+        state = config.stash[rewrite.assertstate_key]
+        for path in sorted((ROOT / "tests").glob("*.py")):
+            if path.name.startswith("test_") or path.name == "conftest.py":
+                pyc = rewrite.get_cache_dir(path) / (path.name[:-3] + rewrite.PYC_TAIL)
+                if rewrite._read_pyc(path, pyc) is None and rewrite.try_makedirs(pyc.parent):
+                    source_hash, code = rewrite._rewrite_test(path, config)
+                    rewrite._write_pyc(state, code, source_hash, pyc)
+    except (ImportError, AttributeError, KeyError, TypeError, OSError):
+        return
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
