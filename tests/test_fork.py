@@ -119,6 +119,74 @@ def test_a_forked_child_publishes_its_own_events_to_redis(
     assert seqs == [1, 2]  # the child's event too, published by the child
 
 
+#: As FORK_MIRRORED, but another thread holds the lock of the mirror's Redis connection
+#: pool (as its publisher does while it takes a connection) when the fork begins, and
+#: lets it go only once the fork has begun: the fork hooks run last-registered first,
+#: so ``release`` is set before the library's hook runs, and until the fork is done the
+#: forking thread keeps the interpreter (the holder cannot release it meanwhile unless
+#: that hook waits for it). The child must not inherit the lock held.
+FORK_POOL_BUSY = """
+import faulthandler, os, sys, threading
+from batchjobs import BatchJobs
+from tests.strategies import Ledger
+
+options = {"files_dir": sys.argv[2]} if "://" in sys.argv[1] else {}
+jobs = BatchJobs(sys.argv[1], redis_url=sys.argv[3], channel_prefix=sys.argv[4], **options)
+jobs.register(Ledger)
+jobs.create("ledger", {"n": 1})
+pool_lock = jobs.mirror._publisher.sender._client.connection_pool._lock
+held, release = threading.Event(), threading.Event()
+
+def hold():
+    with pool_lock:
+        held.set()
+        release.wait()
+
+holder = threading.Thread(target=hold)
+holder.start()
+held.wait()
+os.register_at_fork(before=release.set)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    faulthandler.dump_traceback_later(20, exit=True)  # a hang fails, with the stacks
+    os.close(write)
+    os.read(read, 1)
+    jobs.create("ledger", {"n": 1})
+    jobs.close()
+    os._exit(0)
+holder.join()
+os.close(read)
+jobs.close()
+os.write(write, b"x")
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.redis
+def test_a_child_forked_while_another_thread_is_in_a_redis_pool_publishes(
+    db_url: str | Path, tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe(f"{prefix}:*")
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
+        args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
+        run_script(FORK_POOL_BUSY, *args)
+        seqs = []
+        while (message := pubsub.get_message(timeout=1)) is not None:
+            seqs.append(json.loads(message["data"])["seq"])
+    finally:
+        pubsub.close()
+        client.close()
+    assert seqs == [1, 2]
+
+
 #: The parent follows (its feeds woken by Redis), forks; the child follows too, with a
 #: poll too slow to matter, and times how long the parent's next event takes to reach it.
 FORK_FOLLOWING = """

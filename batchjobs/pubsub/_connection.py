@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+# A thread's first connection to Redis by name makes socket.getaddrinfo import this
+# codec. A fork while another thread (the publisher, a listener) holds that import's
+# lock leaves the lock held in the child, whose own first connection then waits for it
+# forever: imported here, before any of those threads runs.
+import encodings.idna  # noqa: F401
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from typing import Any
 
 import redis
@@ -44,7 +51,7 @@ def _client(url: str) -> redis.Redis:
     if not url.lower().startswith("unix:"):
         options["socket_keepalive"] = True
     try:
-        return redis.Redis.from_url(
+        client = redis.Redis.from_url(
             url,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
@@ -54,6 +61,40 @@ def _client(url: str) -> redis.Redis:
         )
     except ValueError as error:
         raise ValueError(f"{_display(url)!r} is not a Redis URL: {error}") from error
+    _CLIENTS.add(client)
+    return client
+
+
+#: Every client ``_client`` made that is still alive, for the fork hooks.
+_CLIENTS: weakref.WeakSet[redis.Redis] = weakref.WeakSet()
+#: The pools' locks the forking thread holds across a fork.
+_held: list[Any] = []
+
+
+def _before_fork() -> None:
+    # A forked child gets a copy of each pool's locks as they were. redis-py resets
+    # a pool in the child (new connections) but keeps its lock: one that another
+    # thread (the publisher, a listener) held at the fork stays held in the child
+    # for good, and the child's first command, or its close, waits forever. Taking
+    # them here makes the fork wait until no other thread is in a pool.
+    for client in list(_CLIENTS):
+        pool = client.connection_pool
+        for name in ("_fork_lock", "_lock"):  # redis-py's order, in _checkpid
+            lock = getattr(pool, name, None)
+            if lock is not None:
+                lock.acquire()
+                _held.append(lock)
+
+
+def _after_fork() -> None:
+    while _held:
+        _held.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
 
 
 def check_url(url: str) -> None:
@@ -107,6 +148,10 @@ class _Outages:
     @property
     def down(self) -> bool:
         return bool(self._down)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new lock (a thread of the parent's may have held this one)."""
+        self._lock = threading.Lock()
 
     def failed(self, part: str, error: BaseException) -> None:
         with self._lock:

@@ -301,6 +301,7 @@ class RedisMirror:
         if closing:
             self._closing.set()
         self._thread = None
+        self._outages.reset_after_fork()
         self._publisher.reset_after_fork()
         self._wakeups.reset_after_fork(origin)
 
