@@ -73,7 +73,11 @@ def test_three_workers_run_200_jobs_exactly_once(
     jobs: BatchJobs, start_worker: Callable[..., Any], tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.txt"
-    workers = [start_worker("--concurrency", "2") for _ in range(3)]
+    # Leases of the default length: with the test workers' 1 s, a loaded machine that
+    # starves a heartbeat for a second lets another worker take a running job over (a
+    # chunk repeated, as takeover allows); nothing here dies, so any repeat is a bug.
+    lease = ("--lease-seconds", "30")
+    workers = [start_worker("--concurrency", "2", *lease) for _ in range(3)]
     created = [
         jobs.create("ledger", {"n": 5, "chunk_size": 2, "ledger": str(ledger), "tagged": True})
         for _ in range(200)
