@@ -96,10 +96,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-@pytest.mark.redis
-def test_a_forked_child_publishes_its_own_events_to_redis(
-    db_url: str | Path, tmp_path: Path, redis_url: str
-) -> None:
+def published_seqs(script: str, db_url: str | Path, tmp_path: Path, redis_url: str) -> list[int]:
+    """Run ``script`` (its arguments: the database, a files folder, Redis, a channel
+    prefix) and return the ``seq`` of each event it published to Redis, in order."""
     import redis
 
     prefix = f"test-{uuid.uuid4().hex[:10]}"
@@ -108,14 +107,21 @@ def test_a_forked_child_publishes_its_own_events_to_redis(
     pubsub.psubscribe(f"{prefix}:*")
     try:
         assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
-        args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
-        run_script(FORK_MIRRORED, *args)
+        run_script(script, str(db_url), str(tmp_path / "files"), redis_url, prefix)
         seqs = []
         while (message := pubsub.get_message(timeout=1)) is not None:
             seqs.append(json.loads(message["data"])["seq"])
     finally:
         pubsub.close()
         client.close()
+    return seqs
+
+
+@pytest.mark.redis
+def test_a_forked_child_publishes_its_own_events_to_redis(
+    db_url: str | Path, tmp_path: Path, redis_url: str
+) -> None:
+    seqs = published_seqs(FORK_MIRRORED, db_url, tmp_path, redis_url)
     assert seqs == [1, 2]  # the child's event too, published by the child
 
 
@@ -168,23 +174,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def test_a_child_forked_while_another_thread_is_in_a_redis_pool_publishes(
     db_url: str | Path, tmp_path: Path, redis_url: str
 ) -> None:
-    import redis
-
-    prefix = f"test-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(redis_url)
-    pubsub = client.pubsub()
-    pubsub.psubscribe(f"{prefix}:*")
-    try:
-        assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
-        args = [str(db_url), str(tmp_path / "files"), redis_url, prefix]
-        run_script(FORK_POOL_BUSY, *args)
-        seqs = []
-        while (message := pubsub.get_message(timeout=1)) is not None:
-            seqs.append(json.loads(message["data"])["seq"])
-    finally:
-        pubsub.close()
-        client.close()
-    assert seqs == [1, 2]
+    assert published_seqs(FORK_POOL_BUSY, db_url, tmp_path, redis_url) == [1, 2]
 
 
 #: The parent follows (its feeds woken by Redis), forks; the child follows too, with a
