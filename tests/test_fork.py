@@ -177,6 +177,50 @@ def test_a_child_forked_while_another_thread_is_in_a_redis_pool_publishes(
     assert published_seqs(FORK_POOL_BUSY, db_url, tmp_path, redis_url) == [1, 2]
 
 
+#: Another thread is inside a SQLite store call when the fork begins (a receiver of
+#: the job's event, run by ``create`` before it returns, blocks until the fork has
+#: begun: fork hooks run last-registered first, so ``release`` is set before the
+#: store's hook runs). The fork must wait for that call to end; the child then makes
+#: a job of its own on the same file.
+FORK_IN_A_STORE_CALL = """
+import faulthandler, os, sys, threading
+from batchjobs import BatchJobs
+from tests.strategies import Ledger
+
+jobs = BatchJobs(sys.argv[1])
+jobs.register(Ledger)
+inside, release, calls = threading.Event(), threading.Event(), []
+
+def blocking(sender, **kwargs):
+    if threading.current_thread().name == "creator":
+        inside.set()
+        release.wait()
+        calls.append("ended")
+
+jobs.subscribe("batch.created", blocking)
+creator = threading.Thread(target=jobs.create, args=("ledger", {"n": 1}), name="creator")
+creator.start()
+inside.wait()
+os.register_at_fork(before=release.set)
+pid = os.fork()
+if pid == 0:
+    faulthandler.dump_traceback_later(20, exit=True)
+    if calls != ["ended"]:
+        os._exit(2)  # forked while the other thread was still in its store call
+    jobs.create("ledger", {"n": 1})
+    os._exit(0)
+creator.join()
+_, status = os.waitpid(pid, 0)
+assert jobs.list_and_count(limit=0)[1] == 2
+jobs.close()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_waits_for_another_thread_s_sqlite_store_call_to_end(tmp_path: Path) -> None:
+    run_script(FORK_IN_A_STORE_CALL, str(tmp_path / "jobs.db"))
+
+
 #: The parent follows (its feeds woken by Redis), forks; the child follows too, with a
 #: poll too slow to matter, and times how long the parent's next event takes to reach it.
 FORK_FOLLOWING = """

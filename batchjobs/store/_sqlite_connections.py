@@ -81,7 +81,7 @@ class Connections:
         #: The forking thread's connection, in a forked child: kept, never used or
         #: closed (it is the parent's; SQLite connections must not cross a fork). The
         #: other threads' connections are closed as Python clears those threads in the
-        #: child, before this hook runs; a close there releases only the child's locks.
+        #: child, before this hook runs: none was inside SQLite at the fork (``boundary``).
         self._inherited: list[_ThreadConnection] = []
         _EVERY.add(self)
 
@@ -250,23 +250,88 @@ class Connections:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _ForkGate:
+    """Lets a fork wait until no other thread is inside a store call.
+
+    A forked child inherits SQLite's mutexes as the parent's threads held them: a
+    thread inside SQLite at the fork left the child waiting for good on the first
+    connection it opens, or on closing that thread's connection. A fork waits for
+    such calls to end (new ones wait for the fork) for ``FORK_WAIT`` seconds at
+    most: a call that waits on the forking thread itself cannot hold it up for good
+    (event receivers run inside the call that committed their event). About 2 µs a
+    store call.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+        self._depth = threading.local()  # a store call may make another
+
+    def enter(self) -> None:
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._forking, FORK_WAIT)
+                self._inside += 1
+        self._depth.n = depth + 1
+
+    def leave(self) -> None:
+        self._depth.n -= 1
+        if self._depth.n == 0:
+            with self._changed:
+                self._inside -= 1
+                self._changed.notify_all()
+
+    def before_fork(self) -> None:
+        own = 1 if getattr(self._depth, "n", 0) else 0
+        with self._changed:
+            self._forking = True
+            self._changed.wait_for(lambda: self._inside <= own, FORK_WAIT)
+
+    def after_fork_in_parent(self) -> None:
+        with self._changed:
+            self._forking = False
+            self._changed.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        # Only the forking thread goes on: its own call, if it is in one, is all.
+        self._changed = threading.Condition(threading.Lock())
+        self._inside = 1 if getattr(self._depth, "n", 0) else 0
+        self._forking = False
+
+
+#: Seconds a fork waits at most for the other threads' store calls to end.
+FORK_WAIT = 5.0
+_GATE = _ForkGate()
+
+
 def boundary(method: F) -> F:
-    """Turn ``sqlite3`` errors raised by a store's ``method`` into ``StoreError``s."""
+    """Turn ``sqlite3`` errors raised by a store's ``method`` into ``StoreError``s; a
+    fork waits until the call has ended (``_ForkGate``)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _GATE.enter()
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as error:
             raise self._connections.error(error) from error
+        finally:
+            _GATE.leave()
 
     return wrapper  # type: ignore[return-value]
 
 
-def _after_fork() -> None:
+def _after_fork_in_child() -> None:
+    _GATE.after_fork_in_child()
     for connections in list(_EVERY):
         connections._after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(
+        before=_GATE.before_fork,
+        after_in_parent=_GATE.after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
