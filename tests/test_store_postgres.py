@@ -300,6 +300,8 @@ def killing_connections(
             if not progress.is_set():
                 continue
             pids = backends_of(url, busy=busy)
+            if not pids:  # none busy right now: look again, the progress still stands
+                continue
             terminate(url, pids)
             progress.clear()  # what it sets from now on was done after this kill
             killed[0] += len(pids)
