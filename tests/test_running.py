@@ -17,6 +17,7 @@ from freezegun import freeze_time
 
 from batchjobs import BatchJob, BatchJobs, InvalidDataError, JobRun, MissingContextKeyError, Status
 from batchjobs.models import utcnow
+from batchjobs.runner.claims import STILL_OURS_FOR
 from batchjobs.store import Store
 from tests.strategies import Ledger, read_ledger
 
@@ -352,6 +353,22 @@ def test_jobs_run_back_to_back_share_their_commits(jobs: BatchJobs) -> None:
         done = jobs.retrieve(job.id)
         assert done.status == Status.COMPLETED
         assert None not in (done.pre_processed_at, done.confirmed_at, done.processing_at)
+
+
+@pytest.mark.backends("sqlite")  # counts SQLite's statements
+@pytest.mark.usefixtures("short_jobs")
+def test_a_job_that_waited_behind_a_slow_one_reads_its_own_lease_alone(jobs: BatchJobs) -> None:
+    # Before a job that waited in its batch starts, a read says it is still ours; after
+    # a job longer than STILL_OURS_FOR, that read's answers for the jobs waiting behind
+    # it would be too old by their turn, so it asks for the one job starting.
+    assert STILL_OURS_FOR < 0.01
+    statements: list[str] = []
+    created = [jobs.create("ledger", {"n": 1, "sleep": 0.01}) for _ in range(7)]
+    jobs.store.db.conn.set_trace_callback(statements.append)
+    assert jobs.runner.drain() == 7  # batches of 1, 2 and 4
+    reads = [sql for sql in statements if sql.startswith("SELECT status") and "lease = " in sql]
+    assert len(reads) == 1 + 3  # one a job that waited (it was 1 + 3 + 2 + 1 leases)
+    assert all(jobs.retrieve(job.id).status == Status.COMPLETED for job in created)
 
 
 @pytest.mark.backends("sqlite")  # counts SQLite's statements

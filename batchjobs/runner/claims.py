@@ -95,10 +95,12 @@ class _Batch:
         #: Claimed, not started yet; given back when a job of the batch turns out long.
         self.waiting: list[tuple[Claim, HeldLease]] = []
         self.deferred: list[JobExecution] = []
-        #: The last read of the waiting jobs' leases: when (monotonic), and what it found.
+        #: The last read of leases of this batch: when (monotonic), and what it found.
         self._seen: tuple[float, dict[Lease, Status | None]] = (0.0, {})
         #: The job running now, and since when (monotonic).
         self._running: tuple[JobExecution, float] | None = None
+        #: How long the last job run took (seconds).
+        self._took = 0.0
         #: The thread of the last commit ``give_back`` started.
         self._flush: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -112,13 +114,15 @@ class _Batch:
 
     def run(self, execution: JobExecution, *, stop_after_pre_process: bool) -> None:
         """Run ``execution`` in the drain's thread (``give_back`` may commit the others)."""
+        started = time.monotonic()
         with self._lock:
-            self._running = (execution, time.monotonic())
+            self._running = (execution, started)
         try:
             execution.execute(stop_after_pre_process=stop_after_pre_process)
         finally:
             with self._lock:
                 self._running = None
+            self._took = time.monotonic() - started
 
     def give_back(self) -> None:
         """From the heartbeat's thread, once the job running has run ``GIVE_BACK_AFTER``
@@ -144,12 +148,15 @@ class _Batch:
 
     def holds(self, claim: Claim) -> Status | None:
         """The status of ``claim``'s job if its lease still holds it, as read at most
-        ``STILL_OURS_FOR`` seconds ago; a read answers for every job still waiting."""
+        ``STILL_OURS_FOR`` seconds ago; a read answers for every job still waiting, unless
+        the last job took longer than that (the answers would be too old when they start)."""
         at, seen = self._seen
         if claim.lease in seen and time.monotonic() - at < STILL_OURS_FOR:
             return seen[claim.lease]
-        with self._lock:
-            leases = [claim.lease, *(waiting.lease for waiting, _ in self.waiting)]
+        leases = [claim.lease]
+        if self._took < STILL_OURS_FOR:
+            with self._lock:
+                leases += [waiting.lease for waiting, _ in self.waiting]
         at = time.monotonic()  # before the read: its age counts from its start
         self._seen = (at, dict(zip(leases, self.ctx.store.holding(leases), strict=True)))
         return self._seen[1][claim.lease]

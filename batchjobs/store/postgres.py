@@ -776,12 +776,19 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     @boundary
     def holds(self, lease: Lease) -> Status | None:
-        return self.holding([lease])[0]
+        # Found by its key alone, as a checkpoint's row: prepared, unlike ``holding``'s.
+        row = self._database.read(
+            lambda conn: conn.execute(
+                f"SELECT status FROM {TABLE} WHERE id = %s AND lease = %s",
+                [lease.id, lease.token],
+            ).fetchone()
+        )
+        return None if row is None else Status(row[0])
 
     @boundary
     def holding(self, leases: Sequence[Lease]) -> list[Status | None]:
-        if not leases:
-            return []
+        if len(leases) < 2:
+            return [self.holds(lease) for lease in leases]
         rows = self._database.read(
             lambda conn: conn.execute(
                 f"SELECT id, lease, status FROM {TABLE} WHERE id = ANY(%s) AND lease = ANY(%s)",
