@@ -1,5 +1,6 @@
 """batchjobs: Medusa-style batch jobs in one process, with no infrastructure."""
 
+from ._checkout import find_strategies as _find_strategies
 from .app import BatchJobs
 from .errors import (
     BatchJobError,
@@ -11,6 +12,8 @@ from .errors import (
 from .migrate import Migration, migrate
 from .models import BatchJob, Schedule, Status
 from .strategy import BatchJobStrategy, JobDraft, JobRun
+
+_find_strategies(__path__[0])
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "batchjobs"
 LAYERS = {
+    "_checkout": 0,  # where a checkout's built-in strategies are (imports nothing of ours)
     "errors": 0,
     "models": 1,
     "limits": 1,

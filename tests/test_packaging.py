@@ -24,6 +24,31 @@ def test_the_import_name_maps_to_the_strategies_folder() -> None:
     assert Path(batchjobs.strategies.__file__).resolve() == ROOT / "strategies" / "__init__.py"
 
 
+def test_a_checkout_imported_without_its_install_s_mapping_finds_its_strategies_alone() -> None:
+    # What a script started in the checkout's root sees when batchjobs is installed from
+    # a wheel: the checkout's copy, and no editable install's mapping of the strategies.
+    script = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path"
+        " if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+        "import batchjobs, batchjobs.strategies\n"
+        "print(batchjobs.__file__, batchjobs.strategies.__file__)\n"
+        "try:\n"
+        "    import batchjobs.tests\n"
+        "except ModuleNotFoundError:\n"
+        "    print('nothing else')\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    package, strategies, *rest = shown.stdout.split(maxsplit=2)
+    rest = [line.strip() for line in rest]
+    assert Path(package) == ROOT / "batchjobs" / "__init__.py"
+    assert Path(strategies) == ROOT / "strategies" / "__init__.py"
+    assert rest == ["nothing else"]  # only that one name maps to the checkout's root
+
+
 @pytest.mark.slow
 def test_the_wheel_ships_the_strategies_and_the_console_script(tmp_path: Path) -> None:
     subprocess.run(
@@ -102,6 +127,12 @@ import batchjobs, batchjobs.cli, batchjobs.http, batchjobs.pubsub, batchjobs.sto
 from batchjobs.strategies import csv_export, csv_import
 assert batchjobs.__file__.startswith(sys.prefix), batchjobs.__file__
 """
+#: Prints where ``batchjobs`` was imported from, then the types a ``BatchJobs`` on the
+#: database named by argv[1] knows, one a line.
+LIST_TYPES = (
+    "import sys, batchjobs; print(batchjobs.__file__); "
+    "print(*sorted(batchjobs.BatchJobs(sys.argv[1]).registry.types), sep='\\n')"
+)
 
 
 def test_a_pytest_plugin_installed_beside_the_project_does_not_load(tmp_path: Path) -> None:
@@ -159,3 +190,17 @@ def test_without_the_pins_the_newest_releases_install_import_and_run(tmp_path: P
     )
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["batchjobs"] == metadata.version("batchjobs")
+    # A script started in the checkout's root imports the checkout's copy, not the
+    # installed one: it still has the built-in strategies (strategies/ beside it).
+    listed = subprocess.run(
+        [str(python), "-c", LIST_TYPES, str(tmp_path / "root.db")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    imported_from, *types = listed.stdout.split()
+    assert Path(imported_from) == ROOT / "batchjobs" / "__init__.py"
+    assert types == ["csv-export", "csv-import"] and not listed.stderr
