@@ -4,6 +4,7 @@ installs and runs without the pins."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -180,26 +181,13 @@ def test_without_the_pins_the_newest_releases_install_import_and_run(tmp_path: P
         [str(python), "-W", "error", "-c", IMPORT_ALL], cwd=tmp_path, env=env, capture_output=True
     )
     assert imported.returncode == 0, imported.stderr.decode()
-    shown = subprocess.run(
-        [str(venv / "bin" / "batchjobs"), "version", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=60)
+    shown = run([str(venv / "bin" / "batchjobs"), "version", "--json"], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["batchjobs"] == metadata.version("batchjobs")
     # A script started in the checkout's root imports the checkout's copy, not the
     # installed one: it still has the built-in strategies (strategies/ beside it).
-    listed = subprocess.run(
-        [str(python), "-c", LIST_TYPES, str(tmp_path / "root.db")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = run([str(python), "-c", LIST_TYPES, str(tmp_path / "root.db")], cwd=ROOT)
     assert listed.returncode == 0, listed.stderr
     imported_from, *types = listed.stdout.split()
     assert Path(imported_from) == ROOT / "batchjobs" / "__init__.py"
