@@ -358,9 +358,9 @@ def test_jobs_run_back_to_back_share_their_commits(jobs: BatchJobs) -> None:
 @pytest.mark.backends("sqlite")  # counts SQLite's statements
 @pytest.mark.usefixtures("short_jobs")
 def test_a_job_that_waited_behind_a_slow_one_reads_its_own_lease_alone(jobs: BatchJobs) -> None:
-    # Before a job that waited in its batch starts, a read says it is still ours; after
-    # a job longer than STILL_OURS_FOR, that read's answers for the jobs waiting behind
-    # it would be too old by their turn, so it asks for the one job starting.
+    # Before a job that waited in its batch starts, a read says it is still ours; once
+    # two jobs in a row ran longer than STILL_OURS_FOR, that read's answers for the jobs
+    # waiting behind would be too old by their turn, so it asks for the one job starting.
     assert STILL_OURS_FOR < 0.01
     statements: list[str] = []
     created = [jobs.create("ledger", {"n": 1, "sleep": 0.01}) for _ in range(7)]
@@ -368,6 +368,28 @@ def test_a_job_that_waited_behind_a_slow_one_reads_its_own_lease_alone(jobs: Bat
     assert jobs.runner.drain() == 7  # batches of 1, 2 and 4
     reads = [sql for sql in statements if sql.startswith("SELECT status") and "lease = " in sql]
     assert len(reads) == 1 + 3  # one a job that waited (it was 1 + 3 + 2 + 1 leases)
+    assert all(jobs.retrieve(job.id).status == Status.COMPLETED for job in created)
+
+
+@pytest.mark.usefixtures("short_jobs")
+def test_jobs_behind_one_slow_job_still_share_a_read(
+    jobs: BatchJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One job longer than STILL_OURS_FOR among quick ones (a thread descheduled under
+    # load): the read after it still answers for every job waiting behind.
+    monkeypatch.setattr("batchjobs.runner.claims.STILL_OURS_FOR", 0.05)  # quick: under it
+    created = [jobs.create("ledger", {"n": 1, "sleep": 0.06 if i == 3 else 0}) for i in range(7)]
+    asked: list[list[str]] = []
+    holding = jobs.store.holding
+
+    def noting(leases: Any) -> Any:
+        asked.append([lease.id for lease in leases])
+        return holding(leases)
+
+    monkeypatch.setattr(jobs.store, "holding", noting)
+    assert jobs.runner.drain() == 7  # batches of 1, 2 and 4; the slow one starts the 4
+    ids = [job.id for job in created]
+    assert asked == [[ids[2]], ids[4:]]
     assert all(jobs.retrieve(job.id).status == Status.COMPLETED for job in created)
 
 

@@ -99,8 +99,8 @@ class _Batch:
         self._seen: tuple[float, dict[Lease, Status | None]] = (0.0, {})
         #: The job running now, and since when (monotonic).
         self._running: tuple[JobExecution, float] | None = None
-        #: How long the last job run took (seconds).
-        self._took = 0.0
+        #: How long the last two job runs took (seconds), the last one last.
+        self._took = (0.0, 0.0)
         #: The thread of the last commit ``give_back`` started.
         self._flush: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -122,7 +122,7 @@ class _Batch:
         finally:
             with self._lock:
                 self._running = None
-            self._took = time.monotonic() - started
+            self._took = (self._took[1], time.monotonic() - started)
 
     def give_back(self) -> None:
         """From the heartbeat's thread, once the job running has run ``GIVE_BACK_AFTER``
@@ -149,12 +149,13 @@ class _Batch:
     def holds(self, claim: Claim) -> Status | None:
         """The status of ``claim``'s job if its lease still holds it, as read at most
         ``STILL_OURS_FOR`` seconds ago; a read answers for every job still waiting, unless
-        the last job took longer than that (the answers would be too old when they start)."""
+        the jobs run longer than that (the last two did): its answers for the others would
+        be too old by their turn. One slow job (a thread descheduled) changes nothing."""
         at, seen = self._seen
         if claim.lease in seen and time.monotonic() - at < STILL_OURS_FOR:
             return seen[claim.lease]
         leases = [claim.lease]
-        if self._took < STILL_OURS_FOR:
+        if min(self._took) < STILL_OURS_FOR:
             with self._lock:
                 leases += [waiting.lease for waiting, _ in self.waiting]
         at = time.monotonic()  # before the read: its age counts from its start
