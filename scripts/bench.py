@@ -1263,25 +1263,123 @@ def pg_wait_completed(url: str, n: int) -> None:
             time.sleep(0.005)
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float] | None:
+    """CPU time (user + system) each of the processes ``pids`` has used, threads
+    included (those gone are left out); ``None`` where ``/proc`` cannot tell (not Linux)."""
+    used = {}
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        used[pid] = (int(fields[11]) + int(fields[12])) / hz  # utime, stime
+    return used
+
+
+def cpu_since(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """CPU seconds used between two ``cpu_seconds`` readings: a process that started
+    in between counts whole; one that ended in between, not at all."""
+    if before is None or after is None:
+        return None
+    return sum(used - before.get(pid, 0.0) for pid, used in after.items())
+
+
+def local_server_pids(url: str) -> list[int] | None:
+    """The processes of the PostgreSQL server at ``url`` if it runs on this machine
+    (every process named ``postgres``: the pools open connections, so new server
+    processes, as a run goes); ``None`` if it does not, or ``/proc`` cannot tell."""
+    import psycopg
+
+    host = psycopg.conninfo.conninfo_to_dict(url).get("host") or "localhost"
+    if host not in ("localhost", "127.0.0.1", "::1") and not str(host).startswith("/"):
+        return None
+    pids = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (entry / "comm").read_text().strip() == "postgres":
+                        pids.append(int(entry.name))
+    return pids or None
+
+
+def cpu_reading(workers: list[int], url: str) -> tuple[Any, Any, float]:
+    """CPU used so far by the worker processes, the server's processes (if it runs
+    here) and this process: what ``CpuUse.between`` compares."""
+    server = local_server_pids(url)
+    return cpu_seconds(workers), server and cpu_seconds(server), clock()
+
+
+def clock() -> float:
+    """This process's CPU time (user + system), every thread's."""
+    return time.process_time()
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds a timed run took from the worker processes, the server and this
+    process (its poll for the last completion), and the run's length."""
+
+    workers: float
+    server: float | None
+    poll: float
+    wall: float
+
+    @classmethod
+    def between(
+        cls, before: tuple[Any, Any, float], after: tuple[Any, Any, float], wall: float
+    ) -> CpuUse | None:
+        """From ``(workers, server, this process)`` CPU read before and after the run;
+        ``None`` where ``/proc`` could not tell the workers'."""
+        workers = cpu_since(before[0], after[0])
+        if workers is None:
+            return None
+        return cls(workers, cpu_since(before[1], after[1]), after[2] - before[2], wall)
+
+    @property
+    def busy(self) -> float:
+        """How many CPUs the run kept busy, on average."""
+        return (self.workers + (self.server or 0.0) + self.poll) / self.wall
+
+    def per_job(self, n: int) -> str:
+        """The run's CPU a job, and how many CPUs it kept busy."""
+        server = f", server {self.server / n * 1e6:,.0f} µs" if self.server is not None else ""
+        return (
+            f"workers {self.workers / n * 1e6:,.0f} µs{server}, the poll "
+            f"{self.poll / n * 1e6:,.0f} µs a job ({self.busy:.2f} CPUs busy)"
+        )
+
+
 def pg_processes(b: Bench) -> list[Row]:
     """Jobs/s of three worker processes on one PostgreSQL database vs one process."""
     n = b.sizes.jobs
     rows = []
+    cpus = os.cpu_count() or 1
     for title, kind, context, goal in (
         ("one-chunk CPU-bound jobs", Spin, {"n": 1, "steps": b.steps * 200}, 1.5),
         ("jobs waiting 5 ms on I/O", Wait, {"ms": 5}, 2.7),
     ):
-        rates = {}
+        rates: dict[int, float] = {}
+        used: dict[int, CpuUse | None] = {}
         for workers in (1, 3):
             best = 0.0
             for _ in range(max(1, b.sizes.repeat // 2)):
                 with pg_database(b) as url, pg_jobs(b, url, kind) as jobs:
                     procs = [start_worker(url, 0.5, None, "") for _ in range(workers)]
                     try:
+                        pids = [proc.pid for proc in procs]
+                        before = cpu_reading(pids, url)
                         pg_queue(jobs, kind, n, context)
                         start = time.perf_counter()
                         pg_wait_completed(url, n)
-                        best = max(best, n / (time.perf_counter() - start))
+                        wall = time.perf_counter() - start
+                        after = cpu_reading(pids, url)
+                        if n / wall > best:
+                            best = n / wall
+                            used[workers] = CpuUse.between(before, after, wall)
                     finally:
                         for proc in procs:
                             stop_worker(proc)
@@ -1297,11 +1395,19 @@ def pg_processes(b: Bench) -> list[Row]:
                 ratio >= goal,
             )
         )
+        one, three = used.get(1), used.get(3)
+        if one is not None and three is not None:
+            b.notes.append(
+                f"PostgreSQL processes, {title}: one process {one.per_job(n)}; three "
+                f"{three.per_job(n)}. One process keeping {one.busy:.2f} of {cpus} CPUs busy, "
+                f"three can run at most {cpus / one.busy:.2f}x its rate here, were sharing free."
+            )
     b.notes.append(
         "PostgreSQL processes: each worker process runs 2 threads; the jobs are queued in one "
         "statement once every worker is up (woken by NOTIFY), the clock runs to the last "
         "completion, looked for every 5 ms with one prepared statement. The CPU-bound job "
-        "spins about 200 µs."
+        "spins about 200 µs. CPU from /proc: the worker processes', and the server's (every "
+        "postgres process of this machine, when the server runs here) over the timed window."
     )
     return rows
 

@@ -6,6 +6,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,8 @@ GROUPS = {
 }
 
 
-def test_the_groups_cover_every_scenario() -> None:
+def load_bench() -> Any:
+    """The benchmark script, imported as a module."""
     spec = importlib.util.spec_from_file_location("bench", SCRIPT)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
@@ -45,8 +47,24 @@ def test_the_groups_cover_every_scenario() -> None:
         spec.loader.exec_module(bench)
     finally:
         del sys.modules[spec.name]
+    return bench
+
+
+def test_the_groups_cover_every_scenario() -> None:
     grouped = [name for group in GROUPS.values() for name in group]
-    assert sorted(grouped) == sorted(bench.SCENARIOS)
+    assert sorted(grouped) == sorted(load_bench().SCENARIOS)
+
+
+def test_cpu_between_two_readings_counts_a_process_started_in_between_whole() -> None:
+    # The server opens a process per new connection as the workers' pools grow.
+    bench = load_bench()
+    before = {10: 1.0, 11: 5.0}
+    after = {10: 1.5, 12: 0.25}  # 11 ended meanwhile (left out), 12 started
+    assert bench.cpu_since(before, after) == 0.75
+    assert bench.cpu_since(None, after) is None
+    use = bench.CpuUse.between((before, before, 2.0), (after, None, 2.5), wall=0.5)
+    assert (use.workers, use.server, use.poll) == (0.75, None, 0.5)
+    assert use.busy == 2.5
 
 
 @pytest.mark.slow
