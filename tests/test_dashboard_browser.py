@@ -30,6 +30,9 @@ from batchjobs.strategies.csv_import import CsvImport
 playwright_api = pytest.importorskip("playwright.sync_api")
 axe_api = pytest.importorskip("axe_playwright_python.sync_playwright")
 expect = playwright_api.expect
+# A job's end reaches the page well within a second alone; beside the rest of the suite
+# on two busy CPUs it once took longer than Playwright's default wait of 5 s.
+expect.set_options(timeout=15_000)
 
 pytestmark = pytest.mark.slow
 
