@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NotAllowedError
+from .errors import NotAllowedError, StoreUnreachableError
 from .models import utcnow
-from .store import open_store
+from .store import check_location, open_store, sqlite_path
 
 __all__ = ["MIGRATE_PAGE", "Migration", "migrate"]
 
@@ -37,12 +37,20 @@ def migrate(source: str | Path, target: str | Path, *, page: int = MIGRATE_PAGE)
     """Copy every job (with its checkpoint) and schedule of ``source`` into ``target``.
 
     Both are what ``BatchJobs(db)`` takes: a SQLite path, ``sqlite:///…``,
-    ``postgresql://…``. Stop the workers on ``source`` first: a job one of
-    them holds is refused with ``NotAllowedError``, before anything is
-    written. Jobs and schedules already in ``target`` stay as they are.
+    ``postgresql://…`` (``ValueError`` otherwise, as ``check_location``). A SQLite
+    ``source`` must exist (``StoreUnreachableError``: none is made). Stop the workers
+    on ``source`` first: a job one of them holds is refused with ``NotAllowedError``,
+    before anything is written. Jobs and schedules already in ``target`` stay as they are.
     """
-    if str(source) == str(target):
+    check_location(source)
+    check_location(target)
+    if _same(source, target):
         raise NotAllowedError("Cannot migrate a database into itself")
+    file = sqlite_path(source)
+    if file is not None and not file.is_file():
+        raise StoreUnreachableError(
+            f"No SQLite database at {file}: nothing to migrate from", location=str(file)
+        )
     origin = open_store(source)
     try:
         now = utcnow()
@@ -73,3 +81,12 @@ def migrate(source: str | Path, target: str | Path, *, page: int = MIGRATE_PAGE)
     finally:
         origin.close()
     return Migration(total, written, len(schedules), made)
+
+
+def _same(source: str | Path, target: str | Path) -> bool:
+    """Whether ``source`` and ``target`` name one database: one URL, or one SQLite file
+    however its path is spelled."""
+    files = sqlite_path(source), sqlite_path(target)
+    if files[0] is not None and files[1] is not None:
+        return files[0].resolve() == files[1].resolve()
+    return str(source) == str(target)

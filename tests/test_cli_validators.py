@@ -99,6 +99,11 @@ def test_a_context_that_is_not_utf8_or_too_large_exits_2(
         (["--db", ""], "Invalid value for '--db': is empty: name a SQLite file"),
         (["--db", BAD_UTF8], "Invalid value for '--db': '\\xff' is not valid UTF-8 text"),
         (["--db", "a\x00b"], "Invalid value for '--db': 'a\\x00b' is not a file name"),
+        (["--db", "mysql://localhost/jobs"], "Invalid value for '--db': mysql:// databases are"),
+        (
+            ["--db", "host=db dbname=jobs password=s3cret"],
+            "Invalid value for '--db': a libpq key=value connection string is not taken",
+        ),
         (["--redis", BAD_UTF8], "Invalid value for '--redis': '\\xff' is not valid UTF-8 text"),
         (["--app", "json:loads"], "json:loads is a function that takes arguments: name a"),
         (["--app", "os:getcwd"], "os:getcwd returned a str, not a BatchJobs"),

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from batchjobs import BatchJobs, NotAllowedError, Status, migrate
 from batchjobs.cli import cli
+from batchjobs.errors import StoreUnreachableError
 from batchjobs.models import utcnow
 from batchjobs.store import Checkpoint, ClaimRequest, open_store
 
@@ -104,3 +105,43 @@ def test_the_migrate_command_reports_what_it_copied(
     assert "Copied 0 of 3 job(s) and 0 of 1 schedule(s) (the rest were" in again.stderr
     missing = CliRunner().invoke(cli, ["migrate", "--from", str(path)])
     assert missing.exit_code == 2 and "Missing option '--to'" in missing.stderr
+
+
+def test_migrate_from_a_file_that_is_not_there_makes_neither_file(tmp_path: Path) -> None:
+    missing, target = tmp_path / "typo.db", tmp_path / "new.db"
+    with pytest.raises(StoreUnreachableError, match=f"No SQLite database at {missing}: nothing"):
+        migrate(missing, target)
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(cli, ["migrate", "--from", str(missing), "--to", str(target)])
+    assert result.exit_code == 2, result.output
+    assert f"No SQLite database at {missing}: nothing to migrate from" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_migrate_into_the_same_file_spelled_another_way_is_refused(
+    source: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = source
+    monkeypatch.chdir(path.parent)
+    before = path.read_bytes()
+    for spelling in (f"./{path.name}", f"sqlite:///{path.name}", str(path)):
+        with pytest.raises(NotAllowedError, match="Cannot migrate a database into itself"):
+            migrate(path.name, spelling)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "mysql://localhost/jobs", "--to", "new.db"], "Invalid value for '--from': "),
+        (["--from", "old.db", "--to", "host=db password=s3cret"], "Invalid value for '--to': a"),
+    ],
+)
+def test_the_migrate_command_blames_the_option_of_a_database_it_cannot_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["migrate", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "s3cret" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

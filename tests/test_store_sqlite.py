@@ -74,6 +74,29 @@ def test_open_store_refuses_a_database_it_cannot_open(db_path: Path) -> None:
     assert not db_path.exists()
 
 
+@pytest.mark.parametrize(
+    "conninfo", ["host=db dbname=jobs password=s3cret", " dbname = jobs", "USER=a password=s3cret"]
+)
+def test_open_store_refuses_a_libpq_key_value_string_and_makes_no_file_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conninfo: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="libpq key=value connection string") as refused:
+        open_store(conninfo)
+    assert "postgresql://USER@HOST:PORT/DBNAME" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_named_like_a_libpq_string_opens_through_a_sqlite_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///dbname=jobs.db")
+    store.close()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["dbname=jobs.db"]
+
+
 def test_each_thread_gets_its_own_connection(db_path: Path) -> None:
     store = SQLiteStore(db_path)
     conns = []

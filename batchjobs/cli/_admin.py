@@ -12,7 +12,7 @@ import click
 from ..app import BatchJobs
 from ..migrate import migrate as migrate_jobs
 from ..models import RESTING_STATUSES
-from ..store import SQLITE_VERSION
+from ..store import SQLITE_VERSION, check_location
 from ._app import EXIT_INTERRUPTED, CommandError, cli, pass_jobs
 from ._input import _Duration, _json_option
 from ._output import _event_line, _outbox_line, _print_json, _table, _when
@@ -268,6 +268,11 @@ def migrate(source: str, target: str, as_json: bool) -> None:
     Example:
       batchjobs migrate --from jobs.db --to postgresql://postgres@localhost/jobs
     """
+    for location, option in ((source, "--from"), (target, "--to")):
+        try:
+            check_location(location)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint=f"'{option}'") from None
     done = migrate_jobs(source, target)
     if as_json:
         _print_json(

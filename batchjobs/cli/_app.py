@@ -18,6 +18,7 @@ import click
 
 from ..app import DEFAULT_DB, BatchJobs
 from ..errors import BatchJobError, StoreError
+from ..store import check_location
 from ..strategy import BatchJobStrategy
 from ._validators import FilePath, Text
 
@@ -73,14 +74,18 @@ class _Session:
             )
         try:
             Text().convert(self.db, None, None)  # a path the database can open
+            check_location(self.db)
         except click.BadParameter as error:
             raise click.BadParameter(error.message, param_hint="'--db'") from None
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="'--db'") from None
         try:
             jobs = BatchJobs(self.db, redis_url=self.redis_url, files_dir=self.files_dir)
         except StoreError as error:
             raise CommandError(error.message) from None
         except ValueError as error:
-            # The one value BatchJobs checks among these options: the Redis URL.
+            # The one value BatchJobs checks among these options once the database's is
+            # checked: the Redis URL.
             raise click.BadParameter(str(error), param_hint="'--redis'") from None
         self._owned = True
         if module is not None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoredJob",
+    "check_location",
     "is_postgres_url",
     "open_store",
     "sqlite_path",
@@ -49,11 +51,44 @@ SQLITE_SCHEME = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: What a PostgreSQL URL needs installed.
 POSTGRES_EXTRA = "pip install 'batchjobs[postgres]'"
+#: The start of a libpq key=value connection string (``host=db dbname=jobs``): one of
+#: its usual keywords, then ``=``. As a path it would name a SQLite file after it.
+_LIBPQ_KEYWORDS = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options"
+    r"|application_name|connect_timeout|target_session_attrs)\s*=",
+    re.IGNORECASE,
+)
 
 
 def is_postgres_url(url_or_path: str | Path) -> bool:
     """Whether ``url_or_path`` names a PostgreSQL database."""
     return str(url_or_path).startswith(POSTGRES_SCHEMES)
+
+
+def check_location(url_or_path: str | Path) -> None:
+    """Raise ``ValueError`` unless ``url_or_path`` names a database ``open_store`` can
+    open; nothing is opened or written. Refused: a URL of another kind of database, a
+    SQLite URL with an option other than ``mode=ro``/``mode=rw``, and a libpq key=value
+    string (``host=db dbname=jobs``, a PostgreSQL database given as psycopg takes it,
+    which as a path would make a SQLite file of that name: give it as a URL)."""
+    if is_postgres_url(url_or_path):
+        return
+    if isinstance(url_or_path, str) and _LIBPQ_KEYWORDS.match(url_or_path):
+        # Not shown: such a string often carries a password.
+        raise ValueError(
+            "a libpq key=value connection string is not taken: give PostgreSQL a URL, "
+            "postgresql://USER@HOST:PORT/DBNAME (for a SQLite file of such a name, "
+            "sqlite:///NAME)"
+        )
+    path, query = _split(url_or_path)
+    if path is None:
+        scheme = str(url_or_path).split("://", 1)[0]
+        raise ValueError(
+            f"{scheme}:// databases are not supported; use a path, sqlite:///PATH "
+            "or postgresql://..."
+        )
+    if query not in ("", "mode=ro", "mode=rw"):
+        raise ValueError(f"{url_or_path}: the only option of a SQLite URL is mode=ro")
 
 
 def _split(url_or_path: str | Path) -> tuple[Path | None, str]:
@@ -89,13 +124,14 @@ def open_store(
     ``concurrency`` (the worker threads that will use the store) sizes
     PostgreSQL's connection pool. ``options`` go to the implementation
     (SQLite: ``busy_timeout``; PostgreSQL: ``pool_size``, ``retry_for``).
-    ``ValueError`` for a URL of a database this version cannot open;
+    ``ValueError`` for a database this version cannot open (``check_location``);
     ``StoreError`` naming the extra when PostgreSQL's driver is not installed.
     """
     if durability not in DURABILITY_LEVELS:
         raise ValueError(
             f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}"
         )
+    check_location(url_or_path)
     if is_postgres_url(url_or_path):
         try:
             from .postgres import PostgresStore
@@ -108,12 +144,5 @@ def open_store(
             store.provision(concurrency)
         return store
     path, query = _split(url_or_path)
-    if path is None:
-        scheme = str(url_or_path).split("://", 1)[0]
-        raise ValueError(
-            f"{scheme}:// databases are not supported; use a path, sqlite:///PATH "
-            "or postgresql://..."
-        )
-    if query not in ("", "mode=ro", "mode=rw"):
-        raise ValueError(f"{url_or_path}: the only option of a SQLite URL is mode=ro")
+    assert path is not None  # checked
     return SQLiteStore(path, durability=durability, read_only=query == "mode=ro", **options)
