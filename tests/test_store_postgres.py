@@ -97,8 +97,8 @@ def test_a_url_s_options_give_the_store_a_schema_of_its_own(url: str) -> None:
         ).fetchall()
         assert where == [("jobs",)]
         assert conn.execute("SELECT id FROM jobs.batch_jobs").fetchall() == [(job.id,)]
-    with pytest.raises(StoreError):  # a schema that does not exist is not made up
-        open_store(f"{url}?options=-csearch_path%3Dnope")
+    with pytest.raises(StoreError, match="create the schema its search_path names first"):
+        open_store(f"{url}?options=-csearch_path%3Dnope")  # a schema is not made up
 
 
 def test_without_the_extra_a_postgres_url_names_it(

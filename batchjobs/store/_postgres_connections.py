@@ -457,6 +457,12 @@ class Database:
             return StoreCorruptError(
                 f"The database {where} is not a batchjobs database: {text}", location=where
             )
+        if isinstance(error, pg_errors.InvalidSchemaName):
+            return StoreError(
+                f"The database {where} has no schema to keep batch jobs in ({text}): create "
+                "the schema its search_path names first (CREATE SCHEMA ...)",
+                location=where,
+            )
         if isinstance(error, pg_errors.DiskFull):
             return StoreError(
                 f"Cannot write to the database {where}: the disk is full", location=where
