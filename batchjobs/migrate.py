@@ -9,6 +9,7 @@ short is finished by running it again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,16 @@ def migrate(source: str | Path, target: str | Path, *, page: int = MIGRATE_PAGE)
 
 
 def _same(source: str | Path, target: str | Path) -> bool:
-    """Whether ``source`` and ``target`` name one database: one URL, or one SQLite file
-    however its path is spelled."""
+    """Whether ``source`` and ``target`` name one database: one SQLite file however its
+    path is spelled (links included), or one URL (``postgres://`` or ``postgresql://``)."""
     files = sqlite_path(source), sqlite_path(target)
     if files[0] is not None and files[1] is not None:
+        if files[0].exists() and files[1].exists():
+            return os.path.samefile(files[0], files[1])
         return files[0].resolve() == files[1].resolve()
-    return str(source) == str(target)
+    return _url(source) == _url(target)
+
+
+def _url(location: str | Path) -> str:
+    text = str(location)
+    return "postgresql://" + text[len("postgres://") :] if text.startswith("postgres://") else text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -109,7 +111,7 @@ def test_the_migrate_command_reports_what_it_copied(
 
 def test_migrate_from_a_file_that_is_not_there_makes_neither_file(tmp_path: Path) -> None:
     missing, target = tmp_path / "typo.db", tmp_path / "new.db"
-    with pytest.raises(StoreUnreachableError, match=f"No SQLite database at {missing}: nothing"):
+    with pytest.raises(StoreUnreachableError, match=re.escape(f"No SQLite database at {missing}:")):
         migrate(missing, target)
     assert list(tmp_path.iterdir()) == []
     result = CliRunner().invoke(cli, ["migrate", "--from", str(missing), "--to", str(target)])
@@ -124,7 +126,8 @@ def test_migrate_into_the_same_file_spelled_another_way_is_refused(
     path, _ = source
     monkeypatch.chdir(path.parent)
     before = path.read_bytes()
-    for spelling in (f"./{path.name}", f"sqlite:///{path.name}", str(path)):
+    os.link(path, path.parent / "linked.db")
+    for spelling in (f"./{path.name}", f"sqlite:///{path.name}", str(path), "linked.db"):
         with pytest.raises(NotAllowedError, match="Cannot migrate a database into itself"):
             migrate(path.name, spelling)
     assert path.read_bytes() == before
@@ -135,6 +138,7 @@ def test_migrate_into_the_same_file_spelled_another_way_is_refused(
     [
         (["--from", "mysql://localhost/jobs", "--to", "new.db"], "Invalid value for '--from': "),
         (["--from", "old.db", "--to", "host=db password=s3cret"], "Invalid value for '--to': a"),
+        (["--from", "", "--to", "new.db"], "Invalid value for '--from': is empty"),
     ],
 )
 def test_the_migrate_command_blames_the_option_of_a_database_it_cannot_open(
@@ -145,3 +149,9 @@ def test_the_migrate_command_blames_the_option_of_a_database_it_cannot_open(
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "s3cret" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_migrate_into_one_database_under_both_url_schemes_is_refused_before_connecting() -> None:
+    # Port 1 answers nothing: the refusal comes before any connection is tried.
+    with pytest.raises(NotAllowedError, match="Cannot migrate a database into itself"):
+        migrate("postgres://app@127.0.0.1:1/jobs", "postgresql://app@127.0.0.1:1/jobs")

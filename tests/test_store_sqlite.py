@@ -75,7 +75,13 @@ def test_open_store_refuses_a_database_it_cannot_open(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "conninfo", ["host=db dbname=jobs password=s3cret", " dbname = jobs", "USER=a password=s3cret"]
+    "conninfo",
+    [
+        "host=db dbname=jobs password=s3cret",
+        " dbname = jobs",
+        "client_encoding=UTF8 host=db password=s3cret",
+        "keepalives=1 sslrootcert=file://ca.pem password=s3cret",
+    ],
 )
 def test_open_store_refuses_a_libpq_key_value_string_and_makes_no_file_of_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conninfo: str
@@ -86,6 +92,16 @@ def test_open_store_refuses_a_libpq_key_value_string_and_makes_no_file_of_it(
     assert "postgresql://USER@HOST:PORT/DBNAME" in str(refused.value)
     assert "s3cret" not in str(refused.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_url_shows_its_scheme_only_if_it_is_one(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="^Databases of this kind are not supported") as refused:
+        open_store("a password=s3cret x=file://ca.pem")
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(ValueError, match="^mysql:// databases are not supported"):
+        open_store("mysql://app:s3cret@localhost/jobs")
+    with pytest.raises(ValueError, match="^is empty: name a SQLite file or a postgresql:// URL"):
+        open_store(" ")
 
 
 def test_a_file_named_like_a_libpq_string_opens_through_a_sqlite_url(

@@ -271,8 +271,10 @@ def migrate(source: str, target: str, as_json: bool) -> None:
     for location, option in ((source, "--from"), (target, "--to")):
         try:
             check_location(location)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint=f"'{option}'") from None
+            Text().convert(location, None, None)
+        except (ValueError, click.BadParameter) as error:
+            message = error.message if isinstance(error, click.BadParameter) else str(error)
+            raise click.BadParameter(message, param_hint=f"'{option}'") from None
     done = migrate_jobs(source, target)
     if as_json:
         _print_json(

@@ -68,13 +68,9 @@ class _Session:
         if module is not None and attr is not None:
             jobs, self._owned = _load_instance(module, attr, self.app or "")
             return jobs
-        if not self.db.strip():
-            raise click.BadParameter(
-                "is empty: name a SQLite file or a postgresql:// URL", param_hint="'--db'"
-            )
         try:
+            check_location(self.db)  # a kind of database this version opens
             Text().convert(self.db, None, None)  # a path the database can open
-            check_location(self.db)
         except click.BadParameter as error:
             raise click.BadParameter(error.message, param_hint="'--db'") from None
         except ValueError as error:

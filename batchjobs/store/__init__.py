@@ -51,13 +51,56 @@ SQLITE_SCHEME = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: What a PostgreSQL URL needs installed.
 POSTGRES_EXTRA = "pip install 'batchjobs[postgres]'"
-#: The start of a libpq key=value connection string (``host=db dbname=jobs``): one of
-#: its usual keywords, then ``=``. As a path it would name a SQLite file after it.
-_LIBPQ_KEYWORDS = re.compile(
-    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options"
-    r"|application_name|connect_timeout|target_session_attrs)\s*=",
-    re.IGNORECASE,
+#: libpq's connection parameter key words (PostgreSQL 17's): a key=value connection
+#: string (``host=db dbname=jobs``) starts with one of them, then ``=``. As a path it
+#: would name a SQLite file after it, password and all.
+_LIBPQ_KEYWORDS = (
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "requiressl",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
 )
+_LIBPQ_STRING = re.compile(rf"\s*(?:{'|'.join(_LIBPQ_KEYWORDS)})\s*=")
+#: What a URL's scheme may be (RFC 3986): shown in an error only if it is one.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def is_postgres_url(url_or_path: str | Path) -> bool:
@@ -73,7 +116,9 @@ def check_location(url_or_path: str | Path) -> None:
     which as a path would make a SQLite file of that name: give it as a URL)."""
     if is_postgres_url(url_or_path):
         return
-    if isinstance(url_or_path, str) and _LIBPQ_KEYWORDS.match(url_or_path):
+    if not str(url_or_path).strip():
+        raise ValueError("is empty: name a SQLite file or a postgresql:// URL")
+    if isinstance(url_or_path, str) and _LIBPQ_STRING.match(url_or_path):
         # Not shown: such a string often carries a password.
         raise ValueError(
             "a libpq key=value connection string is not taken: give PostgreSQL a URL, "
@@ -83,9 +128,9 @@ def check_location(url_or_path: str | Path) -> None:
     path, query = _split(url_or_path)
     if path is None:
         scheme = str(url_or_path).split("://", 1)[0]
-        raise ValueError(
-            f"{scheme}:// databases are not supported; use a path, sqlite:///PATH "
-            "or postgresql://..."
+        kind = f"{scheme}:// databases" if _SCHEME.fullmatch(scheme) else "Databases of this kind"
+        raise ValueError(  # the scheme shown only if it is one: else it may carry a secret
+            f"{kind} are not supported; use a path, sqlite:///PATH or postgresql://..."
         )
     if query not in ("", "mode=ro", "mode=rw"):
         raise ValueError(f"{url_or_path}: the only option of a SQLite URL is mode=ro")
