@@ -1269,19 +1269,34 @@ def pg_wait_completed(url: str, n: int) -> None:
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float] | None:
-    """CPU time (user + system) each of the processes ``pids`` has used, threads
-    included (those gone are left out); ``None`` where ``/proc`` cannot tell (not Linux)."""
+    """CPU time each of the processes ``pids`` has used, in seconds; ``None`` where
+    ``/proc`` cannot tell (not Linux). Read in nanoseconds, every thread's
+    (``/proc/PID/task/*/schedstat``), where the kernel keeps it; else in clock ticks
+    (``/proc/PID/stat``: a hundredth of a second, threads that ended included). A
+    process that is gone is left out."""
     used = {}
-    hz = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+            used[pid] = _schedstat_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
             continue
         except OSError:
-            return None
-        used[pid] = (int(fields[11]) + int(fields[12])) / hz  # utime, stime
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            except OSError:
+                return None
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
+
+
+def _schedstat_seconds(pid: int) -> float:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def cpu_since(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
@@ -1311,11 +1326,25 @@ def local_server_pids(url: str) -> list[int] | None:
     return pids or None
 
 
-def cpu_reading(workers: list[int], url: str) -> tuple[Any, Any, float]:
-    """CPU used so far by the worker processes, the server's processes (if it runs
-    here) and this process: what ``CpuUse.between`` compares."""
+#: A reading of CPU used so far: by the worker processes, by the server's processes (if
+#: it runs here), by this process; and when (``time.perf_counter``).
+CpuReading = tuple[Any, Any, float, float]
+
+
+def cpu_before(workers: list[int], url: str) -> CpuReading:
+    """The reading that starts a timed window: ``/proc`` read first, this process's CPU
+    and the clock last, so that reading ``/proc`` counts neither as its poll nor in the
+    window."""
     server = local_server_pids(url)
-    return cpu_seconds(workers), server and cpu_seconds(server), clock()
+    processes = cpu_seconds(workers), server and cpu_seconds(server)
+    return (*processes, clock(), time.perf_counter())
+
+
+def cpu_after(workers: list[int], url: str) -> CpuReading:
+    """The reading that ends a timed window: the clock and this process's CPU first."""
+    at, own = time.perf_counter(), clock()
+    server = local_server_pids(url)
+    return cpu_seconds(workers), server and cpu_seconds(server), own, at
 
 
 def clock() -> float:
@@ -1326,7 +1355,7 @@ def clock() -> float:
 @dataclass
 class CpuUse:
     """CPU seconds a timed run took from the worker processes, the server and this
-    process (its poll for the last completion), and the run's length."""
+    process (its poll for the last completion), and the window's length (seconds)."""
 
     workers: float
     server: float | None
@@ -1334,15 +1363,14 @@ class CpuUse:
     wall: float
 
     @classmethod
-    def between(
-        cls, before: tuple[Any, Any, float], after: tuple[Any, Any, float], wall: float
-    ) -> CpuUse | None:
-        """From ``(workers, server, this process)`` CPU read before and after the run;
-        ``None`` where ``/proc`` could not tell the workers'."""
+    def between(cls, before: CpuReading, after: CpuReading) -> CpuUse | None:
+        """From the readings of ``cpu_before`` and ``cpu_after``; ``None`` where ``/proc``
+        could not tell the workers'."""
         workers = cpu_since(before[0], after[0])
         if workers is None:
             return None
-        return cls(workers, cpu_since(before[1], after[1]), after[2] - before[2], wall)
+        server = cpu_since(before[1], after[1])
+        return cls(workers, server, after[2] - before[2], after[3] - before[3])
 
     @property
     def busy(self) -> float:
@@ -1362,7 +1390,8 @@ def pg_processes(b: Bench) -> list[Row]:
     """Jobs/s of three worker processes on one PostgreSQL database vs one process."""
     n = b.sizes.jobs
     rows = []
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
     for title, kind, context, goal in (
         ("one-chunk CPU-bound jobs", Spin, {"n": 1, "steps": b.steps * 200}, 1.5),
         ("jobs waiting 5 ms on I/O", Wait, {"ms": 5}, 2.7),
@@ -1376,15 +1405,15 @@ def pg_processes(b: Bench) -> list[Row]:
                     procs = [start_worker(url, 0.5, None, "") for _ in range(workers)]
                     try:
                         pids = [proc.pid for proc in procs]
-                        before = cpu_reading(pids, url)
                         pg_queue(jobs, kind, n, context)
                         start = time.perf_counter()
+                        before = cpu_before(pids, url)  # not the queuing's CPU
                         pg_wait_completed(url, n)
                         wall = time.perf_counter() - start
-                        after = cpu_reading(pids, url)
+                        after = cpu_after(pids, url)
                         if n / wall > best:
                             best = n / wall
-                            used[workers] = CpuUse.between(before, after, wall)
+                            used[workers] = CpuUse.between(before, after)
                     finally:
                         for proc in procs:
                             stop_worker(proc)
@@ -1411,8 +1440,9 @@ def pg_processes(b: Bench) -> list[Row]:
         "PostgreSQL processes: each worker process runs 2 threads; the jobs are queued in one "
         "statement once every worker is up (woken by NOTIFY), the clock runs to the last "
         "completion, looked for every 5 ms with one prepared statement. The CPU-bound job "
-        "spins about 200 µs. CPU from /proc: the worker processes', and the server's (every "
-        "postgres process of this machine, when the server runs here) over the timed window."
+        "spins about 200 µs. CPU from /proc over the timed window (the queuing left out): "
+        "the worker processes', the server's (every postgres process of this machine, when "
+        "the server runs here) and this process's, its looks for the last completion."
     )
     return rows
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,21 @@ def test_cpu_between_two_readings_counts_a_process_started_in_between_whole() ->
     after = {10: 1.5, 12: 0.25}  # 11 ended meanwhile (left out), 12 started
     assert bench.cpu_since(before, after) == 0.75
     assert bench.cpu_since(None, after) is None
-    use = bench.CpuUse.between((before, before, 2.0), (after, None, 2.5), wall=0.5)
-    assert (use.workers, use.server, use.poll) == (0.75, None, 0.5)
+    use = bench.CpuUse.between((before, before, 2.0, 100.0), (after, None, 2.5, 100.5))
+    assert (use.workers, use.server, use.poll, use.wall) == (0.75, None, 0.5, 0.5)
     assert use.busy == 2.5
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_a_process_s_cpu_read_from_proc_is_the_cpu_it_used() -> None:
+    bench = load_bench()
+    pid = os.getpid()
+    first, started = bench.cpu_seconds([pid])[pid], time.process_time()
+    while time.process_time() - started < 0.3:  # spin
+        pass
+    used = bench.cpu_seconds([pid])[pid] - first
+    assert abs(used - (time.process_time() - started)) < 0.03, used
+    assert bench.cpu_seconds([2**22 + 1]) == {}  # no such process: left out
 
 
 @pytest.mark.slow
