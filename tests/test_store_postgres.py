@@ -23,7 +23,7 @@ from batchjobs import BatchJobs, Status
 from batchjobs.errors import StoreCorruptError, StoreError, StoreUnreachableError
 from batchjobs.models import TIMESTAMP_FIELDS, BatchJob, Event, new_job_id, utcnow
 from batchjobs.store import Checkpoint, ClaimRequest, open_store
-from batchjobs.store._postgres_connections import Database, Listener, _Unknown
+from batchjobs.store._postgres_connections import Database, Listener, _Unknown, channel_for
 from batchjobs.store._postgres_schema import MIGRATIONS, VERSION, VERSIONS
 from batchjobs.store.postgres import PostgresStore
 from tests.event_rows import check_old_event_rows
@@ -99,6 +99,63 @@ def test_a_url_s_options_give_the_store_a_schema_of_its_own(url: str) -> None:
         assert conn.execute("SELECT id FROM jobs.batch_jobs").fetchall() == [(job.id,)]
     with pytest.raises(StoreError, match="create the schema its search_path names first"):
         open_store(f"{url}?options=-csearch_path%3Dnope")  # a schema is not made up
+
+
+#: A schema whose name, with a channel's, would not fit an identifier: its channel is digested.
+LONG = "billing_" + "x" * 50
+
+
+def test_installs_in_two_schemas_of_one_database_wake_only_their_own(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA shop; CREATE SCHEMA {LONG}")
+    shop = open_store(f"{url}?options=-csearch_path%3Dshop")
+    billing = open_store(f"{url}?options=-csearch_path%3D{LONG}")
+    woken: dict[str, list[str]] = {"shop": [], "billing": []}
+    arrived = threading.Semaphore(0)
+
+    def wake(name: str, kind: str) -> Callable[[], None]:
+        return lambda: (woken[name].append(kind), arrived.release())
+
+    stops = [
+        shop.listen(wake("shop", "runnable")),
+        shop.watch(wake("shop", "events")),
+        billing.listen(wake("billing", "runnable")),
+        billing.watch(wake("billing", "events")),
+    ]
+    try:
+        billing.insert(make_job())  # a created job: runnable, and its event
+        assert arrived.acquire(timeout=10) and arrived.acquire(timeout=10)
+        shop.insert(make_job())
+        assert arrived.acquire(timeout=10) and arrived.acquire(timeout=10)
+        # Each commit notifies its listeners in commit order: had shop's listeners
+        # heard billing's commit, they would have heard it first.
+        assert sorted(woken["shop"]) == sorted(woken["billing"]) == ["events", "runnable"]
+    finally:
+        for stop in stops:
+            assert stop is not None
+            stop()
+        shop.close()
+        billing.close()
+
+
+def test_the_public_schema_notifies_the_channels_earlier_versions_listen_to(url: str) -> None:
+    store = open_store(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("LISTEN batchjobs_runnable; LISTEN batchjobs_events")
+            store.insert(make_job(type="shout"))
+            heard = {(n.channel, n.payload) for n in conn.notifies(timeout=10, stop_after=2)}
+        assert heard == {("batchjobs_runnable", "shout"), ("batchjobs_events", "")}
+    finally:
+        store.close()
+
+
+def test_a_schema_s_channel_fits_an_identifier_whatever_its_name() -> None:
+    assert channel_for("batchjobs_events", "public") == "batchjobs_events"
+    assert channel_for("batchjobs_events", "shop") == "batchjobs_events:shop"
+    odd = [channel_for("batchjobs_runnable", name) for name in ("Shop", "x" * 60, "a'b")]
+    assert all(len(c.encode()) <= 63 and re.fullmatch(r"[a-z_:0-9]+", c) for c in odd), odd
+    assert len(set(odd)) == 3 and channel_for("batchjobs_runnable", "Shop") == odd[0]
 
 
 def test_without_the_extra_a_postgres_url_names_it(

@@ -12,9 +12,11 @@ connection neither loses a checkpoint nor applies one twice.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import random
+import re
 import select
 import threading
 import time
@@ -50,8 +52,11 @@ RETRY_DELAY_MAX = 2.0
 DEFAULT_LOCK_TIMEOUT = 60.0
 #: Seconds to open a connection before the server counts as unreachable.
 CONNECT_TIMEOUT = 10
-#: The ``NOTIFY`` channel that says "a job may be runnable" (databases do not share it).
+#: The ``NOTIFY`` channel that says "a job may be runnable" (databases do not share it;
+#: the tables of another schema of one database have a channel of their own, ``channel_for``).
 CHANNEL = "batchjobs_runnable"
+#: A schema name that goes into a channel's name as it is.
+_PLAIN_SCHEMA = re.compile(r"[a-z_][a-z0-9_]*")
 #: SQLSTATEs after which the work is run again: the connection or the server went
 #: away, or the transaction lost a serialization race or a deadlock (nothing committed).
 _RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01"})
@@ -91,6 +96,25 @@ def _retryable(error: BaseException) -> bool:
         return False
     state = error.sqlstate or ""
     return state.startswith("08") or state in _RETRY_STATES or not state
+
+
+def channel_for(base: str, schema: str) -> str:
+    """The ``NOTIFY`` channel ``base`` of the tables in ``schema``: ``base`` itself in
+    ``public`` (as every earlier version names it), else ``base:schema``, or a digest of
+    the schema where its name is not plain or would not fit (an identifier's 63 bytes).
+    Installs in two schemas of one database then wake only their own workers."""
+    if schema == "public":
+        return base
+    name = f"{base}:{schema}"
+    if _PLAIN_SCHEMA.fullmatch(schema) and len(name) <= 63:
+        return name
+    return f"{base}:{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
+
+
+def current_schema(conn: psycopg.Connection[Any]) -> str:
+    """The schema ``conn``'s tables are made and found in (its search_path's first)."""
+    row = conn.execute("SELECT current_schema()", prepare=False).fetchone()
+    return str(row[0]) if row and row[0] else "public"
 
 
 def redact(url: str) -> str:
@@ -146,6 +170,8 @@ class Database:
         }
         self.pool_size = max(pool_size, 1)
         self.pool = self._new_pool()
+        #: The schema of the store's tables, as the store's first connection found it.
+        self.schema = "public"
         #: Pools a forked child inherited: kept, never used or closed (their
         #: connections are the parent's: closing one would end the parent's session).
         self._inherited: list[psycopg_pool.ConnectionPool] = []
@@ -175,6 +201,10 @@ class Database:
         self.pool = self._new_pool(inherited.max_size)
         if not inherited.closed:
             self.open()
+
+    def channel(self, base: str = CHANNEL) -> str:
+        """The ``NOTIFY`` channel ``base`` of this database's schema (``channel_for``)."""
+        return channel_for(base, self.schema)
 
     def open(self) -> None:
         """Start the pool (in the background: the first transaction waits for it)."""
@@ -233,7 +263,7 @@ class Database:
                     if self._take_failing_commit():
                         raise InjectedFault("the commit failed (injected by batchjobs.testing)")
                     for kind in sorted(wake):
-                        conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, kind])
+                        conn.execute("SELECT pg_notify(%s, %s)", [self.channel(), kind])
                     conn.execute("COMMIT", prepare=False)
                     committing = True
                 # Out of the pipeline: the COMMIT's round trip is back.
@@ -280,7 +310,9 @@ class Database:
             commit = sql.SQL("; ").join(
                 [
                     *(
-                        sql.SQL("NOTIFY {}, {}").format(sql.Identifier(CHANNEL), sql.Literal(k))
+                        sql.SQL("NOTIFY {}, {}").format(
+                            sql.Identifier(self.channel()), sql.Literal(k)
+                        )
                         for k in sorted(wake)
                     ),
                     sql.SQL("COMMIT"),
@@ -493,7 +525,8 @@ def boundary(method: F) -> F:
 class Listener:
     """A thread that ``LISTEN``s on its own connection and calls ``callback`` on
     every notification, and once after each reconnection (notifications sent
-    while it was away are lost; the callback makes up for them)."""
+    while it was away are lost; the callback makes up for them). ``channel`` is
+    the channel's base name: the one of the connection's schema is listened to."""
 
     def __init__(
         self, database: Database, callback: Callable[[], None], *, channel: str = CHANNEL
@@ -529,7 +562,8 @@ class Listener:
             while not self._stopped:
                 try:
                     with self.database.connect() as conn:
-                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                        channel = channel_for(self.channel, current_schema(conn))
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                         self.ready.set()
                         delay = RETRY_DELAY
                         if not first:

@@ -47,20 +47,27 @@ _ONE_EVENT = ("seq", "event", "at", "origin", *JOB_COLUMNS)
 
 
 @functools.lru_cache(maxsize=256)
-def with_one_event(update: str) -> str:
+def with_one_event(update: str, channel: str) -> str:
     """``update`` (an ``UPDATE`` of one job ``RETURNING`` its columns) and the event it
     makes, in one statement: the counter and the event row are written only if the
-    update wrote its row, the event carrying the job as updated. Its parameters are
-    ``update``'s, then the event's name, time and origin; it returns the job's
-    columns, then the event's seq (no row: the update wrote nothing)."""
+    update wrote its row, the event carrying the job as updated, and ``channel``
+    notified. Its parameters are ``update``'s, then the event's name, time and origin;
+    it returns the job's columns, then the event's seq (no row: the update wrote
+    nothing)."""
     return (
         f"WITH j AS ({update}), "
         f"s AS (UPDATE {EVENT_SEQ} SET last = last + 1 WHERE EXISTS (SELECT FROM j) "
-        f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')), "
+        f"RETURNING last, pg_notify({_literal(channel)}, '')), "
         f"e AS (INSERT INTO {EVENTS} ({', '.join(_ONE_EVENT)}) SELECT s.last, %s, %s, %s, "
         f"{', '.join(f'j.{c}' for c in JOB_COLUMNS)} FROM j, s) "
         "SELECT j.*, s.last FROM j, s"
     )
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (a channel's name: written into statements that
+    are prepared once per text)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _check_seq(name: str, value: Any, *, optional: bool) -> None:
@@ -154,7 +161,7 @@ class PostgresOutbox(Store):
             row[0] = total - row[0]  # how far below the counter's new value
         counter = conn.execute(
             f"UPDATE {EVENT_SEQ} SET last = last + %s "
-            f"RETURNING last, pg_notify('{EVENTS_CHANNEL}', '')",
+            f"RETURNING last, pg_notify({_literal(self._database.channel(EVENTS_CHANNEL))}, '')",
             [total],
         )
         with conn.cursor() as cur:

@@ -43,13 +43,21 @@ from ..models import (
     utcnow,
 )
 from ._event_rows import JOB_COLUMNS, Step
-from ._postgres_connections import DEFAULT_RETRY_FOR, Database, Finish, Listener, boundary
+from ._postgres_connections import (
+    DEFAULT_RETRY_FOR,
+    Database,
+    Finish,
+    Listener,
+    boundary,
+    current_schema,
+)
 from ._postgres_outbox import PostgresOutbox, with_one_event
 from ._postgres_outbox import job_record as _record
 from ._postgres_schedules import PostgresSchedules
 from ._postgres_schema import (
     COUNTS,
     EVENTS,
+    EVENTS_CHANNEL,
     RUNNABLE,
     SCHEDULES,
     TABLE,
@@ -180,6 +188,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         try:
             with self._database.connect() as conn:
                 migrate(conn, self.location)
+                self._database.schema = current_schema(conn)
         except psycopg.OperationalError as error:
             raise self._database.error(error) from None
         self._database.open()
@@ -645,7 +654,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         ``batch.updated`` event written by the same statement, its own transaction
         (one round trip, as a bare ``UPDATE``). Lost in flight, it is found again by
         its token, and its event by its time."""
-        statement = with_one_event(query)
+        statement = with_one_event(query, self._database.channel(EVENTS_CHANNEL))
         values = [*params, UPDATED_EVENT, cp.now, self.origin]
 
         def run(conn: psycopg.Connection[Any]) -> tuple[BatchJob, int] | None:
