@@ -110,32 +110,56 @@ def test_installs_in_two_schemas_of_one_database_wake_only_their_own(url: str) -
         conn.execute(f"CREATE SCHEMA shop; CREATE SCHEMA {LONG}")
     shop = open_store(f"{url}?options=-csearch_path%3Dshop")
     billing = open_store(f"{url}?options=-csearch_path%3D{LONG}")
-    woken: dict[str, list[str]] = {"shop": [], "billing": []}
-    arrived = threading.Semaphore(0)
-
-    def wake(name: str, kind: str) -> Callable[[], None]:
-        return lambda: (woken[name].append(kind), arrived.release())
-
-    stops = [
-        shop.listen(wake("shop", "runnable")),
-        shop.watch(wake("shop", "events")),
-        billing.listen(wake("billing", "runnable")),
-        billing.watch(wake("billing", "events")),
-    ]
+    bases = ("batchjobs_runnable", "batchjobs_events")
     try:
-        billing.insert(make_job())  # a created job: runnable, and its event
-        assert arrived.acquire(timeout=10) and arrived.acquire(timeout=10)
-        shop.insert(make_job())
-        assert arrived.acquire(timeout=10) and arrived.acquire(timeout=10)
-        # Each commit notifies its listeners in commit order: had shop's listeners
-        # heard billing's commit, they would have heard it first.
-        assert sorted(woken["shop"]) == sorted(woken["billing"]) == ["events", "runnable"]
+        # One session hears every channel, in commit order: each commit's own, and only
+        # those (the public ones are listened to as well, and must stay silent).
+        with psycopg.connect(url, autocommit=True) as conn:
+            for schema in ("shop", LONG, "public"):
+                for base in bases:
+                    conn.execute(f'LISTEN "{channel_for(base, schema)}"')
+            billing.insert(make_job(type="invoice"))
+            shop.insert(make_job(type="order"))
+            heard = [(n.channel, n.payload) for n in conn.notifies(timeout=10, stop_after=4)]
+        assert sorted(heard[:2]) == [
+            (channel_for("batchjobs_events", LONG), ""),
+            (channel_for("batchjobs_runnable", LONG), "invoice"),
+        ]
+        assert sorted(heard[2:]) == [
+            ("batchjobs_events:shop", ""),
+            ("batchjobs_runnable:shop", "order"),
+        ]
+        # And each store's listeners hear their own.
+        woken = {name: threading.Event() for name in ("shop", "billing")}
+        stops = [shop.listen(woken["shop"].set), billing.watch(woken["billing"].set)]
+        try:
+            shop.insert(make_job(type="order"))
+            billing.insert(make_job(type="invoice"))
+            assert woken["shop"].wait(10) and woken["billing"].wait(10)
+        finally:
+            for stop in stops:
+                assert stop is not None
+                stop()
     finally:
-        for stop in stops:
-            assert stop is not None
-            stop()
         shop.close()
         billing.close()
+
+
+def test_a_schema_made_later_on_the_search_path_moves_no_wake_up(url: str) -> None:
+    store = open_store(url)  # its tables in public
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA postgres")  # "$user": the search_path's first now
+        woken = threading.Event()
+        stop = store.listen(woken.set)  # a new connection, which finds the tables in public
+        assert stop is not None
+        try:
+            store.insert(make_job())
+            assert woken.wait(10)
+        finally:
+            stop()
+    finally:
+        store.close()
 
 
 def test_the_public_schema_notifies_the_channels_earlier_versions_listen_to(url: str) -> None:

@@ -81,6 +81,8 @@ def test_open_store_refuses_a_database_it_cannot_open(db_path: Path) -> None:
         " dbname = jobs",
         "client_encoding=UTF8 host=db password=s3cret",
         "keepalives=1 sslrootcert=file://ca.pem password=s3cret",
+        "USER=a password=s3cret",
+        "oauth_client_secret=s3cret host=db",
     ],
 )
 def test_open_store_refuses_a_libpq_key_value_string_and_makes_no_file_of_it(

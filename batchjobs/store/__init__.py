@@ -51,9 +51,10 @@ SQLITE_SCHEME = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: What a PostgreSQL URL needs installed.
 POSTGRES_EXTRA = "pip install 'batchjobs[postgres]'"
-#: libpq's connection parameter key words (PostgreSQL 17's): a key=value connection
+#: libpq's connection parameter key words (PostgreSQL 18's): a key=value connection
 #: string (``host=db dbname=jobs``) starts with one of them, then ``=``. As a path it
-#: would name a SQLite file after it, password and all.
+#: would name a SQLite file after it, password and all: any case is refused (libpq's
+#: own is lower case; ``sqlite:///NAME`` opens a file of such a name).
 _LIBPQ_KEYWORDS = (
     "host",
     "hostaddr",
@@ -97,8 +98,17 @@ _LIBPQ_KEYWORDS = (
     "service",
     "target_session_attrs",
     "load_balance_hosts",
+    "min_protocol_version",
+    "max_protocol_version",
+    "sslkeylogfile",
+    "scram_client_key",
+    "scram_server_key",
+    "oauth_issuer",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
 )
-_LIBPQ_STRING = re.compile(rf"\s*(?:{'|'.join(_LIBPQ_KEYWORDS)})\s*=")
+_LIBPQ_STRING = re.compile(rf"\s*(?:{'|'.join(_LIBPQ_KEYWORDS)})\s*=", re.IGNORECASE)
 #: What a URL's scheme may be (RFC 3986): shown in an error only if it is one.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 

@@ -38,6 +38,7 @@ from ..errors import (
     StoreReadOnlyError,
     StoreUnreachableError,
 )
+from ._postgres_schema import TABLE
 
 log = logging.getLogger("batchjobs.store")
 
@@ -111,9 +112,17 @@ def channel_for(base: str, schema: str) -> str:
     return f"{base}:{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
 
 
-def current_schema(conn: psycopg.Connection[Any]) -> str:
-    """The schema ``conn``'s tables are made and found in (its search_path's first)."""
-    row = conn.execute("SELECT current_schema()", prepare=False).fetchone()
+def tables_schema(conn: psycopg.Connection[Any]) -> str:
+    """The schema of the jobs' table ``conn`` finds through its search_path (where the
+    store's tables are, not the path's first schema: one made later, such as the
+    ``"$user"`` one, moves neither the tables nor their channels); else the schema new
+    tables would be made in."""
+    row = conn.execute(
+        "SELECT coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)), current_schema())",
+        [TABLE],
+        prepare=False,
+    ).fetchone()
     return str(row[0]) if row and row[0] else "public"
 
 
@@ -562,7 +571,7 @@ class Listener:
             while not self._stopped:
                 try:
                     with self.database.connect() as conn:
-                        channel = channel_for(self.channel, current_schema(conn))
+                        channel = channel_for(self.channel, tables_schema(conn))
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                         self.ready.set()
                         delay = RETRY_DELAY

@@ -49,7 +49,7 @@ from ._postgres_connections import (
     Finish,
     Listener,
     boundary,
-    current_schema,
+    tables_schema,
 )
 from ._postgres_outbox import PostgresOutbox, with_one_event
 from ._postgres_outbox import job_record as _record
@@ -188,7 +188,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         try:
             with self._database.connect() as conn:
                 migrate(conn, self.location)
-                self._database.schema = current_schema(conn)
+                self._database.schema = tables_schema(conn)
         except psycopg.OperationalError as error:
             raise self._database.error(error) from None
         self._database.open()
