@@ -1269,34 +1269,30 @@ def pg_wait_completed(url: str, n: int) -> None:
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float] | None:
-    """CPU time each of the processes ``pids`` has used, in seconds; ``None`` where
-    ``/proc`` cannot tell (not Linux). Read in nanoseconds, every thread's
-    (``/proc/PID/task/*/schedstat``), where the kernel keeps it; else in clock ticks
-    (``/proc/PID/stat``: a hundredth of a second, threads that ended included). A
-    process that is gone is left out."""
+    """CPU time each of the processes ``pids`` has used, in seconds, threads that ended
+    included; ``None`` where ``/proc`` cannot tell (not Linux). Read from the process's
+    CPU clock (nanoseconds) where this process may read it, else from ``/proc/PID/stat``
+    (clock ticks, a hundredth of a second). A process that is gone is left out."""
     used = {}
     for pid in pids:
+        if not Path(f"/proc/{pid}").exists():
+            if not Path("/proc/self").exists():
+                return None
+            continue
         try:
-            used[pid] = _schedstat_seconds(pid)
+            # The kernel's clock of a whole process: ~pid << 3 | CPUCLOCK_SCHED.
+            used[pid] = time.clock_gettime_ns(((~pid) << 3) | 2) / 1e9
+            continue
+        except (OSError, OverflowError):
+            pass  # not Linux's clocks, not ours to read, or gone meanwhile
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         except OSError:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            except OSError:
-                return None
-            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return None
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
-
-
-def _schedstat_seconds(pid: int) -> float:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 def cpu_since(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:

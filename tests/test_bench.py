@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,14 +71,23 @@ def test_cpu_between_two_readings_counts_a_process_started_in_between_whole() ->
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
-def test_a_process_s_cpu_read_from_proc_is_the_cpu_it_used() -> None:
+def test_a_process_s_cpu_read_from_proc_is_the_cpu_it_used_threads_that_ended_included() -> None:
     bench = load_bench()
     pid = os.getpid()
+
+    def spin(seconds: float) -> None:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
     first, started = bench.cpu_seconds([pid])[pid], time.process_time()
-    while time.process_time() - started < 0.3:  # spin
-        pass
+    spinner = threading.Thread(target=spin, args=(0.3,))
+    spinner.start()
+    spinner.join()  # ended before the second reading: its CPU still counts
+    spin(0.1)
     used = bench.cpu_seconds([pid])[pid] - first
     assert abs(used - (time.process_time() - started)) < 0.03, used
+    assert used > 0.35
     assert bench.cpu_seconds([2**22 + 1]) == {}  # no such process: left out
 
 
