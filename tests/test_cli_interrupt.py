@@ -176,7 +176,9 @@ def test_create_wait_stopped_by_ctrl_c_exits_130_with_the_id_on_stdout(
 
 
 def test_worker_stopped_by_ctrl_c_hands_over_and_exits_0(jobs: BatchJobs, start: Start) -> None:
-    job = jobs.create("ledger", {"n": 100, "sleep": 0.05})
+    # 100 chunks of 50 ms: the stop comes at the next one. Ten (half a second) were once
+    # all done under load before the Ctrl-C arrived, and the job completed.
+    job = jobs.create("ledger", {"n": 1000, "sleep": 0.05})
     proc = start("worker", "--poll-interval", "0.1")
     seen = read_until(proc.stderr, f"{job.id} ledger processing")
     out, err = stop_with_ctrl_c(proc)
