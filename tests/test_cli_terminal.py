@@ -149,8 +149,10 @@ def test_ctrl_c_stops_at_the_checkpoint_and_exits_130_with_the_id_on_stdout(
 def test_a_second_ctrl_c_stops_at_once_and_a_worker_resumes_at_once(
     jobs: BatchJobs, start_run: Callable[..., subprocess.Popen[str]], db_path: Path
 ) -> None:
-    proc = start_run("ledger", "--set", "n=40", "--set", "sleep=2")
-    job_id = wait_for_progress(jobs, 10)  # and the next 2 s chunk has begun
+    # Chunks of 5 s: both Ctrl-Cs come within the chunk after the first checkpoint (with
+    # chunks of 2 s, one under load ended between them, and the run stopped at it).
+    proc = start_run("ledger", "--set", "n=40", "--set", "sleep=5")
+    job_id = wait_for_progress(jobs, 10)  # and the next 5 s chunk has begun
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)  # the first one is seen: a checkpoint is pending
     proc.send_signal(signal.SIGINT)
