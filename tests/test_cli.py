@@ -870,7 +870,8 @@ def test_installed_worker_hands_a_running_job_over_on_sigterm(
     command: Callable[..., Any], jobs: BatchJobs, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.txt"
-    job = jobs.create("ledger", {"n": 2000, "sleep": 0.01, "ledger": str(ledger), "cursor": True})
+    # 200 chunks of 50 ms: the stop comes at the next one, never after the last.
+    job = jobs.create("ledger", {"n": 2000, "sleep": 0.05, "ledger": str(ledger), "cursor": True})
     worker = command("worker", "--poll-interval", "0.2", background=True)
     deadline = time.monotonic() + 30
     while jobs.retrieve(job.id).result.get("advancement_count", 0) < 30:

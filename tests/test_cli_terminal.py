@@ -134,7 +134,9 @@ def wait_for_progress(jobs: BatchJobs, at_least: int) -> str:
 def test_ctrl_c_stops_at_the_checkpoint_and_exits_130_with_the_id_on_stdout(
     jobs: BatchJobs, start_run: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    proc = start_run("ledger", "--set", "n=60", "--set", "sleep=0.3")
+    # 29 chunks of 0.3 s after the first checkpoint: the stop comes at the next one (with
+    # five, the job could end first on a loaded machine, as a test beside this one did).
+    proc = start_run("ledger", "--set", "n=300", "--set", "sleep=0.3")
     job_id = wait_for_progress(jobs, 10)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
