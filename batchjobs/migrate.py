@@ -39,7 +39,9 @@ def migrate(source: str | Path, target: str | Path, *, page: int = MIGRATE_PAGE)
 
     Both are what ``BatchJobs(db)`` takes: a SQLite path, ``sqlite:///…``,
     ``postgresql://…`` (``ValueError`` otherwise, as ``check_location``). A SQLite
-    ``source`` must exist (``StoreUnreachableError``: none is made). Stop the workers
+    ``source`` must exist (``StoreUnreachableError``: none is made), and hold batch jobs'
+    tables (``StoreCorruptError``: none are made in another app's database; an older
+    batchjobs database is brought up to date first, as any open does). Stop the workers
     on ``source`` first: a job one of them holds is refused with ``NotAllowedError``,
     before anything is written. Jobs and schedules already in ``target`` stay as they are.
     """
@@ -52,7 +54,7 @@ def migrate(source: str | Path, target: str | Path, *, page: int = MIGRATE_PAGE)
         raise StoreUnreachableError(
             f"No SQLite database at {file}: nothing to migrate from", location=str(file)
         )
-    origin = open_store(source)
+    origin = open_store(source, create=False)  # another app's database stays as it is
     try:
         now = utcnow()
         after: str | None = None

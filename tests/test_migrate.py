@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from batchjobs import BatchJobs, NotAllowedError, Status, migrate
 from batchjobs.cli import cli
-from batchjobs.errors import StoreUnreachableError
+from batchjobs.errors import StoreCorruptError, StoreUnreachableError
 from batchjobs.models import utcnow
 from batchjobs.store import Checkpoint, ClaimRequest, open_store
 
@@ -155,3 +157,35 @@ def test_migrate_into_one_database_under_both_url_schemes_is_refused_before_conn
     # Port 1 answers nothing: the refusal comes before any connection is tried.
     with pytest.raises(NotAllowedError, match="Cannot migrate a database into itself"):
         migrate("postgres://app@127.0.0.1:1/jobs", "postgresql://app@127.0.0.1:1/jobs")
+
+
+def test_migrate_from_another_app_s_sqlite_file_writes_nothing_to_it(tmp_path: Path) -> None:
+    other, target = tmp_path / "shop.db", tmp_path / "new.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(
+        StoreCorruptError, match="is not a batchjobs database .*nothing was written"
+    ):
+        migrate(other, target)
+    assert other.read_bytes() == before  # no table, and its journal mode as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.db"]
+
+
+def test_migrate_from_another_app_s_postgresql_database_writes_nothing_to_it(
+    tmp_path: Path, make_database: Callable[..., str]
+) -> None:
+    url = make_database(empty=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id integer PRIMARY KEY)")
+    with pytest.raises(
+        StoreCorruptError, match="is not a batchjobs database .*nothing was written"
+    ):
+        migrate(url, tmp_path / "new.db")
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert tables == [("customers",)]
+    assert list(tmp_path.iterdir()) == []

@@ -167,6 +167,7 @@ def open_store(
     *,
     durability: str = "normal",
     concurrency: int | None = None,
+    create: bool = True,
     **options: Any,
 ) -> Store:
     """The store for ``url_or_path``: a file path or ``sqlite:///path`` (SQLite), or a
@@ -177,8 +178,10 @@ def open_store(
     raises ``StoreReadOnlyError``). ``durability`` (``normal``/``full``) sets SQLite's
     ``synchronous``; PostgreSQL commits as its server is configured.
     ``concurrency`` (the worker threads that will use the store) sizes
-    PostgreSQL's connection pool. ``options`` go to the implementation
-    (SQLite: ``busy_timeout``; PostgreSQL: ``pool_size``, ``retry_for``).
+    PostgreSQL's connection pool. Without ``create``, a database that holds no batch
+    jobs' tables is refused (``StoreCorruptError``) before anything is written to it.
+    ``options`` go to the implementation (SQLite: ``busy_timeout``; PostgreSQL:
+    ``pool_size``, ``retry_for``).
     ``ValueError`` for a database this version cannot open (``check_location``);
     ``StoreError`` naming the extra when PostgreSQL's driver is not installed.
     """
@@ -194,10 +197,11 @@ def open_store(
             raise StoreError(
                 f"PostgreSQL databases need the postgres extra ({POSTGRES_EXTRA}): {error}"
             ) from None
-        store = PostgresStore(str(url_or_path), **options)
+        store = PostgresStore(str(url_or_path), create=create, **options)
         if concurrency is not None and "pool_size" not in options:
             store.provision(concurrency)
         return store
     path, query = _split(url_or_path)
     assert path is not None  # checked
-    return SQLiteStore(path, durability=durability, read_only=query == "mode=ro", **options)
+    read_only = query == "mode=ro"
+    return SQLiteStore(path, durability=durability, read_only=read_only, create=create, **options)

@@ -212,6 +212,12 @@ def version(conn: psycopg.Connection[Any]) -> int | None:
     return None if row is None else int(row[0])
 
 
+def has_tables(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn``'s search_path finds a jobs' table (of this version or another)."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [TABLE]).fetchone()
+    return bool(row and row[0])
+
+
 def migrate(conn: psycopg.Connection[Any], location: str) -> int:
     """Bring the database to ``VERSION``; returns how many migrations ran.
 

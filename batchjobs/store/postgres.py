@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..errors import InvalidDataError, StoreError
+from ..errors import InvalidDataError, StoreCorruptError, StoreError
 from ..models import (
     ACTIVE_STATUSES,
     TIMESTAMP_FIELDS,
@@ -61,6 +61,7 @@ from ._postgres_schema import (
     RUNNABLE,
     SCHEDULES,
     TABLE,
+    has_tables,
     migrate,
 )
 from .base import (
@@ -163,9 +164,10 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
 
     ``url`` is any libpq URL (``postgresql://user:password@host:5432/db``,
     ``postgres://`` too; ``?options=-csearch_path%3Dmyschema`` for a schema of
-    its own, which must exist). Its tables are created, or migrated, on first use. ``pool_size``
-    connections at most are open (one per worker thread, plus room for the
-    heartbeat and the application's calls), and ``listen`` opens one more. A
+    its own, which must exist). Its tables are created, or migrated, on first use;
+    without ``create``, a database without them is refused (``StoreCorruptError``).
+    ``pool_size`` connections at most are open (one per worker thread, plus room for
+    the heartbeat and the application's calls), and ``listen`` opens one more. A
     lost connection is retried, with backoff, for ``retry_for`` seconds.
     """
 
@@ -175,18 +177,25 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         *,
         pool_size: int = DEFAULT_POOL_SIZE,
         retry_for: float = DEFAULT_RETRY_FOR,
+        create: bool = True,
     ) -> None:
         self._database = Database(url, pool_size=pool_size, retry_for=retry_for)
         self.location = self._database.location
-        self._open()
+        self._open(create)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.location!r}>"
 
     @boundary
-    def _open(self) -> None:
+    def _open(self, create: bool) -> None:
         try:
             with self._database.connect() as conn:
+                if not create and not has_tables(conn):
+                    raise StoreCorruptError(
+                        f"The database {self.location} is not a batchjobs database (it has "
+                        f"no {TABLE} table); nothing was written to it",
+                        location=self.location,
+                    )
                 migrate(conn, self.location)
                 self._database.schema = tables_schema(conn)
         except psycopg.OperationalError as error:

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, StoreCorruptError
 from ..models import TIMESTAMP_FIELDS, UPDATED_EVENT, BatchJob, Status, status_event, utcnow
 from ._event_rows import Step
 from ._sqlite_connections import Connections, boundary
@@ -75,6 +75,8 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
 
     With ``read_only`` (or a ``file:…?mode=ro`` URI for ``path``) the file is
     opened read-only: reads work, and every write raises ``StoreReadOnlyError``.
+    Without ``create``, a file that holds no batch jobs table is refused
+    (``StoreCorruptError``) before anything is written to it.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         durability: str = "normal",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         read_only: bool = False,
+        create: bool = True,
     ) -> None:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(
@@ -96,14 +99,20 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         )
         self.location = self._connections.location
         self._start_outbox()
-        self._open()
+        self._open(create)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.location!r}>"
 
     @boundary
-    def _open(self) -> None:
+    def _open(self, create: bool) -> None:
         db = self.db
+        if not create and not db["batch_jobs"].exists():
+            raise StoreCorruptError(
+                f"The database {self.location} is not a batchjobs database (it has no "
+                "batch_jobs table); nothing was written to it",
+                location=self.location,
+            )
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
         if migrations.pending(db):
