@@ -3,8 +3,9 @@
 ``migrate("jobs.db", "postgresql://host/db")`` copies the jobs page by page,
 each page in one transaction, with their checkpoints' cursors, so an active
 job resumes on the new database where it stopped on the old one. It never
-changes the source, and skips what the target already has: a migration cut
-short is finished by running it again.
+changes the source's jobs (an older batchjobs database is brought up to date
+first, as any open does; another program's database is refused), and skips what
+the target already has: a migration cut short is finished by running it again.
 """
 
 from __future__ import annotations

@@ -189,3 +189,28 @@ def test_migrate_from_another_app_s_postgresql_database_writes_nothing_to_it(
         ).fetchall()
     assert tables == [("customers",)]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_file_whose_batch_jobs_table_another_program_made_is_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "shop.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE batch_jobs (sku TEXT, quantity INTEGER)")
+    conn.close()
+    before = other.read_bytes()
+    message = "has a batch_jobs table that batchjobs did not create: it is not a batchjobs"
+    with pytest.raises(StoreCorruptError, match=message):
+        migrate(other, tmp_path / "new.db")
+    with pytest.raises(StoreCorruptError, match=message):
+        BatchJobs(other)  # nor is it taken as a database to keep jobs in
+    assert other.read_bytes() == before  # its journal mode too (no WAL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.db"]
+
+
+def test_a_store_that_must_not_create_makes_no_file(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(StoreUnreachableError) as refused:
+        open_store(missing, create=False)
+    assert str(missing) in refused.value.message and "?mode" not in refused.value.message
+    assert list(tmp_path.iterdir()) == []

@@ -75,8 +75,10 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
 
     With ``read_only`` (or a ``file:…?mode=ro`` URI for ``path``) the file is
     opened read-only: reads work, and every write raises ``StoreReadOnlyError``.
-    Without ``create``, a file that holds no batch jobs table is refused
-    (``StoreCorruptError``) before anything is written to it.
+    Without ``create``, a file that is not there is not made (``StoreUnreachableError``)
+    and one that holds no batch jobs table is refused (``StoreCorruptError``) before
+    anything is written to it; so, always, is a file whose ``batch_jobs`` table another
+    program made.
     """
 
     def __init__(
@@ -93,13 +95,20 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
                 f"durability must be one of {', '.join(DURABILITY_LEVELS)}, not {durability!r}"
             )
         self.path = str(path)
-        where = f"file:{quote(self.path)}?mode=ro" if read_only else self.path
+        if read_only or not create:  # mode=rw: a file that is not there is not made
+            where = f"file:{quote(self.path)}?mode={'ro' if read_only else 'rw'}"
+        else:
+            where = self.path
         self._connections = Connections(
             where, synchronous=DURABILITY_LEVELS[durability], busy_timeout=busy_timeout
         )
         self.location = self._connections.location
         self._start_outbox()
-        self._open(create)
+        try:
+            self._open(create)
+        except BaseException:
+            self._connections.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.location!r}>"
@@ -107,10 +116,18 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
     @boundary
     def _open(self, create: bool) -> None:
         db = self.db
-        if not create and not db["batch_jobs"].exists():
+        # Read first: nothing is written (not even WAL mode) to a file that is not ours.
+        ours = db[TABLE].exists()
+        if ours and not migrations.applied(db):
+            raise StoreCorruptError(
+                f"The database {self.location} has a {TABLE} table that batchjobs did not "
+                "create: it is not a batchjobs database; nothing was written to it",
+                location=self.location,
+            )
+        if not create and not ours:
             raise StoreCorruptError(
                 f"The database {self.location} is not a batchjobs database (it has no "
-                "batch_jobs table); nothing was written to it",
+                f"{TABLE} table); nothing was written to it",
                 location=self.location,
             )
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
