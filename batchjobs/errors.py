@@ -111,6 +111,16 @@ class StoreUnreachableError(StoreError):
 class StoreCorruptError(StoreError):
     """The file is not a batchjobs database, or is damaged."""
 
+    @classmethod
+    def not_ours(cls, location: str, holds: str) -> StoreCorruptError:
+        """The error for the database at ``location`` that is not a batchjobs one, refused
+        before anything was written to it; ``holds`` says what gave it away."""
+        return cls(
+            f"The database {location} {holds}: it is not a batchjobs database (nothing was "
+            "written to it)",
+            location=location,
+        )
+
 
 class StoreLockedError(StoreError):
     """Another connection held the database's lock for longer than the store waits."""

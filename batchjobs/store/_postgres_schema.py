@@ -231,12 +231,9 @@ def migrate(conn: psycopg.Connection[Any], location: str) -> int:
         with conn.transaction():
             current = version(conn)
             if current is None:
-                taken = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [TABLE]).fetchone()
-                if taken and taken[0]:
-                    raise StoreCorruptError(
-                        f"The database {location} has a {TABLE} table that batchjobs did not "
-                        "create: it is not a batchjobs database",
-                        location=location,
+                if has_tables(conn):  # refused in the transaction: nothing is written
+                    raise StoreCorruptError.not_ours(
+                        location, f"has a {TABLE} table that batchjobs did not create"
                     )
                 conn.execute(f"CREATE TABLE {VERSIONS} (version integer NOT NULL)")
                 conn.execute(f"INSERT INTO {VERSIONS} VALUES (0)")

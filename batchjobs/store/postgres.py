@@ -191,11 +191,7 @@ class PostgresStore(PostgresOutbox, PostgresSchedules, Store):
         try:
             with self._database.connect() as conn:
                 if not create and not has_tables(conn):
-                    raise StoreCorruptError(
-                        f"The database {self.location} is not a batchjobs database (it has "
-                        f"no {TABLE} table); nothing was written to it",
-                        location=self.location,
-                    )
+                    raise StoreCorruptError.not_ours(self.location, f"has no {TABLE} table")
                 migrate(conn, self.location)
                 self._database.schema = tables_schema(conn)
         except psycopg.OperationalError as error:

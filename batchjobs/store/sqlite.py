@@ -119,17 +119,11 @@ class SQLiteStore(SQLiteOutbox, SQLiteSchedules, Store):
         # Read first: nothing is written (not even WAL mode) to a file that is not ours.
         ours = db[TABLE].exists()
         if ours and not migrations.applied(db):
-            raise StoreCorruptError(
-                f"The database {self.location} has a {TABLE} table that batchjobs did not "
-                "create: it is not a batchjobs database; nothing was written to it",
-                location=self.location,
+            raise StoreCorruptError.not_ours(
+                self.location, f"has a {TABLE} table that batchjobs did not create"
             )
         if not create and not ours:
-            raise StoreCorruptError(
-                f"The database {self.location} is not a batchjobs database (it has no "
-                f"{TABLE} table); nothing was written to it",
-                location=self.location,
-            )
+            raise StoreCorruptError.not_ours(self.location, f"has no {TABLE} table")
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
         if migrations.pending(db):
